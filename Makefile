@@ -1,0 +1,38 @@
+# `make demo` and `make test` create the virtual environment when missing, install, then run.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip
+WAYMO_PROTOS := waymo-open-dataset-tf-2-12-0==1.6.7
+
+.PHONY: install demo test test-fast bench clean help
+help:
+	@echo "make demo   - install if needed, run the main job on procedural data -> runs/demo/report.html"
+	@echo "make test   - install if needed, run the whole test suite"
+	@echo "make bench  - run the benchmarks -> benchmarks/results/*.json and the README table"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
+	# Waymo protos only: the package's own requirements pin TensorFlow and an old numpy.
+	$(PIP) install -q --no-deps $(WAYMO_PROTOS)
+	$(BIN)/python -c "import bevgen.cli, sim_bridge.scenario, metadrive, nuscenes, torch; from waymo_open_dataset.protos import scenario_pb2"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bevgen demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""bevgen: autonomous-driving toolkit around the bird's-eye view."""

@@ -1,0 +1,1 @@
+"""bevgen simulation bridge: ScenarioNet scenarios, sources and simulator adapters."""

@@ -1,0 +1,1 @@
+"""Simulator adapters; MetaDrive is imported only inside these modules' functions."""

@@ -1,0 +1,1 @@
+"""Converters from driving datasets into ScenarioNet scenario dicts."""

@@ -1,0 +1,46 @@
+"""Imports flow one way (bevgen -> traffic -> sim_bridge) and importing a package has no side effects."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {"sim_bridge": {"traffic", "bevgen"}, "traffic": {"bevgen"}}
+
+
+def _imports(path: Path) -> set[str]:
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            mods |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            mods.add(node.module.split(".")[0])
+    return mods
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_dependency_direction(package):
+    offenders = {str(p.relative_to(ROOT)): sorted(_imports(p) & FORBIDDEN[package])
+                 for p in (ROOT / package).rglob("*.py") if _imports(p) & FORBIDDEN[package]}
+    assert not offenders, f"{package} must not import {FORBIDDEN[package]}: {offenders}"
+
+
+def test_metadrive_imported_only_in_envs_and_procedural():
+    allowed = {ROOT / "sim_bridge" / "envs" / "metadrive.py", ROOT / "sim_bridge" / "sources" / "procedural.py"}
+    users = {p for pkg in ("bevgen", "traffic", "sim_bridge") for p in (ROOT / pkg).rglob("*.py")
+             if "metadrive" in _imports(p)}
+    assert users <= allowed, sorted(map(str, users - allowed))
+
+
+def test_importing_packages_is_cheap_and_silent():
+    code = ("import sys, sim_bridge.scenario, sim_bridge.sources.procedural, sim_bridge.sources.waymo, "
+            "sim_bridge.sources.nuscenes, sim_bridge.envs.metadrive, bevgen.layout, bevgen.cameras, traffic; "
+            "print(sorted(m for m in ('metadrive', 'torch', 'nuscenes', 'waymo_open_dataset', 'panda3d') "
+            "if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert res.stdout.strip() == "[]" and res.stderr == ""

@@ -1,0 +1,107 @@
+"""The `bevgen` command: help everywhere, exit codes, one line per problem, outputs on disk."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bevgen.cli import app
+from sim_bridge.scenario import ScenarioDataset, save_scenario
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("cmd", [[], ["scenarios"], ["scenarios", "procedural"], ["scenarios", "convert"],
+                                 ["scenarios", "convert", "waymo"], ["scenarios", "convert", "nuscenes"],
+                                 ["scenarios", "convert", "scenarionet"], ["scenarios", "validate"],
+                                 ["scenarios", "info"], ["scenarios", "bev"], ["demo"]])
+def test_help(cmd):
+    res = runner.invoke(app, cmd + ["--help"])
+    assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_help_is_fast_and_light():
+    code = ("import sys, bevgen.cli; heavy = [m for m in ('metadrive', 'torch', 'nuscenes', 'cv2', "
+            "'waymo_open_dataset') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_validate_reports_each_bad_file_and_exits_nonzero(tmp_path, road_dict):
+    save_scenario(road_dict, tmp_path / "sd_good.pkl")
+    (tmp_path / "sd_cut.pkl").write_bytes(pickle.dumps(road_dict)[:500])
+    road_dict["tracks"]["lead"]["state"]["heading"] = road_dict["tracks"]["lead"]["state"]["heading"][:5]
+    (tmp_path / "sd_short.pkl").write_bytes(pickle.dumps(road_dict))
+    res = runner.invoke(app, ["scenarios", "validate", str(tmp_path)])
+    assert res.exit_code == 1
+    bad = [l for l in res.output.splitlines() if l.startswith("BAD ")]
+    assert len(bad) == 2
+    assert any("sd_cut.pkl: file is truncated" in l for l in bad)
+    assert any("sd_short.pkl: tracks['lead'].state.heading: shape (5,)" in l for l in bad)
+    assert "1 good, 2 bad" in res.output
+
+
+def test_validate_real_set_flags_degenerate_lane_unless_repair(real_dir):
+    res = runner.invoke(app, ["scenarios", "validate", str(real_dir)])
+    assert res.exit_code == 1 and "6 good, 1 bad" in res.output and "a lane needs at least 2 points" in res.output
+    res = runner.invoke(app, ["scenarios", "validate", "--repair", str(real_dir)])
+    assert res.exit_code == 0 and "7 good, 0 bad" in res.output
+
+
+def test_info_and_bev_on_real_set(real_dir, tmp_path):
+    res = runner.invoke(app, ["scenarios", "info", "--json", str(real_dir)])
+    assert res.exit_code == 0
+    rows = json.loads(res.output)["scenarios"]
+    assert len(rows) == 7 and {r["dataset"] for r in rows} == {"nuscenes", "waymo"}
+    waymo = next(r for r in rows if r["id"] == "2a1e44d405a6833f")
+    assert waymo["agents"] == {"VEHICLE": 184, "PEDESTRIAN": 25, "CYCLIST": 2} and waymo["traffic_lights"] == 8
+    res = runner.invoke(app, ["scenarios", "bev", str(real_dir), "--out", str(tmp_path / "bev"), "-t", "10",
+                              "--limit", "2", "--npz", "--set", "range_m=40"])
+    assert res.exit_code == 0, res.output
+    pngs = sorted((tmp_path / "bev").glob("*.png"))
+    assert len(pngs) == 2 and len(list((tmp_path / "bev").glob("*.npz"))) == 2
+    import numpy as np
+
+    assert np.load(sorted((tmp_path / "bev").glob("*.npz"))[0])["raster"].shape == (8, 160, 160)
+    assert "range_m: 40.0" in (tmp_path / "bev" / "bevgen_run.yaml").read_text()
+
+
+def test_bad_config_key_is_a_clear_error(tmp_path, real_dir):
+    res = runner.invoke(app, ["scenarios", "bev", str(real_dir), "--out", str(tmp_path), "--set", "rnage_m=3"])
+    assert res.exit_code == 2 and "unknown key 'rnage_m'" in res.output and "range_m" in res.output
+
+
+def test_convert_scenarionet_keeps_good_files(real_dir, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(real_dir, src)
+    victim = ScenarioDataset(src).names[0]
+    (src / victim).write_bytes(b"\x80\x04garbage")
+    res = runner.invoke(app, ["scenarios", "convert", "scenarionet", str(src), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1
+    assert f"bad item {victim}" in res.output.replace("\n", " ") or victim in res.output
+    assert len(ScenarioDataset(tmp_path / "out")) == 6
+
+
+def test_convert_missing_inputs(tmp_path):
+    res = runner.invoke(app, ["scenarios", "convert", "waymo", str(tmp_path / "nope.tfrecord"), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "not found" in res.output
+    res = runner.invoke(app, ["scenarios", "info", str(tmp_path)])
+    assert res.exit_code == 2 and "empty dataset directory" in res.output
+
+
+@pytest.mark.metadrive
+def test_procedural_command(tmp_path):
+    out = tmp_path / "proc"
+    res = runner.invoke(app, ["scenarios", "procedural", "--out", str(out), "-n", "1", "--steps", "20", "-j", "1"])
+    assert res.exit_code == 0, res.output
+    assert ScenarioDataset(out).names == ["sd_procedural_seed000000.pkl"]
+    assert "num_scenarios: 1" in (out / "bevgen_run.yaml").read_text()
+    res = runner.invoke(app, ["scenarios", "procedural", "--out", str(out), "-n", "1", "--set", "workrs=1"])
+    assert res.exit_code == 2 and "did you mean 'workers'" in res.output
