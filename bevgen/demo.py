@@ -100,7 +100,7 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
                     out / "bev" / f"{s.id}_t{int(t):04d}.png")
         anim_src = scenes[0]
         r = BevRasterizer(anim_src, cfg.bev)
-        frames = [preview_image(r(t), title=f"{anim_src.id} t={t / 10:.1f}s", scale=1, legend=False)
+        frames = [preview_image(r(t), title=f"{anim_src.id} t={t / 10:.1f}s", scale=2)
                   for t in range(0, anim_src.length, cfg.animation_stride)]
         (out / "bev" / f"{anim_src.id}.gif").write_bytes(rp.gif_bytes(frames, fps=10 / cfg.animation_stride))
 

@@ -375,13 +375,9 @@ def test_scenario_filename_reproduces_real_file_names(real):
 
 # ---- downstream consumers ----------------------------------------------------------------------
 def test_safe_pickle_and_scenario_contract(converted):
-    try:
-        from sim_bridge.safe_pickle import safe_loads
-        from sim_bridge.scenario import Scenario
-    except ImportError as e:
-        pytest.skip(f"sim_bridge.scenario / safe_pickle not available: {e}")
-    if not (hasattr(Scenario, "from_dict") and hasattr(Scenario, "validate")):
-        pytest.skip("sim_bridge.scenario.Scenario lacks from_dict/validate")
+    from sim_bridge.safe_pickle import safe_loads
+    from sim_bridge.scenario import Scenario
+
     for name, d in converted.items():
         back = safe_loads(pickle.dumps(d), name)
         s = Scenario.from_dict(back, src=name)
@@ -390,6 +386,6 @@ def test_safe_pickle_and_scenario_contract(converted):
 
 
 def test_metadrive_sanity_check(converted):
-    sd = pytest.importorskip("metadrive.scenario.scenario_description")
+    from metadrive.scenario import scenario_description as sd
     for d in converted.values():
         sd.ScenarioDescription.sanity_check(d, check_self_type=True, valid_check=True)

@@ -19,8 +19,7 @@ import pytest
 
 from sim_bridge.sources import waymo as W
 
-scenario_pb2 = pytest.importorskip("waymo_open_dataset.protos.scenario_pb2")
-map_pb2 = pytest.importorskip("waymo_open_dataset.protos.map_pb2")
+from waymo_open_dataset.protos import map_pb2, scenario_pb2  # installed by `make install` (--no-deps)
 
 REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real-scenarios"
 T, DT = 91, 0.1
@@ -493,19 +492,15 @@ def test_real_pickles_reproduced_from_their_protos(real, tmp_path):
         assert 1.5 < np.median(widths[widths > 0]) < 2.5  # typical half lane width
 
 
-# ---- optional: the project's scenario contract and MetaDrive's own checker ------------------
+# ---- the project's scenario contract and MetaDrive's own checker ----------------------------
 def test_project_scenario_contract(converted):
-    try:
-        from sim_bridge.scenario import Scenario
-    except ImportError as e:
-        pytest.skip(f"sim_bridge.scenario not importable: {e}")
-    if not (hasattr(Scenario, "from_dict") and hasattr(Scenario, "validate")):
-        pytest.skip("sim_bridge.scenario.Scenario lacks from_dict/validate")
+    from sim_bridge.scenario import Scenario
+
     sc = Scenario.from_dict(converted, src="synthetic-waymo")
     sc.validate()
     assert sc.sdc_id == "11" and sc.num_agents == 4 and sc.length == T
 
 
 def test_metadrive_sanity_check(converted):
-    sd = pytest.importorskip("metadrive.scenario.scenario_description")
+    from metadrive.scenario import scenario_description as sd
     sd.ScenarioDescription.sanity_check(converted, check_self_type=True, valid_check=True)
