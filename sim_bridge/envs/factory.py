@@ -1,0 +1,173 @@
+"""Gymnasium environments over MetaDrive for RL: config, sharding across workers, construction.
+
+``EnvConfig`` names a scenario source (a dataset directory, replayed by MetaDrive's ``ScenarioEnv``,
+or ``"procedural"`` for ``MetaDriveEnv`` maps) plus observation, reward and termination settings.
+``make_env(cfg, worker, num_workers)`` builds worker ``worker``'s env on its contiguous shard of the
+scenarios (MetaDrive allows one engine per process, so each vectorized worker is a process).
+MetaDrive is imported only when an env is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+__all__ = ["EnvConfig", "RewardConfig", "make_env", "env_fns", "shard", "PROCEDURAL"]
+
+PROCEDURAL = "procedural"
+DEFAULT_PROCEDURAL_MAPS = 100
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward and termination terms (MetaDrive config keys of the same names)."""
+
+    driving_reward: float = 1.0
+    """Reward per metre of progress along the route."""
+    speed_reward: float = 0.1
+    """Reward per step proportional to speed / max speed (procedural maps only)."""
+    success_reward: float = 10.0
+    """Bonus on reaching the destination."""
+    out_of_road_penalty: float = 5.0
+    """Penalty when leaving the drivable area."""
+    crash_vehicle_penalty: float = 5.0
+    """Penalty when colliding with a vehicle."""
+    crash_object_penalty: float = 5.0
+    """Penalty when colliding with an object or a pedestrian."""
+    out_of_road_done: bool = True
+    """End the episode when the ego leaves the road (ScenarioEnv: its route)."""
+    crash_vehicle_done: bool = True
+    """End the episode on a vehicle collision."""
+    crash_object_done: bool = True
+    """End the episode on an object collision."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which scenarios, what the agent observes, how it is rewarded."""
+
+    data: str = PROCEDURAL
+    """A dataset directory (replayed in ScenarioEnv) or "procedural" (MetaDriveEnv maps)."""
+    num_scenarios: int = 0
+    """Scenarios to use: 0 = all of the directory (procedural: DEFAULT_PROCEDURAL_MAPS); else this many."""
+    start_index: int = 0
+    """First scenario index (directory order) or first seed (procedural)."""
+    horizon: int = 500
+    """Maximum steps per episode."""
+    observation: Literal["lidar_state"] = "lidar_state"
+    """Ego state + navigation + lidar (MetaDrive's LidarStateObservation); headless, no assets."""
+    lidar_lasers: int = 120
+    """Lidar beams (50 m) in the observation; the same layout for procedural and replayed scenarios."""
+    side_lasers: int = 12
+    """Side-detector beams (road boundaries)."""
+    lane_line_lasers: int = 0
+    """Lane-line-detector beams."""
+    procedural_map_blocks: int = 3
+    """Procedural only: road blocks per map."""
+    procedural_traffic_density: float = 0.1
+    """Procedural only: traffic density."""
+    reactive_traffic: bool = False
+    """Scenario replay only: traffic follows IDM instead of replaying the log exactly."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward and termination."""
+
+    def __post_init__(self):
+        if self.data != PROCEDURAL and not Path(self.data).is_dir():
+            raise ValueError(f"data: {self.data!r} is neither 'procedural' nor a dataset directory")
+        if self.num_scenarios < 0 or self.start_index < 0:
+            raise ValueError("num_scenarios and start_index must be >= 0")
+        if self.horizon < 1:
+            raise ValueError("horizon must be >= 1")
+
+    @property
+    def procedural(self) -> bool:
+        return self.data == PROCEDURAL
+
+    def total_scenarios(self) -> int:
+        if self.num_scenarios:
+            return self.num_scenarios
+        if self.procedural:
+            return DEFAULT_PROCEDURAL_MAPS
+        from sim_bridge.scenario import ScenarioDataset
+
+        return len(ScenarioDataset(self.data)) - self.start_index
+
+
+def shard(total: int, num_workers: int, worker: int) -> tuple[int, int]:
+    """Contiguous shard (start offset, count) of ``total`` scenarios for ``worker``; every worker gets >= 1.
+
+    With fewer scenarios than workers, workers share scenarios round-robin (count 1 each).
+    """
+    if total < 1:
+        raise ValueError("no scenarios to shard")
+    if num_workers >= total:
+        return worker % total, 1
+    base, extra = divmod(total, num_workers)
+    start = worker * base + min(worker, extra)
+    return start, base + (1 if worker < extra else 0)
+
+
+def metadrive_config(cfg: EnvConfig, worker: int = 0, num_workers: int = 1, seed_offset: int = 0) -> dict[str, Any]:
+    """The MetaDrive config dict for one worker's env (plain data, picklable)."""
+    offset, count = shard(cfg.total_scenarios(), num_workers, worker)
+    r = cfg.reward
+    mc: dict[str, Any] = dict(
+        horizon=cfg.horizon, driving_reward=r.driving_reward, success_reward=r.success_reward,
+        out_of_road_penalty=r.out_of_road_penalty, crash_vehicle_penalty=r.crash_vehicle_penalty,
+        crash_object_penalty=r.crash_object_penalty, crash_vehicle_done=r.crash_vehicle_done,
+        crash_object_done=r.crash_object_done,
+        # Pin one sensor layout: the two envs default to different ones (259- vs 161-d observations),
+        # and a policy must be able to drive both (train on procedural, test on real).
+        vehicle_config=dict(lidar=dict(num_lasers=cfg.lidar_lasers, distance=50, num_others=0),
+                            side_detector=dict(num_lasers=cfg.side_lasers, distance=50),
+                            lane_line_detector=dict(num_lasers=cfg.lane_line_lasers, distance=20)))
+    # The two MetaDrive envs name the same terms differently (and ScenarioEnv has no speed reward).
+    if cfg.procedural:
+        mc.update(start_seed=cfg.start_index + offset, num_scenarios=count, map=cfg.procedural_map_blocks,
+                  traffic_density=cfg.procedural_traffic_density, speed_reward=r.speed_reward,
+                  out_of_road_done=r.out_of_road_done)
+    else:
+        mc.update(data_directory=str(Path(cfg.data).resolve()), start_scenario_index=cfg.start_index + offset,
+                  num_scenarios=count, reactive_traffic=cfg.reactive_traffic, out_of_route_done=r.out_of_road_done,
+                  crash_human_done=r.crash_object_done, crash_human_penalty=r.crash_object_penalty)
+    return mc
+
+
+def make_env(cfg: EnvConfig, worker: int = 0, num_workers: int = 1, ego: Literal["agent", "idm"] = "agent",
+             **overrides: Any):
+    """Build worker ``worker``'s MetaDrive env (a ``gymnasium.Env``), headless and offline.
+
+    Args:
+        cfg: scenarios and env settings.
+        worker, num_workers: this worker's shard of the scenarios.
+        ego: "agent" (actions drive the ego) or "idm" (MetaDrive's IDM drives it; actions are ignored).
+        **overrides: raw MetaDrive config keys.
+    """
+    from sim_bridge.envs.metadrive import make_procedural_env, make_scenario_env
+
+    mc = metadrive_config(cfg, worker, num_workers)
+    if ego == "idm":
+        from metadrive.policy.idm_policy import IDMPolicy
+
+        mc["agent_policy"] = IDMPolicy
+    mc.update(overrides)
+    if cfg.procedural:
+        return make_procedural_env(**mc)
+    data = mc.pop("data_directory")
+    return make_scenario_env(data, **mc)
+
+
+def env_fns(cfg: EnvConfig, num_workers: int, **overrides: Any) -> list[Callable[[], Any]]:
+    """One picklable constructor per worker (for SubprocVecEnv-style vectorization)."""
+    return [_EnvFn(cfg, w, num_workers, overrides) for w in range(num_workers)]
+
+
+class _EnvFn:
+    """Picklable ``() -> env`` (a lambda would not survive the spawn start method)."""
+
+    def __init__(self, cfg: EnvConfig, worker: int, num_workers: int, overrides: dict):
+        self.cfg, self.worker, self.num_workers, self.overrides = cfg, worker, num_workers, overrides
+
+    def __call__(self):
+        return make_env(self.cfg, self.worker, self.num_workers, **self.overrides)

@@ -1,0 +1,1 @@
+"""RL in MetaDrive: PPO training (stable-baselines3), evaluation, the TrafficGen experiment."""

@@ -1,0 +1,282 @@
+"""PPO (stable-baselines3) in MetaDrive on any scenario set: seed, envs, model, loop, checkpoints.
+
+Reads top to bottom: config -> seeding -> vectorized envs -> PPO -> callback (episode log,
+TensorBoard scalars, atomic checkpoints) -> learn -> final checkpoint.
+
+Checkpoints are our own format, not SB3's ``.zip``: ``{model, optimizer, config, step, n_updates,
+best_metric}`` written with ``torch.save`` to a temp file and renamed, and read back with
+``torch.load(weights_only=True)``. SB3's zip stores parts of the model with cloudpickle, so loading
+someone else's zip can execute code; ours can only yield tensors and plain data. ``--resume`` rebuilds
+the PPO model from the saved config, loads both state dicts strictly and continues the step counter.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sim_bridge.config import from_dict, save_config, to_dict
+from sim_bridge.envs.factory import EnvConfig
+
+__all__ = ["PPOConfig", "TrainConfig", "TrainResult", "train", "load_checkpoint", "latest_checkpoint",
+           "build_policy", "EPISODE_FIELDS"]
+
+EPISODE_FIELDS = ("step", "episode", "reward", "length", "route_completion", "success", "crash", "out_of_road")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyper-parameters (stable-baselines3 names)."""
+
+    learning_rate: float = 3e-4
+    n_steps: int = 512
+    """Rollout length per env between updates."""
+    batch_size: int = 128
+    n_epochs: int = 10
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    net_arch: tuple[int, ...] = (256, 256)
+    """Hidden sizes of the policy and value MLPs."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One PPO training run."""
+
+    env: EnvConfig = field(default_factory=lambda: EnvConfig(num_scenarios=50))
+    """Training scenarios and env settings."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    total_steps: int = 100_000
+    """Environment steps over all workers."""
+    num_envs: int = 1
+    """Worker processes (one MetaDrive engine each); 1 = in-process."""
+    seed: int = 0
+    checkpoint_every: int = 4096
+    """Save a checkpoint every this many steps (and at the end)."""
+    device: str = "cpu"
+    """torch device for the policy ("cpu", "cuda", "auto")."""
+
+    def __post_init__(self):
+        if self.total_steps < 1 or self.num_envs < 1 or self.checkpoint_every < 1:
+            raise ValueError("total_steps, num_envs and checkpoint_every must be >= 1")
+        if (self.ppo.n_steps * self.num_envs) % self.ppo.batch_size:
+            raise ValueError(f"ppo.n_steps * num_envs ({self.ppo.n_steps * self.num_envs}) must be a multiple "
+                             f"of ppo.batch_size ({self.ppo.batch_size}); change one of them")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    start_step: int
+    final_step: int
+    episodes: list[dict]
+    seconds: float
+
+    @property
+    def steps_per_second(self) -> float:
+        return (self.final_step - self.start_step) / max(self.seconds, 1e-9)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _ppo(cfg: TrainConfig, env, tb_dir: str | None):
+    from stable_baselines3 import PPO
+
+    p = cfg.ppo
+    return PPO("MlpPolicy", env, learning_rate=p.learning_rate, n_steps=p.n_steps, batch_size=p.batch_size,
+               n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
+               ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+               policy_kwargs=dict(net_arch=list(p.net_arch)), tensorboard_log=tb_dir, seed=cfg.seed,
+               device=cfg.device, verbose=0)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    p = Path(run_dir) / "checkpoints" / "latest.pt"
+    return p if p.exists() else None
+
+
+def _save_checkpoint(model, cfg: TrainConfig, run_dir: Path, best: float) -> Path:
+    import torch
+
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.policy.state_dict(), "optimizer": model.policy.optimizer.state_dict(),
+             "config": to_dict(cfg), "step": int(model.num_timesteps), "n_updates": int(model._n_updates),
+             "best_metric": float(best)}
+    for name in (f"step_{model.num_timesteps:09d}.pt", "latest.pt"):
+        tmp = ckpt_dir / f".{name}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_dir / name)
+    return ckpt_dir / "latest.pt"
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint safely (tensors and plain data only)."""
+    import torch
+
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def build_policy(checkpoint: dict, observation_space, action_space):
+    """A stand-alone SB3 ``ActorCriticPolicy`` with the checkpoint's weights (strict), for evaluation."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    ppo = from_dict(PPOConfig, checkpoint["config"]["ppo"])
+    policy = ActorCriticPolicy(observation_space, action_space, lr_schedule=lambda _: 0.0,
+                               net_arch=list(ppo.net_arch))
+    policy.load_state_dict(checkpoint["model"], strict=True)
+    return policy.eval()
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+def _callback(run_dir: Path, cfg: TrainConfig, episodes: list[dict], state: dict,
+              on_episode: Callable[[dict], Any] | None):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    log_path = run_dir / "episodes.csv"
+
+    class _Cb(BaseCallback):
+        def _on_training_start(self) -> None:
+            self._t0, self._s0 = time.perf_counter(), self.num_timesteps
+            new = not log_path.exists()
+            self._log = open(log_path, "a", newline="")
+            self._csv = csv.DictWriter(self._log, EPISODE_FIELDS)
+            if new:
+                self._csv.writeheader()
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                ep = info.get("episode")
+                if ep is None:
+                    continue
+                rc = float(info.get("route_completion", 0.0))
+                crash = bool(info.get("crash") or info.get("crash_vehicle") or info.get("crash_object"))
+                off = bool(info.get("out_of_road"))
+                row = {"step": self.num_timesteps, "episode": len(episodes), "reward": round(float(ep["r"]), 4),
+                       "length": int(ep["l"]), "route_completion": round(rc, 4),
+                       "success": int(rc > 0.95 and not crash and not off), "crash": int(crash), "out_of_road": int(off)}
+                episodes.append(row)
+                self._csv.writerow(row)
+                self.logger.record("charts/episode_reward", row["reward"])
+                self.logger.record("charts/route_completion", rc)
+                if on_episode:
+                    on_episode(row)
+            if self.num_timesteps - state["last_ckpt"] >= cfg.checkpoint_every:
+                self._checkpoint()
+            return True
+
+        def _checkpoint(self) -> None:
+            recent = [e["reward"] for e in episodes[-20:]]
+            state["best"] = max(state["best"], float(np.mean(recent)) if recent else -np.inf)
+            self._log.flush()
+            _save_checkpoint(self.model, cfg, run_dir, state["best"])
+            state["last_ckpt"] = self.num_timesteps
+            sps = (self.num_timesteps - self._s0) / max(time.perf_counter() - self._t0, 1e-9)
+            self.logger.record("charts/steps_per_second", sps)
+
+        def _on_rollout_end(self) -> None:
+            sps = (self.num_timesteps - self._s0) / max(time.perf_counter() - self._t0, 1e-9)
+            self.logger.record("charts/steps_per_second", sps)
+
+        def _on_training_end(self) -> None:
+            self._checkpoint()
+            self._log.close()
+
+    return _Cb()
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress_bar: bool = True,
+          on_episode: Callable[[dict], Any] | None = None) -> TrainResult:
+    """Train PPO; write config, TensorBoard logs, ``episodes.csv`` and checkpoints into ``run_dir``.
+
+    Args:
+        cfg: the run's settings (saved as ``config.yaml``).
+        run_dir: output directory.
+        resume: continue from ``run_dir/checkpoints/latest.pt`` (the step counter continues).
+        progress_bar: show a progress bar over environment steps.
+        on_episode: optional callback receiving each finished episode's row.
+
+    Returns:
+        Start and final step, all episode rows, wall time.
+    """
+    import torch
+
+    from sim_bridge.envs.vec import make_vec_env
+
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"{run_dir}: --resume given but no checkpoints/latest.pt to resume from")
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    seed_everything(cfg.seed)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(cfg.num_envs, 1)))
+
+    env = make_vec_env(cfg.env, cfg.num_envs, seed=cfg.seed)
+    episodes: list[dict] = []
+    state = {"last_ckpt": 0, "best": -np.inf}
+    try:
+        model = _ppo(cfg, env, str(run_dir / "tb"))
+        start = 0
+        if ckpt is not None:
+            saved = load_checkpoint(ckpt)
+            model.policy.load_state_dict(saved["model"], strict=True)
+            model.policy.optimizer.load_state_dict(saved["optimizer"])
+            model.num_timesteps, model._n_updates = int(saved["step"]), int(saved["n_updates"])
+            start = state["last_ckpt"] = model.num_timesteps
+            state["best"] = float(saved["best_metric"])
+            episodes.extend(_read_episodes(run_dir / "episodes.csv", upto_step=start))
+            _rewrite_episodes(run_dir / "episodes.csv", episodes)
+        t0 = time.perf_counter()
+        remaining = max(cfg.total_steps - start, 0)
+        if remaining:
+            model.learn(total_timesteps=remaining, callback=_callback(run_dir, cfg, episodes, state, on_episode),
+                        reset_num_timesteps=ckpt is None, tb_log_name="ppo", progress_bar=progress_bar)
+        seconds = time.perf_counter() - t0
+        result = TrainResult(run_dir, start, int(model.num_timesteps), episodes, seconds)
+        (run_dir / "train_summary.json").write_text(json.dumps(
+            {"start_step": start, "final_step": result.final_step, "episodes": len(episodes),
+             "seconds": round(seconds, 2), "steps_per_second": round(result.steps_per_second, 1)}, indent=2))
+        return result
+    finally:
+        env.close()
+
+
+def _read_episodes(path: Path, upto_step: int) -> list[dict]:
+    """Episodes logged before the checkpoint we resume from (later rows belong to lost work)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: (float(v) if k in ("reward", "route_completion") else int(v)) for k, v in r.items()}
+                for r in csv.DictReader(f)]
+    return [r for r in rows if r["step"] <= upto_step]
+
+
+def _rewrite_episodes(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, EPISODE_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
