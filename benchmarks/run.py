@@ -123,7 +123,107 @@ def bench_load() -> dict:
             "overhead_x": round(safe / plain, 2)}
 
 
-BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load}
+ANCHOR_SCENARIO_SPS = {1: 48.0, 2: 87.0}  # ScenarioEnv on the 7 real scenes, constant action, resets included
+ANCHOR_PROCEDURAL_SPS = 580.0                # MetaDriveEnv, random actions, 1 process
+
+
+def _steps_per_second(step, reset, n: int) -> float:
+    reset()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return n / (time.perf_counter() - t0)
+
+
+def _wrapper_overhead(vec, action, steps: int) -> tuple[float, float]:
+    """(raw steps/s, wrapped steps/s) from the same calls: the inner MetaDrive env's step/reset are timed by a
+    shim, so (wrapped time - inner time) is exactly what DummyVecEnv + Monitor + ScenarioSeed add, free of the
+    scenario-to-scenario noise that dominates separate runs."""
+    raw = vec.envs[0].unwrapped
+    inner = {"t": 0.0}
+    orig_step, orig_reset = raw.step, raw.reset
+
+    def timed(fn):
+        def call(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                inner["t"] += time.perf_counter() - t0
+        return call
+
+    raw.step, raw.reset = timed(orig_step), timed(orig_reset)
+    try:
+        vec.reset()
+        inner["t"] = 0.0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            vec.step(action[None])
+        total = time.perf_counter() - t0
+    finally:
+        raw.step, raw.reset = orig_step, orig_reset
+    return steps / inner["t"], steps / total
+
+
+def bench_rl_env() -> dict:
+    """Env steps/s of the wrapped env, its overhead over raw MetaDrive, and scaling over worker processes."""
+    import numpy as np
+
+    from sim_bridge.envs.factory import EnvConfig
+    from sim_bridge.envs.vec import make_vec_env
+
+    if not REAL_DIR.exists():
+        return {"skipped": f"{REAL_DIR} not found"}
+    out: dict = {"what": "env steps per second incl. resets; constant action [0, 0.5]; raw = time inside MetaDrive's step/reset during the same calls"}
+    action = np.array([0.0, 0.5], np.float32)
+    for name, cfg, n in (("real_scenarios", EnvConfig(data=str(REAL_DIR), horizon=1000), 1200),
+                         ("procedural_maps", EnvConfig(data="procedural", num_scenarios=20, horizon=1000), 2400)):
+        vec = make_vec_env(cfg, 1, seed=0)
+        raw_sps, wrapped_sps = _wrapper_overhead(vec, action, n)
+        vec.close()
+        row = {"raw_metadrive_sps": round(raw_sps, 1), "wrapped_sps_1_worker": round(wrapped_sps, 1),
+               "wrapper_overhead_pct": round(100 * (raw_sps / wrapped_sps - 1), 1)}
+        for k in (2, 4):  # synchronous stepping: a worker rebuilding a map stalls the others
+            vk = make_vec_env(cfg, k, seed=0)
+            row[f"wrapped_sps_{k}_workers"] = round(k * _steps_per_second(
+                lambda: vk.step(np.stack([action] * k)), vk.reset, n // k), 1)
+            vk.close()
+        row["scaling_2_vs_1"] = round(row["wrapped_sps_2_workers"] / row["wrapped_sps_1_worker"], 2)
+        out[name] = row
+    out["real_scenarios"]["reference_sps_1_2_processes"] = ANCHOR_SCENARIO_SPS
+    out["real_scenarios"]["speedup_vs_reference_2_workers"] = round(
+        out["real_scenarios"]["wrapped_sps_2_workers"] / ANCHOR_SCENARIO_SPS[2], 2)
+    out["procedural_maps"]["reference_sps_1_process"] = ANCHOR_PROCEDURAL_SPS
+    return out
+
+
+def bench_rl_experiment() -> dict:
+    """The TrafficGen experiment at the CPU budget (see sim_bridge/rl/experiment.py)."""
+    from sim_bridge.rl.evaluate import EvalConfig
+    from sim_bridge.rl.experiment import ExperimentConfig, run_experiment
+
+    if not REAL_DIR.exists():
+        return {"skipped": f"{REAL_DIR} not found"}
+    budget = int(os.environ.get("BEVGEN_RL_BUDGET", "10000"))
+    work = ROOT / "benchmarks" / "work" / "rl_experiment"
+    cfg = ExperimentConfig(real_data=str(REAL_DIR), budget_steps=budget, held_out=3, procedural_scenarios=20,
+                           num_envs=2)
+    t0 = time.perf_counter()
+    res = run_experiment(cfg, work, EvalConfig(workers=2))
+    import shutil
+
+    shutil.copy(work / "experiment.png", RESULTS / "rl_experiment.png")
+    return {"what": f"PPO, {budget} env steps per arm, evaluated on {len(res['held_out'])} held-out real scenes",
+            "wall_s": round(time.perf_counter() - t0, 1), "held_out": res["held_out"],
+            "arms": {k: {"train_episodes": v["train_episodes"],
+                         **{m: v["held_out"][m] for m in ("success_rate", "route_completion", "crash_rate",
+                                                          "out_of_road_rate", "episode_reward")}}
+                     for k, v in res["arms"].items()},
+            "reference": res["reference"], "skipped": res["skipped"], "plot": "benchmarks/results/rl_experiment.png"}
+
+
+BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load, "rl_env": bench_rl_env,
+           "rl_experiment": bench_rl_experiment}
 
 
 def _row_lines(results: dict) -> list[str]:
@@ -139,6 +239,21 @@ def _row_lines(results: dict) -> list[str]:
         lines.append(f"| Procedural scenarios, 4 maps x 200 steps + IDM traffic | {p['wall_s_1_workers']} s (1 worker), "
                      f"{p['wall_s_2_workers']} s (2 workers) | MetaDrive export ~{p['reference_metadrive_export_s']:g} s: "
                      f"**{p['speedup_vs_reference_2_workers']}x** |")
+    e = results.get("rl_env", {})
+    if "real_scenarios" in e:
+        r, p = e["real_scenarios"], e["procedural_maps"]
+        lines.append(f"| RL env steps/s, real scenes in ScenarioEnv (resets included) | {r['wrapped_sps_1_worker']} (1 worker), "
+                     f"{r['wrapped_sps_2_workers']} (2 workers), {r['wrapped_sps_4_workers']} (4); raw MetaDrive {r['raw_metadrive_sps']}, wrapper overhead "
+                     f"{r['wrapper_overhead_pct']}% | ~{ANCHOR_SCENARIO_SPS[1]:g} / ~{ANCHOR_SCENARIO_SPS[2]:g}: "
+                     f"**{r['speedup_vs_reference_2_workers']}x** at 2 workers |")
+        lines.append(f"| RL env steps/s, procedural maps (MetaDriveEnv) | {p['wrapped_sps_1_worker']} (1 worker), "
+                     f"{p['wrapped_sps_2_workers']} (2 workers), {p['wrapped_sps_4_workers']} (4); raw {p['raw_metadrive_sps']}, overhead "
+                     f"{p['wrapper_overhead_pct']}% | ~{ANCHOR_PROCEDURAL_SPS:g} (random actions) |")
+    x = results.get("rl_experiment", {})
+    if "arms" in x:
+        arms = ", ".join(f"{k} {v['success_rate']:.2f} / {v['route_completion']:.2f}" for k, v in x["arms"].items())
+        refs = ", ".join(f"{k} {v['success_rate']:.2f} / {v['route_completion']:.2f}" for k, v in x["reference"].items())
+        lines.append(f"| PPO experiment: held-out success / route completion | {arms} | {refs} |")
     lo = results.get("load", {})
     if "safe_load_validate_ms" in lo:
         lines.append(f"| Safe load + validate one real scenario | {lo['safe_load_validate_ms']} ms "

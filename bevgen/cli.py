@@ -360,6 +360,39 @@ def sim_eval(
     _console().print(f"metrics in {path}")
 
 
+@sim.command("experiment")
+def sim_experiment(
+    real: Path = typer.Option(..., "--real", help="Real scenario directory; part of it is held out for testing."),
+    out: Path = typer.Option(..., "--out", "-o", help="Experiment directory (runs, results.json, experiment.png)."),
+    budget: int = typer.Option(20_000, "--budget", help="PPO environment steps per arm."),
+    held_out: int = typer.Option(3, "--held-out", help="Real scenarios held out for testing."),
+    augmented: Optional[Path] = typer.Option(None, "--augmented", help="Traffic-augmented dataset (third arm)."),
+    envs: int = typer.Option(2, "--envs", help="Worker processes per training run."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Same PPO budget on procedural / real / augmented scenarios, tested on held-out real scenes; plot + JSON."""
+    from sim_bridge.config import ConfigError, load_config
+    from sim_bridge.rl.evaluate import EvalConfig
+    from sim_bridge.rl.experiment import ExperimentConfig, run_experiment
+
+    overrides = [f"real_data={real}", f"budget_steps={budget}", f"held_out={held_out}", f"num_envs={envs}"]
+    overrides += ([f"augmented={augmented}"] if augmented else []) + list(set_ or [])
+    try:
+        cfg = load_config(ExperimentConfig, config, overrides)
+        res = run_experiment(cfg, out, EvalConfig(workers=envs))
+    except (ConfigError, ValueError) as e:
+        _fail(str(e))
+    for arm, r in res["arms"].items():
+        m = r["held_out"]
+        typer.echo(f"{arm:>11}: success {m['success_rate']:.2f}  route completion {m['route_completion']:.2f}  "
+                   f"crash {m['crash_rate']:.2f}  reward {m['episode_reward']:.1f}")
+    for ref, m in res["reference"].items():
+        typer.echo(f"{ref:>11}: success {m['success_rate']:.2f}  route completion {m['route_completion']:.2f}  "
+                   f"crash {m['crash_rate']:.2f}  reward {m['episode_reward']:.1f}")
+    _console().print(f"results in {out / 'results.json'}, plot {out / 'experiment.png'}")
+
+
 @sim.command("rollout")
 def sim_rollout(
     policy: str = typer.Option(..., "--policy", help="A training run directory, 'random' or 'idm'."),

@@ -128,14 +128,19 @@ def plot_experiment(results: dict, path: str | Path) -> Path:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     colors = {"procedural": "#4c72b0", "real": "#dd8452", "augmented": "#55a868"}
+    budget = results["budget_steps"]
+    window = budget / 5
+    grid = np.linspace(window, budget, 40)
     for arm, r in results["arms"].items():
         curve = np.asarray(r["curve"], float).reshape(-1, 2)
         if len(curve):
-            k = max(1, len(curve) // 20)
-            smooth = np.convolve(curve[:, 1], np.ones(k) / k, mode="valid")
-            ax1.plot(curve[k - 1:, 0], smooth, label=arm, color=colors.get(arm))
+            # mean reward of the episodes that ended in the last `window` steps: comparable across arms whose
+            # episodes have very different lengths
+            means = [curve[(curve[:, 0] > g - window) & (curve[:, 0] <= g), 1] for g in grid]
+            y = np.array([m.mean() if len(m) else np.nan for m in means])
+            ax1.plot(grid, y, label=arm, color=colors.get(arm), marker=".")
     ax1.set_xlabel("environment steps")
-    ax1.set_ylabel("training episode reward (moving mean)")
+    ax1.set_ylabel(f"episode reward (mean over last {int(window):,} steps)")
     ax1.set_title(f"PPO learning curves, budget {results['budget_steps']:,} steps")
     ax1.legend()
     names = list(results["arms"]) + list(results["reference"])

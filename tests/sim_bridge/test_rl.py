@@ -137,3 +137,42 @@ def test_rollout_command_writes_animation(scenario_run, real_dir, tmp_path):
     res = CliRunner().invoke(app, ["sim", "rollout", "--policy", str(scenario_run), "--data", str(real_dir),
                                    "--out", str(tmp_path / "ppo"), "--steps", "10"])
     assert res.exit_code == 0, res.output
+
+
+def test_ray_backend_matches_local_processes(procedural_dir, monkeypatch):
+    """The distributed path: the same shards as Ray tasks (a local Ray instance here) give the same rows."""
+    import ray
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    env = EnvConfig(data=str(procedural_dir), horizon=100)
+    local = evaluate("idm", str(procedural_dir), EvalConfig(workers=2, backend="process", reference=False), env)
+    try:
+        dist = evaluate("idm", str(procedural_dir), EvalConfig(workers=2, backend="ray", reference=False), env)
+    finally:
+        ray.shutdown()
+    key = lambda r: r["scenario"]
+    assert sorted(local["per_scenario"], key=key) == sorted(dist["per_scenario"], key=key)
+    assert local["num_episodes"] == dist["num_episodes"] == 2
+
+
+def test_experiment_command_smoke(real_dir, tmp_path):
+    """Tiny budget: the plumbing (split, three arms where given, held-out eval, JSON + plot) works end to end."""
+    out = tmp_path / "exp"
+    res = CliRunner().invoke(app, [
+        "sim", "experiment", "--real", str(real_dir), "--out", str(out), "--budget", "256", "--held-out", "2",
+        "--envs", "1", "--set", "procedural_scenarios=2", "--set", "train.ppo.n_steps=128",
+        "--set", "train.ppo.batch_size=64", "--set", "train.ppo.net_arch=[32, 32]",
+        "--set", "train.env.horizon=60", "--set", "train.checkpoint_every=256"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"procedural", "real"} and "augmented" in results["skipped"]
+    assert len(results["held_out"]) == 2 and len({n.split("_")[1] for n in results["held_out"]}) == 2, \
+        "held-out scenes mix datasets"
+    held_out = set(results["held_out"])
+    train_names = {p.name for p in (out / "real_train").glob("sd_*.pkl")}
+    assert train_names and not (train_names & held_out), "no held-out scene is trained on"
+    for arm in results["arms"].values():
+        assert arm["held_out"]["num_episodes"] == 2 and arm["curve"]
+    assert set(results["reference"]) == {"random", "idm"}
+    from PIL import Image
+
+    assert Image.open(out / "experiment.png").width > 800
