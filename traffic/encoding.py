@@ -35,7 +35,7 @@ import numpy as np
 
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
 
-__all__ = ["EncodingConfig", "encode_scene", "collate", "to_world", "to_scene", "MAP_TYPES", "AGENT_TYPES",
+__all__ = ["EncodingConfig", "encode_scene", "collate", "to_world", "to_scene", "agent_feature_rows", "MAP_TYPES", "AGENT_TYPES",
            "MAP_FEATURES", "AGENT_FEATURES", "wrap"]
 
 MAP_TYPES = ("lane", "road_line", "road_edge", "crosswalk")
@@ -88,6 +88,21 @@ def to_world(xy: np.ndarray, heading: np.ndarray | None, origin: np.ndarray):
     xy = np.asarray(xy, np.float64)
     w = np.stack([c * xy[..., 0] - s * xy[..., 1], s * xy[..., 0] + c * xy[..., 1]], -1) + origin[:2]
     return w if heading is None else (w, wrap(np.asarray(heading) + origin[2]))
+
+
+def agent_feature_rows(state, types, range_m: float):
+    """AGENT_FEATURES [..., F_AGENT] from agent_state rows [..., 7] and type indices [...].
+
+    Works on numpy arrays and on torch tensors (used when placed vehicles join a batch)."""
+    if isinstance(state, np.ndarray):
+        cat, cos, sin, onehot = np.concatenate, np.cos, np.sin, np.eye(len(AGENT_TYPES), dtype=state.dtype)[types]
+    else:
+        import torch
+
+        cat, cos, sin = torch.cat, torch.cos, torch.sin
+        onehot = torch.nn.functional.one_hot(types.clamp(min=0), len(AGENT_TYPES)).to(state.dtype)
+    return cat([state[..., 0:2] / range_m, cos(state[..., 2:3]), sin(state[..., 2:3]), state[..., 3:5] / 10.0,
+                state[..., 5:6] / 5.0, state[..., 6:7] / 2.5, onehot], -1)
 
 
 def _resample(pts: np.ndarray, step: float) -> np.ndarray:
@@ -196,8 +211,7 @@ def encode_scene(sc: Scenario, t0: int = 0, cfg: EncodingConfig = EncodingConfig
     out["agent_mask"] = np.zeros(A, bool)
     out["agent_mask"][:n] = True
     out["agent_feats"] = np.zeros((A, F_AGENT), np.float32)
-    out["agent_feats"][:n] = np.column_stack([xy[cand] / R, np.cos(head), np.sin(head), vel / 10.0,
-                                              size[:, 0] / 5.0, size[:, 1] / 2.5, np.eye(len(AGENT_TYPES))[type_idx[cand]]])
+    out["agent_feats"][:n] = agent_feature_rows(out["agent_state"][:n], type_idx[cand], R)
 
     # lane assignment of vehicles: nearest lane vector with a compatible heading
     out["agent_lane"] = np.full(A, -1, np.int64)

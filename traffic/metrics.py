@@ -18,29 +18,39 @@ A mean over an empty set counts as 0: an empty X against a non-empty Y gives sqr
 10 m, heading 0.5 on the (cos, sin) embedding, size 1 m, speed 2 m/s) so numbers compare across runs.
 Scenes are matched in one of two ways (``pairing="auto"`` picks): **paired**, when every reference
 scene has generated scenes with the same id and map (same number of map features and the same
-lane-point checksum): each reference scene is compared with the union of its generated scenes;
+lane-point checksum): scene i with scene i when the two lists match one to one in order, else each
+reference scene with the union of the generated scenes of its id and map (several samples per scene);
 **pooled** otherwise (different maps, e.g. procedural traffic): reference scene i is compared with
 generated scene ``perm[i % G]``, ``perm`` a permutation of the G generated scenes drawn from
 ``np.random.default_rng(seed)``. ``mmd_*`` is the mean over reference scenes; ``mmd_*_pooled``
 compares all vehicles of all scenes as two sets (a scene-free view of the same attributes).
 
 **collision_rate**: fraction of generated non-ego agents (all types, >= 1 valid step) whose oriented
-2-D box (length x width at heading) overlaps the box of any other valid agent (the ego included) at
-some valid step. Overlap is the separating-axis test on the 4 box axes, vectorised over [T, A, A].
-``collision_rate_t0`` is the same fraction among agents valid at ``t0``, at ``t0`` only.
+2-D box (length x width at heading) overlaps the box of another valid agent (the ego included) at
+some valid step, where at least one of the two is a VEHICLE. Overlaps among pedestrians, cyclists
+and static objects are not collisions: pedestrians walk in groups and barriers stand end to end, so
+their boxes overlap in real logs (15% of the shared real agents otherwise). Overlap is the
+separating-axis test on the 4 box axes, vectorised over [T, A, A]. ``collision_rate_t0`` is the same
+fraction among agents valid at ``t0``, at ``t0`` only; ``collision_rate_vehicle`` counts non-ego
+vehicles only.
 
-**offroad_rate**: fraction of (non-ego vehicle, valid step) pairs, centre within ``range_m`` of the
-ego at that step (the maps of real logs are cropped around the ego), whose centre is off the
-drivable area D = union of lane polygons (shapely ``intersects_xy``) union {p : dist(p, c) <=
-w/2 + 0.5 m} over lane centre lines c without a polygon (Waymo; some nuScenes connectors). w/2 is the
-lane's half width: the median over points of mean(left, right) of its ``width`` extras (ScenarioNet
-stores per-point distances to the left/right boundary) clipped to [1.5, 2.5] m, else 1.9 m. Bike
-lanes are not drivable.
+**offroad_rate**: fraction of (non-ego vehicle, valid step) pairs with the vehicle *moving*
+(max(|velocity|, |p_{t+1} - p_t| / dt) > 1 m/s) and its centre within ``range_m`` of the ego at that
+step (maps of real logs are cropped around the ego), whose centre is off the drivable area
+D = union of lane and DRIVEWAY polygons (shapely ``intersects_xy``) union {p : dist(p, c) <= w/2 + 0.5 m}
+over lane centre lines c without a polygon (Waymo; some nuScenes connectors). w/2 is the lane's half
+width: the median over points of mean(left, right) of its ``width`` extras (ScenarioNet stores
+per-point distances to the left/right boundary) clipped to [1.5, 2.5] m, else 1.9 m. Bike lanes are
+not drivable. ``offroad_rate_all`` counts parked vehicles too: the maps hold lanes, not kerbside
+parking or car parks, so on the shared real scenes 62% of all vehicle steps are "off-road"
+(two nuScenes scenes are car parks) against 3% of moving ones.
 
-**kinematic_violation_rate**: fraction of non-ego vehicle steps t (t and t+1 valid) with
-v_t = (p_{t+1} - p_t) / dt where any of: |a_t| = |v_{t+1} - v_t| / dt > 10 m/s^2 (t+2 valid);
-|wrap(h_{t+1} - h_t)| / dt > 1.5 rad/s while |v_t| > 1 m/s; |wrap(atan2(v_t) - h_t)| > 0.5 rad while
-|v_t| > 2 m/s (a reversing vehicle counts as a mismatch).
+**kinematic_violation_rate**: fraction of non-ego vehicle steps t (t and t+K valid, K = 3 steps,
+tau = K dt = 0.3 s) with v_t = (p_{t+K} - p_t) / tau where any of: |a_t| = |v_{t+K} - v_t| / tau
+> 10 m/s^2 (t+2K valid); |wrap(h_{t+K} - h_t)| / tau > 1.5 rad/s while |v_t| > 1 m/s;
+|wrap(atan2(v_t) - h_t - wrap(h_{t+K} - h_t) / 2)| > 0.5 rad while |v_t| > 2 m/s (a reversing vehicle
+counts as a mismatch). Why K = 3: over 0.1 s, centimetre jitter of logged positions alone gives
+|a| > 10 m/s^2 at 2-5% of Waymo steps; over 0.3 s real logs are clean while jumps and spins remain.
 
 Einsum letters: a agent, t time, p point, s segment.
 """
@@ -48,7 +58,6 @@ Einsum letters: a agent, t time, p point, s segment.
 from __future__ import annotations
 
 import math
-from typing import Iterable
 
 import numpy as np
 import shapely
@@ -61,7 +70,8 @@ __all__ = ["BANDWIDTHS", "evaluate_traffic", "scene_attributes", "mmd", "box_ove
 DT = 0.1
 BANDWIDTHS = {"position": 10.0, "heading": 0.5, "size": 1.0, "speed": 2.0}
 MAX_ACCEL, MAX_YAW_RATE, MAX_SLIP = 10.0, 1.5, 0.5   # m/s^2, rad/s, rad
-YAW_RATE_MIN_SPEED, SLIP_MIN_SPEED = 1.0, 2.0         # m/s
+YAW_RATE_MIN_SPEED, SLIP_MIN_SPEED, MOVING_SPEED = 1.0, 2.0, 1.0  # m/s
+KIN_WINDOW = 3  # steps over which kinematic finite differences are taken
 DEFAULT_HALF_WIDTH, ROAD_MARGIN, HALF_WIDTH_CLIP = 1.9, 0.5, (1.5, 2.5)  # m
 _CHUNK = 2_000_000  # elements per vectorised block (bounds memory)
 
@@ -93,10 +103,14 @@ def scene_attributes(scenario: Scenario, t0: int = 0, range_m: float = 50.0) -> 
 
 
 def _kernel_mean(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
+    """mean_{i,j} k(x_i, y_j) for x [n, d], y [m, d], in row blocks of x (0 if either is empty)."""
     if len(x) == 0 or len(y) == 0:
         return 0.0
-    d2 = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)                      # [n, m]
-    return float(np.exp(-d2 / (2 * sigma ** 2)).mean())
+    rows, total = max(1, _CHUNK // (len(y) * x.shape[1])), 0.0
+    for i in range(0, len(x), rows):
+        d2 = ((x[i:i + rows, None, :] - y[None, :, :]) ** 2).sum(-1)       # [rows, m]
+        total += float(np.exp(-d2 / (2 * sigma ** 2)).sum())
+    return total / (len(x) * len(y))
 
 
 def mmd(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
@@ -112,10 +126,14 @@ def _map_key(sc: Scenario) -> tuple:
 
 def _match(gen: list[Scenario], ref: list[Scenario], pairing: str, seed: int) -> tuple[str, list[list[int]]]:
     """For each reference scene, the indices of the generated scenes it is compared with."""
-    by_key: dict[tuple, list[int]] = {}
-    for i, sc in enumerate(gen):
-        by_key.setdefault(_map_key(sc), []).append(i)
-    paired = [by_key.get(_map_key(sc), []) for sc in ref]
+    gen_keys, ref_keys = [_map_key(sc) for sc in gen], [_map_key(sc) for sc in ref]
+    if gen_keys == ref_keys:  # one generated scene per reference scene, in the same order
+        paired = [[i] for i in range(len(ref))]
+    else:
+        by_key: dict[tuple, list[int]] = {}
+        for i, key in enumerate(gen_keys):
+            by_key.setdefault(key, []).append(i)
+        paired = [by_key.get(key, []) for key in ref_keys]
     if pairing == "auto":
         pairing = "paired" if all(paired) else "pooled"
     if pairing == "paired":
@@ -129,6 +147,20 @@ def _match(gen: list[Scenario], ref: list[Scenario], pairing: str, seed: int) ->
 
 
 # ---- collisions ------------------------------------------------------------------------------
+def _sat(xy_i, h_i, size_i, xy_j, h_j, size_j) -> np.ndarray:
+    """Separating-axis overlap of oriented boxes i and j; broadcastable inputs xy [..., 2], h [...], size [..., 2]."""
+    ci, si, cj, sj = np.cos(h_i), np.sin(h_i), np.cos(h_j), np.sin(h_j)
+    hli, hwi, hlj, hwj = size_i[..., 0] / 2, size_i[..., 1] / 2, size_j[..., 0] / 2, size_j[..., 1] / 2
+    dx, dy = xy_j[..., 0] - xy_i[..., 0], xy_j[..., 1] - xy_i[..., 1]
+    cr = np.abs(ci * cj + si * sj)                                            # |cos(h_j - h_i)|
+    sr = np.abs(ci * sj - si * cj)                                            # |sin(h_j - h_i)|
+    sep = np.abs(dx * ci + dy * si) > hli + hlj * cr + hwj * sr               # axis u_i
+    sep |= np.abs(-dx * si + dy * ci) > hwi + hlj * sr + hwj * cr             # axis v_i
+    sep |= np.abs(dx * cj + dy * sj) > hlj + hli * cr + hwi * sr              # axis u_j
+    sep |= np.abs(-dx * sj + dy * cj) > hwj + hli * sr + hwi * cr             # axis v_j
+    return ~sep
+
+
 def box_overlaps(xy: np.ndarray, heading: np.ndarray, size: np.ndarray) -> np.ndarray:
     """Pairwise overlap of oriented boxes by the separating-axis test (touching counts as overlap).
 
@@ -138,40 +170,45 @@ def box_overlaps(xy: np.ndarray, heading: np.ndarray, size: np.ndarray) -> np.nd
     Returns:
         bool [..., A, A], symmetric; the diagonal is True.
     """
-    hl, hw = size[..., 0] / 2, size[..., 1] / 2
-    ci, si = np.cos(heading)[..., :, None], np.sin(heading)[..., :, None]      # row agent i
-    cj, sj = np.cos(heading)[..., None, :], np.sin(heading)[..., None, :]      # column agent j
-    d = xy[..., None, :, :] - xy[..., :, None, :]                               # [..., i, j, 2] = c_j - c_i
-    dx, dy = d[..., 0], d[..., 1]
-    cr = np.abs(ci * cj + si * sj)                                            # |cos(h_j - h_i)|
-    sr = np.abs(ci * sj - si * cj)                                            # |sin(h_j - h_i)|
-    hli, hwi, hlj, hwj = hl[..., :, None], hw[..., :, None], hl[..., None, :], hw[..., None, :]
-    sep = np.abs(dx * ci + dy * si) > hli + hlj * cr + hwj * sr               # axis u_i
-    sep |= np.abs(-dx * si + dy * ci) > hwi + hlj * sr + hwj * cr             # axis v_i
-    sep |= np.abs(dx * cj + dy * sj) > hlj + hli * cr + hwi * sr              # axis u_j
-    sep |= np.abs(-dx * sj + dy * cj) > hwj + hli * sr + hwi * cr             # axis v_j
-    return ~sep
+    return _sat(xy[..., :, None, :], heading[..., :, None], size[..., :, None, :],
+                xy[..., None, :, :], heading[..., None, :], size[..., None, :, :])
 
 
 def collision_counts(scenario: Scenario, t0: int = 0) -> dict[str, int]:
-    """Counts behind collision_rate / collision_rate_t0 for one scene (see the module docstring)."""
+    """Counts behind collision_rate(_t0, _vehicle) for one scene (see the module docstring).
+
+    Broad phase: bounding circles on [t, A, A] blocks; narrow phase: :func:`_sat` on the candidate
+    (t, i, j) triples only.
+    """
     tr = scenario.tracks
     a = tr.num_agents
     counted = np.ones(a, bool)
     counted[scenario.ego_index] = False
-    hit = np.zeros((a, tr.valid.shape[1]), bool)                              # [A, T]
+    vehicle = np.asarray(tr.types) == "VEHICLE"
+    candidate_pair = np.triu(vehicle[:, None] | vehicle[None, :], k=1)       # [A, A], i < j
+    xy, h, size = tr.xy.swapaxes(0, 1), tr.heading.T, tr.size[:, :, :2].swapaxes(0, 1)  # [T, A, ...]
+    radius = np.linalg.norm(size, axis=-1) / 2                                # [T, A]
+    v = tr.valid.T                                                            # [T, A]
+    hit = np.zeros((tr.valid.shape[1], a), bool)                              # [T, A]
     tc = max(1, _CHUNK // max(a * a, 1))
     for t in range(0, scenario.length, tc):
         sl = slice(t, t + tc)
-        ov = box_overlaps(tr.xy[:, sl].swapaxes(0, 1), tr.heading[:, sl].T, tr.size[:, sl, :2].swapaxes(0, 1))
-        v = tr.valid[:, sl].T                                                 # [t, A]
-        ov &= v[:, :, None] & v[:, None, :]
-        ov[:, np.arange(a), np.arange(a)] = False
-        hit[:, sl] = ov.any(-1).T
+        x, y, r = xy[sl, :, 0], xy[sl, :, 1], radius[sl]                   # [t, A]
+        near = (x[:, :, None] - x[:, None]) ** 2 + (y[:, :, None] - y[:, None]) ** 2 \
+            <= (r[:, :, None] + r[:, None]) ** 2                              # [t, A, A]
+        near &= v[sl, :, None] & v[sl, None, :] & candidate_pair
+        tt, ii, jj = np.nonzero(near)
+        tt = tt + t
+        ov = _sat(xy[tt, ii], h[tt, ii], size[tt, ii], xy[tt, jj], h[tt, jj], size[tt, jj])
+        hit[tt[ov], ii[ov]] = True
+        hit[tt[ov], jj[ov]] = True
+    hit = hit.T                                                               # [A, T]
     present = counted & tr.valid.any(1)
     at_t0 = counted & tr.valid[:, t0]
     return {"agents": int(present.sum()), "colliding": int((present & hit.any(1)).sum()),
-            "agents_t0": int(at_t0.sum()), "colliding_t0": int((at_t0 & hit[:, t0]).sum())}
+            "agents_t0": int(at_t0.sum()), "colliding_t0": int((at_t0 & hit[:, t0]).sum()),
+            "vehicles": int((present & vehicle).sum()),
+            "colliding_vehicles": int((present & vehicle & hit.any(1)).sum())}
 
 
 # ---- off-road --------------------------------------------------------------------------------
@@ -193,15 +230,16 @@ def _point_segment_dist2(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndar
 
 def on_road(scenario: Scenario, points: np.ndarray, tile_m: float = 32.0) -> np.ndarray:
     """Whether each point [P, 2] (m, world) lies on the drivable area D of the module docstring; bool [P]."""
-    lanes = [f for f in scenario.map_features.values()
-             if f.is_lane and f.type != "LANE_BIKE_LANE" and f.polyline is not None]
-    polys = [shapely.Polygon(f.polygon[:, :2]) for f in lanes if f.polygon is not None and len(f.polygon) >= 3]
+    feats = [f for f in scenario.map_features.values()
+             if (f.is_lane and f.type != "LANE_BIKE_LANE") or f.type == "DRIVEWAY"]
+    has_polygon = [f.polygon is not None and len(f.polygon) >= 3 for f in feats]
+    polys = [shapely.Polygon(f.polygon[:, :2]) for f, ok in zip(feats, has_polygon) if ok]
     out = np.zeros(len(points), bool)
     if polys:
         area = shapely.union_all(shapely.make_valid(np.asarray(polys, dtype=object)))
         shapely.prepare(area)
         out |= shapely.intersects_xy(area, points[:, 0], points[:, 1])
-    lines = [f for f in lanes if f.polygon is None or len(f.polygon) < 3]
+    lines = [f for f, ok in zip(feats, has_polygon) if f.is_lane and not ok and f.polyline is not None]
     if not lines or out.all():
         return out
     # nuScenes polylines carry the lane yaw as a third column: use x, y only.
@@ -232,30 +270,38 @@ def _non_ego_vehicles(scenario: Scenario) -> np.ndarray:
 
 
 def offroad_counts(scenario: Scenario, range_m: float = 50.0) -> dict[str, int]:
-    """Counts behind offroad_rate for one scene: {"points", "offroad"} (see the module docstring)."""
+    """Counts behind offroad_rate(_all) for one scene: {"points", "offroad", "points_all", "offroad_all"}."""
     tr, e = scenario.tracks, scenario.ego_index
     near = np.linalg.norm(tr.xy - tr.xy[e][None], axis=-1) <= range_m        # [A, T]
     m = tr.valid & tr.valid[e][None] & near & _non_ego_vehicles(scenario)[:, None]
+    step = np.zeros(tr.valid.shape)
+    step[:, :-1] = np.where(tr.valid[:, 1:] & tr.valid[:, :-1],
+                            np.linalg.norm(np.diff(tr.xy, axis=1), axis=-1) / DT, 0.0)
+    moving = np.maximum(tr.speed, step)[m] > MOVING_SPEED                     # [P]
     pts = tr.xy[m]
     # parked cars repeat the same centre: test each distinct centimetre once
     uniq, inv = np.unique(np.round(pts, 2), axis=0, return_inverse=True)
     off = ~on_road(scenario, uniq)[inv.ravel()] if len(pts) else np.zeros(0, bool)
-    return {"points": int(len(pts)), "offroad": int(off.sum())}
+    return {"points": int(moving.sum()), "offroad": int((off & moving).sum()),
+            "points_all": int(len(pts)), "offroad_all": int(off.sum())}
 
 
 # ---- kinematics ------------------------------------------------------------------------------
 def kinematic_counts(scenario: Scenario) -> dict[str, int]:
     """Counts behind kinematic_violation_rate for one scene: {"steps", "violations", "accel", "yaw_rate", "slip"}."""
-    tr = scenario.tracks
+    tr, k, tau = scenario.tracks, KIN_WINDOW, KIN_WINDOW * DT
     m = _non_ego_vehicles(scenario)
     p, h, valid = tr.xy[m], tr.heading[m], tr.valid[m]                       # [a, t, 2], [a, t], [a, t]
-    ok = valid[:, 1:] & valid[:, :-1]                                         # [a, t-1]
-    v = np.diff(p, axis=1) / DT
+    if p.shape[1] <= k:
+        return {"steps": 0, "violations": 0, "accel": 0, "yaw_rate": 0, "slip": 0}
+    ok = valid[:, k:] & valid[:, :-k]                                         # [a, t-k]
+    v = (p[:, k:] - p[:, :-k]) / tau                                          # [a, t-k, 2]
     speed = np.linalg.norm(v, axis=-1)
+    dh = wrap_angle(h[:, k:] - h[:, :-k])                                     # [a, t-k]
     acc = np.zeros_like(ok)
-    acc[:, :-1] = ok[:, 1:] & ok[:, :-1] & (np.linalg.norm(np.diff(v, axis=1), axis=-1) / DT > MAX_ACCEL)
-    yaw = ok & (speed > YAW_RATE_MIN_SPEED) & (np.abs(wrap_angle(np.diff(h, axis=1))) / DT > MAX_YAW_RATE)
-    slip_angle = np.abs(wrap_angle(np.arctan2(v[..., 1], v[..., 0]) - h[:, :-1]))
+    acc[:, :-k] = ok[:, k:] & ok[:, :-k] & (np.linalg.norm(v[:, k:] - v[:, :-k], axis=-1) / tau > MAX_ACCEL)
+    yaw = ok & (speed > YAW_RATE_MIN_SPEED) & (np.abs(dh) / tau > MAX_YAW_RATE)
+    slip_angle = np.abs(wrap_angle(np.arctan2(v[..., 1], v[..., 0]) - h[:, :-k] - dh / 2))
     slip = ok & (speed > SLIP_MIN_SPEED) & (slip_angle > MAX_SLIP)
     return {"steps": int(ok.sum()), "violations": int((acc | yaw | slip).sum()), "accel": int(acc.sum()),
             "yaw_rate": int(yaw.sum()), "slip": int(slip.sum())}
@@ -264,10 +310,6 @@ def kinematic_counts(scenario: Scenario) -> dict[str, int]:
 # ---- the entry point -------------------------------------------------------------------------
 def _rate(num: int, den: int) -> float:
     return num / den if den else float("nan")
-
-
-def _scenes(x: ScenarioDataset | Iterable[Scenario]) -> list[Scenario]:
-    return list(x)
 
 
 def evaluate_traffic(generated: ScenarioDataset | list[Scenario], reference: ScenarioDataset | list[Scenario],
@@ -289,7 +331,7 @@ def evaluate_traffic(generated: ScenarioDataset | list[Scenario], reference: Sce
         ``reference_rates``), num_scenarios, num_agents (generated non-ego agents), num_vehicles_t0
         ({"generated", "reference"} MMD set sizes), pairing, bandwidths, per_scene rows.
     """
-    gen, ref = _scenes(generated), _scenes(reference)
+    gen, ref = list(generated), list(reference)
     if not gen or not ref:
         raise ValueError(f"need generated and reference scenes, got {len(gen)} and {len(ref)}")
     mode, matches = _match(gen, ref, pairing, seed)
@@ -307,11 +349,12 @@ def evaluate_traffic(generated: ScenarioDataset | list[Scenario], reference: Sce
         out[f"mmd_{k}_pooled"] = mmd(np.concatenate([a[k] for a in gen_att]),
                                      np.concatenate([a[k] for a in ref_att]), sigma)
     rates = _rates(gen, t0, range_m)
+    ref_rates = rates if generated is reference else _rates(ref, t0, range_m)
     out.update({k: v for k, v in rates.items() if k != "per_scene"})
     out.update(num_scenarios=len(gen), num_vehicles_t0={"generated": sum(len(a["speed"]) for a in gen_att),
                                                         "reference": sum(len(a["speed"]) for a in ref_att)},
                pairing=mode, bandwidths=dict(BANDWIDTHS), t0=t0, range_m=range_m,
-               reference_rates={k: v for k, v in _rates(ref, t0, range_m).items() if k != "per_scene"},
+               reference_rates={k: v for k, v in ref_rates.items() if k != "per_scene"},
                per_scene=per_scene, per_generated_scene=rates["per_scene"])
     return out
 
@@ -326,6 +369,8 @@ def _rates(scenes: list[Scenario], t0: int, range_m: float) -> dict:
     tot = {k: sum(r[k] for r in rows) for k in rows[0] if k != "id"}
     return {"collision_rate": _rate(tot["collision_colliding"], tot["collision_agents"]),
             "collision_rate_t0": _rate(tot["collision_colliding_t0"], tot["collision_agents_t0"]),
+            "collision_rate_vehicle": _rate(tot["collision_colliding_vehicles"], tot["collision_vehicles"]),
             "offroad_rate": _rate(tot["offroad_offroad"], tot["offroad_points"]),
+            "offroad_rate_all": _rate(tot["offroad_offroad_all"], tot["offroad_points_all"]),
             "kinematic_violation_rate": _rate(tot["kinematic_violations"], tot["kinematic_steps"]),
             "num_agents": tot["collision_agents"], "per_scene": rows}

@@ -1,0 +1,263 @@
+"""Train the placement and trajectory models on any dataset directories; CPU, GPU or torchrun/DDP.
+
+Top to bottom: config -> seed -> device / DDP -> data (scenes encoded at several start frames, cached
+in memory) -> models + optimizer -> loop (both losses each step; TensorBoard, progress bar) -> atomic
+checkpoints ``{model, optimizer, config, step, best_metric}`` read back with ``weights_only=True``.
+
+Multi-GPU: ``torchrun --nproc_per_node N -m traffic.train ...`` (or ``bevgen traffic train`` under
+torchrun): each rank trains on its own shard of scenes, gradients are averaged by DDP, rank 0 writes
+logs and checkpoints. Same code on CPU (gloo) and GPU (nccl).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from sim_bridge.config import from_dict, save_config, to_dict
+from sim_bridge.scenario import ScenarioDataset
+from traffic.encoding import EncodingConfig, collate, encode_scene
+
+__all__ = ["TrafficTrainConfig", "train", "load_models", "build_samples", "PRESETS"]
+
+
+@dataclass(frozen=True)
+class TrafficTrainConfig:
+    """Training of the TrafficGen-style models."""
+
+    data: tuple[str, ...] = ()
+    """Dataset directories to train on (procedural, Waymo, nuScenes, ...)."""
+    preset: Literal["tiny", "paper"] = "tiny"
+    """Model widths: tiny (2-core CPU, minutes) or paper (TrafficGen widths, GPUs)."""
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    steps: int = 300
+    """Optimizer steps."""
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    start_frames: tuple[int, ...] = (0, 10, 20, 30, 40)
+    """Frames each scenario is encoded at (more training samples per scenario)."""
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (cuda if available), "cpu" or "cuda"."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast on GPU; models stay fp32."""
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+
+
+PRESETS = ("tiny", "paper")
+
+
+def _model_config(preset: str):
+    from traffic.model.encoder import PAPER, TINY
+
+    return {"tiny": TINY, "paper": PAPER}[preset]
+
+
+def build_samples(dirs: tuple[str, ...], enc: EncodingConfig, start_frames: tuple[int, ...],
+                  rank: int = 0, world: int = 1) -> tuple[list[dict], list[str]]:
+    """Encode every (scenario, start frame) of this rank's shard; bad scenarios are reported, not fatal."""
+    samples, problems = [], []
+    for d in dirs:
+        ds = ScenarioDataset(d, repair=True)
+        for i, (name, sc) in enumerate(ds.iter_checked()):
+            if i % world != rank:
+                continue
+            if isinstance(sc, Exception):
+                problems.append(f"{name}: {sc}")
+                continue
+            for t0 in start_frames:
+                if t0 < sc.length - 1 and sc.tracks.valid[sc.ego_index, t0]:
+                    e = encode_scene(sc, t0, enc)
+                    if (e["agent_lane"] >= 0).sum() >= 1:
+                        samples.append(e)
+    return samples, problems
+
+
+def _setup_distributed(device_pref: str):
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def load_models(path: str | Path, device: str = "cpu"):
+    """(placement, trajectory, config) from a checkpoint, loaded strictly with ``weights_only=True``."""
+    import torch
+
+    from traffic.model.placement import PlacementModel
+    from traffic.model.trajectory import TrajectoryModel
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "latest.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no traffic checkpoint (train one with `bevgen traffic train`)")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    cfg = from_dict(TrafficTrainConfig, ckpt["config"])
+    mcfg = _model_config(cfg.preset)
+    placement, trajectory = PlacementModel(mcfg).to(device), TrajectoryModel(mcfg).to(device)
+    placement.load_state_dict(ckpt["model"]["placement"], strict=True)
+    trajectory.load_state_dict(ckpt["model"]["trajectory"], strict=True)
+    return placement.eval(), trajectory.eval(), cfg
+
+
+def _joint(placement, trajectory):
+    """One module whose forward returns both losses, so DDP sees a single forward/backward."""
+    import torch
+
+    class Joint(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.placement, self.trajectory = placement, trajectory
+
+        def forward(self, batch, generator=None):
+            return self.placement.loss(batch, generator=generator), self.trajectory.loss(batch)
+
+    return Joint()
+
+
+def _save(run_dir: Path, joint, opt, cfg: TrafficTrainConfig, step: int, best: float) -> None:
+    import torch
+
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = {"model": {"placement": joint.placement.state_dict(), "trajectory": joint.trajectory.state_dict()},
+             "optimizer": opt.state_dict(), "config": to_dict(cfg), "step": step, "best_metric": best}
+    tmp = ckpt_dir / ".latest.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, ckpt_dir / "latest.pt")
+
+
+def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train both models; returns a summary with the loss history. Writes config, TensorBoard, checkpoints."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from traffic.model.placement import PlacementModel
+    from traffic.model.trajectory import TrajectoryModel
+
+    if not cfg.data:
+        raise ValueError("data: give at least one dataset directory to train on")
+    run_dir = Path(run_dir)
+    rank, world, device = _setup_distributed(cfg.device)
+    ckpt_path = run_dir / "checkpoints" / "latest.pt"
+    if resume and not ckpt_path.exists():
+        raise FileNotFoundError(f"{run_dir}: --resume given but no checkpoints/latest.pt")
+    if not resume and ckpt_path.exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume or choose another --out")
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # same init on every rank
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+
+    samples, problems = build_samples(cfg.data, cfg.encoding, cfg.start_frames, rank, world)
+    if not samples:
+        raise ValueError(f"no usable training samples in {cfg.data} (problems: {problems[:3]})")
+    mcfg = _model_config(cfg.preset)
+    joint = _joint(PlacementModel(mcfg), TrajectoryModel(mcfg)).to(device)
+    params = list(joint.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, best = 0, math.inf
+    if resume:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        joint.placement.load_state_dict(ckpt["model"]["placement"], strict=True)
+        joint.trajectory.load_state_dict(ckpt["model"]["trajectory"], strict=True)
+        opt.load_state_dict(ckpt["optimizer"])
+        start, best = int(ckpt["step"]), float(ckpt["best_metric"])
+    net = DDP(joint, find_unused_parameters=True) if world > 1 else joint
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        writer = SummaryWriter(str(run_dir / "tb"))
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="traffic train", unit="step")
+    history, t0 = [], time.perf_counter()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and device.type == "cuda")
+    for step in range(start, cfg.steps):
+        idx = torch.randint(len(samples), (min(cfg.batch_size, len(samples)),), generator=gen).tolist()
+        batch = {k: v.to(device) for k, v in collate([samples[i] for i in idx]).items()}
+        with autocast:
+            lp, lt = net(batch, generator=gen)
+            total = lp["total"] + lt["total"]
+        opt.zero_grad(set_to_none=True)
+        total.backward()  # DDP averages gradients across ranks here
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        row = {"step": step + 1, "total": float(total.detach()), "placement": float(lp["total"].detach()),
+               "trajectory": float(lt["total"].detach())}
+        history.append(row)
+        if writer:
+            for k in ("total", "placement", "trajectory"):
+                writer.add_scalar(f"losses/{k}", row[k], step + 1)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['total']:.3f}")
+        if rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            recent = float(np.mean([h["total"] for h in history[-20:]]))
+            best = min(best, recent)
+            _save(run_dir, joint, opt, cfg, step + 1, best)
+    if bar:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    summary = {"start_step": start, "final_step": cfg.steps, "samples": len(samples), "problems": problems,
+               "seconds": round(seconds, 2), "history": history}
+    if rank == 0:
+        writer.close()
+        (run_dir / "train_summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"},
+                                                               indent=2))
+        with open(run_dir / "losses.jsonl", "a") as f:
+            for h in history:
+                f.write(json.dumps(h) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m traffic.train --data DIR [DIR ...] --out RUN [--set k=v ...]`` (torchrun-friendly)."""
+    import argparse
+
+    from sim_bridge.config import load_config
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--resume", action="store_true")
+    a = p.parse_args(argv)
+    cfg = load_config(TrafficTrainConfig, a.config, [f"data={json.dumps(a.data)}"] + a.set)
+    train(cfg, a.out, resume=a.resume)
+
+
+if __name__ == "__main__":
+    main()
