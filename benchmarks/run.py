@@ -222,8 +222,109 @@ def bench_rl_experiment() -> dict:
             "reference": res["reference"], "skipped": res["skipped"], "plot": "benchmarks/results/rl_experiment.png"}
 
 
+ANCHOR_TRAFFICGEN = {"place_32_s": 5.09, "traj_190_frames_s": 22.9}  # original TrafficGen, 2 threads, per scene
+
+
+def bench_traffic() -> dict:
+    """TrafficGen: training time, generation speed (batched vs one scene at a time), realism vs baselines on
+    held-out real scenes, and density-2 augmentation of the real scenes."""
+    import numpy as np
+    import torch
+
+    from sim_bridge.rl.experiment import split_real
+    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
+    from traffic.baselines import procedural_reference, random_lane_traffic, write_baseline_dataset
+    from traffic.generate import GenerateConfig, augment, generate, generate_scenes
+    from traffic.metrics import collision_hits, evaluate_traffic
+    from traffic.train import TrafficTrainConfig, load_models, train
+
+    if not REAL_DIR.exists():
+        return {"skipped": f"{REAL_DIR} not found"}
+    work = ROOT / "benchmarks" / "work" / "traffic"
+    work.mkdir(parents=True, exist_ok=True)
+    steps = int(os.environ.get("BEVGEN_TRAFFIC_STEPS", "400"))
+    train_real, test_real, held_out = split_real(REAL_DIR, work, held_out=3)
+    proc = work / "procedural"
+    generate_procedural(ProceduralConfig(num_scenarios=24, steps=100, workers=2), proc)
+    run = work / "run"
+    t0 = time.perf_counter()
+    if not (run / "checkpoints" / "latest.pt").exists() or load_models(run)[2].steps != steps:
+        import shutil
+
+        shutil.rmtree(run, ignore_errors=True)
+        train(TrafficTrainConfig(data=(str(proc), str(train_real)), steps=steps, batch_size=8), run, progress=False)
+    train_s = time.perf_counter() - t0
+    out: dict = {"what": "tiny model; trained on 24 procedural + 4 real scenes; tested on 3 held-out real scenes",
+                 "train_steps": steps, "train_s": round(train_s, 1), "held_out": held_out}
+
+    # speed: 32 vehicles + 9 s (90 steps) per scene, batched over the 7 real scenes vs one at a time
+    placement, trajectory, tcfg = load_models(run)
+    scenes = [s for s in ScenarioDataset(REAL_DIR, repair=True)]
+    torch.set_num_threads(2)
+    for label, bs in (("batched", len(scenes)), ("one_at_a_time", 1)):
+        g = torch.Generator().manual_seed(0)
+        t = time.perf_counter()
+        for i in range(0, len(scenes), bs):
+            generate_scenes(placement, trajectory, scenes[i:i + bs], False, [32] * len(scenes[i:i + bs]),
+                            tcfg.encoding, g, steps=90)
+        out[f"s_per_scene_32_vehicles_9s_{label}"] = round((time.perf_counter() - t) / len(scenes), 3)
+    g = torch.Generator().manual_seed(0)
+    t = time.perf_counter()
+    generate_scenes(placement, trajectory, scenes, False, [32] * len(scenes), tcfg.encoding, g, steps=190)
+    out["s_per_scene_32_vehicles_190_frames_batched"] = round((time.perf_counter() - t) / len(scenes), 3)
+    out["reference_trafficgen_s_per_scene_place32_plus_190_frames"] = round(sum(ANCHOR_TRAFFICGEN.values()), 2)
+    out["speedup_vs_reference"] = round(sum(ANCHOR_TRAFFICGEN.values()) / out["s_per_scene_32_vehicles_190_frames_batched"], 1)
+
+    # realism on held-out real scenes: model vs random-on-lanes + constant velocity vs MetaDrive procedural traffic
+    gen_dir = work / "generated_heldout"
+    import shutil
+
+    shutil.rmtree(gen_dir, ignore_errors=True)
+    generate(test_real, run, gen_dir, GenerateConfig(num_vehicles=-1, batch_size=8))
+    ref = list(ScenarioDataset(test_real, repair=True))
+    rng = np.random.default_rng(0)
+    counts = [int(sum(t == "VEHICLE" for t in sc.tracks.types) - 1) for sc in ref]
+    rand = [random_lane_traffic(sc, max(n, 1), sc.length, rng) for sc, n in zip(ref, counts)]
+    proc_ref = procedural_reference(len(ref) * 2, work / "procedural_reference", seed=7, steps=91)
+    keys = ("mmd_position", "mmd_heading", "mmd_size", "mmd_speed", "collision_rate", "offroad_rate",
+            "kinematic_violation_rate", "num_scenarios", "num_agents")
+    rows = {"model": evaluate_traffic(ScenarioDataset(gen_dir), ref),
+            "random_lanes_const_velocity": evaluate_traffic(rand, ref),
+            "metadrive_procedural": evaluate_traffic(proc_ref, ref, pairing="pooled"),
+            "logged (reference)": evaluate_traffic(ref, ref)}
+    out["realism"] = {k: {m: (round(v[m], 4) if isinstance(v[m], float) else v[m]) for m in keys} for k, v in rows.items()}
+    mmd = lambda r: np.mean([r[m] for m in ("mmd_position", "mmd_heading", "mmd_size", "mmd_speed")])
+    out["mean_mmd"] = {k: round(float(mmd(v)), 4) for k, v in out["realism"].items()}
+
+    # augmentation: density 2 on all real scenes
+    aug = work / "augmented"
+    shutil.rmtree(aug, ignore_errors=True)
+    t = time.perf_counter()
+    _, stats = augment(REAL_DIR, run, aug, GenerateConfig(density=2.0, batch_size=8))
+    aug_s = time.perf_counter() - t
+    before = after = inserted = colliding = 0
+    for sc in ScenarioDataset(aug):
+        new = np.array([i.startswith("bevgen_vehicle_") for i in sc.tracks.ids])
+        near = np.abs(sc.tracks.xy[:, 0] - sc.tracks.xy[sc.ego_index, 0]).max(1) <= tcfg.encoding.range_m
+        veh = np.array([t == "VEHICLE" for t in sc.tracks.types]) & sc.tracks.valid[:, 0] & near
+        veh[sc.ego_index] = False
+        before += int((veh & ~new).sum())
+        after += int(veh.sum())
+        hits = collision_hits(sc)
+        inserted += int(new.sum())
+        colliding += int((hits[new].any(1)).sum())
+    out["augment_density_2"] = {"counted": "non-ego vehicles within range_m of the ego at t0",
+                                "vehicles_at_t0_before": before, "vehicles_at_t0_after": after,
+                                "ratio": round(after / max(before, 1), 2), "inserted": inserted,
+                                "inserted_collision_rate": round(colliding / max(inserted, 1), 4),
+                                "seconds": round(aug_s, 1), "placed_of_requested": f"{stats['placed']}/{stats['requested']}",
+                                "dropped_by_yield_check": stats.get("dropped", 0)}
+    return out
+
+
 BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load, "rl_env": bench_rl_env,
-           "rl_experiment": bench_rl_experiment}
+           "rl_experiment": bench_rl_experiment, "traffic": bench_traffic}
 
 
 def _row_lines(results: dict) -> list[str]:
@@ -254,6 +355,32 @@ def _row_lines(results: dict) -> list[str]:
         arms = ", ".join(f"{k} {v['success_rate']:.2f} / {v['route_completion']:.2f}" for k, v in x["arms"].items())
         refs = ", ".join(f"{k} {v['success_rate']:.2f} / {v['route_completion']:.2f}" for k, v in x["reference"].items())
         lines.append(f"| PPO experiment: held-out success / route completion | {arms} | {refs} |")
+    tg = results.get("traffic", {})
+    if "realism" in tg:
+        lines.append(f"| Traffic generation, 32 vehicles + 190 frames per scene (batched, 2 threads) | "
+                     f"{tg['s_per_scene_32_vehicles_190_frames_batched']} s; 9 s horizon: "
+                     f"{tg['s_per_scene_32_vehicles_9s_batched']} s batched vs {tg['s_per_scene_32_vehicles_9s_one_at_a_time']} s "
+                     f"one at a time | TrafficGen ~{tg['reference_trafficgen_s_per_scene_place32_plus_190_frames']} s: "
+                     f"**{tg['speedup_vs_reference']}x** |")
+        mm = tg["mean_mmd"]
+        lines.append(f"| Traffic realism on held-out real scenes: mean MMD (pos, heading, size, speed) | model {mm['model']}"
+                     f" | random-on-lanes {mm['random_lanes_const_velocity']}, MetaDrive procedural {mm['metadrive_procedural']} |")
+        r = tg["realism"]["model"]
+        lines.append(f"| Generated traffic: collision / off-road / kinematic violation rate | {r['collision_rate']} / "
+                     f"{r['offroad_rate']} / {r['kinematic_violation_rate']} | logged: "
+                     f"{tg['realism']['logged (reference)']['collision_rate']} / {tg['realism']['logged (reference)']['offroad_rate']} / "
+                     f"{tg['realism']['logged (reference)']['kinematic_violation_rate']} |")
+        a = tg["augment_density_2"]
+        lines.append(f"| `augment --density 2` on the real scenes | vehicles x{a['ratio']}, inserted collision rate "
+                     f"{a['inserted_collision_rate']} | target < 0.05 |")
+        lines.append(f"| Traffic model training (tiny, {tg['train_steps']} steps, 2-core CPU) | {tg['train_s']} s | |")
+    gt = results.get("gpu_traffic", {})
+    if "paper" in gt:
+        lines.append(f"| Traffic, GPU ({gt['device']}, {gt['date']}): paper preset training / generation | "
+                     f"{gt['paper']['train_steps_per_s']} steps/s (batch 32, bf16); 32 vehicles + 190 frames "
+                     f"{gt['paper']['generate_32_vehicles_190_frames_s_per_scene']} s per scene (batch of "
+                     f"{gt['paper']['scenes_in_batch']}) | TrafficGen ~{sum(ANCHOR_TRAFFICGEN.values()):.0f} s per scene "
+                     f"on 2 CPU threads |")
     lo = results.get("load", {})
     if "safe_load_validate_ms" in lo:
         lines.append(f"| Safe load + validate one real scenario | {lo['safe_load_validate_ms']} ms "

@@ -27,6 +27,9 @@ from traffic.encoding import EncodingConfig, agent_feature_rows, collate, encode
 __all__ = ["GenerateConfig", "generate", "augment", "generate_scenes"]
 
 VEHICLE_HEIGHT_M = 1.6
+# placements asked per vehicle wanted: some are dropped by the yield check (augment loses more: replayed
+# logged traffic cannot yield to an inserted vehicle standing in its way)
+OVERSAMPLE = {"generate": 1.5, "augment": 3.0}
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class GenerateConfig:
     """Traffic generation settings."""
 
     num_vehicles: int = 32
-    """generate: vehicles placed per scenario (besides the ego)."""
+    """generate: vehicles placed per scenario (besides the ego); -1 = as many as were logged near the ego."""
     density: float = 2.0
     """augment: target vehicle count as a multiple of the logged count near the ego."""
     batch_size: int = 8
@@ -45,12 +48,12 @@ class GenerateConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.num_vehicles < 0 or self.density < 1.0 or self.batch_size < 1:
-            raise ValueError("num_vehicles >= 0, density >= 1 and batch_size >= 1 are required")
+        if self.num_vehicles < -1 or self.density < 1.0 or self.batch_size < 1:
+            raise ValueError("num_vehicles >= -1, density >= 1 and batch_size >= 1 are required")
 
 
 def generate_scenes(placement, trajectory, scenes: list, keep_logged: bool, num_new: list[int],
-                    enc: EncodingConfig, generator, device: str = "cpu") -> list[dict]:
+                    enc: EncodingConfig, generator, device: str = "cpu", steps: int | None = None) -> list[dict]:
     """Place and drive new vehicles in a batch of scenarios.
 
     Args:
@@ -60,6 +63,7 @@ def generate_scenes(placement, trajectory, scenes: list, keep_logged: bool, num_
         num_new: vehicles to add per scene.
         enc: encoding geometry (max_agents is raised to fit the logged + new agents).
         generator: torch.Generator for reproducible sampling.
+        steps: trajectory steps to generate (default: the longest scenario's length - 1).
 
     Returns:
         Per scene: ``{"state": [N, 7] scene frame at t0, "traj": [N, T-1, 3] scene frame, "origin": [3]}``
@@ -86,7 +90,7 @@ def generate_scenes(placement, trajectory, scenes: list, keep_logged: bool, num_
         state = torch.cat([take(batch["agent_state"]), new_state], 1)
         types = torch.cat([take(batch["agent_type"]), torch.zeros_like(new_valid, dtype=torch.long)], 1)
         mask = torch.cat([take(ctx), new_valid], 1)
-        steps = max(sc.length for sc in scenes) - 1
+        steps = max(sc.length for sc in scenes) - 1 if steps is None else steps
         tb = dict(batch)
         tb.update(agent_state=state, agent_type=types, agent_mask=mask,
                   agent_feats=agent_feature_rows(state, types, enc.range_m) * mask[..., None])
@@ -100,12 +104,79 @@ def generate_scenes(placement, trajectory, scenes: list, keep_logged: bool, num_
     return out
 
 
+YIELD_MARGIN_M = 0.3  # boxes are inflated by this much in the yield check
+
+
+def yield_to_traffic(paths_xy: np.ndarray, paths_h: np.ndarray, sizes: np.ndarray, others_xy: np.ndarray,
+                     others_h: np.ndarray, others_size: np.ndarray, others_valid: np.ndarray):
+    """Let generated vehicles wait instead of driving into anybody; flag the ones others still run into.
+
+    Each generated vehicle follows its predicted path but only advances to its next pose when that pose is
+    free: not overlapping any other agent at that step (replayed agents cannot yield), nor another generated
+    vehicle's current pose or (for lower-index vehicles, which have priority) its next pose. Vectorized per
+    step with a bounding-circle broad phase: O(T x N x (A + N)).
+
+    Args:
+        paths_xy [N, T, 2], paths_h [N, T]: predicted poses per step (world frame); sizes [N, 2] (length, width).
+        others_xy [A, T, 2], others_h [A, T], others_size [A, T, 2], others_valid [A, T]: agents that do not yield.
+
+    Returns:
+        (xy [N, T, 2], heading [N, T], hit [N]): the timed paths and whether a vehicle is still hit (by an agent
+        that cannot yield) at some step; such vehicles should be dropped.
+    """
+    from traffic.metrics import boxes_overlap
+
+    n, T = paths_h.shape
+    if n == 0:
+        return paths_xy, paths_h, np.zeros(0, bool)
+    size = sizes + YIELD_MARGIN_M
+    rad = np.linalg.norm(size, axis=-1) / 2
+    o_rad = np.linalg.norm(others_size, axis=-1) / 2  # [A, T]
+    prog = np.zeros(n, int)
+    out_xy, out_h = np.empty_like(paths_xy), np.empty_like(paths_h)
+    out_xy[:, 0], out_h[:, 0] = paths_xy[:, 0], paths_h[:, 0]
+    hit = np.zeros(n, bool)
+    idx = np.arange(n)
+
+    def against_others(xy, h, t):  # [N] overlap of poses (xy [N,2], h [N]) with non-yielding agents at t
+        if others_xy.shape[0] == 0:
+            return np.zeros(len(xy), bool)
+        near = (np.linalg.norm(xy[:, None] - others_xy[None, :, t], axis=-1) <= rad[:, None] + o_rad[None, :, t]) \
+            & others_valid[None, :, t]
+        i, j = np.nonzero(near)
+        res = np.zeros(len(xy), bool)
+        ov = boxes_overlap(xy[i], h[i], size[i], others_xy[j, t], others_h[j, t], others_size[j, t])
+        res[i[ov]] = True
+        return res
+
+    for t in range(1, T):
+        nxt = np.minimum(prog + 1, T - 1)
+        cxy, ch = paths_xy[idx, nxt], paths_h[idx, nxt]
+        pxy, ph = out_xy[:, t - 1], out_h[:, t - 1]
+        blocked = against_others(cxy, ch, t)
+        # generated vs generated: candidate i against current j (j != i) and against candidate j < i
+        d = np.linalg.norm(cxy[:, None] - pxy[None], axis=-1) <= rad[:, None] + rad[None]
+        np.fill_diagonal(d, False)
+        i, j = np.nonzero(d)
+        ov = boxes_overlap(cxy[i], ch[i], size[i], pxy[j], ph[j], size[j])
+        blocked[i[ov]] = True
+        d = np.triu(np.linalg.norm(cxy[:, None] - cxy[None], axis=-1) <= rad[:, None] + rad[None], k=1)
+        i, j = np.nonzero(d)  # i < j: j yields to i
+        ov = boxes_overlap(cxy[i], ch[i], size[i], cxy[j], ch[j], size[j])
+        blocked[j[ov & ~blocked[i]]] = True
+        prog = np.where(blocked, prog, nxt)
+        out_xy[:, t], out_h[:, t] = paths_xy[idx, prog], paths_h[idx, prog]
+        hit |= against_others(out_xy[:, t], out_h[:, t], t) & blocked
+    return out_xy, out_h, hit
+
+
 def _new_track(state: np.ndarray, traj: np.ndarray, origin: np.ndarray, length: int, z: float, dtype, idx: int,
-               run: str) -> dict:
-    """A ScenarioNet track dict for one generated vehicle (world frame)."""
+               run: str, timed: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """A ScenarioNet track dict for one generated vehicle (world frame); ``timed`` = (xy [T, 2], heading [T])
+    world poses from :func:`yield_to_traffic` replacing the raw prediction."""
     xy = np.concatenate([state[None, :2], traj[: length - 1, :2]])
     head = np.concatenate([[state[2]], traj[: length - 1, 2]])
-    wxy, whead = to_world(xy, head, origin)
+    wxy, whead = to_world(xy, head, origin) if timed is None else timed
     vel = np.zeros_like(wxy)
     if length > 1:
         vel[1:] = np.diff(wxy, axis=0) / 0.1
@@ -120,20 +191,35 @@ def _new_track(state: np.ndarray, traj: np.ndarray, origin: np.ndarray, length: 
             "metadata": {"type": "VEHICLE", "track_length": T, "object_id": oid, "generated_by": run}}
 
 
-def _write_scene(writer: DatasetWriter, name: str, raw: dict, placed: dict, keep_logged: bool, run: str) -> None:
+def _write_scene(writer: DatasetWriter, name: str, sc, raw: dict, placed: dict, keep_logged: bool, run: str,
+                 want: int) -> tuple[int, int]:
+    """Time the generated paths with :func:`yield_to_traffic`, drop vehicles that are still hit, keep the first
+    ``want``, write the scene. Returns (kept, dropped)."""
     sdc = str(raw["metadata"]["sdc_id"])
     tracks = dict(raw["tracks"]) if keep_logged else {sdc: raw["tracks"][sdc]}
     ego_state = raw["tracks"][sdc]["state"]
     dtype = np.asarray(ego_state["position"]).dtype
     z = float(np.asarray(ego_state["position"])[0, 2]) if np.asarray(ego_state["position"]).shape[1] > 2 else 0.0
-    for i, (s, tr) in enumerate(zip(placed["state"], placed["traj"])):
-        tracks[f"bevgen_vehicle_{i}"] = _new_track(s, tr, placed["origin"], int(raw["length"]), z, dtype, i, run)
+    T = int(raw["length"])
+    kept_rows = [sc.tracks.index(k) for k in tracks]
+    tr = sc.tracks
+    n = len(placed["state"])
+    xy = np.concatenate([placed["state"][:, None, :2], placed["traj"][:, : T - 1, :2]], 1) if n else np.zeros((0, T, 2))
+    h = np.concatenate([placed["state"][:, None, 2], placed["traj"][:, : T - 1, 2]], 1) if n else np.zeros((0, T))
+    wxy, wh = to_world(xy, h, placed["origin"])
+    txy, th, hit = yield_to_traffic(wxy, wh, placed["state"][:, 5:7], tr.xy[kept_rows], tr.heading[kept_rows],
+                                    tr.size[kept_rows][..., :2], tr.valid[kept_rows])
+    keep = np.flatnonzero(~hit)[:want]
+    for k, i in enumerate(keep):
+        tracks[f"bevgen_vehicle_{k}"] = _new_track(placed["state"][i], placed["traj"][i], placed["origin"], T, z,
+                                                   dtype, k, run, timed=(txy[i], th[i]))
     meta = dict(raw["metadata"])
     meta["bevgen_traffic"] = {"model": run, "mode": "augment" if keep_logged else "generate",
-                              "generated_vehicles": len(placed["state"])}
+                              "generated_vehicles": int(len(keep)), "dropped_still_hit": int(hit.sum())}
     meta.pop("object_summary", None)
     meta.pop("number_summary", None)
     writer.add_or_fail(name, name, {**raw, "tracks": tracks, "metadata": meta})
+    return int(len(keep)), int(hit.sum())
 
 
 def _logged_vehicles_near_ego(sc, range_m: float) -> int:
@@ -169,17 +255,23 @@ def _run(data: str | Path, run: str | Path, out: str | Path, cfg: GenerateConfig
             if keep_logged:
                 want = [int(round((cfg.density - 1.0) * max(_logged_vehicles_near_ego(s, tcfg.encoding.range_m), 1)))
                         for _, s in chunk]
+            elif cfg.num_vehicles < 0:
+                want = [max(_logged_vehicles_near_ego(s, tcfg.encoding.range_m), 0) for _, s in chunk]
             else:
                 want = [cfg.num_vehicles] * len(chunk)
             t0 = time.perf_counter()
-            placed = generate_scenes(placement, trajectory, [s for _, s in chunk], keep_logged, want,
+            # oversample: vehicles that logged traffic would still run into are dropped after timing
+            ask = [int(np.ceil(w * OVERSAMPLE["augment" if keep_logged else "generate"])) for w in want]
+            placed = generate_scenes(placement, trajectory, [s for _, s in chunk], keep_logged, ask,
                                      tcfg.encoding, gen, cfg.device)
-            stats["seconds"] += time.perf_counter() - t0
-            for (n, _), p, w in zip(chunk, placed, want):
-                _write_scene(writer, n, load_scenario_dict(ds.path_of(n)), p, keep_logged, str(run))
+            for (n, s), p, w in zip(chunk, placed, want):
+                kept, dropped = _write_scene(writer, n, s, load_scenario_dict(ds.path_of(n)), p, keep_logged,
+                                             str(run), w)
                 stats["scenes"] += 1
-                stats["placed"] += len(p["state"])
+                stats["placed"] += kept
+                stats["dropped"] = stats.get("dropped", 0) + dropped
                 stats["requested"] += w
+            stats["seconds"] += time.perf_counter() - t0
             if on_scene:
                 on_scene(min(start + cfg.batch_size, len(good)), len(good))
     return writer.report, stats

@@ -161,6 +161,11 @@ def _sat(xy_i, h_i, size_i, xy_j, h_j, size_j) -> np.ndarray:
     return ~sep
 
 
+def boxes_overlap(xy_i, h_i, size_i, xy_j, h_j, size_j) -> np.ndarray:
+    """Overlap of oriented boxes i and j (separating-axis test); broadcastable xy [..., 2], h [...], size [..., 2]."""
+    return _sat(xy_i, h_i, size_i, xy_j, h_j, size_j)
+
+
 def box_overlaps(xy: np.ndarray, heading: np.ndarray, size: np.ndarray) -> np.ndarray:
     """Pairwise overlap of oriented boxes by the separating-axis test (touching counts as overlap).
 
@@ -174,16 +179,14 @@ def box_overlaps(xy: np.ndarray, heading: np.ndarray, size: np.ndarray) -> np.nd
                 xy[..., None, :, :], heading[..., None, :], size[..., None, :, :])
 
 
-def collision_counts(scenario: Scenario, t0: int = 0) -> dict[str, int]:
-    """Counts behind collision_rate(_t0, _vehicle) for one scene (see the module docstring).
+def collision_hits(scenario: Scenario) -> np.ndarray:
+    """bool [A, T]: agent a overlaps another agent at step t (pairs with at least one vehicle).
 
     Broad phase: bounding circles on [t, A, A] blocks; narrow phase: :func:`_sat` on the candidate
     (t, i, j) triples only.
     """
     tr = scenario.tracks
     a = tr.num_agents
-    counted = np.ones(a, bool)
-    counted[scenario.ego_index] = False
     vehicle = np.asarray(tr.types) == "VEHICLE"
     candidate_pair = np.triu(vehicle[:, None] | vehicle[None, :], k=1)       # [A, A], i < j
     xy, h, size = tr.xy.swapaxes(0, 1), tr.heading.T, tr.size[:, :, :2].swapaxes(0, 1)  # [T, A, ...]
@@ -202,7 +205,16 @@ def collision_counts(scenario: Scenario, t0: int = 0) -> dict[str, int]:
         ov = _sat(xy[tt, ii], h[tt, ii], size[tt, ii], xy[tt, jj], h[tt, jj], size[tt, jj])
         hit[tt[ov], ii[ov]] = True
         hit[tt[ov], jj[ov]] = True
-    hit = hit.T                                                               # [A, T]
+    return hit.T                                                              # [A, T]
+
+
+def collision_counts(scenario: Scenario, t0: int = 0) -> dict[str, int]:
+    """Counts behind collision_rate(_t0, _vehicle) for one scene (see the module docstring)."""
+    tr = scenario.tracks
+    counted = np.ones(tr.num_agents, bool)
+    counted[scenario.ego_index] = False
+    vehicle = np.asarray(tr.types) == "VEHICLE"
+    hit = collision_hits(scenario)
     present = counted & tr.valid.any(1)
     at_t0 = counted & tr.valid[:, t0]
     return {"agents": int(present.sum()), "colliding": int((present & hit.any(1)).sum()),

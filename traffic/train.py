@@ -170,7 +170,8 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)  # same init on every rank
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # batch indices (CPU)
+    gen_dev = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)  # sampling inside the models
 
     samples, problems = build_samples(cfg.data, cfg.encoding, cfg.start_frames, rank, world)
     if not samples:
@@ -207,7 +208,7 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
         idx = torch.randint(len(samples), (min(cfg.batch_size, len(samples)),), generator=gen).tolist()
         batch = {k: v.to(device) for k, v in collate([samples[i] for i in idx]).items()}
         with autocast:
-            lp, lt = net(batch, generator=gen)
+            lp, lt = net(batch, generator=gen_dev)
             total = lp["total"] + lt["total"]
         opt.zero_grad(set_to_none=True)
         total.backward()  # DDP averages gradients across ranks here

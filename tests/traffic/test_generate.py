@@ -51,6 +51,7 @@ def test_generate_keeps_sizes_limits_and_replays(traffic_run, real_dir, tmp_path
     report, stats = generate(real_dir, run, out, GenerateConfig(num_vehicles=12, batch_size=4))
     assert not report.failed and len(report.written) == 7
     assert stats["placed"] >= 0.7 * stats["requested"], stats
+    from traffic.metrics import collision_hits
     ds = ScenarioDataset(out)
     for name in ds.names:
         raw, src = load_scenario_dict(ds.path_of(name)), load_scenario_dict(Path(real_dir) / name)
@@ -98,4 +99,28 @@ def test_augment_doubles_traffic_and_keeps_logged_agents(traffic_run, real_dir, 
         logged = raw["metadata"]["bevgen_traffic"]["generated_vehicles"]
         assert added == logged
         ratios.append(added)
-    assert stats["placed"] >= 0.7 * stats["requested"] and sum(ratios) > 20
+    assert stats["placed"] >= 0.5 * stats["requested"] and sum(ratios) > 10
+    from traffic.metrics import collision_hits
+
+    for sc in ds:  # inserted vehicles wait rather than drive into anybody; ones still hit were dropped
+        new = np.array([i.startswith("bevgen_vehicle_") for i in sc.tracks.ids])
+        assert not collision_hits(sc)[new].any(), sc.id
+
+
+def test_torchrun_ddp_two_ranks_on_cpu(procedural_dir, tmp_path):
+    """Multi-process data parallel through torchrun (gloo on CPU; nccl on GPUs with the same code)."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "traffic.train", "--data", str(procedural_dir), "--out", str(run), "--set", "steps=6",
+           "--set", "batch_size=2", "--set", "checkpoint_every=3", "--set", "start_frames=[0]", "--set", "device=cpu"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    placement, trajectory, cfg = load_models(run)
+    assert cfg.steps == 6
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["final_step"] == 6 and summary["samples"] >= 1  # rank 0's shard
