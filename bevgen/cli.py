@@ -408,7 +408,7 @@ def sim_rollout(
     """Drive one episode and write an animated top-down view: the agent, the traffic and its route."""
     from bevgen.rollout import record_rollout, save_animation
     from sim_bridge.envs.factory import EnvConfig, make_env
-    from sim_bridge.rl.evaluate import _make_policy
+    from sim_bridge.rl.evaluate import make_policy
 
     try:
         env_cfg = EnvConfig(data=data, start_index=scenario, num_scenarios=1)
@@ -419,7 +419,7 @@ def sim_rollout(
     env = make_env(env_cfg, ego="idm" if policy == "idm" else "agent")
     try:
         try:
-            act = _make_policy(policy, env, seed=0)
+            act = make_policy(policy, env, seed=0)
         except (FileNotFoundError, ValueError) as e:
             _fail(str(e))
         result = record_rollout(env, act, max_steps=steps, seed=scenario)
@@ -473,13 +473,14 @@ def traffic_train(
         _console().print(f"[yellow]skipped[/] {p}", highlight=False)
 
 
-def _traffic_generate(mode: str, data: Path, ckpt: Path, out: Path, num: int, density: float, batch: int, seed: int):
+def _traffic_generate(mode: str, data: Path, ckpt: Path, out: Path, num: int, density: float, batch: int, seed: int,
+                      extend: bool = False):
     from traffic.generate import GenerateConfig, augment, generate
 
     if not data.is_dir():
         _fail(f"not a dataset directory: {data}")
     try:
-        cfg = GenerateConfig(num_vehicles=num, density=density, batch_size=batch, seed=seed)
+        cfg = GenerateConfig(num_vehicles=num, density=density, batch_size=batch, seed=seed, extend=extend)
         _save_run_config(out, f"traffic {mode}", {"data": str(data), "ckpt": str(ckpt), **cfg.__dict__})
         with _progress() as prog:
             task = prog.add_task(f"traffic {mode}", total=None)
@@ -515,9 +516,11 @@ def traffic_augment(
     density: float = typer.Option(2.0, "--density", help="Target vehicle count as a multiple of the logged count."),
     batch: int = typer.Option(8, "--batch", help="Scenes processed together."),
     seed: int = typer.Option(0, "--seed"),
+    extend: bool = typer.Option(False, "--extend", help="Also continue logged vehicles whose tracks end early "
+                                                        "(their logged steps stay bit-identical)."),
 ):
-    """Insert vehicles into logged scenarios; every logged agent is kept bit-identical."""
-    _traffic_generate("augment", data, ckpt, out, 0, density, batch, seed)
+    """Insert vehicles into logged scenarios; every logged step of every logged agent is kept bit-identical."""
+    _traffic_generate("augment", data, ckpt, out, 0, density, batch, seed, extend)
 
 
 @traffic_app.command("eval")

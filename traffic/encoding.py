@@ -18,6 +18,7 @@ Shapes (one scene; ``collate`` adds the leading b):
     agent_state float32 [A, 7]       x, y, heading, vx, vy, length, width (scene frame)
     agent_type  int64   [A]          index into AGENT_TYPES
     agent_mask  bool    [A]          row 0 is the ego
+    agent_index int64   [A]          track index of each row in the scenario, -1 for padding
     agent_lane  int64   [A]          lane vector index of each vehicle, -1 if none
     lane_offset float32 [A, 3]       (s in [0, 1] along the vector, lateral m (left +), heading - vector heading)
     future      float32 [A, T, 3]    x, y, heading at t0+1 .. t0+T (scene frame)
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
+from sim_bridge.scenario import wrap_angle as wrap
 
 __all__ = ["EncodingConfig", "encode_scene", "collate", "to_world", "to_scene", "agent_feature_rows", "MAP_TYPES", "AGENT_TYPES",
            "MAP_FEATURES", "AGENT_FEATURES", "wrap"]
@@ -68,11 +70,6 @@ class EncodingConfig:
             raise ValueError("range_m and vector_length_m must be positive")
         if self.max_vectors < 1 or self.max_agents < 2 or self.future_steps < 1:
             raise ValueError("max_vectors >= 1, max_agents >= 2 (ego + one), future_steps >= 1")
-
-
-def wrap(a):
-    """Wrap radians to [-pi, pi)."""
-    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
 def to_scene(xy: np.ndarray, origin: np.ndarray) -> np.ndarray:
@@ -210,6 +207,8 @@ def encode_scene(sc: Scenario, t0: int = 0, cfg: EncodingConfig = EncodingConfig
     out["agent_type"][:n] = type_idx[cand]
     out["agent_mask"] = np.zeros(A, bool)
     out["agent_mask"][:n] = True
+    out["agent_index"] = np.full(A, -1, np.int64)
+    out["agent_index"][:n] = cand
     out["agent_feats"] = np.zeros((A, F_AGENT), np.float32)
     out["agent_feats"][:n] = agent_feature_rows(out["agent_state"][:n], type_idx[cand], R)
 

@@ -24,7 +24,7 @@ import numpy as np
 from sim_bridge.scenario import ConversionReport, DatasetWriter, ScenarioDataset, load_scenario_dict
 from traffic.encoding import EncodingConfig, agent_feature_rows, collate, encode_scene, to_world, wrap
 
-__all__ = ["GenerateConfig", "generate", "augment", "generate_scenes"]
+__all__ = ["GenerateConfig", "generate", "augment", "generate_scenes", "extend_logged", "yield_to_traffic"]
 
 VEHICLE_HEIGHT_M = 1.6
 # placements asked per vehicle wanted: some are dropped by the yield check (augment loses more: replayed
@@ -46,6 +46,8 @@ class GenerateConfig:
     """Placement retries per vehicle when a sampled box overlaps an existing one."""
     seed: int = 0
     device: str = "cpu"
+    extend: bool = False
+    """augment: also continue logged vehicles whose tracks end early (logged steps stay bit-identical)."""
 
     def __post_init__(self):
         if self.num_vehicles < -1 or self.density < 1.0 or self.batch_size < 1:
@@ -170,6 +172,57 @@ def yield_to_traffic(paths_xy: np.ndarray, paths_h: np.ndarray, sizes: np.ndarra
     return out_xy, out_h, hit
 
 
+def extend_logged(trajectory, sc, raw: dict, enc: EncodingConfig, generator, device: str = "cpu",
+                  min_missing: int = 5) -> dict[str, int]:
+    """Continue logged vehicles whose track ends at least ``min_missing`` steps before the scenario does.
+
+    Logged steps stay bit-identical; only the steps after a track's last valid one are filled (and marked
+    valid) with the trajectory model's rollout from that frame. Agents ending at the same frame share one
+    encoding and one rollout. ``raw`` (the ScenarioNet dict) is updated with new arrays, never in place.
+
+    Returns:
+        {agent id: first extended step}.
+    """
+    import torch
+
+    tr, T = sc.tracks, sc.length
+    by_end: dict[int, list[int]] = {}
+    for i, aid in enumerate(tr.ids):
+        v = np.flatnonzero(tr.valid[i])
+        if tr.types[i] != "VEHICLE" or i == sc.ego_index or len(v) < 2:
+            continue
+        e = int(v[-1])
+        if e <= T - 1 - min_missing and tr.valid[sc.ego_index, e]:
+            by_end.setdefault(e, []).append(i)
+    extended = {}
+    for e, rows in sorted(by_end.items()):
+        enc_e = encode_scene(sc, e, enc)
+        batch = {k: v.to(device) for k, v in collate([enc_e]).items()}
+        with torch.no_grad():
+            traj = trajectory.rollout(batch, steps=T - 1 - e, generator=generator)[0].cpu().numpy()  # [A, S, 3]
+        for r, i in enumerate(enc_e["agent_index"]):
+            if i not in rows:
+                continue
+            aid = tr.ids[i]
+            wxy, wh = to_world(traj[r, :, :2], traj[r, :, 2], enc_e["origin"])
+            st = {k: np.array(v, copy=True) for k, v in raw["tracks"][aid]["state"].items()}
+            pos = st["position"]
+            pos[e + 1:, :2] = wxy
+            st["heading"].reshape(T, -1)[e + 1:, 0] = wh
+            vel = np.diff(np.concatenate([pos[e:e + 1, :2], wxy]), axis=0) / 0.1
+            st["velocity"][e + 1:, :2] = vel
+            for k in ("length", "width", "height"):
+                if k in st:
+                    st[k].reshape(T, -1)[e + 1:] = st[k].reshape(T, -1)[e]
+            if pos.shape[1] > 2:
+                pos[e + 1:, 2] = pos[e, 2]
+            st["valid"].reshape(T, -1)[e + 1:] = True
+            raw["tracks"][aid] = {**raw["tracks"][aid], "state": st,
+                                  "metadata": {**raw["tracks"][aid].get("metadata", {}), "bevgen_extended_from": e + 1}}
+            extended[aid] = e + 1
+    return extended
+
+
 def _new_track(state: np.ndarray, traj: np.ndarray, origin: np.ndarray, length: int, z: float, dtype, idx: int,
                run: str, timed: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """A ScenarioNet track dict for one generated vehicle (world frame); ``timed`` = (xy [T, 2], heading [T])
@@ -265,8 +318,11 @@ def _run(data: str | Path, run: str | Path, out: str | Path, cfg: GenerateConfig
             placed = generate_scenes(placement, trajectory, [s for _, s in chunk], keep_logged, ask,
                                      tcfg.encoding, gen, cfg.device)
             for (n, s), p, w in zip(chunk, placed, want):
-                kept, dropped = _write_scene(writer, n, s, load_scenario_dict(ds.path_of(n)), p, keep_logged,
-                                             str(run), w)
+                raw = load_scenario_dict(ds.path_of(n))
+                if keep_logged and cfg.extend:
+                    ext = extend_logged(trajectory, s, raw, tcfg.encoding, gen, cfg.device)
+                    stats["extended"] = stats.get("extended", 0) + len(ext)
+                kept, dropped = _write_scene(writer, n, s, raw, p, keep_logged, str(run), w)
                 stats["scenes"] += 1
                 stats["placed"] += kept
                 stats["dropped"] = stats.get("dropped", 0) + dropped

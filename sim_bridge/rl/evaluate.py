@@ -30,7 +30,7 @@ import numpy as np
 from sim_bridge.config import to_dict
 from sim_bridge.envs.factory import EnvConfig, make_env, shard
 
-__all__ = ["EvalConfig", "evaluate", "write_metrics", "METRIC_KEYS", "summarize_episodes"]
+__all__ = ["EvalConfig", "evaluate", "write_metrics", "make_policy", "METRIC_KEYS", "summarize_episodes"]
 
 METRIC_KEYS = ("success_rate", "route_completion", "crash_rate", "out_of_road_rate", "episode_reward", "num_episodes")
 REFERENCE_POLICIES = ("random", "idm")
@@ -53,7 +53,7 @@ class EvalConfig:
     seed: int = 0
 
 
-def _make_policy(spec: str, env, seed: int, deterministic: bool = True):
+def make_policy(spec: str, env, seed: int, deterministic: bool = True):
     if spec == "random":
         rng = np.random.default_rng(seed)
         low, high = env.action_space.low, env.action_space.high
@@ -105,7 +105,7 @@ def _run_shard(job: tuple[str, EnvConfig, int, int, int, int, bool]) -> list[dic
     try:
         offset, count = shard(env_cfg.total_scenarios(), num_workers, worker)
         first = env_cfg.start_index + offset
-        act = _make_policy(spec, env, seed + worker, deterministic)
+        act = make_policy(spec, env, seed + worker, deterministic)
         for k in range(n_episodes):
             scen_seed = first + k % count
             obs, _ = env.reset(seed=scen_seed)

@@ -54,3 +54,20 @@ def test_shipped_configs_load_and_round_trip(tmp_path):
     out = save_config(bev, tmp_path / "resolved.yaml")
     assert load_config(BevConfig, out) == bev
     assert yaml.safe_load(out.read_text()) == to_dict(bev)
+
+
+def test_every_shipped_config_loads_strictly():
+    """configs/<area>/*.yaml each map onto one dataclass; a stale key anywhere fails here."""
+    from pathlib import Path
+
+    from sim_bridge.rl.train import TrainConfig
+    from traffic.train import TrafficTrainConfig
+
+    areas = {"scenarios": ProceduralConfig, "bev": BevConfig, "traffic": TrafficTrainConfig, "sim": TrainConfig}
+    root = Path(__file__).resolve().parents[2] / "configs"
+    seen = 0
+    for area, cls in areas.items():
+        for path in sorted((root / area).glob("*.yaml")):
+            load_config(cls, path)
+            seen += 1
+    assert seen >= 8 and {p.name for p in root.iterdir()} <= set(areas)

@@ -124,3 +124,27 @@ def test_torchrun_ddp_two_ranks_on_cpu(procedural_dir, tmp_path):
     assert cfg.steps == 6
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["final_step"] == 6 and summary["samples"] >= 1  # rank 0's shard
+
+
+def test_augment_extend_continues_short_tracks(traffic_run, real_dir, tmp_path):
+    run, _ = traffic_run
+    out = tmp_path / "ext"
+    report, stats = augment(real_dir, run, out, GenerateConfig(density=1.0, batch_size=4, extend=True))
+    assert not report.failed and stats.get("extended", 0) > 0
+    checked = 0
+    for name in ScenarioDataset(out).names:
+        raw, src = load_scenario_dict(Path(out) / name), load_scenario_dict(Path(real_dir) / name)
+        for aid, t in src["tracks"].items():
+            mine = raw["tracks"][aid]["state"]
+            logged = np.asarray(t["state"]["valid"]).astype(bool).reshape(-1)
+            for k, v in t["state"].items():  # logged steps unchanged
+                a, b = np.asarray(mine[k]), np.asarray(v)
+                assert a.dtype == b.dtype and np.array_equal(a[logged], b[logged]), (aid, k)
+            start = raw["tracks"][aid].get("metadata", {}).get("bevgen_extended_from")
+            if start is not None:
+                checked += 1
+                valid = np.asarray(mine["valid"]).astype(bool).reshape(-1)
+                assert valid[start:].all() and not logged[start:].any()
+                step = np.linalg.norm(np.diff(np.asarray(mine["position"])[start - 1:, :2], axis=0), axis=1)
+                assert step.max() < 3.5, "continuations move continuously from the last logged pose (< 35 m/s)"
+    assert checked == stats["extended"]
