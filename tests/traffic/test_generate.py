@@ -66,6 +66,16 @@ def test_generate_keeps_sizes_limits_and_replays(traffic_run, real_dir, tmp_path
             if fid in raw["map_features"] and "speed_limit_kmh" in f:
                 assert raw["map_features"][fid]["speed_limit_kmh"] == f["speed_limit_kmh"]
         assert raw["metadata"]["bevgen_traffic"]["mode"] == "generate"
+    # sampled placements lie on lanes: generated vehicles start on the road surface
+    from traffic.metrics import on_road
+
+    starts, on = 0, 0
+    for sc in ds:
+        new = np.array([i.startswith("bevgen_vehicle_") for i in sc.tracks.ids])
+        pts = sc.tracks.xy[new, 0]
+        starts += len(pts)
+        on += int(on_road(sc, pts).sum())
+    assert starts and on / starts > 0.9, (on, starts)
     from sim_bridge.envs.factory import EnvConfig, make_env
 
     env = make_env(EnvConfig(data=str(out)))
