@@ -2,10 +2,12 @@
 
 Stages (each cached: a second run skips what is done):
   1. procedural scenarios (MetaDrive PG maps + IDM traffic) -> ``scenarios/``
-  2. validation of every file against the contract
-  3. dataset statistics (``info.json``)
-  4. BEV rasters: PNG previews of spread frames and an animated top-down GIF of one scenario
-  5. the report, self-contained HTML with every image inlined
+  2. validation of every file against the contract, dataset statistics (``info.json``)
+  3. BEV rasters: PNG previews of spread frames and an animated top-down GIF of one scenario
+  4. traffic: train the tiny TrafficGen-style model, densify the scenarios (x2) -> ``augmented/``
+  5. RL: PPO on the augmented scenarios, evaluated on held-out procedural scenarios next to the random
+     and IDM policies, and a top-down rollout of the trained agent
+  6. the report, self-contained HTML with every image inlined
 """
 
 from __future__ import annotations
@@ -40,13 +42,82 @@ class DemoConfig:
     """Preview frames per scenario."""
     animation_stride: int = 2
     """Every n-th frame goes into the top-down animation."""
+    traffic_steps: int = 300
+    """Training steps of the tiny traffic model."""
+    ppo_steps: int = 20_000
+    """PPO environment steps on the augmented scenarios."""
+    heldout_scenarios: int = 4
+    """Procedural scenarios (other seeds) the agent is evaluated on."""
+    rollout_steps: int = 200
+    """Length of the trained agent's top-down rollout."""
 
 
 def demo_config(fast: bool, workers: int) -> DemoConfig:
     if fast:
         return DemoConfig(procedural=ProceduralConfig(num_scenarios=2, steps=80, workers=min(workers, 2)),
-                          preview_frames=2, animation_stride=4)
+                          preview_frames=2, animation_stride=4, traffic_steps=20, ppo_steps=512,
+                          heldout_scenarios=1, rollout_steps=40)
     return DemoConfig(procedural=ProceduralConfig(num_scenarios=8, steps=200, workers=workers))
+
+
+def _stage_traffic(cfg: DemoConfig, data: Path, out: Path) -> dict:
+    """Train (or reuse) the tiny traffic model on the scenarios and densify them x2."""
+    from traffic.generate import GenerateConfig, augment
+    from traffic.metrics import evaluate_traffic
+    from traffic.train import TrafficTrainConfig, train
+
+    run = out / "traffic"
+    summary = run / "train_summary.json"
+    if not (summary.exists() and json.loads(summary.read_text())["final_step"] >= cfg.traffic_steps):
+        resume = (run / "checkpoints" / "latest.pt").exists()
+        train(TrafficTrainConfig(data=(str(data),), steps=cfg.traffic_steps, batch_size=8,
+                                 checkpoint_every=max(cfg.traffic_steps // 3, 1)), run, resume=resume, progress=False)
+    _, stats = augment(data, run, out / "augmented", GenerateConfig(density=2.0))
+    metrics = evaluate_traffic(ScenarioDataset(out / "augmented"), ScenarioDataset(data))
+    return {"stats": stats, "metrics": metrics, "losses": [json.loads(l) for l in
+                                                           (run / "losses.jsonl").read_text().splitlines()]}
+
+
+def _train_ppo(cfg: DemoConfig, data: Path, run: Path) -> list[dict]:
+    import csv
+
+    from sim_bridge.envs.factory import EnvConfig
+    from sim_bridge.rl.train import PPOConfig, TrainConfig, train
+
+    summary = run / "train_summary.json"
+    if not (summary.exists() and json.loads(summary.read_text())["final_step"] >= cfg.ppo_steps):
+        small = cfg.ppo_steps < 4096
+        tc = TrainConfig(env=EnvConfig(data=str(data), horizon=200),
+                         ppo=PPOConfig(n_steps=256 if small else 1024, batch_size=64 if small else 256,
+                                       net_arch=(64, 64)),
+                         total_steps=cfg.ppo_steps, num_envs=1, checkpoint_every=max(cfg.ppo_steps // 4, 256))
+        train(tc, run, resume=(run / "checkpoints" / "latest.pt").exists(), progress_bar=False)
+    with open(run / "episodes.csv") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _curve_png(episodes: list[dict], path: Path) -> np.ndarray:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if episodes:
+        steps = np.array([e["step"] for e in episodes])
+        rew = np.array([e["reward"] for e in episodes])
+        k = max(1, len(rew) // 10)
+        ax.plot(steps, rew, ".", alpha=0.35, label="episode")
+        ax.plot(steps[k - 1:], np.convolve(rew, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
+        ax.legend()
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode reward")
+    ax.set_title("PPO on the augmented scenarios")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def _stage(console, name: str, timings: dict):
@@ -104,6 +175,48 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
                   for t in range(0, anim_src.length, cfg.animation_stride)]
         (out / "bev" / f"{anim_src.id}.gif").write_bytes(rp.gif_bytes(frames, fps=10 / cfg.animation_stride))
 
+    with _stage(console, "traffic model + augmentation", timings):
+        traffic = _stage_traffic(cfg, data, out)
+        aug = ScenarioDataset(out / "augmented")
+        before_after = []
+        for s in scenes[:2]:
+            a = aug.load(next(n for n in aug.names if aug.load(n).id == s.id))
+            for label, sc in (("logged", s), ("augmented x2", a)):
+                lay = BevRasterizer(sc, cfg.bev)(0)
+                before_after.append((preview_image(lay, title=f"{sc.id} {label}", scale=1, legend=False),
+                                     f"{sc.id}, {label}: {int(lay.valid.sum())} boxes at t = 0"))
+        a0 = aug.load(aug.names[0])
+        ra = BevRasterizer(a0, cfg.bev)
+        traffic_frames = [preview_image(ra(t), title=f"{a0.id} augmented t={t / 10:.1f}s", scale=2)
+                          for t in range(0, a0.length, cfg.animation_stride)]
+    with _stage(console, "held-out scenarios", timings):
+        heldout = out / "heldout"
+        generate_procedural(ProceduralConfig(num_scenarios=cfg.heldout_scenarios, start_seed=10_000,
+                                             steps=cfg.procedural.steps, workers=cfg.procedural.workers), heldout)
+    with _stage(console, "PPO training", timings):
+        episodes = _train_ppo(cfg, out / "augmented", out / "ppo")
+        (out / "rl").mkdir(parents=True, exist_ok=True)
+        curve = _curve_png(episodes, out / "rl" / "learning_curve.png")
+    with _stage(console, "evaluation", timings):
+        from sim_bridge.envs.factory import EnvConfig
+        from sim_bridge.rl.evaluate import EvalConfig, evaluate, write_metrics
+
+        env_cfg = EnvConfig(data=str(heldout), horizon=200)
+        result = evaluate(str(out / "ppo"), str(heldout), EvalConfig(workers=1), env_cfg)
+        write_metrics(result, out / "rl")
+    with _stage(console, "agent rollout", timings):
+        from bevgen.rollout import record_rollout, save_animation
+        from sim_bridge.envs.factory import make_env
+        from sim_bridge.rl.evaluate import make_policy
+
+        env = make_env(EnvConfig(data=str(heldout), num_scenarios=1, horizon=cfg.rollout_steps))
+        try:
+            roll = record_rollout(env, make_policy(str(out / "ppo"), env, seed=0), max_steps=cfg.rollout_steps,
+                                  every=2, seed=0, scale=1)
+        finally:
+            env.close()
+        save_animation(roll.frames, out / "rl" / "rollout.gif", fps=5)
+
     with _stage(console, "report", timings):
         legend = rp.definition_list({name: desc for name, (desc, _) in CHANNELS.items() if name in cfg.bev.channels})
         versions = _versions()
@@ -117,12 +230,35 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
             ("Top-down animation", rp.gif_tag(frames, f"{anim_src.id}: ego-centric BEV, forward is up",
                                                fps=10 / cfg.animation_stride)),
             ("BEV previews", "<div class='gallery'>" + "".join(rp.image_tag(i, c) for i, c in previews) + "</div>"),
+            ("Traffic: before and after augmentation",
+             "<p>A TrafficGen-style model (placement + trajectories) trained on these scenarios inserts vehicles "
+             "(density x2); every logged agent is kept bit-identical and inserted vehicles yield rather than "
+             "collide.</p><div class='gallery'>" + "".join(rp.image_tag(i, c) for i, c in before_after) + "</div>"
+             + rp.table([{k: (round(v, 3) if isinstance(v, float) else v) for k, v in traffic["metrics"].items()
+                          if k in ("collision_rate", "offroad_rate", "kinematic_violation_rate", "num_agents")}])
+             + f"<p class='muted'>placed {traffic['stats']['placed']} of {traffic['stats']['requested']} requested; "
+               f"training loss {traffic['losses'][0]['total']:.2f} -> {traffic['losses'][-1]['total']:.2f}.</p>"),
+            ("Generated traffic", rp.gif_tag(traffic_frames, f"{a0.id}: logged + generated vehicles",
+                                             fps=10 / cfg.animation_stride)),
+            ("RL: learning curve", rp.image_tag(curve, "PPO (stable-baselines3) in MetaDrive ScenarioEnv")),
+            ("RL: evaluation on held-out scenarios",
+             rp.table([{"policy": name, **{k: m[k] for k in ("success_rate", "route_completion", "crash_rate",
+                                                             "out_of_road_rate", "episode_reward", "num_episodes")}}
+                       for name, m in [("PPO (trained)", result)] + list(result["reference"].items())])),
+            ("Trained agent rollout", rp.gif_tag(roll.frames, "top-down view: agent (yellow), traffic, route (cyan)",
+                                                 fps=5)),
             ("BEV channels", legend + f"<p class='muted'>{cfg.bev.size}x{cfg.bev.size} px, "
              f"{cfg.bev.resolution_m} m/px, +-{cfg.bev.range_m} m; rasterization median "
              f"{np.median(raster_ms):.2f} ms per frame on this machine.</p>"),
             ("Metrics", rp.definition_list({
                 "valid scenarios": f"{len(scenes)}: files that load through the safe loader and pass the contract validator",
                 "rasterization time": f"{np.median(raster_ms):.2f} ms: median wall time of one {cfg.bev.size}x{cfg.bev.size} BEV frame",
+                "success_rate": "fraction of episodes with route completion > 0.95, no crash and not leaving the road",
+                "route_completion": "fraction of the ego's route covered (MetaDrive), averaged over episodes",
+                "crash_rate / out_of_road_rate": "fraction of episodes ending in a collision / off the road",
+                "collision_rate": "fraction of non-ego agents whose box overlaps another agent's at some step (pairs with a vehicle)",
+                "offroad_rate": "fraction of moving-vehicle steps with the centre off the lane surface",
+                "kinematic_violation_rate": "fraction of vehicle steps with |accel| > 10 m/s^2, |yaw rate| > 1.5 rad/s, or heading vs motion > 0.5 rad",
             })),
             ("Stages", rp.table([{"stage": k, "seconds": v} for k, v in timings.items()])),
             ("Config and versions", rp.pre(json.dumps(to_dict(cfg), indent=2)) + rp.table([versions])),
@@ -138,7 +274,7 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("bevgen", "numpy", "metadrive-simulator", "opencv-python-headless", "torch"):
+    for pkg in ("bevgen", "numpy", "metadrive-simulator", "opencv-python-headless", "torch", "stable-baselines3"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
