@@ -79,10 +79,8 @@ def _stage_traffic(cfg: DemoConfig, data: Path, out: Path) -> dict:
 
 
 def _train_ppo(cfg: DemoConfig, data: Path, run: Path) -> list[dict]:
-    import csv
-
     from sim_bridge.envs.factory import EnvConfig
-    from sim_bridge.rl.train import PPOConfig, TrainConfig, train
+    from sim_bridge.rl.train import PPOConfig, TrainConfig, read_episodes, train
 
     summary = run / "train_summary.json"
     if not (summary.exists() and json.loads(summary.read_text())["final_step"] >= cfg.ppo_steps):
@@ -92,8 +90,7 @@ def _train_ppo(cfg: DemoConfig, data: Path, run: Path) -> list[dict]:
                                        net_arch=(64, 64)),
                          total_steps=cfg.ppo_steps, num_envs=1, checkpoint_every=max(cfg.ppo_steps // 4, 256))
         train(tc, run, resume=(run / "checkpoints" / "latest.pt").exists(), progress_bar=False)
-    with open(run / "episodes.csv") as f:
-        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return read_episodes(run)
 
 
 def _curve_png(episodes: list[dict], path: Path) -> np.ndarray:
@@ -179,8 +176,9 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
         traffic = _stage_traffic(cfg, data, out)
         aug = ScenarioDataset(out / "augmented")
         before_after = []
-        for s in scenes[:2]:
-            a = aug.load(next(n for n in aug.names if aug.load(n).id == s.id))
+        named = [(n, s) for n, s in checked if not isinstance(s, Exception)]
+        for name, s in named[:2]:  # augmentation keeps file names
+            a = aug.load(name)
             for label, sc in (("logged", s), ("augmented x2", a)):
                 lay = BevRasterizer(sc, cfg.bev)(0)
                 before_after.append((preview_image(lay, title=f"{sc.id} {label}", scale=1, legend=False),

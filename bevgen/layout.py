@@ -19,10 +19,11 @@ from typing import Sequence
 
 import numpy as np
 
+from bevgen.cameras import box_corners
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
 
 __all__ = ["BevConfig", "BevLayout", "BevRasterizer", "CHANNELS", "DEFAULT_CHANNELS", "CLASS_NAMES",
-           "rasterize", "agent_class_ids"]
+           "rasterize", "agent_class_ids", "world_to_pixel"]
 
 # channel name -> (what it draws, preview colour RGB)
 CHANNELS: dict[str, tuple[str, tuple[int, int, int]]] = {
@@ -128,12 +129,17 @@ def agent_class_ids(types: Sequence[str]) -> np.ndarray:
     return np.array([_TYPE_TO_CLASS.get(t, 3) for t in types], dtype=np.int64)
 
 
-def _box_corners_2d(xy: np.ndarray, yaw: np.ndarray, length: np.ndarray, width: np.ndarray) -> np.ndarray:
-    """Footprint corners [N, 4, 2] of boxes centred at ``xy`` [N, 2]."""
+def world_to_pixel(config: BevConfig, ego_pose: np.ndarray) -> np.ndarray:
+    """Affine float64 [2, 3] mapping world (x, y, 1) to OpenCV pixel coordinates (col, row) of the raster
+    centred on ``ego_pose`` = (x, y, yaw) (world frame, m / rad)."""
+    x, y, yaw = ego_pose
     c, s = np.cos(yaw), np.sin(yaw)
-    half = np.stack([length, width], -1)[:, None, :] / 2 * np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])
-    rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)  # [N, 2, 2]
-    return xy[:, None, :] + np.einsum("nij,ncj->nci", rot, half)
+    r, res = config.range_m, config.resolution_m
+    # ego coords: xe = c*(X-x) + s*(Y-y), ye = -s*(X-x) + c*(Y-y); col = (r - ye)/res, row = (r - xe)/res.
+    # OpenCV puts pixel centres at integer coordinates while our pixel k spans [k, k+1): shift by -0.5.
+    a_col = np.array([s, -c, r + (-s * x + c * y)]) / res - np.array([0, 0, 0.5])
+    a_row = np.array([-c, -s, r + (c * x + s * y)]) / res - np.array([0, 0, 0.5])
+    return np.stack([a_col, a_row])
 
 
 class _Layer:
@@ -179,15 +185,20 @@ class BevRasterizer:
         self._ego = scenario.ego_index
 
     def world_to_pixel(self, ego_pose: np.ndarray) -> np.ndarray:
-        """Affine float64 [2, 3] mapping world (x, y, 1) to pixel (col, row) for this ego pose."""
-        x, y, yaw = ego_pose
-        c, s = np.cos(yaw), np.sin(yaw)
-        r, res = self.config.range_m, self.config.resolution_m
-        # ego coords: xe = c*(X-x) + s*(Y-y), ye = -s*(X-x) + c*(Y-y); col = (r - ye)/res, row = (r - xe)/res.
-        # OpenCV puts pixel centres at integer coordinates while our pixel k spans [k, k+1): shift by -0.5.
-        a_col = np.array([s, -c, r + (-s * x + c * y)]) / res - np.array([0, 0, 0.5])
-        a_row = np.array([-c, -s, r + (c * x + s * y)]) / res - np.array([0, 0, 0.5])
-        return np.stack([a_col, a_row])
+        """Affine float64 [2, 3] mapping world (x, y, 1) to pixel (col, row); see :func:`world_to_pixel`."""
+        return world_to_pixel(self.config, ego_pose)
+
+    def with_scenario(self, scenario: Scenario) -> "BevRasterizer":
+        """A rasterizer for ``scenario`` that reuses this one's flattened map when both share the same map
+        object (e.g. successive simulator snapshots, whose map is cached): per frame that saves the O(map
+        points) preprocessing, 4-6 ms on real maps."""
+        if scenario.map_features is not self.scenario.map_features:
+            return BevRasterizer(scenario, self.config)
+        other = object.__new__(BevRasterizer)
+        other.scenario, other.config, other._layers = scenario, self.config, self._layers
+        other._classes = agent_class_ids(scenario.tracks.types)
+        other._ego = scenario.ego_index
+        return other
 
     def ego_pose(self, t: int) -> np.ndarray:
         tr = self.scenario.tracks
@@ -238,9 +249,15 @@ class BevRasterizer:
         margin = size3[:, :2].max(1, initial=0.0)
         inside = valid & (np.abs(ego_xy) <= cfg.range_m + margin[:, None]).all(-1)
         yaw = tr.heading[:, t] - pose[2]
-        corners = _box_corners_2d(ego_xy, yaw, size3[:, 0], size3[:, 1])  # [A, 4, 2] ego frame
-        pix = np.stack([(cfg.range_m - corners[..., 1]), (cfg.range_m - corners[..., 0])], -1) / cfg.resolution_m - 0.5
-        pix = np.round(pix * (1 << _SHIFT)).astype(np.int32)
+        # footprints only of the agents that can be drawn (in range, or the ego): O(visible agents)
+        drawn = inside.copy()
+        drawn[self._ego] = True
+        zeros = np.zeros(len(yaw))
+        boxes = np.column_stack([ego_xy, zeros, size3[:, 0], size3[:, 1], zeros, yaw])[drawn]
+        corners = box_corners(boxes)[:, :4, :2]  # [D, 4, 2] ego frame
+        pix = np.zeros((len(yaw), 4, 2), np.int32)
+        pix[drawn] = np.round(((np.stack([cfg.range_m - corners[..., 1], cfg.range_m - corners[..., 0]], -1)
+                                / cfg.resolution_m) - 0.5) * (1 << _SHIFT)).astype(np.int32)
         channel_of_class = {0: "vehicle", 1: "pedestrian", 2: "cyclist", 3: "static_object"}
         for k, name in channel_of_class.items():
             if name in cfg.channels:

@@ -38,7 +38,7 @@ from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Sc
 from sim_bridge.scenario import wrap_angle as wrap
 
 __all__ = ["EncodingConfig", "encode_scene", "collate", "to_world", "to_scene", "agent_feature_rows", "MAP_TYPES", "AGENT_TYPES",
-           "MAP_FEATURES", "AGENT_FEATURES", "wrap"]
+           "MAP_FEATURES", "AGENT_FEATURES", "wrap", "point_to_segments"]
 
 MAP_TYPES = ("lane", "road_line", "road_edge", "crosswalk")
 AGENT_TYPES = ("VEHICLE", "PEDESTRIAN", "CYCLIST")
@@ -152,7 +152,7 @@ def _map_vectors(sc: Scenario, origin: np.ndarray, cfg: EncodingConfig):
     return a[order], b[order], k[order], lim[order]
 
 
-def _point_to_segments(p: np.ndarray, a: np.ndarray, b: np.ndarray):
+def point_to_segments(p: np.ndarray, a: np.ndarray, b: np.ndarray):
     """For points [P, 2] and segments [M, 2]: (t [P, M] in [0, 1], signed lateral [P, M], distance [P, M])."""
     d = b - a
     L2 = np.maximum((d ** 2).sum(-1), 1e-9)
@@ -217,7 +217,7 @@ def encode_scene(sc: Scenario, t0: int = 0, cfg: EncodingConfig = EncodingConfig
     out["lane_offset"] = np.zeros((A, 3), np.float32)
     lanes = np.flatnonzero(out["lane_mask"][:m])
     if len(lanes) and n:
-        t, lat, dist = _point_to_segments(xy[cand], a[lanes], b[lanes])
+        t, lat, dist = point_to_segments(xy[cand], a[lanes], b[lanes])
         rel = wrap(head[:, None] - np.arctan2(sin[lanes], cos[lanes])[None])
         cost = np.where((np.abs(rel) < np.pi / 2) & (dist <= cfg.lane_assign_m), dist, np.inf)
         best = np.argmin(cost, axis=1)

@@ -21,7 +21,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from sim_bridge.scenario import ConversionReport, DatasetWriter, ScenarioDataset, load_scenario_dict
+from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
+from sim_bridge.scenario import (ConversionReport, DatasetWriter, Scenario, ScenarioDataset, ScenarioError,
+                                 load_scenario_dict)
 from traffic.encoding import EncodingConfig, agent_feature_rows, collate, encode_scene, to_world, wrap
 
 __all__ = ["GenerateConfig", "generate", "augment", "generate_scenes", "extend_logged", "yield_to_traffic"]
@@ -292,36 +294,43 @@ def _run(data: str | Path, run: str | Path, out: str | Path, cfg: GenerateConfig
     ds = ScenarioDataset(data, repair=True)
     gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     stats = {"scenes": 0, "placed": 0, "requested": 0, "seconds": 0.0}
-    items = list(ds.iter_checked())
     with DatasetWriter(out, resume=True, repair=True) as writer:
-        for name, err in items:
-            if isinstance(err, Exception):
-                writer.fail(name, err)
-        good = [(n, s) for n, s in items if not isinstance(s, Exception) and not writer.has(n)]
-        for start in range(0, len(good), cfg.batch_size):
-            chunk = [(n, s) for n, s in good[start:start + cfg.batch_size] if s.tracks.valid[s.ego_index, 0]]
-            for n, s in good[start:start + cfg.batch_size]:
+        todo = [n for n in ds.names if not writer.has(n)]
+        for start in range(0, len(todo), cfg.batch_size):
+            # each file is read once: the raw dict is written back (logged agents untouched), the typed view
+            # drives the models; only one batch of scenes is in memory at a time
+            chunk = []
+            for n in todo[start:start + cfg.batch_size]:
+                try:
+                    raw = load_scenario_dict(ds.path_of(n))
+                    s = Scenario.from_dict(raw, src=str(ds.path_of(n)), repair=True)
+                except (ScenarioError, UnsafePickleError, CorruptFileError) as e:
+                    writer.fail(n, e)
+                    continue
                 if not s.tracks.valid[s.ego_index, 0]:
                     writer.fail(n, ValueError(f"{n}: the ego is not valid at frame 0"))
+                    continue
+                chunk.append((n, s, raw))
             if not chunk:
                 continue
             if keep_logged:
                 want = [int(round((cfg.density - 1.0) * max(_logged_vehicles_near_ego(s, tcfg.encoding.range_m), 1)))
-                        for _, s in chunk]
+                        for _, s, _ in chunk]
             elif cfg.num_vehicles < 0:
-                want = [max(_logged_vehicles_near_ego(s, tcfg.encoding.range_m), 0) for _, s in chunk]
+                want = [max(_logged_vehicles_near_ego(s, tcfg.encoding.range_m), 0) for _, s, _ in chunk]
             else:
                 want = [cfg.num_vehicles] * len(chunk)
             t0 = time.perf_counter()
             # oversample: vehicles that logged traffic would still run into are dropped after timing
             ask = [int(np.ceil(w * OVERSAMPLE["augment" if keep_logged else "generate"])) for w in want]
-            placed = generate_scenes(placement, trajectory, [s for _, s in chunk], keep_logged, ask,
+            placed = generate_scenes(placement, trajectory, [s for _, s, _ in chunk], keep_logged, ask,
                                      tcfg.encoding, gen, cfg.device)
-            for (n, s), p, w in zip(chunk, placed, want):
-                raw = load_scenario_dict(ds.path_of(n))
+            for (n, s, raw), p, w in zip(chunk, placed, want):
                 if keep_logged and cfg.extend:
                     ext = extend_logged(trajectory, s, raw, tcfg.encoding, gen, cfg.device)
                     stats["extended"] = stats.get("extended", 0) + len(ext)
+                    if ext:  # extended tracks are obstacles for the yield check too
+                        s = Scenario.from_dict(raw, src=n, repair=True)
                 kept, dropped = _write_scene(writer, n, s, raw, p, keep_logged, str(run), w)
                 stats["scenes"] += 1
                 stats["placed"] += kept
@@ -329,7 +338,7 @@ def _run(data: str | Path, run: str | Path, out: str | Path, cfg: GenerateConfig
                 stats["requested"] += w
             stats["seconds"] += time.perf_counter() - t0
             if on_scene:
-                on_scene(min(start + cfg.batch_size, len(good)), len(good))
+                on_scene(min(start + cfg.batch_size, len(todo)), len(todo))
     return writer.report, stats
 
 

@@ -62,6 +62,7 @@ import math
 import numpy as np
 import shapely
 
+from traffic.encoding import point_to_segments
 from sim_bridge.scenario import Scenario, ScenarioDataset, wrap_angle
 
 __all__ = ["BANDWIDTHS", "evaluate_traffic", "scene_attributes", "mmd", "box_overlaps",
@@ -232,14 +233,6 @@ def _half_width(extras: dict) -> float:
     return float(np.clip(np.median(w.mean(-1) if w.ndim == 2 else w), *HALF_WIDTH_CLIP))
 
 
-def _point_segment_dist2(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared distance from points p [P, 2] to segments a->b [S, 2]; returns [P, S]."""
-    ab = b - a                                                                # [S, 2]
-    ap = p[:, None, :] - a[None]                                              # [P, S, 2]
-    u = np.clip((ap * ab).sum(-1) / np.maximum((ab ** 2).sum(-1), 1e-12), 0.0, 1.0)
-    return ((ap - u[..., None] * ab) ** 2).sum(-1)
-
-
 def on_road(scenario: Scenario, points: np.ndarray, tile_m: float = 32.0) -> np.ndarray:
     """Whether each point [P, 2] (m, world) lies on the drivable area D of the module docstring; bool [P]."""
     feats = [f for f in scenario.map_features.values()
@@ -270,7 +263,7 @@ def on_road(scenario: Scenario, points: np.ndarray, tile_m: float = 32.0) -> np.
             continue
         step = max(1, _CHUNK // int(sel.sum()))
         for c in range(0, len(idx), step):
-            d2 = _point_segment_dist2(points[idx[c:c + step]], a[sel], b[sel])
+            d2 = point_to_segments(points[idx[c:c + step]], a[sel], b[sel])[2] ** 2
             out[idx[c:c + step]] = (d2 <= tol[sel] ** 2).any(1)
     return out
 

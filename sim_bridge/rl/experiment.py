@@ -26,7 +26,7 @@ import numpy as np
 from sim_bridge.config import save_config, to_dict
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 from sim_bridge.rl.evaluate import EvalConfig, evaluate, summarize_episodes
-from sim_bridge.rl.train import TrainConfig, train
+from sim_bridge.rl.train import TrainConfig, read_episodes, train
 from sim_bridge.scenario import ScenarioDataset, load_scenario_dict
 from sim_bridge.sources.convert import write_items
 
@@ -100,10 +100,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, eval_cfg: EvalConfig 
         run_dir = out / f"run_{arm}"
         done = run_dir / "train_summary.json"
         if done.exists() and json.loads(done.read_text())["final_step"] >= cfg.budget_steps:
-            import csv
-
-            with open(run_dir / "episodes.csv") as f:
-                episodes = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+            episodes = read_episodes(run_dir)
         else:
             resume = (run_dir / "checkpoints" / "latest.pt").exists()
             episodes = train(run_cfg, run_dir, resume=resume, progress_bar=False).episodes

@@ -27,7 +27,7 @@ from sim_bridge.config import from_dict, save_config, to_dict
 from sim_bridge.envs.factory import EnvConfig
 
 __all__ = ["PPOConfig", "TrainConfig", "TrainResult", "train", "load_checkpoint", "latest_checkpoint",
-           "build_policy", "EPISODE_FIELDS"]
+           "build_policy", "read_episodes", "EPISODE_FIELDS"]
 
 EPISODE_FIELDS = ("step", "episode", "reward", "length", "route_completion", "success", "crash", "out_of_road")
 
@@ -246,7 +246,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress_
             model.num_timesteps, model._n_updates = int(saved["step"]), int(saved["n_updates"])
             start = state["last_ckpt"] = model.num_timesteps
             state["best"] = float(saved["best_metric"])
-            episodes.extend(_read_episodes(run_dir / "episodes.csv", upto_step=start))
+            episodes.extend(read_episodes(run_dir, upto_step=start))  # later rows belong to lost work
             _rewrite_episodes(run_dir / "episodes.csv", episodes)
         t0 = time.perf_counter()
         remaining = max(cfg.total_steps - start, 0)
@@ -263,8 +263,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress_
         env.close()
 
 
-def _read_episodes(path: Path, upto_step: int) -> list[dict]:
-    """Episodes logged before the checkpoint we resume from (later rows belong to lost work)."""
+def read_episodes(run_dir: str | Path, upto_step: float = float("inf")) -> list[dict]:
+    """Rows of a run's ``episodes.csv`` (EPISODE_FIELDS, typed), up to ``upto_step``; [] if there are none."""
+    path = Path(run_dir) / "episodes.csv"
     if not path.exists():
         return []
     with open(path, newline="") as f:

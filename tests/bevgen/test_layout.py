@@ -107,3 +107,20 @@ def test_preview_colours_follow_channels(road_dict):
     img = preview_image(lay, scale=1, legend=False)
     r, c = _pixel(lay.config, 20.0, 0.0)
     assert tuple(img[r, c]) == (60, 200, 90)  # vehicle colour
+
+
+def test_with_scenario_reuses_the_map_only_when_shared(road_dict_factory):
+    """Successive snapshots share one map object: the flattened map is reused, the agents are not."""
+    from dataclasses import replace
+
+    a = Scenario.from_dict(road_dict_factory())
+    moved = road_dict_factory()
+    moved["tracks"]["lead"]["state"]["position"][:, 0] -= 10.0  # lead 10 m closer
+    b = replace(Scenario.from_dict(moved), map_features=a.map_features)
+    ra = BevRasterizer(a)
+    rb = ra.with_scenario(b)
+    assert rb._layers is ra._layers
+    np.testing.assert_array_equal(rb(0).raster, BevRasterizer(b)(0).raster)
+    assert not np.array_equal(rb(0).channel("vehicle"), ra(0).channel("vehicle"))
+    other = Scenario.from_dict(road_dict_factory(ego_yaw=1.0))
+    assert ra.with_scenario(other)._layers is not ra._layers
