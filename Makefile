@@ -20,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
 	# Waymo protos only: the package's own requirements pin TensorFlow and an old numpy.
 	$(PIP) install -q --no-deps $(WAYMO_PROTOS)
-	$(BIN)/python -c "import bevgen.cli, sim_bridge.scenario, metadrive, nuscenes, torch; from waymo_open_dataset.protos import scenario_pb2"
+	$(BIN)/python -c "import bevgen.cli, sim_bridge.scenario, metadrive, nuscenes, torch, pybullet; from waymo_open_dataset.protos import scenario_pb2"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -64,6 +64,9 @@ class RolloutResult:
     route: np.ndarray = field(repr=False)
     terminated: bool = False
     truncated: bool = False
+    snapshots: list = field(default_factory=list, repr=False)
+    """One-frame :class:`~sim_bridge.scenario.Scenario` per frame when recorded with ``keep_snapshots``
+    (they share the map's features), e.g. to render or generate camera views of the same frames."""
 
     @property
     def total_reward(self) -> float:
@@ -163,7 +166,8 @@ def render_frame(layout: BevLayout, route: np.ndarray | None = None, title: str 
 
 
 def record_rollout(env, policy: Callable[[Any], Any], max_steps: int, bev_config: BevConfig | None = None,
-                   every: int = 1, *, seed: int | None = None, scale: int = 2, legend: bool = True) -> RolloutResult:
+                   every: int = 1, *, seed: int | None = None, scale: int = 2, legend: bool = True,
+                   keep_snapshots: bool = False) -> RolloutResult:
     """Reset ``env``, run ``policy`` for up to ``max_steps`` steps and draw a BEV frame every ``every`` steps.
 
     Args:
@@ -175,6 +179,7 @@ def record_rollout(env, policy: Callable[[Any], Any], max_steps: int, bev_config
         seed: passed to ``env.reset`` (a procedural seed or a scenario index), None for MetaDrive's choice.
         scale: pixel upsampling of the raster in the frames.
         legend: draw the legend column.
+        keep_snapshots: also return each frame's one-frame scenario (``RolloutResult.snapshots``).
 
     Returns:
         A :class:`RolloutResult`; frames are uint8 [T, H', W', 3] (see :func:`render_frame`).
@@ -186,7 +191,7 @@ def record_rollout(env, policy: Callable[[Any], Any], max_steps: int, bev_config
     cfg = bev_config or ROLLOUT_BEV
     obs, _ = env.reset(seed=seed)
     route = route_polyline(env)
-    frames, frame_steps, poses, rewards, infos = [], [], [], [], []
+    frames, frame_steps, poses, rewards, infos, snaps = [], [], [], [], [], []
     raster: BevRasterizer | None = None
     terminated = truncated = False
     for i in range(max_steps):
@@ -204,11 +209,13 @@ def record_rollout(env, policy: Callable[[Any], Any], max_steps: int, bev_config
             frames.append(render_frame(layout, route, title, scale, legend))
             frame_steps.append(i + 1)
             poses.append(layout.ego_pose)
+            if keep_snapshots:
+                snaps.append(snap)
         if done:
             break
     return RolloutResult(frames=np.stack(frames), frame_steps=np.array(frame_steps, np.int64),
                          ego_poses=np.array(poses, float), rewards=np.array(rewards, float), infos=infos,
-                         route=route, terminated=bool(terminated), truncated=bool(truncated))
+                         route=route, terminated=bool(terminated), truncated=bool(truncated), snapshots=snaps)
 
 
 def save_animation(frames: Sequence[np.ndarray] | np.ndarray, path: str | Path, fps: float = 10.0) -> Path:

@@ -3,8 +3,8 @@
 ``write_nuscenes_fixture(root)`` writes what ``NuScenes(version, dataroot=root)`` and
 ``NuScenesMap(dataroot=root, map_name=...)`` need to load: the 13 JSON tables under
 ``root/<version>/``, a small placeholder PNG per map record (the devkit only checks that the
-semantic-prior mask file exists) and one map-expansion JSON per location under
-``root/maps/expansion/``. No sensor files are written; ``sample_data`` filenames point nowhere.
+semantic-prior mask file exists), one map-expansion JSON per location under
+``root/maps/expansion/`` and small camera JPEGs (below); LIDAR_TOP files are not written.
 
 Geometry (each scene in its own local road frame, placed in the world by ``origin`` and ``theta``):
 a straight road along local +x from x=-60 m to x=160 m with two eastbound lanes (centre lines
@@ -17,6 +17,12 @@ so its heading crosses +-pi). Objects: a lead car, a truck in the left lane, a b
 keyframe 3 in the westbound lane (heading wobbling around pi), a pedestrian on the crossing that
 disappears after keyframe 4, a bicycle appearing at keyframe 1, a static cone and barrier, and
 debris (a category the converter drops).
+
+Cameras: six keyframe camera sample_data per sample (nuScenes channel names, FRONT_LEFT ... BACK_LEFT
+at yaws 55, 0, -55, -110, 180, 110 deg), each with its own calibrated_sensor (intrinsics for
+``CAMERA_IMAGE_SIZE``, off-centre principal points) and sharing the LIDAR_TOP ego_pose. Every image
+is a small JPEG: sky over grey ground with a filled disc (``MARKERS`` colour, radius ``MARKER_RADIUS_PX``)
+at the exact pinhole projection of the box centre of the agents in ``MARKERS`` wherever visible.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["write_nuscenes_fixture", "SCENES", "AGENTS", "LANE_WIDTH_M", "KEYFRAME_US"]
+__all__ = ["write_nuscenes_fixture", "SCENES", "AGENTS", "LANE_WIDTH_M", "KEYFRAME_US", "CAMERAS",
+           "CAMERA_IMAGE_SIZE", "MARKERS", "MARKER_RADIUS_PX"]
 
 KEYFRAME_US = 500_000  # 2 Hz keyframes, microseconds
 LANE_WIDTH_M = 3.5
@@ -50,6 +57,18 @@ AGENTS = (
     ("barrier", "movable_object.barrier", 0, None, lambda t, k: (45.0, -3.9, 1.2), (2.0, 0.5, 1.0), 0.5),
     ("debris", "movable_object.debris", 0, None, lambda t, k: (30.0, -3.6, 0.0), (0.3, 0.3, 0.2), 0.1),
 )
+# channel, yaw about +z (deg, 0 = forward), mounting translation (m, ego frame), (fx, fy, cx, cy) px
+CAMERAS = (
+    ("CAM_FRONT_LEFT", 55.0, (1.5, 0.5, 1.5), (100.0, 100.0, 81.0, 46.0)),
+    ("CAM_FRONT", 0.0, (1.7, 0.0, 1.5), (110.0, 110.0, 84.0, 43.0)),
+    ("CAM_FRONT_RIGHT", -55.0, (1.5, -0.5, 1.5), (100.0, 100.0, 78.0, 45.5)),
+    ("CAM_BACK_RIGHT", -110.0, (1.0, -0.5, 1.55), (100.0, 100.0, 80.0, 45.0)),
+    ("CAM_BACK", 180.0, (0.0, 0.0, 1.6), (64.0, 64.0, 80.0, 45.0)),
+    ("CAM_BACK_LEFT", 110.0, (1.0, 0.5, 1.55), (100.0, 100.0, 80.0, 45.0)),
+)
+CAMERA_IMAGE_SIZE = (90, 160)  # (H, W) of the fixture's camera images
+MARKERS = {"car-lead": (255, 0, 0), "truck-left": (0, 0, 255)}  # agent key -> RGB disc at its box centre
+MARKER_RADIUS_PX = 4
 CATEGORIES = ("vehicle.car", "vehicle.truck", "vehicle.bus.rigid", "vehicle.bicycle", "human.pedestrian.adult",
               "movable_object.trafficcone", "movable_object.barrier", "movable_object.debris", "animal")
 
@@ -68,6 +87,49 @@ def _uuid(*parts: object) -> str:
 def _quat(yaw: float) -> list[float]:
     """[w, x, y, z] quaternion of a rotation by ``yaw`` rad about +z."""
     return [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+
+
+def _qmul(a: list[float], b: list[float]) -> list[float]:
+    """Hamilton product a * b of [w, x, y, z] quaternions."""
+    (aw, ax, ay, az), (bw, bx, by, bz) = a, b
+    return [aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw]
+
+
+# camera (OpenCV: x right, y down, z forward) -> ego (x forward, y left, z up) for a forward camera
+_CAM_TO_EGO_FORWARD = [0.5, -0.5, 0.5, -0.5]
+
+
+def _camera_image(ego: tuple[float, float, float], agents: list[tuple[tuple[float, float, float], tuple]],
+                  cam: tuple):
+    """PIL image of one camera: sky / ground halves and a disc at each visible agent's projected centre.
+
+    Args:
+        ego: (x, y, yaw) of the ego in the world (ground at z = 0).
+        agents: [((x, y, z) world box centre, rgb)].
+        cam: one CAMERAS entry.
+    """
+    import numpy as np
+    from PIL import Image
+
+    _, cam_yaw, (tx, ty, tz), (fx, fy, cx, cy) = cam
+    H, W = CAMERA_IMAGE_SIZE
+    img = np.full((H, W, 3), (90, 90, 92), np.uint8)
+    img[: H // 2] = (140, 180, 225)
+    pu, pv = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)  # pixel centres
+    ex, ey, eyaw = ego
+    yaw = math.radians(cam_yaw)
+    for (x, y, z), rgb in agents:
+        dx, dy = x - ex, y - ey  # world -> ego -> camera mount (rotations about +z only)
+        px, py = math.cos(eyaw) * dx + math.sin(eyaw) * dy - tx, -math.sin(eyaw) * dx + math.cos(eyaw) * dy - ty
+        fwd, left, up = math.cos(yaw) * px + math.sin(yaw) * py, -math.sin(yaw) * px + math.cos(yaw) * py, z - tz
+        if fwd < 1.0:
+            continue
+        u, v = fx * -left / fwd + cx, fy * -up / fwd + cy  # OpenCV camera: x = -left, y = -up, z = fwd
+        r = MARKER_RADIUS_PX
+        if r <= u <= W - r and r <= v <= H - r:
+            img[(pu - u) ** 2 + (pv - v) ** 2 <= r * r] = rgb
+    return Image.fromarray(img)
 
 
 class _Frame:
@@ -175,6 +237,12 @@ def write_nuscenes_fixture(root: Path, version: str = "v1.0-mini") -> Path:
     calib = _tok("calibrated_sensor", "LIDAR_TOP")
     t["calibrated_sensor"] = [{"token": calib, "sensor_token": lidar, "translation": [0.943, 0.0, 1.84],
                                "rotation": _quat(-math.pi / 2), "camera_intrinsic": []}]
+    for channel, cam_yaw, trans, (fx, fy, cx, cy) in CAMERAS:
+        t["sensor"].append({"token": _tok("sensor", channel), "channel": channel, "modality": "camera"})
+        t["calibrated_sensor"].append({
+            "token": _tok("calibrated_sensor", channel), "sensor_token": _tok("sensor", channel),
+            "translation": list(trans), "rotation": _qmul(_quat(math.radians(cam_yaw)), _CAM_TO_EGO_FORWARD),
+            "camera_intrinsic": [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]})
     png = Image.new("L", (8, 8))
     for sc in SCENES:
         name, frame, n_kf = sc["name"], _Frame(sc["origin"], sc["theta"]), sc["keyframes"]
@@ -204,6 +272,23 @@ def write_nuscenes_fixture(root: Path, version: str = "v1.0-mini") -> Path:
                 "filename": f"samples/LIDAR_TOP/{name}__LIDAR_TOP__{ts}.pcd.bin",
                 "prev": _tok("sample_data", name, k - 1) if k else "",
                 "next": _tok("sample_data", name, k + 1) if k + 1 < n_kf else ""})
+            ego = (x, y, frame.yaw(0.01 * (-1) ** k))
+            markers = []
+            for key, _, k0, k1, pose_fn, _, z in AGENTS:
+                if key in MARKERS and k0 <= k and (k1 is None or k <= k1):
+                    markers.append(((*frame.xy(*pose_fn(0.5 * k, k)[:2]), z), MARKERS[key]))
+            for cam in CAMERAS:
+                channel = cam[0]
+                filename = f"samples/{channel}/{name}__{channel}__{ts}.jpg"
+                (root / filename).parent.mkdir(parents=True, exist_ok=True)
+                _camera_image(ego, markers, cam).save(root / filename, quality=95)
+                t["sample_data"].append({
+                    "token": _tok("sample_data", name, k, channel), "sample_token": s, "ego_pose_token": pose,
+                    "calibrated_sensor_token": _tok("calibrated_sensor", channel), "timestamp": ts,
+                    "fileformat": "jpg", "is_key_frame": True, "height": CAMERA_IMAGE_SIZE[0],
+                    "width": CAMERA_IMAGE_SIZE[1], "filename": filename,
+                    "prev": _tok("sample_data", name, k - 1, channel) if k else "",
+                    "next": _tok("sample_data", name, k + 1, channel) if k + 1 < n_kf else ""})
         for key, category, k0, k1, pose_fn, size, z in AGENTS:
             inst = _tok("instance", name, key)
             kfs = list(range(k0, n_kf if k1 is None else min(k1 + 1, n_kf)))
