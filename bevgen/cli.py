@@ -1,6 +1,10 @@
 """The ``bevgen`` command. Sub-commands import their heavy dependencies only when they run.
 
     bevgen scenarios procedural|convert|validate|info|bev   scenario datasets (sim_bridge)
+    bevgen traffic train|generate|augment|eval              learned traffic (traffic)
+    bevgen sim train|eval|rollout|experiment                PPO agents in MetaDrive (sim_bridge.rl)
+    bevgen views dataset|train|sample|eval                  six camera views from a BEV layout
+    bevgen scene3d train|render|eval                        compositional 3D-aware scene generator
     bevgen demo                                             the main job, end to end, with a report
 """
 
@@ -27,6 +31,12 @@ traffic_app = typer.Typer(help="Learned traffic (TrafficGen-style): place vehicl
                                 "trajectories, densify real scenarios, evaluate against baselines.", no_args_is_help=True)
 app.add_typer(sim, name="sim")
 app.add_typer(traffic_app, name="traffic")
+# camera views and scene3d define their commands next to their code; their modules import nothing heavy
+from bevgen.views.cli import app as views_app  # noqa: E402
+from bevgen.scene3d.cli import app as scene3d_app  # noqa: E402
+
+app.add_typer(views_app, name="views")
+app.add_typer(scene3d_app, name="scene3d")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; unknown keys are errors.")
 SetOpt = typer.Option(None, "--set", help="Override a config field: --set key=value (repeatable, value is YAML).")

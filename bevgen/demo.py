@@ -7,7 +7,10 @@ Stages (each cached: a second run skips what is done):
   4. traffic: train the tiny TrafficGen-style model, densify the scenarios (x2) -> ``augmented/``
   5. RL: PPO on the augmented scenarios, evaluated on held-out procedural scenarios next to the random
      and IDM policies, and a top-down rollout of the trained agent
-  6. the report, self-contained HTML with every image inlined
+  6. cameras (:mod:`bevgen.demo_cameras`): synthetic six-camera datasets, the camera-view and scene3d
+     models, generated views of held-out frames with metrics, six generated views of the agent's drive,
+     scene3d edits
+  7. the report, self-contained HTML with every image inlined
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bevgen.demo_cameras import FAST as CAMERAS_FAST, CamerasDemoConfig
 from bevgen.layout import CHANNELS, BevConfig, BevRasterizer
 from bevgen.preview import preview_image
+from bevgen import demo_cameras as dc
 from bevgen import report as rp
 from sim_bridge.config import save_config, to_dict
 from sim_bridge.scenario import ScenarioDataset
@@ -50,13 +55,15 @@ class DemoConfig:
     """Procedural scenarios (other seeds) the agent is evaluated on."""
     rollout_steps: int = 200
     """Length of the trained agent's top-down rollout."""
+    cameras: CamerasDemoConfig = CamerasDemoConfig()
+    """Camera stages: synthetic data, camera views, the drive video, scene3d."""
 
 
 def demo_config(fast: bool, workers: int) -> DemoConfig:
     if fast:
         return DemoConfig(procedural=ProceduralConfig(num_scenarios=2, steps=80, workers=min(workers, 2)),
                           preview_frames=2, animation_stride=4, traffic_steps=20, ppo_steps=512,
-                          heldout_scenarios=1, rollout_steps=40)
+                          heldout_scenarios=1, rollout_steps=40, cameras=CAMERAS_FAST)
     return DemoConfig(procedural=ProceduralConfig(num_scenarios=8, steps=200, workers=workers))
 
 
@@ -210,18 +217,24 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
         env = make_env(EnvConfig(data=str(heldout), num_scenarios=1, horizon=cfg.rollout_steps))
         try:
             roll = record_rollout(env, make_policy(str(out / "ppo"), env, seed=0), max_steps=cfg.rollout_steps,
-                                  every=2, seed=0, scale=1)
+                                  every=2, seed=0, scale=1, keep_snapshots=True)
         finally:
             env.close()
         save_animation(roll.frames, out / "rl" / "rollout.gif", fps=5)
+
+    camera_parts = _camera_stages(cfg, out, console, timings, roll.snapshots)
 
     with _stage(console, "report", timings):
         legend = rp.definition_list({name: desc for name, (desc, _) in CHANNELS.items() if name in cfg.bev.channels})
         versions = _versions()
         sections = [
-            ("What this is", "<p>Procedural driving scenarios (MetaDrive procedural maps with IDM traffic, "
-             "generated offline) in the ScenarioNet scenario format, validated against the bevgen contract "
-             "and rasterized into ego-centric bird's-eye-view layouts.</p>"),
+            ("What this is", "<p>bevgen's three jobs on one scenario contract, with no data download: "
+             "procedural driving scenarios (MetaDrive procedural maps with IDM traffic, generated offline, "
+             "ScenarioNet format) are validated and rasterized into ego-centric bird's-eye-view layouts; "
+             "<b>dense traffic</b>: a TrafficGen-style model learns from them and inserts vehicles; "
+             "<b>RL</b>: a PPO agent trains in MetaDrive on the augmented scenarios and is evaluated on held-out "
+             "ones; <b>camera views</b>: BEV layouts (including the agent's own drive) become six surrounding "
+             "camera images, and a compositional 3D-aware generator renders and edits box layouts.</p>"),
             ("Scenarios", rp.table(rows) + f"<p class='muted'>{len(scenes)} valid, {len(bad)} bad; "
              f"generation wrote {len(gen.written)}, reused {len(gen.reused)}, failed {len(gen.failed)}.</p>"
              + (rp.table([{"file": n, "problem": e} for n, e in bad]) if bad else "")),
@@ -248,7 +261,8 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
             ("BEV channels", legend + f"<p class='muted'>{cfg.bev.size}x{cfg.bev.size} px, "
              f"{cfg.bev.resolution_m} m/px, +-{cfg.bev.range_m} m; rasterization median "
              f"{np.median(raster_ms):.2f} ms per frame on this machine.</p>"),
-            ("Metrics", rp.definition_list({
+            *dc.camera_sections(*camera_parts),
+            ("Metrics", rp.definition_list({**dc.VIEWS_DEFINITIONS,
                 "valid scenarios": f"{len(scenes)}: files that load through the safe loader and pass the contract validator",
                 "rasterization time": f"{np.median(raster_ms):.2f} ms: median wall time of one {cfg.bev.size}x{cfg.bev.size} BEV frame",
                 "success_rate": "fraction of episodes with route completion > 0.95, no crash and not leaving the road",
@@ -268,11 +282,33 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
     return path
 
 
+def _camera_stages(cfg: DemoConfig, out: Path, console, timings: dict, snapshots) -> tuple:
+    """Synthetic camera data -> views and scene3d models -> views, drive, scene3d results (see demo_cameras)."""
+    import torch
+
+    torch.set_num_threads(max(1, cfg.procedural.workers))
+    cc = cfg.cameras
+    with _stage(console, "synthetic camera datasets", timings):
+        dc.camera_data(cc, out / "augmented", out / "camera_data", cfg.procedural.workers)
+        dc.camera_data(cc, out / "heldout", out / "camera_heldout", cfg.procedural.workers)
+    with _stage(console, "camera-view model", timings):
+        pipe, views_src = dc.views_model(cc, out / "camera_data", out / "views")
+    with _stage(console, "camera views of held-out frames", timings):
+        views = dc.views_stage(cc, pipe, out / "camera_heldout", out / "camera_data", out / "views_eval")
+    with _stage(console, "six-camera drive", timings):
+        drive = dc.drive_stage(cc, pipe, snapshots, out / "drive")
+    with _stage(console, "scene3d", timings):
+        gen, scene3d_src = dc.scene3d_model(cc, out / "camera_data", out / "scene3d")
+        scene3d = dc.scene3d_stage(cc, gen, out / "camera_heldout", out / "scene3d_eval")
+    return views, drive, scene3d, {"views": views_src, "scene3d": scene3d_src}
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("bevgen", "numpy", "metadrive-simulator", "opencv-python-headless", "torch", "stable-baselines3"):
+    for pkg in ("bevgen", "numpy", "metadrive-simulator", "opencv-python-headless", "torch", "stable-baselines3",
+                "pybullet"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import shutil
 
 import pytest
 from PIL import Image
@@ -15,9 +16,49 @@ from bevgen.demo import run_demo
 pytestmark = pytest.mark.metadrive
 
 
-def test_demo_fast_writes_report_and_caches(tmp_path):
-    out = tmp_path / "demo"
-    report = run_demo(out, fast=True, workers=2)
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return out, run_demo(out, fast=True, workers=2)
+
+
+def test_report_renders_in_headless_chromium(demo_run):
+    """The report opens in a real browser with no console errors and every image decodes."""
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium on PATH (.ci/run installs the Debian package 'chromium')")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the [dev] extra")
+    _, report = demo_run
+    problems = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+                    if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url[:80]}"))
+            page.goto(report.resolve().as_uri(), wait_until="load")
+            images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+            sections = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+        finally:
+            browser.close()
+    assert not problems, problems
+    assert len(images) >= 10
+    broken = [alt for complete, width, alt in images if not (complete and width > 0)]
+    assert not broken, f"images that did not load: {broken}"
+    assert "Metrics" in sections and "Config and versions" in sections
+
+
+def test_demo_fast_writes_report_and_caches(demo_run):
+    out, report = demo_run
     html = report.read_text()
     for section in ("Scenarios", "Top-down animation", "BEV previews", "Traffic: before and after augmentation",
                     "Generated traffic", "RL: learning curve", "RL: evaluation on held-out scenarios",

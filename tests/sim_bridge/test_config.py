@@ -60,14 +60,18 @@ def test_every_shipped_config_loads_strictly():
     """configs/<area>/*.yaml each map onto one dataclass; a stale key anywhere fails here."""
     from pathlib import Path
 
+    from bevgen.render.scene import SynthConfig
+    from bevgen.scene3d.train import Scene3DTrainConfig
+    from bevgen.views.config import ViewsConfig
     from sim_bridge.rl.train import TrainConfig
     from traffic.train import TrafficTrainConfig
 
-    areas = {"scenarios": ProceduralConfig, "bev": BevConfig, "traffic": TrafficTrainConfig, "sim": TrainConfig}
+    areas = {"scenarios": ProceduralConfig, "bev": BevConfig, "traffic": TrafficTrainConfig, "sim": TrainConfig,
+             "render": SynthConfig, "views": ViewsConfig, "scene3d": Scene3DTrainConfig}
     root = Path(__file__).resolve().parents[2] / "configs"
     seen = 0
     for area, cls in areas.items():
         for path in sorted((root / area).glob("*.yaml")):
             load_config(cls, path)
             seen += 1
-    assert seen >= 8 and {p.name for p in root.iterdir()} <= set(areas)
+    assert seen >= 13 and {p.name for p in root.iterdir()} <= set(areas)

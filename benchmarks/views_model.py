@@ -1,0 +1,109 @@
+"""Views model sampling speed: parallel (MaskGIT) decoding vs token-by-token decoding of the same model.
+
+Both decoders sample all six views of one frame at the tiny config (64x112, 8x14 tokens per view,
+672 tokens per frame) with classifier-free guidance (conditional and unconditional halves batched in
+one forward). Parallel decoding does ``steps`` forward passes; token-by-token decoding does one per
+token. Run: ``python benchmarks/views_model.py [RUN_DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DIR = ROOT.parent / "shared" / "data" / "real-scenarios"
+
+
+def _batch(cfg, run_dir: Path | None) -> tuple[dict, str]:
+    """One frame's condition: a held-out frame of the run's dataset, else a real scenario's BEV with the
+    default nuScenes rig, else an empty layout (decoding cost does not depend on the content)."""
+    import numpy as np
+    import torch
+    from torch.utils.data import default_collate
+
+    if run_dir is not None and (run_dir / "split.json").exists():
+        split = json.loads((run_dir / "split.json").read_text())
+        names = split["heldout"] or split["train"]
+        if Path(split["data_dir"]).exists() and names:
+            from bevgen.render.dataset import FrameDataset
+
+            item = FrameDataset(split["data_dir"], names=names[:1])[0]
+            return default_collate([{k: v for k, v in item.items() if k not in ("semantic", "name")}]), names[0]
+    from bevgen.cameras import nuscenes_rig
+    from bevgen.layout import BevConfig, BevRasterizer
+
+    rig = nuscenes_rig(cfg.data.image_size)
+    bev = BevConfig()
+    raster = np.zeros((len(bev.channels), bev.size, bev.size), np.uint8)
+    boxes, classes, valid = np.zeros((64, 7), np.float32), np.zeros(64, np.int64), np.zeros(64, bool)
+    source = "empty layout"
+    if REAL_DIR.exists():
+        from sim_bridge.scenario import ScenarioDataset
+
+        ds = ScenarioDataset(REAL_DIR, repair=True)
+        layout = BevRasterizer(ds.load(ds.names[0]), bev)(10)
+        raster, boxes, classes, valid = layout.raster, layout.boxes, layout.classes, layout.valid
+        source = f"{ds.names[0]} frame 10"
+    item = {"bev": torch.from_numpy(raster), "boxes": torch.from_numpy(boxes).float(),
+            "classes": torch.from_numpy(classes), "box_valid": torch.from_numpy(valid),
+            "K": torch.from_numpy(rig.K).float(), "T_cam_from_ego": torch.from_numpy(rig.T_cam_from_ego).float()}
+    return default_collate([item]), source
+
+
+def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path | None = None,
+                         threads: int = 1, steps: int | None = None) -> dict:
+    """Seconds to sample six views with parallel vs token-by-token decoding of the same model.
+
+    Args:
+        run_dir: a trained views run (``load_views``); None: the tiny config with untrained weights
+            (same architecture and cost).
+        out_json: where to write the result (optional).
+        threads: torch CPU threads.
+        steps: parallel decoding steps (default the config's ``train.sample_steps``).
+    Returns:
+        dict with parallel_s, autoregressive_s, speedup, tokens_per_view, tokens_per_frame, steps,
+        forwards, image_size, model, machine.
+    """
+    import torch
+
+    from bevgen.views.config import ViewsConfig
+    from bevgen.views.sample import ViewsPipeline, build_models, load_views
+    from sim_bridge.config import load_config
+
+    torch.set_num_threads(threads)
+    if run_dir is not None:
+        pipe, model = load_views(run_dir), str(run_dir)
+    else:
+        cfg = load_config(ViewsConfig, ROOT / "configs" / "views" / "tiny.yaml")
+        torch.manual_seed(0)
+        pipe, model = ViewsPipeline(*build_models(cfg), cfg), "configs/views/tiny.yaml (untrained weights)"
+    cfg = pipe.config
+    steps = int(steps or cfg.train.sample_steps)
+    batch, source = _batch(cfg, Path(run_dir) if run_dir else None)
+    pipe(batch, mode="parallel", steps=2, seed=0)  # warm-up (allocator, kernels)
+    t0 = time.perf_counter()
+    par = pipe(batch, mode="parallel", steps=steps, seed=0)
+    t_par = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ar = pipe(batch, mode="autoregressive", seed=0)
+    t_ar = time.perf_counter() - t0
+    h, w = cfg.token_grid
+    result = {"parallel_s": round(t_par, 3), "autoregressive_s": round(t_ar, 3), "speedup": round(t_ar / t_par, 1),
+              "steps": steps, "forwards": {"parallel": steps, "autoregressive": cfg.tokens_per_frame},
+              "tokens_per_view": h * w, "token_grid": [h, w], "tokens_per_frame": cfg.tokens_per_frame,
+              "views": cfg.data.num_views, "image_size": list(cfg.data.image_size), "guidance": cfg.train.guidance,
+              "output_shape": list(par.shape), "same_shape": list(par.shape) == list(ar.shape),
+              "threads": threads, "model": model, "condition": source,
+              "parameters_M": round(sum(p.numel() for p in pipe.generator.parameters()) / 1e6, 2)}
+    if out_json is not None:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(bench_views_sampling(sys.argv[1] if len(sys.argv) > 1 else None), indent=2))

@@ -1,0 +1,137 @@
+"""The tiny camera-view and scene3d checkpoints shipped in ``checkpoints/``, and the one command that makes them.
+
+    make checkpoints        (= python -m bevgen.pretrained --out checkpoints)
+
+Recipe (:func:`build`): procedural scenarios (MetaDrive maps + IDM traffic, seeds 0-15, denser traffic than
+the default) -> synthetic six-camera dataset (pybullet CPU renderer, 128x224) -> ``configs/views/tiny.yaml``
+-> ``configs/scene3d/tiny.yaml``; then only the weights and configs are exported (no optimizer state), read
+back with ``weights_only=True`` by the ordinary loaders (``bevgen.views.sample.load_views``,
+``bevgen.scene3d.train.load_scene3d``). Every step is seeded and runs on one CPU thread per process, so the
+same versions on the same kind of machine reproduce the same files; the demo says in its report when it
+used them. About one hour on a 2-core laptop CPU, both models training side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+__all__ = ["SHIPPED", "shipped", "build", "export_views", "export_scene3d"]
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "checkpoints"
+"""Where the shipped checkpoints live (a source checkout; absent in a wheel install)."""
+_FILES = {"views_tiny": ("checkpoints/tokenizer.pt", "checkpoints/generator.pt"),
+          "scene3d_tiny": ("checkpoints/latest.pt",)}
+
+
+def shipped(name: str, root: Path = SHIPPED) -> Path | None:
+    """Run directory of a shipped checkpoint ("views_tiny" or "scene3d_tiny"), or None when absent."""
+    run = Path(root) / name
+    return run if all((run / f).exists() for f in _FILES[name]) else None
+
+
+def _save(obj: dict, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export_views(run_dir: Path, out: Path) -> Path:
+    """Copy a views run's tokenizer and generator weights + configs (no optimizer state) into ``out``."""
+    import torch
+
+    for name in ("tokenizer", "generator"):
+        ck = torch.load(run_dir / "checkpoints" / f"{name}.pt", map_location="cpu", weights_only=True)
+        _save({k: ck[k] for k in ("model", "config", "step", "best_metric")}, out / "checkpoints" / f"{name}.pt")
+    for extra in ("config.yaml", "train_summary.json"):
+        if (run_dir / extra).exists():
+            (out / extra).write_bytes((run_dir / extra).read_bytes())
+    return out
+
+
+def export_scene3d(run_dir: Path, out: Path) -> Path:
+    """Copy a scene3d run's EMA generator + config (no discriminators, no optimizer) into ``out``."""
+    import torch
+
+    ck = torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)
+    slim = {"model": {"generator_ema": ck["model"]["generator_ema"]},
+            **{k: ck[k] for k in ("config", "step", "best_metric")}}
+    _save(slim, out / "checkpoints" / "latest.pt")
+    for extra in ("config.yaml", "train_summary.json"):
+        if (run_dir / extra).exists():
+            (out / extra).write_bytes((run_dir / extra).read_bytes())
+    return out
+
+
+def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
+    """Make the shipped checkpoints from scratch (resumable: every stage keeps its outputs in ``work``).
+
+    Args:
+        work: scratch directory (scenarios, dataset, full training runs with optimizer state, logs).
+        out: where the slim checkpoints go (``checkpoints/`` of the repository by default).
+        parallel: train the two models in two processes side by side (one CPU thread each).
+    Returns:
+        summary: seconds per stage and each training summary.
+    """
+    import subprocess
+    import sys
+
+    from bevgen.render.dataset import write_synthetic_dataset
+    from bevgen.render.scene import SynthConfig
+    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
+
+    work, out = Path(work), Path(out)
+    times: dict = {}
+    t0 = time.perf_counter()
+    generate_procedural(ProceduralConfig(num_scenarios=16, start_seed=0, steps=200, traffic_density=0.3, workers=2),
+                        work / "scenarios", resume=True)
+    times["scenarios_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    write_synthetic_dataset(work / "scenarios", work / "camera_data", SynthConfig(), frames_per_scenario=12,
+                            frame_stride=15, first_frame=10, workers=2, resume=True)
+    times["dataset_s"] = time.perf_counter() - t0
+    bevgen = [sys.executable, "-m", "bevgen.cli"]
+    jobs = [bevgen + ["views", "train", "-c", str(REPO / "configs/views/tiny.yaml"), "--data", str(work / "camera_data"),
+                      "--out", str(work / "views")],
+            bevgen + ["scene3d", "train", "-c", str(REPO / "configs/scene3d/tiny.yaml"), "--data",
+                      str(work / "camera_data"), "--out", str(work / "scene3d")]]
+    for job, run in zip(jobs, ("views", "scene3d")):  # a finished or interrupted run continues
+        if (work / run / "checkpoints").exists():
+            job.append("--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    if parallel:
+        procs = [subprocess.Popen(j, env=env) for j in jobs]
+        codes = [p.wait() for p in procs]
+    else:
+        codes = [subprocess.call(j, env=env) for j in jobs]
+    if any(codes):
+        raise RuntimeError(f"training failed (exit codes views={codes[0]}, scene3d={codes[1]}); logs in {work}")
+    times["training_s"] = time.perf_counter() - t0
+    export_views(work / "views", out / "views_tiny")
+    export_scene3d(work / "scene3d", out / "scene3d_tiny")
+    summary = {"seconds": times, "files": {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*.pt"))}}
+    (out / "README.json").write_text(json.dumps({"made_by": "make checkpoints (python -m bevgen.pretrained)",
+                                                 **summary}, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bevgen.pretrained", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=SHIPPED, help="where the slim checkpoints go")
+    parser.add_argument("--work", type=Path, default=Path("runs/checkpoints"), help="scratch directory (resumable)")
+    parser.add_argument("--sequential", action="store_true", help="train the two models one after the other")
+    args = parser.parse_args(argv)
+    print(json.dumps(build(args.work, args.out, parallel=not args.sequential), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Scene layouts for the 3D-aware generator: boxes in the ego frame plus one pinhole camera.
+
+A :class:`SceneLayout` is what the generator is driven by and what edits change: per box its centre,
+size, yaw, class and a validity flag (padded to N), and the camera intrinsics ``K`` and extrinsics
+``T_cam_from_ego`` ("world" -> camera, the world being the ego frame of the frame it came from).
+Derived quantities (corners, projected 2D boxes, visibility) are properties computed with
+``bevgen.cameras``.
+
+Frames: ego x forward, y left, z up, metres, origin on the ground under the ego centre; boxes
+(x, y, z_centre, length, width, height, yaw). Camera frame OpenCV (x right, y down, z forward).
+
+Builders (numpy only, no torch): from a synthetic/nuScenes frame ``.npz`` of ``bevgen.render``'s
+on-disk format (one camera, cropped to a centred square and resized, with K updated), from a
+scenario frame (``BevRasterizer``), and from JSON. Cost: O(N) per layout (N boxes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from bevgen.cameras import CameraRig, box_corners, nuscenes_rig, project_boxes
+
+__all__ = ["SceneLayout", "square_camera", "select_boxes", "layout_from_frame", "layout_from_scenario",
+           "load_layout", "stack_layouts", "DEFAULT_CAMERA"]
+
+DEFAULT_CAMERA = "CAM_FRONT"
+
+
+@dataclass(frozen=True, eq=False)
+class SceneLayout:
+    """One camera's view of a box layout.
+
+    Attributes:
+        boxes: float32 [N, 7] (x, y, z_centre, length, width, height, yaw), ego frame, m / rad.
+        classes: int64 [N] index into ``bevgen.layout.CLASS_NAMES``.
+        valid: bool [N]; padded rows are False (their boxes are ignored everywhere).
+        K: float32 [3, 3] intrinsics in pixels of ``image_size``.
+        T_cam_from_ego: float32 [4, 4] rigid transform ego -> OpenCV camera frame.
+        image_size: (H, W) pixels that ``K`` refers to.
+    """
+
+    boxes: np.ndarray
+    classes: np.ndarray
+    valid: np.ndarray
+    K: np.ndarray
+    T_cam_from_ego: np.ndarray
+    image_size: tuple[int, int]
+
+    def validate(self) -> "SceneLayout":
+        """Assert shapes, dtypes and a rigid camera transform; returns self."""
+        n = self.boxes.shape[0]
+        assert self.boxes.shape == (n, 7) and self.boxes.dtype == np.float32, f"boxes {self.boxes.shape}"
+        assert self.classes.shape == (n,) and self.classes.dtype == np.int64, "classes: int64 [N]"
+        assert self.valid.shape == (n,) and self.valid.dtype == bool, "valid: bool [N]"
+        assert self.K.shape == (3, 3) and self.T_cam_from_ego.shape == (4, 4), "K [3,3], T [4,4]"
+        assert np.isfinite(self.boxes[self.valid]).all(), "valid boxes must be finite"
+        assert (self.boxes[self.valid, 3:6] > 0).all(), "valid boxes need positive sizes"
+        R = self.T_cam_from_ego[:3, :3].astype(np.float64)
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-4), "T_cam_from_ego rotation is not orthonormal"
+        assert len(self.image_size) == 2 and min(self.image_size) > 0, "image_size: (H, W)"
+        return self
+
+    @property
+    def num_boxes(self) -> int:
+        """N, padding included."""
+        return int(self.boxes.shape[0])
+
+    @property
+    def rig(self) -> CameraRig:
+        """Single-view CameraRig for projection helpers."""
+        return CameraRig(("cam",), self.K[None].astype(np.float64), self.T_cam_from_ego[None].astype(np.float64),
+                         tuple(self.image_size))
+
+    @property
+    def corners(self) -> np.ndarray:
+        """float64 [N, 8, 3] box corners in the ego frame (``bevgen.cameras.box_corners`` order)."""
+        return box_corners(self.boxes)
+
+    @property
+    def boxes_2d(self) -> np.ndarray:
+        """float64 [N, 4] (x0, y0, x1, y1) projected, image-clipped 2D boxes; NaN where invisible or invalid."""
+        b = project_boxes(self.rig, self.boxes).boxes_2d[0]
+        return np.where(self.valid[:, None], b, np.nan)
+
+    @property
+    def visible(self) -> np.ndarray:
+        """bool [N]: valid and overlapping the image."""
+        return self.valid & project_boxes(self.rig, self.boxes).visible[0]
+
+    @property
+    def camera_center(self) -> np.ndarray:
+        """float64 [3] camera centre in the ego frame."""
+        T = self.T_cam_from_ego.astype(np.float64)
+        return -T[:3, :3].T @ T[:3, 3]
+
+    def replace(self, **changes: Any) -> "SceneLayout":
+        """A copy with fields replaced (dtypes normalised)."""
+        return _normalised(dataclasses.replace(self, **changes))
+
+    def resized(self, size: Sequence[int]) -> "SceneLayout":
+        """The same camera for images resized to ``size`` = (H', W') (K scaled per axis)."""
+        (H, W), (h, w) = self.image_size, (int(size[0]), int(size[1]))
+        K = np.diag([w / W, h / H, 1.0]) @ self.K.astype(np.float64)
+        return self.replace(K=K, image_size=(h, w))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (only valid boxes are written)."""
+        v = self.valid
+        return {"boxes": self.boxes[v].tolist(), "classes": self.classes[v].tolist(), "K": self.K.tolist(),
+                "T_cam_from_ego": self.T_cam_from_ego.tolist(), "image_size": list(self.image_size),
+                "max_boxes": self.num_boxes}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SceneLayout":
+        """Inverse of :meth:`to_dict`; ``max_boxes`` (default: number of boxes) sets the padding."""
+        boxes = np.asarray(d.get("boxes", []), dtype=np.float32).reshape(-1, 7)
+        n = max(int(d.get("max_boxes", len(boxes))), len(boxes))
+        classes = np.asarray(d.get("classes", [0] * len(boxes)), dtype=np.int64).reshape(-1)
+        if len(classes) != len(boxes):
+            raise ValueError(f"layout: {len(boxes)} boxes but {len(classes)} classes")
+        return _padded(boxes, classes, n, np.asarray(d["K"]), np.asarray(d["T_cam_from_ego"]),
+                       tuple(d["image_size"])).validate()
+
+    def save_json(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+
+def _normalised(layout: SceneLayout) -> SceneLayout:
+    return SceneLayout(np.asarray(layout.boxes, np.float32), np.asarray(layout.classes, np.int64),
+                       np.asarray(layout.valid, bool), np.asarray(layout.K, np.float32),
+                       np.asarray(layout.T_cam_from_ego, np.float32),
+                       (int(layout.image_size[0]), int(layout.image_size[1])))
+
+
+def _padded(boxes: np.ndarray, classes: np.ndarray, n: int, K: np.ndarray, T: np.ndarray,
+            image_size: tuple[int, int]) -> SceneLayout:
+    """Pad k <= n boxes to n rows (valid=False on the padding)."""
+    k, n = len(boxes), max(n, 1)  # at least one (padding) row keeps batched shapes non-empty
+    out_b = np.zeros((n, 7), np.float32)
+    out_b[:, 3:6] = 1.0  # harmless sizes on padding rows
+    out_b[:k] = boxes
+    out_c = np.zeros(n, np.int64)
+    out_c[:k] = classes
+    return _normalised(SceneLayout(out_b, out_c, np.arange(n) < k, K, T, image_size))
+
+
+def square_camera(rig: CameraRig, camera: str | int, resolution: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Geometry of a centred square crop of one view, resized to ``resolution``.
+
+    Args:
+        rig: the dataset's rig at its image size (H, W).
+        camera: view name or index.
+        resolution: output side R in pixels.
+    Returns:
+        K float64 [3, 3] for the R x R image, T_cam_from_ego [4, 4], crop (top, left, side) in source pixels.
+    """
+    v = rig.names.index(camera) if isinstance(camera, str) else int(camera)
+    H, W = rig.image_size
+    side = min(H, W)
+    top, left = (H - side) // 2, (W - side) // 2
+    sq = rig.cropped(top, left, (side, side)).resized((resolution, resolution))
+    return sq.K[v], sq.T_cam_from_ego[v], (top, left, side)
+
+
+def select_boxes(boxes: np.ndarray, classes: np.ndarray, valid: np.ndarray, K: np.ndarray, T: np.ndarray,
+                 image_size: Sequence[int], max_objects: int, class_filter: Sequence[int] = (0,),
+                 max_depth: float = 60.0) -> SceneLayout:
+    """Keep boxes of ``class_filter`` seen by the camera, nearest first, padded to ``max_objects``.
+
+    A box is kept when it is valid, its projection overlaps the image and its centre depth lies in
+    (0.5, max_depth] m. Cost O(N) with N input boxes.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 7)
+    classes, valid = np.asarray(classes, np.int64), np.asarray(valid, bool)
+    rig = CameraRig(("cam",), np.asarray(K, np.float64)[None], np.asarray(T, np.float64)[None], tuple(image_size))
+    vis = project_boxes(rig, boxes).visible[0] if len(boxes) else np.zeros(0, bool)
+    depth = (boxes[:, :3].astype(np.float64) @ rig.T_cam_from_ego[0, :3, :3].T + rig.T_cam_from_ego[0, :3, 3])[:, 2]
+    keep = valid & vis & np.isin(classes, list(class_filter)) & (depth > 0.5) & (depth <= max_depth)
+    idx = np.flatnonzero(keep)
+    idx = idx[np.argsort(depth[idx], kind="stable")][:max_objects]
+    return _padded(boxes[idx], classes[idx], max_objects, K, T, tuple(image_size))
+
+
+def _square_image(image: np.ndarray, crop: tuple, resolution: int) -> np.ndarray:
+    import cv2
+
+    top, left, side = crop
+    sq = image[top:top + side, left:left + side]
+    return cv2.resize(sq, (resolution, resolution), interpolation=cv2.INTER_AREA)
+
+
+def layout_from_frame(frame: str | Path | Mapping[str, np.ndarray], camera: str | int = DEFAULT_CAMERA,
+                      resolution: int = 64, max_objects: int = 8, class_filter: Sequence[int] = (0,),
+                      max_depth: float = 60.0, names: Sequence[str] | None = None,
+                      with_image: bool = True) -> tuple[SceneLayout, np.ndarray | None]:
+    """Layout (and square image) of one camera of a ``bevgen.render`` frame.
+
+    Args:
+        frame: ``frames/<scenario>__<t>.npz`` path or its loaded arrays (images [V,H,W,3] u8, boxes [M,7],
+            classes [M], box_valid [M], K [V,3,3], T_cam_from_ego [V,4,4]).
+        camera: view name (needs ``names``, else the nuScenes order is assumed) or index.
+        resolution: square output side R.
+        max_objects, class_filter, max_depth: see :func:`select_boxes`.
+        names: camera names of the frame's views (from the dataset's index.json rig).
+        with_image: also return the cropped, resized image uint8 [R, R, 3].
+    Returns:
+        (SceneLayout with image_size (R, R), image or None).
+    """
+    from bevgen.cameras import NUSCENES_CAMERAS
+
+    f = np.load(frame, allow_pickle=False) if isinstance(frame, (str, Path)) else frame
+    V, H, W = f["images"].shape[:3] if "images" in f else (len(f["K"]), *f["image_size"])
+    names = tuple(names) if names is not None else tuple(NUSCENES_CAMERAS[:V]) if V == 6 else \
+        tuple(f"cam{i}" for i in range(V))
+    rig = CameraRig(names, np.asarray(f["K"], np.float64), np.asarray(f["T_cam_from_ego"], np.float64), (H, W))
+    K, T, crop = square_camera(rig, camera, resolution)
+    layout = select_boxes(f["boxes"], f["classes"], f["box_valid"], K, T, (resolution, resolution),
+                          max_objects, class_filter, max_depth)
+    v = rig.names.index(camera) if isinstance(camera, str) else int(camera)
+    image = _square_image(np.asarray(f["images"][v]), crop, resolution) if with_image else None
+    return layout, image
+
+
+def layout_from_scenario(scenario: Any, t: int, camera: str | int = DEFAULT_CAMERA, resolution: int = 64,
+                         max_objects: int = 8, class_filter: Sequence[int] = (0,), max_depth: float = 60.0,
+                         rig: CameraRig | None = None) -> SceneLayout:
+    """Layout of frame ``t`` of a ``sim_bridge.scenario.Scenario`` seen by one camera of ``rig``
+    (default: the nuScenes rig at 900x1600), cropped square and resized to ``resolution``."""
+    from bevgen.layout import BevConfig, BevRasterizer
+
+    bev = BevRasterizer(scenario, BevConfig(max_boxes=64))(int(t))
+    rig = rig or nuscenes_rig()
+    K, T, _ = square_camera(rig, camera, resolution)
+    return select_boxes(bev.boxes, bev.classes, bev.valid, K, T, (resolution, resolution), max_objects,
+                        class_filter, max_depth)
+
+
+def load_layout(path: str | Path, frame: int = 0, camera: str | int = DEFAULT_CAMERA, resolution: int = 64,
+                max_objects: int = 8, class_filter: Sequence[int] = (0,)) -> SceneLayout:
+    """Layout from a file: ``.json`` (:meth:`SceneLayout.to_dict`), a frame ``.npz`` of ``bevgen.render``
+    (camera names from the sibling ``index.json`` when present) or a scenario ``.pkl`` (frame ``frame``).
+    JSON layouts are resized to ``resolution`` (square) when their image size differs."""
+    path = Path(path)
+    if path.suffix == ".json":
+        layout = SceneLayout.from_dict(json.loads(path.read_text()))
+        return layout if layout.image_size == (resolution, resolution) else layout.resized((resolution, resolution))
+    if path.suffix == ".npz":
+        names = None
+        index = path.parent.parent / "index.json"
+        if index.exists():
+            names = json.loads(index.read_text()).get("rig", {}).get("names")
+        return layout_from_frame(path, camera, resolution, max_objects, class_filter, names=names,
+                                 with_image=False)[0]
+    from sim_bridge.scenario import load_scenario
+
+    return layout_from_scenario(load_scenario(path, repair=True), frame, camera, resolution, max_objects,
+                                class_filter)
+
+
+def stack_layouts(layouts: Sequence[SceneLayout], device: Any = "cpu") -> dict:
+    """Batch layouts (same N) into torch tensors: boxes [B,N,7] f32, classes [B,N] i64, valid [B,N] bool,
+    K [B,3,3] f32, T_cam_from_ego [B,4,4] f32 (imports torch lazily)."""
+    import torch
+
+    if len({(lay.num_boxes, tuple(lay.image_size)) for lay in layouts}) != 1:
+        raise ValueError("stack_layouts: layouts need the same number of boxes and image size")
+    return {k: torch.as_tensor(np.stack([getattr(lay, k) for lay in layouts]), device=device)
+            for k in ("boxes", "classes", "valid", "K", "T_cam_from_ego")}

@@ -1,0 +1,150 @@
+"""Camera-aware geometry and attention for the views generator (BEVGen-style, Swerdlow et al. 2023).
+
+Per-sample camera geometry (no cached calibration): for view v with intrinsics K_v and extrinsics
+T_cam_from_ego[v] = [R_v | t_v], token cell (i, j) of a stride-s grid is centred at pixel
+((j + 0.5) s, (i + 0.5) s) and looks along the unit ego-frame ray
+
+    d_vij = normalize(R_v^T K_v^-1 [(j + 0.5) s, (i + 0.5) s, 1]^T),   origin c_v = -R_v^T t_v
+
+(the math of ``bevgen.cameras.CameraRig.rays``, batched in torch over samples and views).
+
+Attention biases (added to the q.k / sqrt(d_head) logits through ``scaled_dot_product_attention``'s
+float ``attn_mask``), one learned scale per head and layer:
+
+* cross-view self-attention between image tokens i, j (of any views):
+      bias_h(i, j) = beta_h * cos(d_i, d_j) = beta_h * d_i . d_j
+  symmetric, maximal (= beta_h) for identical rays, so tokens of overlapping view borders attend to
+  each other whichever camera they belong to;
+* image -> condition cross-attention from token i (view v) to a condition token j at ego-frame ground
+  position p_j (a BEV cell centre or a box centre):
+      bias_h(i, j) = gamma_h * cos(az(d_i) - az(p_j - c_v)) = gamma_h * u(d_i,xy) . u((p_j - c_v)_xy)
+  with u the 2D unit vector: BEV cells lying along the azimuth of the token's ray are favoured.
+  Invalid keys (padding boxes, the null condition's boxes) get the dtype's most negative value.
+
+Letters: b batch, v view, h w token grid (``h`` is also the head index in attention), n image token
+(v h w), m condition token, k head, e head dim, d feature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+__all__ = ["fourier_features", "token_rays", "ray_cosine", "azimuth_cosine", "GeometricBias", "Attention",
+           "MLP", "box_corners_torch"]
+
+# Same corner order as bevgen.cameras.box_corners: bottom face then top, CCW from front-left.
+_CORNER_SIGNS = ((1, 1, -1), (-1, 1, -1), (-1, -1, -1), (1, -1, -1), (1, 1, 1), (-1, 1, 1), (-1, -1, 1), (1, -1, 1))
+
+
+def fourier_features(x: Tensor, num_freqs: int) -> Tensor:
+    """[..., c] -> [..., c (2 F + 1)]: x, sin(2^f pi x), cos(2^f pi x) for f < F (NeRF encoding)."""
+    freqs = (2.0 ** torch.arange(num_freqs, device=x.device, dtype=x.dtype)) * math.pi
+    xf = x[..., None] * freqs  # [..., c, F]
+    return torch.cat([x, rearrange(torch.cat([xf.sin(), xf.cos()], -1), "... c f -> ... (c f)")], dim=-1)
+
+
+def token_rays(K: Tensor, T_cam_from_ego: Tensor, grid_hw: tuple[int, int], stride: int) -> tuple[Tensor, Tensor]:
+    """Unit ego-frame rays through token-cell centres, and camera centres, per sample.
+
+    Args:
+        K: [b, v, 3, 3] intrinsics in pixels of the model's image size.
+        T_cam_from_ego: [b, v, 4, 4] rigid ego -> camera transforms.
+        grid_hw: (h, w) token grid per view.
+        stride: pixels per token cell (the tokenizer's downsample).
+    Returns:
+        rays [b, v, h, w, 3] unit directions, centres [b, v, 3] in metres (ego frame). O(b v h w).
+    """
+    h, w = grid_hw
+    K, T = K.float(), T_cam_from_ego.float()
+    R = T[..., :3, :3]
+    centres = -torch.einsum("bvji,bvj->bvi", R, T[..., :3, 3])  # -R^T t
+    jj = (torch.arange(w, device=K.device, dtype=K.dtype) + 0.5) * stride
+    ii = (torch.arange(h, device=K.device, dtype=K.dtype) + 0.5) * stride
+    pix = torch.stack([jj.expand(h, w), ii[:, None].expand(h, w), torch.ones(h, w, device=K.device)], -1)
+    M = R.transpose(-1, -2) @ torch.linalg.inv(K)  # [b, v, 3, 3] = R_ego_from_cam K^-1
+    rays = torch.einsum("bvij,hwj->bvhwi", M, pix)
+    return F.normalize(rays, dim=-1), centres
+
+
+def ray_cosine(rays: Tensor) -> Tensor:
+    """Cosine between every pair of token rays: [b, n, 3] unit -> [b, n, n], symmetric. O(b n^2)."""
+    return rays @ rays.transpose(-1, -2)
+
+
+def azimuth_cosine(rays: Tensor, centres: Tensor, key_xy: Tensor) -> Tensor:
+    """cos(az(d_i) - az(p_j - c_v)) between token rays and ground positions of condition tokens.
+
+    Args:
+        rays: [b, v, h, w, 3] unit token rays (ego frame).
+        centres: [b, v, 3] camera centres.
+        key_xy: [b, m, 2] ego-frame ground positions of the condition tokens (metres).
+    Returns:
+        [b, n, m] with n = v h w, in [-1, 1] (0 where a ray is vertical). O(b n m).
+    """
+    ray_dir = F.normalize(rays[..., :2], dim=-1, eps=1e-6)  # [b, v, h, w, 2]
+    key_dir = F.normalize(key_xy[:, None] - centres[:, :, None, :2], dim=-1, eps=1e-6)  # [b, v, m, 2]
+    cos = torch.einsum("bvhwc,bvmc->bvhwm", ray_dir, key_dir)
+    return rearrange(cos, "b v h w m -> b (v h w) m")
+
+
+def box_corners_torch(boxes: Tensor) -> Tensor:
+    """Torch mirror of ``bevgen.cameras.box_corners``: [b, m, 7] (x, y, z, l, w, h, yaw) -> [b, m, 8, 3]."""
+    signs = torch.tensor(_CORNER_SIGNS, dtype=boxes.dtype, device=boxes.device)
+    local = 0.5 * boxes[..., None, 3:6] * signs  # [b, m, 8, 3]
+    c, s = boxes[..., 6:7].cos(), boxes[..., 6:7].sin()  # [b, m, 1]
+    x = c * local[..., 0] - s * local[..., 1]
+    y = s * local[..., 0] + c * local[..., 1]
+    return torch.stack([x, y, local[..., 2]], -1) + boxes[..., None, :3]
+
+
+class GeometricBias(nn.Module):
+    """Per-head learned scale of a geometric cosine: [b, n, m] -> [b, k, n, m] (+ key mask)."""
+
+    def __init__(self, heads: int, init: float):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((heads,), float(init)))
+
+    def forward(self, cos: Tensor, key_valid: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Args: cos [b, n, m]; key_valid [b, m] bool or None; dtype of the attention logits.
+        Returns: [b, k, n, m] additive bias in ``dtype``; invalid keys get finfo(dtype).min."""
+        bias = (self.scale[None, :, None, None] * cos[:, None]).to(dtype)
+        if key_valid is not None:
+            bias = bias.masked_fill(~key_valid[:, None, None, :], torch.finfo(dtype).min)
+        return bias
+
+
+class Attention(nn.Module):
+    """Multi-head (self or cross) attention through ``F.scaled_dot_product_attention`` with a float
+    additive mask. O(b k n m e) time; the bias is [b, k, n, m]."""
+
+    def __init__(self, d: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x: Tensor, ctx: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """Args: x [b, n, d] queries; ctx [b, m, d] keys/values (None: x); bias [b, k, n, m] or None.
+        Returns: [b, n, d]."""
+        ctx = x if ctx is None else ctx
+        q = rearrange(self.q(x), "b n (k e) -> b k n e", k=self.heads)
+        k, v = rearrange(self.kv(ctx), "b m (two k e) -> two b k m e", two=2, k=self.heads)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(rearrange(y, "b k n e -> b n (k e)"))
+
+
+class MLP(nn.Sequential):
+    """Linear-GELU-Linear (with dropout): [..., d] -> [..., d]."""
+
+    def __init__(self, d: int, ratio: float, dropout: float = 0.0):
+        hidden = int(d * ratio)
+        super().__init__(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d),
+                         nn.Dropout(dropout))

@@ -1,0 +1,529 @@
+"""Camera -> BEV segmentation network used to score generated camera views (road and vehicle IoU).
+
+A generated multi-view frame is good for driving if a perception model recovers the BEV layout it
+was conditioned on. This small network is trained in-project on ground-truth images; evaluation
+runs it on generated images and compares with the layout (GT images give the oracle number).
+
+Architecture (Simple-BEV style lifting, Harley et al., "Simple-BEV: What Really Matters for
+Multi-Sensor BEV Perception?", ICRA 2023): a conv image encoder (stride 4 or 8) -> the centres of
+an ``out_size`` x ``out_size`` BEV grid, at a few heights z, are projected through each camera's K
+and T_cam_from_ego (per sample, batched) and the encoder features are bilinearly sampled there
+(``grid_sample`` over all views at once); features are averaged over the views that see the point
+(depth > near and inside the image) -> heights stacked as channels, plus BEV coordinates and the
+visible-view count -> a small conv U-Net in BEV -> logits for road (the ``drivable_area`` channel)
+and ``vehicle``. Targets are the dataset raster max-pooled to ``out_size``.
+
+Letters: b batch, v view, c channel, z height, p BEV point, i/j matrix rows/cols.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from sim_bridge.config import from_dict, save_config, to_dict
+
+__all__ = ["BevSegConfig", "BevSegNet", "train_bevseg", "load_bevseg", "evaluate_bevseg", "predict", "iou",
+           "bev_targets", "ego_cells", "load_split", "mean_map", "resize_views", "CLASSES", "main"]
+
+CLASSES = ("road", "vehicle")
+NEAR = 0.1  # m: points closer to the camera plane than this count as not visible
+
+
+@dataclass(frozen=True)
+class BevSegConfig:
+    """Camera->BEV segmentation model and its training."""
+
+    image_size: tuple[int, int] = (0, 0)
+    """(H, W) the network runs at; inputs of other sizes are resized (K scaled). (0, 0): the dataset's."""
+    stride: int = 4
+    """Image encoder stride: 4 or 8."""
+    enc_channels: int = 48
+    """Image encoder width (features lifted to BEV have half of it)."""
+    bev_channels: int = 64
+    """BEV decoder width."""
+    heights: tuple[float, ...] = (0.0, 0.75, 1.5)
+    """Heights z (m, ego frame) at which BEV cell centres are projected into the cameras."""
+    out_size: int = 50
+    """Output BEV grid (cells per side); must divide the dataset raster size."""
+    bev_range_m: float = 50.0
+    """Half extent of the BEV raster in metres (set from the dataset's index.json at training)."""
+    source_size: int = 200
+    """Dataset raster size in pixels (set from the dataset's index.json at training)."""
+    ego_clear_m: tuple[float, float] = (5.0, 2.2)
+    """(length, width) box around the ego centre removed from the vehicle channel, in targets and
+    predictions: layouts draw the ego's own box, which no camera sees and which would hand every
+    method (including the mean-map baseline) free vehicle IoU. (0, 0) keeps it."""
+    road_channel: str = "drivable_area"
+    vehicle_channel: str = "vehicle"
+    steps: int = 600
+    batch_size: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    pos_weight: tuple[float, float] = (1.0, 3.0)
+    """BCE positive weights for (road, vehicle): vehicles cover few cells."""
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (cuda if available), "cpu" or "cuda"."""
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        if self.stride not in (4, 8):
+            raise ValueError(f"stride must be 4 or 8, got {self.stride}")
+        if self.source_size % self.out_size:
+            raise ValueError(f"out_size {self.out_size} must divide the raster size {self.source_size}")
+        if not self.heights:
+            raise ValueError("heights: give at least one height")
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry
+# ----------------------------------------------------------------------------------------------
+
+def bev_points(cfg: BevSegConfig, device: Any = "cpu") -> Tensor:
+    """Ego-frame centres of the output cells at every height: [z, out, out, 3] (raster convention:
+    row 0 far front, column 0 far left)."""
+    res = 2 * cfg.bev_range_m / cfg.out_size
+    centre = cfg.bev_range_m - (torch.arange(cfg.out_size, dtype=torch.float32, device=device) + 0.5) * res
+    x, y = torch.meshgrid(centre, centre, indexing="ij")  # x from rows, y from columns
+    z = torch.tensor(cfg.heights, dtype=torch.float32, device=device)
+    return torch.stack([x.expand(len(z), -1, -1), y.expand(len(z), -1, -1),
+                        z[:, None, None].expand(-1, cfg.out_size, cfg.out_size)], -1)
+
+
+def project(pts: Tensor, K: Tensor, T: Tensor, image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Project ego points into every view of every sample.
+
+    Args:
+        pts: [p, 3] ego-frame points. K: [b, v, 3, 3]. T: [b, v, 4, 4] T_cam_from_ego.
+        image_size: (H, W) that K refers to.
+    Returns:
+        grid [b, v, p, 2] in grid_sample's normalised coordinates (align_corners=False: -1/+1 are
+        the outer image edges, matching the pixel-centre convention of bevgen.cameras),
+        visible [b, v, p] bool (depth > NEAR and inside the image).
+    """
+    cam = torch.einsum("bvij,pj->bvpi", T[..., :3, :3], pts) + T[..., None, :3, 3]  # [b, v, p, 3]
+    depth = cam[..., 2]
+    uvw = torch.einsum("bvij,bvpj->bvpi", K, cam)
+    uv = uvw[..., :2] / uvw[..., 2:3].clamp(min=NEAR)
+    H, W = image_size
+    grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], -1)
+    visible = (depth > NEAR) & (grid.abs() <= 1).all(-1)
+    return grid, visible
+
+
+def resize_views(images: Tensor, K: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Resize multi-view images and scale K to match.
+
+    Args:
+        images: [b, v, 3, H, W] uint8 or float. K: [b, v, 3, 3] for (H, W). size: target (h, w).
+    Returns:
+        images [b, v, 3, h, w] (same dtype; bilinear, antialiased when shrinking), K [b, v, 3, 3].
+    """
+    b, v, _, H, W = images.shape
+    h, w = int(size[0]), int(size[1])
+    if (h, w) == (H, W):
+        return images, K
+    x = F.interpolate(images.reshape(b * v, 3, H, W).float(), size=(h, w), mode="bilinear",
+                      align_corners=False, antialias=h < H or w < W)
+    if images.dtype == torch.uint8:
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    scale = torch.tensor([w / W, h / H, 1.0], dtype=K.dtype, device=K.device)
+    return x.reshape(b, v, 3, h, w), K * scale[:, None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Network
+# ----------------------------------------------------------------------------------------------
+
+def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.GroupNorm(8, c_out), nn.ReLU())
+
+
+class _Res(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(_conv(c, c), nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.GroupNorm(8, c))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x + self.body(x))
+
+
+class BevSegNet(nn.Module):
+    """Images + cameras -> BEV logits. ``forward``: float images [b, v, 3, H, W] in [0, 1],
+    K [b, v, 3, 3] (for H, W), T [b, v, 4, 4] -> logits [b, 2, out, out]."""
+
+    def __init__(self, cfg: BevSegConfig):
+        super().__init__()
+        self.config = cfg
+        c, cb = cfg.enc_channels, cfg.bev_channels
+        layers = [_conv(3, c // 2, 2), _conv(c // 2, c // 2), _conv(c // 2, c, 2), _Res(c)]
+        if cfg.stride == 8:
+            layers += [_conv(c, c, 2), _Res(c)]
+        self.encoder = nn.Sequential(*layers, nn.Conv2d(c, c // 2, 1))
+        c_lift = (c // 2) * len(cfg.heights) + 3  # + (x, y) coordinates + visible-view fraction
+        self.bev_in = nn.Sequential(_conv(c_lift, cb), _Res(cb))
+        self.bev_down = nn.Sequential(_conv(cb, cb, 2), _Res(cb), _Res(cb))
+        self.bev_up = nn.Sequential(_conv(2 * cb, cb), _Res(cb), nn.Conv2d(cb, len(CLASSES), 1))
+        self.register_buffer("points", bev_points(cfg).reshape(-1, 3), persistent=False)  # [z*out*out, 3]
+        keep = ~ego_cells(cfg.out_size, cfg.bev_range_m, cfg.ego_clear_m) if min(cfg.ego_clear_m) > 0 else None
+        self.register_buffer("vehicle_keep", torch.ones(cfg.out_size, cfg.out_size, dtype=torch.bool)
+                             if keep is None else keep, persistent=False)  # [out, out]
+
+    def lift(self, feats: Tensor, K: Tensor, T: Tensor, image_size: Sequence[int]) -> Tensor:
+        """Encoder features [b, v, c, h', w'] -> BEV [b, z*c + 3, out, out] (mean over seeing views).
+
+        Cost O(b v z out^2 c): one grid_sample over all views and heights."""
+        b, v, c = feats.shape[:3]
+        n, zn = self.config.out_size, len(self.config.heights)
+        grid, vis = project(self.points, K, T, image_size)  # [b, v, p, 2], [b, v, p]
+        sampled = F.grid_sample(rearrange(feats, "b v c h w -> (b v) c h w"),
+                                rearrange(grid, "b v p t -> (b v) 1 p t"), mode="bilinear",
+                                padding_mode="zeros", align_corners=False)  # [(b v), c, 1, p]
+        sampled = rearrange(sampled, "(b v) c 1 p -> b v c p", b=b) * vis[:, :, None].float()
+        count = vis.float().sum(1)  # [b, p]
+        mean = sampled.sum(1) / count[:, None].clamp(min=1.0)  # [b, c, p]
+        bev = rearrange(mean, "b c (z x y) -> b (z c) x y", z=zn, x=n)
+        frac = rearrange(count / v, "b (z x y) -> b z x y", z=zn, x=n)[:, :1]  # ground-level coverage
+        xy = rearrange(self.points[: n * n, :2] / self.config.bev_range_m, "(x y) t -> t x y", x=n)
+        return torch.cat([bev, xy.expand(b, -1, -1, -1), frac], 1)
+
+    def forward(self, images: Tensor, K: Tensor, T: Tensor) -> Tensor:
+        b, v, _, H, W = images.shape
+        feats = self.encoder(rearrange(images, "b v c h w -> (b v) c h w") * 2 - 1)
+        feats = rearrange(feats, "(b v) c h w -> b v c h w", b=b)
+        x0 = self.bev_in(self.lift(feats, K, T, (H, W)))  # [b, cb, out, out]
+        x1 = F.interpolate(self.bev_down(x0), size=x0.shape[-2:], mode="bilinear", align_corners=False)
+        return self.bev_up(torch.cat([x0, x1], 1))  # [b, 2, out, out]
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor, K: Tensor, T: Tensor) -> Tensor:
+        """uint8 images [b, v, 3, H, W] (any H, W; resized to the model's size, K scaled), K [b, v, 3, 3]
+        for (H, W), T [b, v, 4, 4] -> probabilities [b, 2, out, out] (road, vehicle), float32 on CPU."""
+        dev = next(self.parameters()).device
+        images, K = resize_views(torch.as_tensor(images), torch.as_tensor(K, dtype=torch.float32),
+                                 self.config.image_size)
+        x = images.to(dev).float() / 255.0
+        probs = torch.sigmoid(self(x, K.to(dev).float(), torch.as_tensor(T).to(dev).float()))
+        probs[:, 1] *= self.vehicle_keep  # the ego box is not scored (see BevSegConfig.ego_clear_m)
+        return probs.cpu()
+
+
+def predict(model: BevSegNet, images: Any, K: Any, T: Any) -> Tensor:
+    """Functional alias of :meth:`BevSegNet.predict` -> probs [b, 2, out, out]."""
+    return model.predict(images, K, T)
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets, metrics, data
+# ----------------------------------------------------------------------------------------------
+
+def ego_cells(out_size: int, range_m: float, clear_m: Sequence[float]) -> Tensor:
+    """bool [out, out]: output cells that intersect the box |x| <= L/2, |y| <= W/2 around the ego."""
+    res = 2 * range_m / out_size
+    hi = range_m - torch.arange(out_size, dtype=torch.float64) * res  # cell r spans (hi - res, hi]
+    rows = (hi - res < clear_m[0] / 2) & (hi > -clear_m[0] / 2)
+    cols = (hi - res < clear_m[1] / 2) & (hi > -clear_m[1] / 2)
+    return rows[:, None] & cols[None, :]
+
+
+def bev_targets(bev: Tensor, channel_index: Sequence[int], cfg: BevSegConfig, out_size: int | None = None
+                ) -> Tensor:
+    """Dataset rasters uint8 [b, C, S, S] -> bool targets [b, 2, out, out]: max-pool of the road and
+    vehicle channels, the ego box (cfg.ego_clear_m) cleared from the vehicle channel."""
+    out_size = out_size or cfg.out_size
+    x = torch.as_tensor(bev)[:, list(channel_index)].float()
+    t = F.max_pool2d(x, x.shape[-1] // out_size) > 0
+    if min(cfg.ego_clear_m) > 0:
+        t[:, 1] &= ~ego_cells(out_size, cfg.bev_range_m, cfg.ego_clear_m)
+    return t
+
+
+def iou(pred: Any, target: Any) -> np.ndarray:
+    """Dataset-level IoU per channel: sum of intersections / sum of unions over all samples.
+
+    Args:
+        pred, target: bool [b, c, h, w] (tensor or numpy).
+    Returns:
+        float64 [c]; NaN for a channel whose union is empty.
+    """
+    p, t = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)
+    inter = (p & t).sum(axis=(0, 2, 3)).astype(np.float64)
+    union = (p | t).sum(axis=(0, 2, 3)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, np.nan)
+
+
+def _channel_indices(data_root: str | Path, cfg: BevSegConfig) -> tuple[list[int], dict]:
+    index = json.loads((Path(data_root) / "index.json").read_text())
+    bev = index.get("bev", {})
+    channels = list(bev.get("channels", []))
+    missing = [c for c in (cfg.road_channel, cfg.vehicle_channel) if c not in channels]
+    if missing:
+        raise ValueError(f"{data_root}: BEV channels {missing} not in the dataset's channels {channels}")
+    return [channels.index(cfg.road_channel), channels.index(cfg.vehicle_channel)], bev
+
+
+def load_split(data_root: str | Path, names: Sequence[str] | None, cfg: BevSegConfig) -> dict:
+    """Load frames into memory for training / evaluation (bad frames are reported and skipped).
+
+    Returns:
+        {"images": uint8 [n, v, 3, H, W] at cfg.image_size, "K": [n, v, 3, 3] (scaled), "T": [n, v, 4, 4],
+         "target": bool [n, 2, out, out], "names": [n], "problems": [str]}.
+    """
+    from bevgen.render.dataset import FrameDataset
+
+    idx, _ = _channel_indices(data_root, cfg)
+    ds = FrameDataset(data_root, names=list(names) if names is not None else None)
+    out: dict[str, list] = {"images": [], "K": [], "T": [], "target": [], "names": []}
+    problems = []
+    for i in range(len(ds)):
+        try:
+            item = ds[i]
+        except Exception as e:  # noqa: BLE001 - a bad frame must not cost the good ones
+            problems.append(f"item {i}: {type(e).__name__}: {e}")
+            continue
+        img, K = resize_views(item["images"][None], item["K"][None].float(), cfg.image_size)
+        out["images"].append(img[0])
+        out["K"].append(K[0])
+        out["T"].append(item["T_cam_from_ego"].float())
+        out["target"].append(bev_targets(item["bev"][None], idx, cfg)[0])
+        out["names"].append(item["name"])
+    if not out["names"]:
+        raise ValueError(f"{data_root}: no loadable frames ({problems[:3]})")
+    res = {k: torch.stack(v) for k, v in out.items() if k != "names"}
+    return {**res, "names": out["names"], "problems": problems}
+
+
+def mean_map(targets: Tensor) -> Tensor:
+    """Trivial baseline: per-cell frequency of each class over a set of frames, [2, out, out] float."""
+    return targets.float().mean(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+def mirror(images: Tensor, K: Tensor, T: Tensor, target: Tensor, which: Tensor
+           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Left-right mirror augmentation of whole samples (world y -> -y), exact for any rig.
+
+    Mirroring the world (``T' = T diag(1, -1, 1, 1)``) and every image (``u' = W - u``, i.e.
+    ``K' = [[-1, 0, W], [0, 1, 0], [0, 0, 1]] K``) keeps each mirrored point on its mirrored pixel,
+    and the BEV target flips its columns (column 0 = far left). Doubles the layouts the BEV decoder
+    sees while keeping the forward-facing prior.
+
+    Args:
+        images [b, v, 3, H, W], K [b, v, 3, 3], T [b, v, 4, 4], target [b, 2, h, w]; which: bool [b].
+    Returns:
+        the four tensors with the selected samples mirrored.
+    """
+    W = images.shape[-1]
+    flip_k = torch.tensor([[-1.0, 0.0, W], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=K.dtype, device=K.device)
+    mirror_y = torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=T.dtype, device=T.device))
+    sel = which.view(-1, 1, 1, 1)
+    images = torch.where(sel[..., None], images.flip(-1), images)
+    K = torch.where(sel, flip_k @ K, K)
+    T = torch.where(sel, T @ mirror_y, T)
+    target = torch.where(sel, target.flip(-1), target)
+    return images, K, T, target
+
+
+def _resolve_config(cfg: BevSegConfig, data_root: str | Path) -> BevSegConfig:
+    index = json.loads((Path(data_root) / "index.json").read_text())
+    bev = index.get("bev", {})
+    rng, res = float(bev.get("range_m", 50.0)), float(bev.get("resolution_m", 0.5))
+    size = cfg.image_size
+    if tuple(size) == (0, 0):
+        size = tuple(int(s) for s in index["rig"]["image_size"])
+    return replace(cfg, image_size=tuple(size), bev_range_m=rng, source_size=int(round(2 * rng / res)))
+
+
+def _save(path: Path, model: BevSegNet, opt, cfg: BevSegConfig, step: int, best: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "config": to_dict(cfg),
+                "step": step, "best_metric": best}, tmp)
+    os.replace(tmp, path)
+
+
+def train_bevseg(data_root: str | Path, names: Sequence[str] | None, out_dir: str | Path,
+                 steps: int | None = None, config: BevSegConfig | None = None, resume: bool = False,
+                 progress: bool = True) -> Path:
+    """Train the BEV segmentation network on ground-truth images.
+
+    Args:
+        data_root: synthetic / nuScenes image dataset (``bevgen.render.dataset`` format).
+        names: training frame names (use ``split_frames`` so held-out scenarios stay unseen); None: all.
+        out_dir: run directory: config.yaml, checkpoints/latest.pt, tb/, train_summary.json.
+        steps: total optimizer steps (overrides config.steps).
+        config: model / training config; image_size (0, 0) means the dataset's image size.
+        resume: continue from out_dir/checkpoints/latest.pt up to ``steps`` when it exists (a finished
+            run is returned as is; no checkpoint: train from scratch), so callers can use it as a cache.
+        progress: tqdm progress bar.
+    Returns:
+        Path of the checkpoint ``{model, optimizer, config, step, best_metric}``.
+    """
+    cfg = _resolve_config(config or BevSegConfig(), data_root)
+    if steps is not None:
+        cfg = replace(cfg, steps=int(steps))
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / "checkpoints" / "latest.pt"
+    resume = resume and ckpt_path.exists()  # resume=True on an empty out_dir starts a fresh run
+    if not resume and ckpt_path.exists():
+        raise FileExistsError(f"{out_dir} already holds a bevseg run; pass resume=True or another out_dir")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+    data = load_split(data_root, names, cfg)
+    n = len(data["names"])
+    model = BevSegNet(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, best = 0, math.inf
+    if resume:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"], strict=True)
+        opt.load_state_dict(ckpt["optimizer"])
+        start, best = int(ckpt["step"]), float(ckpt["best_metric"])
+    def lr_factor(s: int) -> float:  # s counts from ``start``: warm-up 20 steps, cosine to 0 at cfg.steps
+        s += start
+        return min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="bevseg train", unit="step")
+    pos_weight = torch.tensor(cfg.pos_weight, device=device)[:, None, None]
+    history, t0 = [], time.perf_counter()
+    model.train()
+    for step in range(start, cfg.steps):
+        idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
+        x = data["images"][idx].to(device).float() / 255.0
+        # photometric jitter (per sample brightness/contrast) so the model does not key on exact colours
+        gain = 1 + 0.2 * (torch.rand(len(idx), 1, 1, 1, 1, generator=gen) - 0.5)
+        bias = 0.1 * (torch.rand(len(idx), 1, 1, 1, 1, generator=gen) - 0.5)
+        x = (x * gain.to(device) + bias.to(device)).clamp(0, 1)
+        K, T, target = data["K"][idx].to(device), data["T"][idx].to(device), data["target"][idx].to(device)
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        if flip.any():
+            x, K, T, target = mirror(x, K, T, target, flip.to(device))
+        logits = model(x, K, T)
+        loss = F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        history.append(float(loss.detach()))
+        if writer:
+            writer.add_scalar("losses/bce", history[-1], step + 1)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1]:.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            best = min(best, float(np.mean(history[-20:])))
+            _save(ckpt_path, model, opt, cfg, step + 1, best)
+    if bar:
+        bar.close()
+    if writer:
+        writer.close()
+    summary = {"start_step": start, "final_step": cfg.steps, "frames": n, "problems": data["problems"],
+               "seconds": round(time.perf_counter() - t0, 2),
+               "first_loss": history[0] if history else None, "final_loss": float(np.mean(history[-20:]))
+               if history else None}
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return ckpt_path
+
+
+def load_bevseg(path: str | Path, device: str = "cpu") -> BevSegNet:
+    """Load a trained network strictly (``weights_only=True``); ``path`` is a run dir or checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "latest.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no bevseg checkpoint (train one with train_bevseg)")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = BevSegNet(from_dict(BevSegConfig, ckpt["config"])).to(device)
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model.eval()
+
+
+def evaluate_bevseg(ckpt: str | Path, data_root: str | Path, names: Sequence[str] | None,
+                    baseline_names: Sequence[str] | None = None, batch_size: int = 8) -> dict:
+    """Held-out IoU of a trained network on ground-truth images, with the mean-map baseline.
+
+    Args:
+        ckpt: checkpoint or run dir. data_root / names: evaluation frames (held-out split).
+        baseline_names: frames whose mean map is the trivial baseline (the training split); None: no baseline.
+    Returns:
+        {"road_iou", "vehicle_iou", "baseline_road_iou", "baseline_vehicle_iou", "frames"} (baseline
+        thresholded at 0.5; None entries where undefined).
+    """
+    model = load_bevseg(ckpt)
+    data = load_split(data_root, names, model.config)
+    probs = torch.cat([model.predict(data["images"][i:i + batch_size], data["K"][i:i + batch_size],
+                                     data["T"][i:i + batch_size]) for i in range(0, len(data["names"]), batch_size)])
+    out = dict(zip(("road_iou", "vehicle_iou"), iou(probs > 0.5, data["target"]).tolist()))
+    if baseline_names is not None:
+        base = mean_map(load_split(data_root, baseline_names, model.config)["target"])
+        out.update(zip(("baseline_road_iou", "baseline_vehicle_iou"),
+                       iou((base > 0.5)[None].expand_as(probs), data["target"]).tolist()))
+    out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+    return {**out, "frames": len(data["names"])}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bevgen.views.bevseg --data ROOT --out RUN [--steps N] [--heldout 0.2] [--set k=v ...]``:
+    train on the scenario-level train split, then write RUN/eval.json with held-out IoU and baseline."""
+    import argparse
+
+    from bevgen.render.dataset import split_frames
+    from sim_bridge.config import load_config
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--heldout", type=float, default=0.2)
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--resume", action="store_true")
+    a = p.parse_args(argv)
+    cfg = load_config(BevSegConfig, a.config, a.set)
+    names = json.loads((Path(a.data) / "index.json").read_text())["frames"]
+    train, held = split_frames(names, a.heldout, seed=cfg.seed)
+    ckpt = train_bevseg(a.data, train, a.out, steps=a.steps, config=cfg, resume=a.resume)
+    result = evaluate_bevseg(ckpt, a.data, held, baseline_names=train) if held else {}
+    (Path(a.out) / "eval.json").write_text(json.dumps({**result, "train_frames": len(train)}, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

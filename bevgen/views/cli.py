@@ -1,0 +1,275 @@
+"""``bevgen views``: paired camera datasets, training, sampling and evaluation of the BEV -> six-view generator.
+
+    bevgen views dataset  --scenarios DIR --out DATA          synthetic six-camera frames (pybullet, CPU)
+    bevgen views dataset  --nuscenes ROOT --out DATA          real frames through nuscenes-devkit
+    bevgen views train    -c configs/views/tiny.yaml --data DATA --out RUN
+    bevgen views sample   --ckpt RUN --scenario FILE --frame T --out DIR
+    bevgen views eval     --ckpt RUN --data DATA --out DIR
+
+Heavy imports (torch, pybullet, nuscenes) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+
+app = typer.Typer(help="Camera views from BEV layouts (BEVGen-style): paired datasets, tokenizer + cross-view "
+                       "transformer training, sampling, evaluation.", no_args_is_help=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; unknown keys are errors.")
+SetOpt = typer.Option(None, "--set", help="Override a config field: --set key=value (repeatable, value is YAML).")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    _console().print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _save_run_config(out: Path, command: str, config: dict) -> None:
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bevgen_run.yaml").write_text(yaml.safe_dump({"command": command, "config": config}, sort_keys=False))
+
+
+# ---- dataset ------------------------------------------------------------------------------------
+@app.command("dataset")
+def dataset_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory (frames/*.npz + index.json)."),
+    scenarios: Optional[Path] = typer.Option(None, "--scenarios", "-s",
+                                             help="Scenario directory to render synthetic camera frames from."),
+    nuscenes: Optional[Path] = typer.Option(None, "--nuscenes", help="nuScenes dataroot (real images) instead."),
+    version: str = typer.Option("v1.0-mini", "--version", help="nuScenes version (with --nuscenes)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    frames_per_scenario: int = typer.Option(10, "--frames-per-scenario", "-n", help="Frames rendered per scenario."),
+    frame_stride: int = typer.Option(5, "--frame-stride", help="Steps between rendered frames (10 steps = 1 s)."),
+    first_frame: int = typer.Option(10, "--first-frame", help="First rendered step of each scenario."),
+    workers: int = typer.Option(2, "--workers", "-j", help="Renderer processes (one pybullet client each)."),
+    resume: bool = typer.Option(True, "--resume/--overwrite", help="Keep frames already written."),
+):
+    """Write a paired dataset: six camera images (+ depth, semantics) with the BEV raster, boxes and cameras.
+
+    Synthetic frames are rendered with pybullet's CPU renderer from the map and agents of each scenario,
+    through the true intrinsics/extrinsics of the rig (configs/render/synthetic.yaml). Real frames come
+    from nuScenes keyframes (per-sample calibration, crop/resize with K updated).
+    """
+    from sim_bridge.config import ConfigError, load_config, to_dict
+
+    if (scenarios is None) == (nuscenes is None):
+        _fail("give exactly one of --scenarios DIR (synthetic) or --nuscenes ROOT (real images)")
+    from bevgen.render.scene import SynthConfig
+
+    try:
+        cfg = load_config(SynthConfig, config, overrides or [])
+    except ConfigError as e:
+        _fail(str(e))
+    t0 = time.perf_counter()
+    if scenarios is not None:
+        if not scenarios.is_dir():
+            _fail(f"{scenarios}: no such scenario directory")
+        from bevgen.render.dataset import write_synthetic_dataset
+
+        try:
+            summary = write_synthetic_dataset(scenarios, out, cfg, frames_per_scenario=frames_per_scenario,
+                                              frame_stride=frame_stride, workers=workers, resume=resume,
+                                              first_frame=first_frame)
+        except ValueError as e:  # e.g. resuming into a dataset written with other settings
+            _fail(str(e))
+    else:
+        from bevgen.render.nuscenes_images import write_nuscenes_image_dataset
+
+        summary = write_nuscenes_image_dataset(nuscenes, version, out, image_size=cfg.image_size, bev=cfg.bev,
+                                               resume=resume)
+    _save_run_config(out, "views dataset", {"synth": to_dict(cfg), "scenarios": str(scenarios or ""),
+                                            "nuscenes": str(nuscenes or ""), "frames_per_scenario": frames_per_scenario,
+                                            "frame_stride": frame_stride, "first_frame": first_frame})
+    con = _console()
+    con.print(f"{out}: {summary.get('num_frames', '?')} frames in {time.perf_counter() - t0:.1f} s; "
+              f"{len(summary.get('failed', []))} failed (see {out / 'conversion_report.json'})")
+    for name, err in list(dict(summary.get("failed") or {}).items())[:10]:
+        con.print(f"  [yellow]skipped[/] {name}: {err}", highlight=False)
+
+
+# ---- train --------------------------------------------------------------------------------------
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset directory from `bevgen views dataset`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, checkpoints/, tb/, samples/)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    stage: str = typer.Option("all", "--stage", help="tokenizer | generator | all (tokenizer, then generator)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's checkpoints."),
+):
+    """Train the VQ tokenizer and the cross-view masked-token transformer (CPU, GPU, or torchrun for DDP).
+
+    Multi-GPU: torchrun --nproc_per_node N -m bevgen.views.train -c configs/views/paper.yaml --data D --out R
+    """
+    from sim_bridge.config import ConfigError, load_config
+    from bevgen.views.config import ViewsConfig
+    from bevgen.views.train import train_views
+
+    if not (data / "index.json").exists():
+        _fail(f"{data}: not a views dataset (no index.json); make one with `bevgen views dataset`")
+    try:
+        cfg = load_config(ViewsConfig, config, overrides or [])
+        summary = train_views(cfg, data, out, stage=stage, resume=resume)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    _console().print_json(json.dumps(summary, default=str))
+
+
+# ---- sample -------------------------------------------------------------------------------------
+def frame_batch(arrays: dict) -> dict:
+    """One frame's arrays (``bevgen.render.dataset`` keys) -> a batch of one (torch tensors, images [1,V,3,H,W])."""
+    import torch
+
+    keys = ("bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego")
+    batch = {k: torch.from_numpy(np.ascontiguousarray(arrays[k]))[None] for k in keys}
+    batch["images"] = torch.from_numpy(np.ascontiguousarray(arrays["images"].transpose(0, 3, 1, 2)))[None]
+    return batch
+
+
+def render_ground_truth(scenario, frame: int, image_size, bev_range_m: float = 50.0) -> dict:
+    """Synthetic ground-truth frame of a scenario: images, BEV, boxes and the nuScenes rig at ``image_size``."""
+    from bevgen.cameras import nuscenes_rig
+    from bevgen.layout import BevConfig
+    from bevgen.render.dataset import frame_arrays
+    from bevgen.render.scene import SceneRenderer, SynthConfig
+
+    cfg = SynthConfig(image_size=tuple(image_size), bev=BevConfig(range_m=bev_range_m))
+    renderer = SceneRenderer(nuscenes_rig(cfg.image_size), cfg)
+    try:
+        return frame_arrays(renderer.render(scenario, frame), scenario.id)
+    finally:
+        renderer.close()
+
+
+def views_figure(bev_rgb: np.ndarray, generated: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+    """BEV beside the six views as a 2x3 camera grid (front row: FL F FR; back row: BL B BR), GT below.
+
+    Args:
+        bev_rgb: uint8 [S, S, 3] colourised BEV. generated / truth: uint8 [V=6, H, W, 3] in rig order.
+    Returns:
+        uint8 [H', W', 3].
+    """
+    import cv2
+
+    def grid(v: np.ndarray) -> np.ndarray:
+        # rig order FL, F, FR, BR, B, BL -> rows (FL F FR) / (BL B BR), as a driver would look around
+        front, back = np.concatenate(v[[0, 1, 2]], 1), np.concatenate(v[[5, 4, 3]], 1)
+        return np.concatenate([front, np.full((2, front.shape[1], 3), 255, np.uint8), back], 0)
+
+    panels = [grid(generated)] + ([grid(truth)] if truth is not None else [])
+    right = np.concatenate([p for g in panels for p in (g, np.full((4, g.shape[1], 3), 255, np.uint8))][:-1], 0)
+    side = right.shape[0]
+    bev = cv2.resize(bev_rgb, (side, side), interpolation=cv2.INTER_NEAREST)
+    return np.concatenate([bev, np.full((side, 4, 3), 255, np.uint8), right], 1)
+
+
+def panorama(views: np.ndarray) -> np.ndarray:
+    """Six views in rig order (FL F FR BR B BL) stitched left to right, starting at the back-left camera."""
+    order = [5, 0, 1, 2, 3, 4]
+    return np.concatenate([views[i] for i in order], 1)
+
+
+@app.command("sample")
+def sample_cmd(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Run directory of `bevgen views train` (or its checkpoints/)."),
+    scenario: Path = typer.Option(..., "--scenario", help="Scenario file (.pkl) to take the BEV layout from."),
+    frame: int = typer.Option(0, "--frame", "-t", help="Frame index in the scenario."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    mode: str = typer.Option("parallel", "--mode", help="parallel (MaskGIT) | autoregressive (token by token)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Parallel decoding steps (default: the config's)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    truth: bool = typer.Option(True, "--truth/--no-truth", help="Also render the synthetic ground truth."),
+):
+    """Generate the six camera views of one BEV frame: view_<CAM>.png, panorama.png, bev_views.png."""
+    from PIL import Image
+
+    from bevgen.layout import BevConfig, BevRasterizer
+    from bevgen.preview import colorize
+    from bevgen.views.sample import load_views
+    from sim_bridge.scenario import load_scenario
+
+    try:
+        pipe = load_views(ckpt)
+        sc = load_scenario(scenario)
+    except Exception as e:  # noqa: BLE001 - reported, nothing written yet
+        _fail(f"{e}")
+    if not 0 <= frame < sc.length:
+        _fail(f"--frame {frame} out of range: {scenario.name} has {sc.length} frames")
+    t0 = time.perf_counter()
+    arrays = render_ground_truth(sc, frame, pipe.image_size, pipe.config.data.bev_range_m)
+    gen_s = time.perf_counter()
+    images = pipe(frame_batch(arrays), mode=mode, steps=steps, guidance=guidance, seed=seed)
+    gen_s = time.perf_counter() - gen_s
+    views = images[0].permute(0, 2, 3, 1).cpu().numpy()
+    out.mkdir(parents=True, exist_ok=True)
+    for name, img in zip(pipe_names(arrays), views):
+        Image.fromarray(img).save(out / f"view_{name}.png")
+    Image.fromarray(panorama(views)).save(out / "panorama.png")
+    layout = BevRasterizer(sc, BevConfig(range_m=pipe.config.data.bev_range_m))(frame)
+    fig = views_figure(colorize(layout), views, arrays["images"] if truth else None)
+    Image.fromarray(fig).save(out / "bev_views.png")
+    if truth:
+        Image.fromarray(panorama(arrays["images"])).save(out / "panorama_truth.png")
+    info = {"scenario": str(scenario), "frame": frame, "mode": mode, "seed": seed, "seconds": gen_s,
+            "total_seconds": time.perf_counter() - t0, "image_size": list(pipe.image_size)}
+    (out / "sample.json").write_text(json.dumps(info, indent=2))
+    _console().print(f"six views in {gen_s:.2f} s ({mode}) -> {out / 'bev_views.png'}")
+
+
+def pipe_names(arrays: dict) -> list[str]:
+    from bevgen.cameras import NUSCENES_CAMERAS
+
+    return list(NUSCENES_CAMERAS[: arrays["K"].shape[0]])
+
+
+# ---- eval ---------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Run directory of `bevgen views train`."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset directory (the one the model was trained on)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (metrics.json, preview.png)."),
+    bevseg: Optional[Path] = typer.Option(None, "--bevseg", help="Trained BEV segmentation checkpoint; "
+                                          "default: train one on the training split (cached in OUT/bevseg)."),
+    bevseg_steps: int = typer.Option(600, "--bevseg-steps", help="Steps when training the BEV segmentation network."),
+    fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pytorch-fid Inception weights file "
+                                               "(pt_inception-2015-12-05-*.pth); default: in-project extractor."),
+    num: int = typer.Option(0, "--num", help="Held-out frames to score (0 = all)."),
+    mode: str = typer.Option("parallel", "--mode", help="Decoding mode."),
+):
+    """Score generated views on held-out frames: BEV IoU (and the GT oracle), seam consistency, FID/KID."""
+    from bevgen.views.bevseg import train_bevseg
+    from bevgen.views.metrics import evaluate_views
+    from bevgen.views.sample import load_views
+
+    split_file = ckpt / "split.json"
+    if not split_file.exists():
+        _fail(f"{ckpt}: no split.json (not a `bevgen views train` run directory)")
+    split = json.loads(split_file.read_text())
+    heldout = split.get("heldout") or split.get("val") or []
+    if num:
+        heldout = heldout[:num]
+    if not heldout:
+        _fail(f"{split_file}: no held-out frames to evaluate on")
+    pipe = load_views(ckpt)
+    if bevseg is None:
+        bevseg = train_bevseg(data, split.get("train"), out / "bevseg", steps=bevseg_steps, resume=True)
+    metrics = evaluate_views(lambda b: pipe(b, mode=mode), data, heldout, out, bevseg_ckpt=bevseg,
+                             extractor_weights=fid_weights)
+    _console().print_json(json.dumps({k: v for k, v in metrics.items() if k != "definitions"}, default=str))

@@ -1,0 +1,195 @@
+"""Configuration of the BEV -> six-camera-views generator (tokenizer + masked-token transformer).
+
+``ViewsConfig`` nests one dataclass per component (data, tokenizer, generator, train). YAML presets live
+in ``configs/views/{tiny,paper}.yaml`` and are read strictly through ``sim_bridge.config.load_config``:
+every key must be a field below. Cross-field checks live in each ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["DataConfig", "TokenizerConfig", "GeneratorConfig", "TrainConfig", "ViewsConfig"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which frames the models see and at what resolution."""
+
+    image_size: tuple[int, int] = (64, 112)
+    """(H, W) the models work at. Dataset images of another size are resized on the fly (area
+    interpolation) and each sample's K is scaled by the same factors (``CameraRig.resized`` math);
+    the aspect ratio may change, K's two axes are scaled independently."""
+    num_views: int = 6
+    """Cameras per frame (the dataset's rig must have exactly this many)."""
+    heldout_fraction: float = 0.1
+    """Fraction of scenarios held out of training (split by scenario, written to split.json)."""
+    cache_in_memory: bool = True
+    """Load every training frame once and keep it in memory (small datasets); else read per batch."""
+    num_workers: int = 0
+    """DataLoader worker processes when not cached in memory."""
+    bev_channels: int = 8
+    """Channels of the BEV raster (must match the dataset's BevConfig.channels)."""
+    bev_range_m: float = 50.0
+    """Half extent of the BEV raster in metres (must match the dataset's BevConfig.range_m)."""
+
+    def __post_init__(self):
+        if len(self.image_size) != 2 or min(self.image_size) < 8:
+            raise ValueError(f"data.image_size: expected (H, W) >= 8 pixels, got {self.image_size}")
+        if self.num_views < 1:
+            raise ValueError("data.num_views must be >= 1")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError("data.heldout_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """VQ autoencoder turning each view into a grid of discrete tokens (trained from scratch)."""
+
+    downsample: Literal[4, 8, 16] = 8
+    """Spatial reduction factor per view (2 ** number of strided stages)."""
+    channels: int = 32
+    """Width of the first encoder stage; each downsampling stage multiplies it by channel_mult[i]."""
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    """Width multipliers, one per downsampling stage (len == log2(downsample))."""
+    res_blocks: int = 1
+    """Residual blocks per stage (encoder and decoder)."""
+    codebook_size: int = 256
+    """Number of codes K."""
+    code_dim: int = 32
+    """Dimension of the (l2-normalised) codes."""
+    commitment: float = 0.25
+    """Weight of the commitment loss ||z - sg(q)||^2."""
+    dead_code_steps: int = 50
+    """Codes unused for this many steps are restarted from random encoder outputs of the batch."""
+    l1_weight: float = 1.0
+    """Weight of the L1 reconstruction loss."""
+    mse_weight: float = 0.5
+    """Weight of the MSE reconstruction loss."""
+    grad_weight: float = 0.5
+    """Weight of the L1 loss on image gradients (finite differences): sharpens edges without a
+    pretrained perceptual network."""
+
+    def __post_init__(self):
+        stages = {4: 2, 8: 3, 16: 4}[self.downsample]
+        if len(self.channel_mult) != stages:
+            raise ValueError(f"tokenizer.channel_mult needs {stages} entries for downsample "
+                             f"{self.downsample}, got {len(self.channel_mult)}")
+        if self.codebook_size < 2 or self.code_dim < 2:
+            raise ValueError("tokenizer.codebook_size and code_dim must be >= 2")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Bidirectional transformer over the tokens of all views, conditioned on BEV raster + boxes."""
+
+    d_model: int = 192
+    """Token width."""
+    layers: int = 4
+    """Transformer blocks (cross-view self-attention, image->condition cross-attention, MLP)."""
+    heads: int = 4
+    """Attention heads; must divide d_model."""
+    cond_layers: int = 1
+    """Self-attention blocks over the condition tokens (BEV cells + objects) before use."""
+    mlp_ratio: float = 4.0
+    """Hidden width of the MLPs relative to d_model."""
+    dropout: float = 0.0
+    """Dropout in attention outputs and MLPs."""
+    bev_grid: int = 16
+    """BEV tokens per side: the conv encoder's map is pooled to bev_grid x bev_grid cells."""
+    bev_channels: int = 64
+    """Width of the convolutional BEV encoder."""
+    max_objects: int = 64
+    """Object tokens (boxes) per frame; must be >= the dataset's BevConfig.max_boxes."""
+    num_classes: int = 4
+    """Object classes (bevgen.layout.CLASS_NAMES)."""
+    fourier_freqs: int = 6
+    """Octaves of the Fourier features of rays, camera centres and BEV positions."""
+    cond_dropout: float = 0.1
+    """Probability that a training sample gets the null condition (classifier-free guidance)."""
+    ray_bias_init: float = 2.0
+    """Initial beta_h of the cross-view self-attention bias beta_h * cos(d_i, d_j)."""
+    bev_bias_init: float = 2.0
+    """Initial gamma_h of the image->BEV azimuth bias gamma_h * cos(az(d_i) - az(p_j - c_i))."""
+
+    def __post_init__(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"generator.heads ({self.heads}) must divide d_model ({self.d_model})")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ValueError("generator.cond_dropout must be in [0, 1)")
+        if self.bev_grid < 1 or self.layers < 1:
+            raise ValueError("generator.bev_grid and layers must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of both stages, logging and checkpoints."""
+
+    tokenizer_steps: int = 1500
+    """Optimizer steps of the tokenizer stage."""
+    generator_steps: int = 1500
+    """Optimizer steps of the generator stage."""
+    tokenizer_batch: int = 4
+    """Frames (each with num_views images) per tokenizer step."""
+    generator_batch: int = 8
+    """Frames per generator step."""
+    tokenizer_lr: float = 1e-3
+    generator_lr: float = 5e-4
+    weight_decay: float = 0.01
+    """AdamW weight decay (generator; the tokenizer uses none)."""
+    warmup_steps: int = 50
+    """Linear learning-rate warm-up, then cosine decay to 10% at the last step."""
+    checkpoint_every: int = 250
+    """Steps between checkpoints (and at the end of each stage)."""
+    sample_every: int = 500
+    """Steps between sample image grids written to TensorBoard (0: only at the end)."""
+    sample_steps: int = 12
+    """Parallel decoding steps of the preview samples (and the default of ViewsPipeline)."""
+    guidance: float = 1.0
+    """Default classifier-free guidance weight w: logits = (1 + w) cond - w uncond."""
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (cuda if available), "cpu" or "cuda"."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast on GPU; parameters stay fp32."""
+    threads: int = 0
+    """torch CPU threads for training (0: torch's default, one per core). On a CPU shared with other
+    jobs 1 thread is several times faster than 2 (threads spin-wait for descheduled peers)."""
+
+    def __post_init__(self):
+        if self.threads < 0:
+            raise ValueError("train.threads must be >= 0 (0 = torch default)")
+        if min(self.tokenizer_steps, self.generator_steps) < 0:
+            raise ValueError("train.tokenizer_steps and generator_steps must be >= 0")
+        if min(self.tokenizer_batch, self.generator_batch, self.checkpoint_every, self.sample_steps) < 1:
+            raise ValueError("train batches, checkpoint_every and sample_steps must be >= 1")
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    """Everything that defines a views run (saved as config.yaml and inside every checkpoint)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        H, W = self.data.image_size
+        s = self.tokenizer.downsample
+        if H % s or W % s:
+            raise ValueError(f"data.image_size {self.data.image_size} must be divisible by "
+                             f"tokenizer.downsample {s}; e.g. use {(H // s * s, W // s * s)}")
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """(h, w) tokens per view."""
+        H, W = self.data.image_size
+        return H // self.tokenizer.downsample, W // self.tokenizer.downsample
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """N = V * h * w image tokens per frame."""
+        h, w = self.token_grid
+        return self.data.num_views * h * w

@@ -1,0 +1,227 @@
+"""Masked-token transformer generating the tokens of all camera views jointly from a BEV layout.
+
+Inputs per frame: image tokens [n = v h w] (index K = [MASK]), the BEV raster [C, Hb, Wb], boxes [m, 7]
+with classes and a valid mask, and the frame's own rig (K [v, 3, 3] at the model's image size,
+T_cam_from_ego [v, 4, 4]). Architecture:
+
+* condition tokens: a strided-conv BEV encoder pooled to a g x g grid, each cell with a Fourier
+  embedding of its ego-frame centre (x, y) / range; plus one object token per box from its 8
+  normalised corners (``box_corners_torch`` = ``bevgen.cameras.box_corners``), a Fourier embedding of
+  its centre and a class embedding; ``cond_layers`` self-attention blocks mix them;
+* image tokens: token embedding + camera embedding MLP(Fourier(d_ray), Fourier(c_v / 4 m)) computed
+  per sample from the rig (``attention.token_rays``);
+* ``layers`` blocks of [cross-view self-attention with bias beta cos(d_i, d_j); cross-attention to the
+  condition tokens with the azimuth bias gamma cos(az(d_i) - az(p_j - c_v)); MLP], pre-norm;
+* head: logits over the K codes.
+
+Training (MaskGIT, Chang et al. 2022): per sample r ~ U(0, 1), a fraction cos(pi r / 2) of the tokens
+(at least one) is replaced by [MASK]; cross-entropy on the masked tokens. With probability
+``cond_dropout`` a sample gets the null condition (BEV features replaced by a learned null vector,
+positions kept; all boxes invalid), which enables classifier-free guidance at sampling time.
+
+Letters: b batch, v view, h w token grid, n image token (v h w), m condition token, c BEV channel,
+k head / code, d feature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from bevgen.views.attention import (MLP, Attention, GeometricBias, azimuth_cosine, box_corners_torch,
+                                    fourier_features, ray_cosine, token_rays)
+from bevgen.views.config import GeneratorConfig
+
+__all__ = ["ViewsTransformer", "Context", "masked_token_loss"]
+
+CENTRE_SCALE_M = 4.0  # camera centres enter the Fourier features as c / 4 m
+HEIGHT_SCALE_M = 4.0  # box corner heights enter as z / 4 m
+Context = dict  # the per-frame quantities reused across decoding steps (see ViewsTransformer.context)
+
+
+class BevEncoder(nn.Module):
+    """Raster [b, c, Hb, Wb] (0/1) -> BEV tokens [b, g*g, d] and cell centres [g*g, 2] (ego x, y, m).
+
+    Four 3x3 convs (three stride 2) then adaptive average pooling to g x g: O(b Hb Wb c_enc^2 / 16).
+    Row 0 of the raster is the far front (x = +range), column 0 the far left (y = +range).
+    """
+
+    def __init__(self, in_channels: int, cfg: GeneratorConfig, range_m: float):
+        super().__init__()
+        c, g = cfg.bev_channels, cfg.bev_grid
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c // 2, c, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c, c, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c, cfg.d_model, 3, padding=1), nn.AdaptiveAvgPool2d(g))
+        centre = range_m - (torch.arange(g, dtype=torch.float32) + 0.5) * (2 * range_m / g)
+        xy = torch.stack(torch.meshgrid(centre, centre, indexing="ij"), -1).reshape(g * g, 2)  # (x row, y col)
+        self.register_buffer("cell_xy", xy, persistent=False)
+        self.pos = nn.Linear(2 * (2 * cfg.fourier_freqs + 1), cfg.d_model)
+        self.range_m, self.freqs = range_m, cfg.fourier_freqs
+
+    def forward(self, raster: Tensor) -> tuple[Tensor, Tensor]:
+        """raster [b, c, Hb, Wb] -> features [b, g*g, d], position embeddings [g*g, d]."""
+        feats = rearrange(self.net(raster.float()), "b d g1 g2 -> b (g1 g2) d")
+        return feats, self.pos(fourier_features(self.cell_xy / self.range_m, self.freqs))
+
+
+class ObjectEncoder(nn.Module):
+    """Boxes [b, m, 7] + classes [b, m] -> object tokens [b, m, d] (corners, centre, class)."""
+
+    def __init__(self, cfg: GeneratorConfig, range_m: float):
+        super().__init__()
+        self.range_m, self.freqs = range_m, cfg.fourier_freqs
+        self.mlp = nn.Sequential(nn.Linear(24 + 2 * (2 * cfg.fourier_freqs + 1), cfg.d_model), nn.SiLU(),
+                                 nn.Linear(cfg.d_model, cfg.d_model))
+        self.cls = nn.Embedding(cfg.num_classes, cfg.d_model)
+
+    def forward(self, boxes: Tensor, classes: Tensor) -> Tensor:
+        corners = box_corners_torch(boxes.float())  # [b, m, 8, 3]
+        scale = corners.new_tensor([self.range_m, self.range_m, HEIGHT_SCALE_M])
+        feats = torch.cat([rearrange(corners / scale, "b m c x -> b m (c x)"),
+                           fourier_features(boxes[..., :2].float() / self.range_m, self.freqs)], -1)
+        return self.mlp(feats) + self.cls(classes.clamp(0, self.cls.num_embeddings - 1))
+
+
+class Block(nn.Module):
+    """Pre-norm block: biased self-attention, optional biased cross-attention, MLP. [b, n, d] -> same."""
+
+    def __init__(self, cfg: GeneratorConfig, cross: bool):
+        super().__init__()
+        d, k = cfg.d_model, cfg.heads
+        self.n1, self.attn = nn.LayerNorm(d), Attention(d, k, cfg.dropout)
+        self.self_bias = GeometricBias(k, cfg.ray_bias_init) if cross else None
+        self.n2, self.cross = (nn.LayerNorm(d), Attention(d, k, cfg.dropout)) if cross else (None, None)
+        self.cross_bias = GeometricBias(k, cfg.bev_bias_init) if cross else None
+        self.n3, self.mlp = nn.LayerNorm(d), MLP(d, cfg.mlp_ratio, cfg.dropout)
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        dt = x.dtype if not torch.is_autocast_enabled() else torch.get_autocast_dtype(x.device.type)
+        if self.cross is None:  # condition-token block: padding boxes masked out as keys
+            mask = _key_mask(ctx["cond_valid"], dt)
+            x = x + self.attn(self.n1(x), bias=mask)
+        else:
+            x = x + self.attn(self.n1(x), bias=self.self_bias(ctx["ray_cos"], None, dt))
+            x = x + self.cross(self.n2(x), ctx["cond"], bias=self.cross_bias(ctx["az_cos"], ctx["cond_valid"], dt))
+        return x + self.mlp(self.n3(x))
+
+
+def _key_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """[b, m] bool -> [b, 1, 1, m] additive mask (0 valid, finfo.min invalid)."""
+    zero = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    return zero.masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]
+
+
+class ViewsTransformer(nn.Module):
+    """Bidirectional masked-token model over all views; see the module docstring."""
+
+    def __init__(self, cfg: GeneratorConfig, codebook_size: int, num_views: int, token_grid: tuple[int, int],
+                 stride: int, bev_channels: int, range_m: float):
+        super().__init__()
+        self.cfg, self.codebook_size, self.num_views = cfg, codebook_size, num_views
+        self.token_grid, self.stride = tuple(token_grid), stride
+        d = cfg.d_model
+        self.tok = nn.Embedding(codebook_size + 1, d)  # last index = [MASK]
+        ray_in = 3 * (2 * cfg.fourier_freqs + 1)
+        self.cam = nn.Sequential(nn.Linear(2 * ray_in, d), nn.SiLU(), nn.Linear(d, d))
+        self.bev = BevEncoder(bev_channels, cfg, range_m)
+        self.objects = ObjectEncoder(cfg, range_m)
+        self.null_bev = nn.Parameter(torch.zeros(d))
+        self.cond_blocks = nn.ModuleList([Block(cfg, cross=False) for _ in range(cfg.cond_layers)])
+        self.cond_norm = nn.LayerNorm(d)
+        self.blocks = nn.ModuleList([Block(cfg, cross=True) for _ in range(cfg.layers)])
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, codebook_size))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size
+
+    @property
+    def num_tokens(self) -> int:
+        """n = v h w image tokens per frame."""
+        return self.num_views * self.token_grid[0] * self.token_grid[1]
+
+    def context(self, batch: dict[str, Tensor], null: Tensor) -> Context:
+        """Everything that does not depend on the image tokens (computed once per decoded frame).
+
+        Args:
+            batch: bev [b, c, Hb, Wb], boxes [b, m, 7], classes [b, m], box_valid [b, m], K [b, v, 3, 3]
+                (model image size), T_cam_from_ego [b, v, 4, 4].
+            null: [b] bool, True where the null (unconditional) condition is used.
+        Returns:
+            dict: cond [b, g*g + m, d], cond_valid [b, g*g + m], cam [b, n, d], ray_cos [b, n, n],
+            az_cos [b, n, g*g + m]. O(b (n^2 + n m) + BEV convs).
+        """
+        bev_feat, bev_pos = self.bev(batch["bev"])
+        b = bev_feat.shape[0]
+        bev_feat = torch.where(null[:, None, None], self.null_bev.to(bev_feat.dtype), bev_feat) + bev_pos
+        boxes = batch["boxes"][:, : self.cfg.max_objects].float()
+        obj = self.objects(boxes, batch["classes"][:, : self.cfg.max_objects])
+        obj_valid = batch["box_valid"][:, : self.cfg.max_objects].bool() & ~null[:, None]
+        cond = torch.cat([bev_feat, obj], 1)
+        cond_valid = torch.cat([torch.ones(bev_feat.shape[:2], dtype=torch.bool, device=cond.device), obj_valid], 1)
+        ctx = {"cond_valid": cond_valid}
+        for blk in self.cond_blocks:
+            cond = blk(cond, ctx)
+        rays, centres = token_rays(batch["K"], batch["T_cam_from_ego"], self.token_grid, self.stride)
+        key_xy = torch.cat([self.bev.cell_xy.expand(b, -1, -1), boxes[..., :2]], 1)
+        freqs = self.cfg.fourier_freqs
+        cam_in = torch.cat([fourier_features(rays, freqs),
+                            fourier_features(centres / CENTRE_SCALE_M, freqs)[:, :, None, None].expand(
+                                *rays.shape[:-1], -1)], -1)
+        flat_rays = rearrange(rays, "b v h w c -> b (v h w) c")
+        ctx.update(cond=self.cond_norm(cond), cam=rearrange(self.cam(cam_in), "b v h w d -> b (v h w) d"),
+                   ray_cos=ray_cosine(flat_rays), az_cos=azimuth_cosine(rays, centres, key_xy))
+        return ctx
+
+    def logits(self, tokens: Tensor, ctx: Context) -> Tensor:
+        """Token indices [b, n] (mask_id = masked) -> logits [b, n, K]. O(layers b (n^2 + n m) d)."""
+        x = self.tok(tokens) + ctx["cam"]
+        for blk in self.blocks:
+            x = blk(x, ctx)
+        return self.head(x).float()
+
+    def forward(self, tokens: Tensor, batch: dict[str, Tensor], null: Tensor) -> Tensor:
+        """tokens [b, n], batch (see :meth:`context`), null [b] bool -> logits [b, n, K]."""
+        return self.logits(tokens, self.context(batch, null))
+
+
+def masked_token_loss(model: nn.Module, tokens: Tensor, batch: dict[str, Tensor], cond_dropout: float,
+                      generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """MaskGIT loss with the cosine schedule and condition dropout.
+
+    Args:
+        model: a ViewsTransformer (or a DDP wrapper of one); ``mask_id`` read from the unwrapped model.
+        tokens: [b, n] ground-truth code indices of all views.
+        batch: condition tensors (see ``ViewsTransformer.context``).
+        cond_dropout: probability of the null condition per sample.
+        generator: torch.Generator on tokens.device for the mask draws.
+    Returns:
+        dict: total (cross-entropy on masked tokens), acc (top-1 on masked tokens), mask_ratio.
+    """
+    core = getattr(model, "module", model)
+    b, n = tokens.shape
+    dev = tokens.device
+    ratio = torch.cos(0.5 * math.pi * torch.rand(b, device=dev, generator=generator))
+    n_mask = (ratio * n).ceil().clamp(1, n)
+    rank = torch.rand(b, n, device=dev, generator=generator).argsort(-1).argsort(-1)
+    mask = rank < n_mask[:, None]
+    null = torch.rand(b, device=dev, generator=generator) < cond_dropout
+    logits = model(tokens.masked_fill(mask, core.mask_id), batch, null)
+    target = tokens[mask]
+    loss = F.cross_entropy(logits[mask], target)
+    acc = (logits[mask].argmax(-1) == target).float().mean()
+    return {"total": loss, "acc": acc.detach(), "mask_ratio": mask.float().mean().detach()}

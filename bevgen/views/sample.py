@@ -1,0 +1,231 @@
+"""Inference: ``load_views(run_dir) -> ViewsPipeline``; six camera views from a BEV layout.
+
+Two decoders of the same masked-token model, both with classifier-free guidance
+(logits = (1 + w) cond - w uncond, the conditional and unconditional halves batched in one forward):
+
+* ``parallel`` (MaskGIT, Chang et al. 2022): start fully masked; at step t of T sample every masked
+  token, keep the most confident ones and re-mask the floor(n cos(pi/2 (t+1)/T)) least confident
+  (confidence = log p(sampled) + annealed Gumbel noise tau (1 - (t+1)/T) g). T forward passes.
+* ``autoregressive``: the reference decoder; one token per forward pass in a fixed raster order
+  over all views (view-major, then rows, then columns). n = v h w forward passes.
+
+Randomness comes only from an explicit ``torch.Generator`` seeded by ``seed``; the device is the
+module's. Letters: b batch, v view, h w token grid, n token (v h w), k code.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from bevgen.views.config import ViewsConfig
+from bevgen.views.generator import Context, ViewsTransformer
+from bevgen.views.tokenizer import VQAutoencoder
+
+__all__ = ["ViewsPipeline", "load_views", "build_models", "fit_batch", "images_to_unit", "unit_to_uint8"]
+
+COND_KEYS = ("bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego")
+
+
+def build_models(cfg: ViewsConfig) -> tuple[VQAutoencoder, ViewsTransformer]:
+    """Fresh (untrained) tokenizer and generator for a config."""
+    tok = VQAutoencoder(cfg.tokenizer)
+    gen = ViewsTransformer(cfg.generator, cfg.tokenizer.codebook_size, cfg.data.num_views, cfg.token_grid,
+                           cfg.tokenizer.downsample, cfg.data.bev_channels, cfg.data.bev_range_m)
+    return tok, gen
+
+
+def fit_batch(batch: dict, image_size: tuple[int, int], rig_size: tuple[int, int] | None = None) -> dict:
+    """Bring a (batched) FrameDataset dict to the model's image size.
+
+    Images uint8 [b, v, 3, H, W] are area-resized to ``image_size`` and K [b, v, 3, 3] rows 0 and 1 are
+    scaled by (w / W, h / H) (``CameraRig.resized`` math). Without images, K refers to ``rig_size``
+    (default: already ``image_size``). Other keys pass through. O(b v H W).
+    """
+    out = dict(batch)
+    h, w = image_size
+    if "images" in batch:
+        imgs = batch["images"]
+        H, W = imgs.shape[-2:]
+        if (H, W) != (h, w):
+            flat = rearrange(imgs, "b v c H W -> (b v) c H W").float()
+            small = F.interpolate(flat, size=(h, w), mode="area").round().clamp(0, 255).to(torch.uint8)
+            out["images"] = rearrange(small, "(b v) c h w -> b v c h w", b=imgs.shape[0])
+    else:
+        H, W = rig_size or image_size
+    if (H, W) != (h, w):
+        scale = torch.tensor([w / W, h / H, 1.0], dtype=batch["K"].dtype, device=batch["K"].device)
+        out["K"] = batch["K"] * scale[:, None]
+    return out
+
+
+def images_to_unit(images: Tensor) -> Tensor:
+    """uint8 [..., 3, H, W] -> float [..., 3, H, W] in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def unit_to_uint8(x: Tensor) -> Tensor:
+    """float in [-1, 1] -> uint8 (clamped)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _gumbel(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    u = torch.rand(shape, generator=generator, device=device).clamp_(1e-10, 1 - 1e-10)
+    return -torch.log(-torch.log(u))
+
+
+def _sample(logits: Tensor, temperature: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """[..., k] -> sampled index [...] (Gumbel-max; argmax at temperature 0) and its log-probability."""
+    logp = F.log_softmax(logits / max(temperature, 1e-6), dim=-1)
+    noisy = logp if temperature <= 0 else logp + _gumbel(logp.shape, generator, logp.device)
+    idx = noisy.argmax(-1)
+    return idx, logp.gather(-1, idx[..., None])[..., 0]
+
+
+class ViewsPipeline:
+    """Tokenizer + generator; ``pipeline(batch)`` -> uint8 images [b, v, 3, H, W]."""
+
+    def __init__(self, tokenizer: VQAutoencoder, generator: ViewsTransformer, config: ViewsConfig):
+        self.tokenizer, self.generator, self.config = tokenizer.eval(), generator.eval(), config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of generated images."""
+        return tuple(self.config.data.image_size)
+
+    @property
+    def rig_size(self) -> tuple[int, int]:
+        """(H, W) the batch's K must refer to when the batch carries no images (= ``image_size``)."""
+        return tuple(self.config.data.image_size)
+
+    @property
+    def num_views(self) -> int:
+        return self.config.data.num_views
+
+    def _context(self, batch: dict, guidance: float) -> Context:
+        """Condition context; with guidance the batch is doubled as [cond; uncond]."""
+        b = batch["bev"].shape[0]
+        null = torch.zeros(b, dtype=torch.bool, device=self.device)
+        if guidance != 0:
+            batch = {k: torch.cat([batch[k], batch[k]]) for k in COND_KEYS}
+            null = torch.cat([null, ~null])
+        return self.generator.context(batch, null)
+
+    def _logits(self, tokens: Tensor, ctx: Context, guidance: float) -> Tensor:
+        """[b, n] -> guided logits [b, n, k] (one forward of 2b sequences when guided)."""
+        if guidance == 0:
+            return self.generator.logits(tokens, ctx)
+        cond, uncond = self.generator.logits(torch.cat([tokens, tokens]), ctx).chunk(2)
+        return (1 + guidance) * cond - guidance * uncond
+
+    def decode_parallel(self, ctx: Context, b: int, steps: int, guidance: float, temperature: float,
+                        generator: torch.Generator, choice_temperature: float = 4.5) -> Tensor:
+        """MaskGIT decoding: ``steps`` forwards -> tokens [b, n]. O(steps layers b n^2 d)."""
+        n, mask_id = self.generator.num_tokens, self.generator.mask_id
+        tokens = torch.full((b, n), mask_id, dtype=torch.long, device=self.device)
+        for t in range(steps):
+            unknown = tokens == mask_id
+            sampled, logp = _sample(self._logits(tokens, ctx, guidance), temperature, generator)
+            sampled = torch.where(unknown, sampled, tokens)
+            ratio = (t + 1) / steps
+            n_left = unknown.sum(-1)
+            n_mask = torch.full_like(n_left, math.floor(n * math.cos(0.5 * math.pi * ratio)))
+            if t < steps - 1:  # reveal at least one token per step, keep at least one for later steps
+                n_mask = torch.minimum(n_mask, n_left - 1).clamp(min=1)
+            conf = logp + choice_temperature * (1 - ratio) * _gumbel(logp.shape, generator, logp.device)
+            conf = conf.masked_fill(~unknown, math.inf)
+            remask = conf.argsort(-1).argsort(-1) < n_mask[:, None]
+            tokens = sampled.masked_fill(remask, mask_id)
+        return tokens
+
+    def decode_autoregressive(self, ctx: Context, b: int, guidance: float, temperature: float,
+                              generator: torch.Generator) -> Tensor:
+        """One token per forward in raster order over all views -> tokens [b, n]. O(n layers b n^2 d)."""
+        n, mask_id = self.generator.num_tokens, self.generator.mask_id
+        tokens = torch.full((b, n), mask_id, dtype=torch.long, device=self.device)
+        for i in range(n):
+            tokens[:, i] = _sample(self._logits(tokens, ctx, guidance)[:, i], temperature, generator)[0]
+        return tokens
+
+    def tokens_to_images(self, tokens: Tensor) -> Tensor:
+        """[b, n] code indices -> uint8 [b, v, 3, H, W]."""
+        h, w = self.config.token_grid
+        grid = rearrange(tokens, "b (v h w) -> (b v) h w", v=self.num_views, h=h, w=w)
+        return rearrange(unit_to_uint8(self.tokenizer.decode(grid)), "(b v) c H W -> b v c H W", v=self.num_views)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """Tokenizer round trip (the quality ceiling of generation): uint8 [b, v, 3, H, W] -> same."""
+        b = images.shape[0]
+        idx = self.tokenizer.encode(images_to_unit(rearrange(images.to(self.device), "b v c H W -> (b v) c H W")))
+        return self.tokens_to_images(rearrange(idx, "(b v) h w -> b (v h w)", b=b))
+
+    @torch.no_grad()
+    def __call__(self, batch: dict, mode: Literal["parallel", "autoregressive"] = "parallel",
+                 steps: int | None = None, guidance: float | None = None, temperature: float = 1.0,
+                 seed: int = 0, rig_size: tuple[int, int] | None = None) -> Tensor:
+        """Generate all views of each frame of a batch.
+
+        Args:
+            batch: batched FrameDataset dict (tensors): bev [b, c, Hb, Wb], boxes [b, m, 7], classes [b, m],
+                box_valid [b, m], K [b, v, 3, 3], T_cam_from_ego [b, v, 4, 4]; images (optional) only give
+                the size K refers to (else ``rig_size``, default ``image_size``).
+            mode: "parallel" (MaskGIT, ``steps`` forwards) or "autoregressive" (one token per forward).
+            steps: parallel decoding steps (default config.train.sample_steps).
+            guidance: classifier-free guidance weight w (default config.train.guidance; 0 = conditional only).
+            temperature: sampling temperature of the token distribution (0 = greedy).
+            seed: seed of the torch.Generator driving every random draw.
+        Returns:
+            uint8 [b, v, 3, H, W] on the pipeline's device, (H, W) = ``image_size``.
+        """
+        if mode not in ("parallel", "autoregressive"):
+            raise ValueError(f"mode must be 'parallel' or 'autoregressive', got {mode!r}")
+        steps = int(steps or self.config.train.sample_steps)
+        guidance = float(self.config.train.guidance if guidance is None else guidance)
+        batch = fit_batch({k: v.to(self.device) for k, v in batch.items() if k in COND_KEYS + ("images",)},
+                          self.image_size, rig_size)
+        if batch["K"].shape[1] != self.num_views:
+            raise ValueError(f"batch has {batch['K'].shape[1]} views, the model was trained on {self.num_views}")
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        b = batch["bev"].shape[0]
+        ctx = self._context(batch, guidance)
+        if mode == "parallel":
+            tokens = self.decode_parallel(ctx, b, steps, guidance, temperature, gen)
+        else:
+            tokens = self.decode_autoregressive(ctx, b, guidance, temperature, gen)
+        return self.tokens_to_images(tokens)
+
+
+def load_views(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") -> ViewsPipeline:
+    """Pipeline from a run directory (or its checkpoints/ directory, or one of its .pt files).
+
+    Both ``checkpoints/tokenizer.pt`` and ``checkpoints/generator.pt`` are read with
+    ``weights_only=True`` and loaded strictly (key or shape mismatches raise).
+    """
+    path = Path(run_dir_or_ckpt)
+    if path.suffix == ".pt":
+        ckpt_dir = path.parent
+    else:
+        ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    files = {name: ckpt_dir / f"{name}.pt" for name in ("tokenizer", "generator")}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no trained views model: missing {missing} (train with `bevgen views train`)")
+    from sim_bridge.config import from_dict
+
+    ckpts = {k: torch.load(p, map_location=device, weights_only=True) for k, p in files.items()}
+    cfg = from_dict(ViewsConfig, ckpts["generator"]["config"])
+    tok, gen = build_models(cfg)
+    tok.load_state_dict(ckpts["tokenizer"]["model"], strict=True)
+    gen.load_state_dict(ckpts["generator"]["model"], strict=True)
+    return ViewsPipeline(tok.to(device), gen.to(device), cfg)

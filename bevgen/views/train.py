@@ -1,0 +1,399 @@
+"""Train the views model: VQ tokenizer, then the masked-token generator; CPU, GPU or torchrun/DDP.
+
+Top to bottom: config -> seed -> device / DDP -> data (FrameDataset frames split by scenario, images
+area-resized to ``data.image_size`` with K scaled to match; cached in memory for small datasets) ->
+stage "tokenizer" (VQ autoencoder, L1 + MSE + gradient + VQ losses) -> stage "generator" (tokenizer
+frozen, every training frame tokenised once and kept in memory, MaskGIT loss with condition dropout)
+-> atomic checkpoints ``checkpoints/{tokenizer,generator}.pt`` = {model, optimizer, config, step,
+best_metric} read back with ``weights_only=True``. TensorBoard: ``losses/``, ``charts/`` and sample
+grids (rows: real, tokenizer reconstruction, generated; columns: the views) also saved as PNG.
+
+Multi-GPU: ``torchrun --nproc_per_node N -m bevgen.views.train --data DIR --out RUN``: each rank
+trains on its shard of frames, DDP averages gradients, rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bevgen.views.config import ViewsConfig
+from sim_bridge.config import save_config, to_dict
+
+__all__ = ["train_views", "main", "STAGES"]
+
+STAGES = ("tokenizer", "generator", "all")
+KEEP_KEYS = ("images", "bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego")
+
+
+def _setup_distributed(device_pref: str):
+    import torch
+    import torch.distributed as dist
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def _frames(cfg: ViewsConfig, data_dir: Path) -> tuple[list[str], list[str]]:
+    """(train, heldout) frame names, split by scenario; checks the dataset against the config."""
+    from bevgen.render.dataset import split_frames
+
+    index = json.loads((data_dir / "index.json").read_text())
+    bev, views = index.get("bev", {}), len(index["rig"]["names"])
+    problems = []
+    if abs(float(bev.get("range_m", cfg.data.bev_range_m)) - cfg.data.bev_range_m) > 1e-6:
+        problems.append(f"data.bev_range_m={cfg.data.bev_range_m} but the dataset has {bev['range_m']}")
+    if len(bev.get("channels", [None] * cfg.data.bev_channels)) != cfg.data.bev_channels:
+        problems.append(f"data.bev_channels={cfg.data.bev_channels} but the dataset has {len(bev['channels'])}")
+    if views != cfg.data.num_views:
+        problems.append(f"data.num_views={cfg.data.num_views} but the dataset rig has {views} cameras")
+    if problems:
+        raise ValueError(f"{data_dir}: " + "; ".join(problems))
+    if cfg.data.heldout_fraction <= 0:
+        return list(index["frames"]), []
+    train, held = split_frames(index["frames"], cfg.data.heldout_fraction, cfg.train.seed)
+    return list(train), list(held)
+
+
+def _load_items(data_dir: Path, names: list[str], cfg: ViewsConfig, problems: list[str]) -> list[dict]:
+    """Load, resize (model image size, K scaled) and keep frames in memory; bad frames are reported."""
+    from torch.utils.data import default_collate
+
+    from bevgen.render.dataset import FrameDataset
+    from bevgen.views.sample import fit_batch
+
+    ds, items = FrameDataset(data_dir, names=names), []
+    for i, name in enumerate(names):
+        try:
+            item = fit_batch(default_collate([{k: ds[i][k] for k in KEEP_KEYS}]), cfg.data.image_size)
+            items.append({k: v[0] for k, v in item.items()})
+        except Exception as e:  # noqa: BLE001 - one unreadable frame must not stop training
+            problems.append(f"{name}: {type(e).__name__}: {e}")
+    return items
+
+
+def _batches(source, batch_size: int, cfg: ViewsConfig, gen):
+    """Infinite iterator of collated batches (dict of tensors at the model's image size)."""
+    import torch
+    from torch.utils.data import DataLoader, default_collate
+
+    from bevgen.views.sample import fit_batch
+
+    if isinstance(source, list):  # cached: random draws with replacement across the epoch boundary
+        while True:
+            idx = torch.randint(len(source), (min(batch_size, len(source)),), generator=gen).tolist()
+            yield default_collate([source[i] for i in idx])
+    loader = DataLoader(source, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen,
+                        num_workers=cfg.data.num_workers, collate_fn=lambda b: default_collate(
+                            [{k: x[k] for k in KEEP_KEYS} for x in b]))
+    while True:
+        for batch in loader:
+            yield fit_batch(batch, cfg.data.image_size)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak at ``total`` (a pure function of the step,
+    so resumed runs continue the same schedule)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _save(path: Path, model, opt, cfg: ViewsConfig, step: int, best: float) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": to_dict(cfg),
+             "step": step, "best_metric": best}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _restore(path: Path, model, opt, device) -> tuple[int, float]:
+    """Load a stage checkpoint strictly; returns (step, best_metric)."""
+    import torch
+
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(ckpt["model"], strict=True)
+    if opt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+    return int(ckpt["step"]), float(ckpt["best_metric"])
+
+
+def _grid(rows: list) -> np.ndarray:
+    """Rows of uint8 [v, 3, H, W] -> one [3, rows H, v W] image (views side by side)."""
+    return np.concatenate([np.concatenate(list(r.cpu().numpy()), axis=2) for r in rows], axis=1)
+
+
+def _write_samples(writer, run_dir: Path, pipe, preview: dict, step: int, tag: str) -> None:
+    """Real | reconstruction | generated grid of the preview frames, to TensorBoard and PNG."""
+    import cv2
+
+    gen = pipe(preview, steps=pipe.config.train.sample_steps, seed=0)
+    recon = pipe.reconstruct(preview["images"])
+    rows = [r for b in range(len(gen)) for r in (preview["images"][b], recon[b], gen[b])]
+    grid = _grid(rows)
+    writer.add_image(f"samples/{tag}", grid, step)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    cv2.imwrite(str(run_dir / "samples" / f"{tag}_{step:06d}.png"), grid.transpose(1, 2, 0)[..., ::-1])
+
+
+def _loop(name: str, params, opt, base_lr: float, start: int, total: int, step_fn, ctx: dict, on_checkpoint) -> dict:
+    """Shared optimisation loop: step_fn() -> dict of scalar tensors ('total' is minimised)."""
+    import torch
+
+    bar = None
+    if ctx["progress"] and ctx["rank"] == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=f"views {name}", unit="step")
+    history, t0, last = [], time.perf_counter(), {}
+    for step in range(start, total):
+        lr = base_lr * _lr_factor(step, ctx["cfg"].train.warmup_steps, total)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with ctx["autocast"]:
+            out = step_fn()
+        opt.zero_grad(set_to_none=True)
+        out["total"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        last = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
+        history.append(last["total"])
+        if ctx["writer"]:
+            for k, v in last.items():
+                ctx["writer"].add_scalar(f"{'charts' if k in ('acc', 'usage', 'perplexity') else 'losses'}/{name}_{k}",
+                                         v, step + 1)
+            if (step + 1) % 20 == 0:
+                rate = (step + 1 - start) / (time.perf_counter() - t0)
+                ctx["writer"].add_scalar(f"charts/{name}_steps_per_second", rate, step + 1)
+                ctx["writer"].add_scalar(f"charts/{name}_lr", lr, step + 1)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['total']:.3f}")
+        if ctx["rank"] == 0 and ((step + 1) % ctx["cfg"].train.checkpoint_every == 0 or step + 1 == total):
+            on_checkpoint(step + 1, float(np.mean(history[-20:])))
+    if bar:
+        bar.close()
+    return {"steps": total, "start_step": start, "seconds": round(time.perf_counter() - t0, 2),
+            "first_loss": history[0] if history else None, "final": last,
+            "final_loss_mean20": float(np.mean(history[-20:])) if history else None}
+
+
+def _train_tokenizer(tok, items_or_ds, ctx: dict, resume: bool) -> dict:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from bevgen.views.sample import images_to_unit
+
+    cfg, device, path = ctx["cfg"], ctx["device"], ctx["run_dir"] / "checkpoints" / "tokenizer.pt"
+    opt = torch.optim.Adam(tok.parameters(), lr=cfg.train.tokenizer_lr, betas=(0.5, 0.9))
+    start, best = _restore(path, tok, opt, device) if resume and path.exists() else (0, math.inf)
+    net = DDP(tok) if ctx["world"] > 1 else tok
+    batches = _batches(items_or_ds, cfg.train.tokenizer_batch, cfg, ctx["gen"])
+
+    def step_fn():
+        if ctx["world"] > 1:  # dead-code restarts happen per rank: keep rank 0's codebook everywhere
+            dist.broadcast(tok.quantizer.codebook.data, 0)
+        x = images_to_unit(next(batches)["images"].to(device).flatten(0, 1))
+        out = net(x)
+        stats = tok.usage(out["idx"])
+        losses = {k: out[k] for k in ("total", "l1", "mse", "grad", "vq")}
+        return losses | {k: torch.tensor(v) for k, v in stats.items()}
+
+    def checkpoint(step: int, recent: float) -> None:
+        nonlocal best
+        best = min(best, recent)
+        _save(path, tok, opt, cfg, step, best)
+
+    return _loop("tokenizer", list(tok.parameters()), opt, cfg.train.tokenizer_lr, start, cfg.train.tokenizer_steps,
+                 step_fn, ctx, checkpoint)
+
+
+def _pretokenize(tok, items: list[dict], device, batch: int = 16) -> list[dict]:
+    """Encode every frame's views once: items gain 'tokens' [n] (int64), lose 'images'."""
+    import torch
+
+    from bevgen.views.sample import images_to_unit
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(items), batch):
+            chunk = items[i:i + batch]
+            imgs = torch.stack([it["images"] for it in chunk]).to(device)
+            idx = tok.encode(images_to_unit(imgs.flatten(0, 1))).view(len(chunk), -1).cpu()
+            out += [{k: v for k, v in it.items() if k != "images"} | {"tokens": t} for it, t in zip(chunk, idx)]
+    return out
+
+
+def _train_generator(gen_model, tok, items: list[dict], preview: dict | None, ctx: dict, resume: bool) -> dict:
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from bevgen.views.generator import masked_token_loss
+    from bevgen.views.sample import COND_KEYS, ViewsPipeline
+
+    cfg, device, path = ctx["cfg"], ctx["device"], ctx["run_dir"] / "checkpoints" / "generator.pt"
+    decay = [p for n, p in gen_model.named_parameters() if p.ndim >= 2 and "tok" not in n]
+    other = [p for n, p in gen_model.named_parameters() if not (p.ndim >= 2 and "tok" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=cfg.train.generator_lr, betas=(0.9, 0.95))
+    start, best = _restore(path, gen_model, opt, device) if resume and path.exists() else (0, math.inf)
+    net = DDP(gen_model, find_unused_parameters=True) if ctx["world"] > 1 else gen_model
+    batches = _batches(items, cfg.train.generator_batch, cfg, ctx["gen"])
+    gen_dev = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + ctx["rank"])
+    pipe = ViewsPipeline(tok, gen_model, cfg)
+
+    def step_fn():
+        b = {k: v.to(device) for k, v in next(batches).items()}
+        return masked_token_loss(net, b["tokens"], {k: b[k] for k in COND_KEYS}, cfg.generator.cond_dropout, gen_dev)
+
+    def checkpoint(step: int, recent: float) -> None:
+        nonlocal best
+        best = min(best, recent)
+        _save(path, gen_model, opt, cfg, step, best)
+        every = cfg.train.sample_every
+        due = step == cfg.train.generator_steps or (every and step % every == 0)
+        if preview is not None and ctx["writer"] and due:
+            gen_model.eval()
+            _write_samples(ctx["writer"], ctx["run_dir"], pipe, preview, step, "generator")
+            gen_model.train()
+
+    return _loop("generator", list(gen_model.parameters()), opt, cfg.train.generator_lr, start,
+                 cfg.train.generator_steps, step_fn, ctx, checkpoint)
+
+
+def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, stage: str = "all",
+                resume: bool = False, progress: bool = True) -> dict:
+    """Train the tokenizer and/or the generator on a FrameDataset directory.
+
+    Args:
+        cfg: resolved ViewsConfig.
+        data_dir: dataset written by ``bevgen.render.dataset.write_synthetic_dataset`` (or the nuScenes
+            converter); images of another size are resized to ``cfg.data.image_size``.
+        run_dir: output directory (config.yaml, split.json, checkpoints/, tb/, samples/, train_summary.json).
+        stage: "tokenizer", "generator" (needs a trained tokenizer in run_dir) or "all".
+        resume: continue from the checkpoints in run_dir (a finished stage is skipped).
+        progress: tqdm progress bars.
+    Returns:
+        summary dict: per stage {steps, start_step, seconds, first_loss, final, final_loss_mean20}
+        (tokenizer also usage / perplexity over the training frames), frames, problems, seconds.
+    """
+    import torch
+
+    from bevgen.views.sample import build_models, fit_batch
+
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    ckpts = {s: run_dir / "checkpoints" / f"{s}.pt" for s in ("tokenizer", "generator")}
+    todo = ("tokenizer", "generator") if stage == "all" else (stage,)
+    for s in todo:
+        if ckpts[s].exists() and not resume:
+            raise FileExistsError(f"{ckpts[s]} exists; pass resume=True (--resume) or choose another run dir")
+    if "tokenizer" not in todo and not ckpts["tokenizer"].exists():
+        raise FileNotFoundError(f"{ckpts['tokenizer']}: train the tokenizer first (stage 'tokenizer' or 'all')")
+    t_start = time.perf_counter()
+    rank, world, device = _setup_distributed(cfg.train.device)
+    if cfg.train.threads and device.type == "cpu":
+        torch.set_num_threads(cfg.train.threads)
+    random.seed(cfg.train.seed + rank)
+    np.random.seed(cfg.train.seed + rank)
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)  # batch draws (CPU)
+
+    train_names, held_names = _frames(cfg, data_dir)
+    problems: list[str] = []
+    shard = train_names[rank::world]
+    if cfg.data.cache_in_memory:
+        source = _load_items(data_dir, shard, cfg, problems)
+    else:
+        from bevgen.render.dataset import FrameDataset
+
+        source = FrameDataset(data_dir, names=shard)
+    if len(source) == 0:
+        raise ValueError(f"{data_dir}: no usable training frames (problems: {problems[:3]})")
+    preview_items = _load_items(data_dir, (held_names or train_names)[:2], cfg, problems) if rank == 0 else []
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "split.json").write_text(json.dumps({"data_dir": str(data_dir), "train": train_names,
+                                                        "heldout": held_names}, indent=1))
+        writer = SummaryWriter(str(run_dir / "tb"))
+        writer.add_text("hparams", "```\n" + json.dumps(to_dict(cfg), indent=2) + "\n```")
+    use_bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
+    ctx = {"cfg": cfg, "device": device, "rank": rank, "world": world, "gen": gen, "writer": writer,
+           "run_dir": run_dir, "progress": progress,
+           "autocast": torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)}
+    tok, gen_model = build_models(cfg)
+    tok, gen_model = tok.to(device), gen_model.to(device)
+    summary: dict = {"frames": {"train": len(train_names), "heldout": len(held_names)}, "problems": problems}
+
+    if "tokenizer" in todo:
+        summary["tokenizer"] = _train_tokenizer(tok.train(), source, ctx, resume)
+    if world > 1:
+        torch.distributed.barrier()  # rank 0 has written tokenizer.pt
+    _restore(ckpts["tokenizer"], tok, None, device)
+    tok.eval().requires_grad_(False)
+
+    if "generator" in todo:
+        items = source if isinstance(source, list) else _load_items(data_dir, shard, cfg, problems)
+        tokenised = _pretokenize(tok, items, device)
+        all_idx = torch.stack([it["tokens"] for it in tokenised])
+        summary["tokenizer_usage"] = tok.usage(all_idx)
+        preview = None
+        if preview_items:
+            preview = {k: torch.stack([it[k] for it in preview_items]).to(device) for k in KEEP_KEYS}
+            preview = fit_batch(preview, cfg.data.image_size)
+        summary["generator"] = _train_generator(gen_model.train(), tok, tokenised, preview, ctx, resume)
+
+    summary["seconds"] = round(time.perf_counter() - t_start, 2)
+    if rank == 0:
+        if "tokenizer_usage" in summary:
+            writer.add_scalar("charts/tokenizer_codebook_usage", summary["tokenizer_usage"]["usage"], 0)
+            writer.add_scalar("charts/tokenizer_perplexity", summary["tokenizer_usage"]["perplexity"], 0)
+        writer.close()
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bevgen.views.train --data DIR --out RUN [--config YAML] [--stage all] [--set k=v]``."""
+    import argparse
+
+    from sim_bridge.config import load_config
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="FrameDataset directory")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", help="YAML preset, e.g. configs/views/tiny.yaml")
+    p.add_argument("--stage", choices=STAGES, default="all")
+    p.add_argument("--set", action="append", default=[], help="override, e.g. train.generator_steps=100")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    cfg = load_config(ViewsConfig, a.config, a.set)
+    train_views(cfg, a.data, a.out, stage=a.stage, resume=a.resume, progress=not a.no_progress)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Tests for the views model (bevgen.views: tokenizer, camera-aware attention, generator, sampling, train)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bevgen.cameras import CameraRig, box_corners, nuscenes_rig, project_points  # noqa: E402
+from bevgen.views.attention import (GeometricBias, azimuth_cosine, box_corners_torch, ray_cosine,  # noqa: E402
+                                    token_rays)
+from bevgen.views.config import (DataConfig, GeneratorConfig, TokenizerConfig, TrainConfig,  # noqa: E402
+                                 ViewsConfig)
+
+FRONT, BACK = 1, 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _yawed_rig(rig: CameraRig, yaw: float, shift=(0.3, -0.2, 0.1)) -> CameraRig:
+    """The rig mounted rotated by ``yaw`` about z and shifted: a different per-sample calibration."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    T_ego_from_mount = np.eye(4)
+    T_ego_from_mount[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    T_ego_from_mount[:3, 3] = shift
+    return CameraRig(rig.names, rig.K, rig.T_cam_from_ego @ np.linalg.inv(T_ego_from_mount), rig.image_size)
+
+
+def _rig_tensors(rigs: list[CameraRig]) -> tuple:
+    K = torch.tensor(np.stack([r.K for r in rigs]), dtype=torch.float32)
+    T = torch.tensor(np.stack([r.T_cam_from_ego for r in rigs]), dtype=torch.float32)
+    return K, T
+
+
+def test_token_rays_match_the_rig_and_point_at_projected_points():
+    stride = 8
+    rigs = [nuscenes_rig((64, 112)), _yawed_rig(nuscenes_rig((64, 112)), 0.4)]
+    K, T = _rig_tensors(rigs)
+    rays, centres = token_rays(K, T, (8, 14), stride)
+    assert rays.shape == (2, 6, 8, 14, 3) and centres.shape == (2, 6, 3)
+    for b, rig in enumerate(rigs):  # same math as the numpy rig, per sample
+        np.testing.assert_allclose(rays[b].numpy(), rig.rays(stride), atol=1e-5)
+        np.testing.assert_allclose(centres[b].numpy(), rig.camera_centers, atol=1e-5)
+    # a 3D point projected into a view: the ray of the token cell holding its pixel points at it
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.uniform(-30, 30, (200, 2)), rng.uniform(0, 3, (200, 1))], 1)
+    checked = 0
+    for b, rig in enumerate(rigs):
+        uv, _, inside = project_points(rig, pts)
+        f = rig.K[:, 0, 0]
+        for v, n in zip(*np.nonzero(inside)):
+            i, j = int(uv[v, n, 1] // stride), int(uv[v, n, 0] // stride)
+            to_pt = pts[n] - rig.camera_centers[v]
+            cos = float(rays[b, v, i, j].double() @ torch.tensor(to_pt / np.linalg.norm(to_pt)))
+            # the pixel lies within half a cell diagonal of the cell centre
+            assert math.degrees(math.acos(min(1.0, cos))) <= math.degrees(stride * 0.75 / f[v]) + 0.05
+            checked += 1
+    assert checked > 50
+
+
+def test_ray_bias_is_symmetric_and_maximal_for_identical_rays():
+    K, T = _rig_tensors([nuscenes_rig((64, 112))])
+    rays, centres = token_rays(K, T, (8, 14), 8)
+    cos = ray_cosine(rays.flatten(1, 3))  # [1, n, n]
+    bias = GeometricBias(heads=3, init=2.0)
+    with torch.no_grad():
+        bias.scale.copy_(torch.tensor([0.5, 1.0, 3.0]))
+    b = bias(cos)
+    assert b.shape == (1, 3, 672, 672)
+    torch.testing.assert_close(b, b.transpose(-1, -2))
+    diag = torch.diagonal(b, dim1=-2, dim2=-1)
+    torch.testing.assert_close(diag, bias.scale[None, :, None].expand_as(diag), atol=1e-5, rtol=0)
+    assert (b.amax(-1) <= diag + 1e-5).all()
+    # neighbouring views overlap at their borders: some cross-view pairs are far more similar than others
+    n_view = 8 * 14
+    front_right_edge = cos[0, n_view: 2 * n_view].view(8, 14, -1)[:, -1]  # FRONT's rightmost column
+    front_right_view = front_right_edge[:, 2 * n_view: 3 * n_view].amax()
+    back_view = front_right_edge[:, 4 * n_view: 5 * n_view].amax()
+    assert front_right_view > 0.95 and back_view < 0.0
+    # key mask: invalid keys get the most negative value
+    masked = bias(cos, torch.arange(672)[None] < 600)
+    assert (masked[..., 600:] == torch.finfo(torch.float32).min).all()
+
+
+def test_azimuth_bias_rewards_bev_cells_along_the_ray():
+    K, T = _rig_tensors([nuscenes_rig((64, 112))])
+    rays, centres = token_rays(K, T, (8, 14), 8)
+    ahead, behind, left = [40.0, centres[0, FRONT, 1]], [-40.0, 0.0], [0.0, 40.0]
+    cos = azimuth_cosine(rays, centres, torch.tensor([[ahead, behind, left]]))  # [1, n, 3]
+    front_centre = FRONT * 112 + 4 * 14 + 7  # token near the FRONT image centre
+    assert cos[0, front_centre, 0] > 0.99 and cos[0, front_centre, 1] < -0.99 and abs(cos[0, front_centre, 2]) < 0.2
+    back_centre = BACK * 112 + 4 * 14 + 7
+    assert cos[0, back_centre, 1] > 0.99
+
+
+def test_box_corners_torch_matches_numpy():
+    boxes = np.array([[5.0, -2.0, 0.8, 4.5, 1.9, 1.6, 0.3], [-10.0, 3.0, 0.9, 0.6, 0.6, 1.8, -2.0]])
+    out = box_corners_torch(torch.tensor(boxes)[None])[0].numpy()
+    np.testing.assert_allclose(out, box_corners(boxes), atol=1e-9)
+
+
+def test_config_checks_cross_fields():
+    with pytest.raises(ValueError, match="divisible"):
+        ViewsConfig(data=DataConfig(image_size=(60, 112)))
+    with pytest.raises(ValueError, match="channel_mult"):
+        TokenizerConfig(downsample=16, channel_mult=(1, 2))
+    with pytest.raises(ValueError, match="heads"):
+        GeneratorConfig(d_model=30, heads=4)
+
+
+# ---- end to end on rendered frames ------------------------------------------------------------------
+def _tiny_config(**train) -> ViewsConfig:
+    """A test-sized model: 32x56 views, 8x tokenizer -> 4x7 tokens per view (168 per frame)."""
+    return ViewsConfig(
+        data=DataConfig(image_size=(32, 56), heldout_fraction=0.25),
+        tokenizer=TokenizerConfig(downsample=8, channels=8, channel_mult=(1, 2, 2), codebook_size=64, code_dim=16,
+                                  dead_code_steps=10),
+        generator=GeneratorConfig(d_model=32, layers=1, heads=2, cond_layers=1, mlp_ratio=2.0, bev_grid=8,
+                                  bev_channels=8, fourier_freqs=4),
+        train=TrainConfig(**{"tokenizer_steps": 30, "generator_steps": 40, "tokenizer_batch": 2, "generator_batch": 4,
+                             "tokenizer_lr": 3e-3, "generator_lr": 3e-3, "warmup_steps": 5, "checkpoint_every": 20,
+                             "sample_every": 0, "sample_steps": 4, "device": "cpu", "threads": 1, **train}))
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory):
+    """Rendered 32x56 frames of three straight-road scenarios (different headings and speeds)."""
+    import sys
+    from pathlib import Path
+
+    from bevgen.render.dataset import write_synthetic_dataset
+    from bevgen.render.scene import SynthConfig
+    from sim_bridge.scenario import DatasetWriter
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import make_straight_road_scenario
+
+    root = tmp_path_factory.mktemp("views")
+    with DatasetWriter(root / "scenarios", resume=False) as w:
+        for i, (yaw, speed) in enumerate([(0.0, 10.0), (0.7, 6.0), (-1.2, 12.0)]):
+            d = make_straight_road_scenario(length=30, ego_speed=speed, ego_yaw=yaw)
+            d["id"] = d["metadata"]["scenario_id"] = f"road{i}"
+            w.add(f"road{i}.pkl", d)
+    summary = write_synthetic_dataset(root / "scenarios", root / "frames", SynthConfig(image_size=(32, 56)),
+                                      frames_per_scenario=4, frame_stride=5, first_frame=0, progress=False)
+    assert summary["num_frames"] == 12, summary
+    return root / "frames"
+
+
+@pytest.fixture(scope="module")
+def trained(frames_dir, tmp_path_factory):
+    from bevgen.views.train import train_views
+
+    run = tmp_path_factory.mktemp("views_run") / "run"
+    torch.manual_seed(0)
+    return run, train_views(_tiny_config(), frames_dir, run, stage="all", progress=False)
+
+
+def test_train_views_losses_fall_and_codebook_is_used(trained):
+    run, summary = trained
+    assert summary["frames"] == {"train": 8, "heldout": 4} and not summary["problems"]
+    tok, gen = summary["tokenizer"], summary["generator"]
+    assert tok["steps"] == 30 and tok["final_loss_mean20"] < 0.7 * tok["first_loss"], tok
+    # generator: cross-entropy starts at ln(64) = 4.16 nats (uniform over the codebook)
+    assert gen["steps"] == 40 and gen["first_loss"] > 3.9 and gen["final_loss_mean20"] < gen["first_loss"] - 0.4, gen
+    assert summary["tokenizer_usage"]["usage"] > 0.1 and summary["tokenizer_usage"]["perplexity"] > 4
+    for f in ("config.yaml", "split.json", "train_summary.json", "checkpoints/tokenizer.pt",
+              "checkpoints/generator.pt"):
+        assert (run / f).exists(), f
+    assert list((run / "samples").glob("generator_*.png"))  # preview grid written at the end
+
+
+def test_sampling_parallel_and_autoregressive_give_six_views(trained, frames_dir):
+    from torch.utils.data import default_collate
+
+    from bevgen.render.dataset import FrameDataset
+    from bevgen.views.sample import load_views
+
+    pipe = load_views(trained[0])
+    batch = default_collate([FrameDataset(frames_dir)[i] for i in (0, 5)])  # 32x56 frames
+    par = pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=3)
+    assert par.shape == (2, 6, 3, 32, 56) and par.dtype == torch.uint8
+    torch.testing.assert_close(par, pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=3))  # seeded
+    ar = pipe({k: v[:1] for k, v in batch.items() if k != "name"}, mode="autoregressive", guidance=1.0, seed=3)
+    assert ar.shape == (1, 6, 3, 32, 56) and ar.dtype == torch.uint8
+    assert pipe.image_size == (32, 56) and pipe.num_views == 6
+
+
+def test_checkpoint_resume_round_trip(trained, frames_dir, tmp_path):
+    import shutil
+
+    from bevgen.views.sample import load_views
+    from bevgen.views.train import train_views
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    with pytest.raises(FileExistsError):
+        train_views(_tiny_config(), frames_dir, run, stage="generator", progress=False)
+    before = load_views(run).generator.state_dict()
+    out = train_views(_tiny_config(generator_steps=45), frames_dir, run, stage="generator", resume=True,
+                      progress=False)
+    assert out["generator"]["start_step"] == 40 and out["generator"]["steps"] == 45 and "tokenizer" not in out
+    ckpt = torch.load(run / "checkpoints" / "generator.pt", weights_only=True)
+    assert ckpt["step"] == 45 and set(ckpt) == {"model", "optimizer", "config", "step", "best_metric"}
+    after = load_views(run).generator.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # training continued
+    tok_ckpt = torch.load(run / "checkpoints" / "tokenizer.pt", weights_only=True)
+    assert tok_ckpt["step"] == 30  # the frozen tokenizer was not retrained
+
+
+def test_fit_batch_resizes_images_and_scales_K_like_the_rig():
+    from bevgen.views.sample import fit_batch
+
+    rig = nuscenes_rig((128, 224))
+    K, T = _rig_tensors([rig])
+    images = torch.zeros(1, 6, 3, 128, 224, dtype=torch.uint8)
+    images[..., :64, :] = 200  # top half bright: survives area resizing exactly
+    out = fit_batch({"images": images, "K": K, "T_cam_from_ego": T}, (64, 112))
+    assert out["images"].shape == (1, 6, 3, 64, 112) and out["images"].dtype == torch.uint8
+    assert (out["images"][..., :32, :] == 200).all() and (out["images"][..., 32:, :] == 0).all()
+    np.testing.assert_allclose(out["K"][0].numpy(), rig.resized((64, 112)).K, rtol=1e-6)
+    torch.testing.assert_close(out["T_cam_from_ego"], T)
+    no_images = fit_batch({"K": K}, (64, 112), rig_size=(128, 224))  # K of another size, no images
+    torch.testing.assert_close(no_images["K"], out["K"])
