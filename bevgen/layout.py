@@ -85,7 +85,7 @@ class BevLayout:
         raster: uint8 [C, H, W] in {0, 1}, channel order ``channels``.
         channels: channel names.
         boxes: float32 [N, 7] = (x, y, z, length, width, height, yaw), ego frame, m / rad; z is the
-            box centre height above the ego's ground (agent z - ego z + height / 2).
+            box centre height above the ego's ground (agent z - ego z + ego height / 2; track z is the box centre).
         classes: int64 [N] index into CLASS_NAMES.
         valid: bool [N]; padded rows are False.
         agent_ids: length-N ids ("" for padding).
@@ -274,7 +274,9 @@ class BevRasterizer:
         cand = cand[np.argsort(np.linalg.norm(ego_xy[cand], axis=1), kind="stable")][: cfg.max_boxes]
         n = cfg.max_boxes
         boxes = np.zeros((n, 7), np.float32)
-        z = tr.position[cand, t, 2] - tr.position[self._ego, t, 2] + size3[cand, 2] / 2
+        # every source stores box-centre z (Waymo center_z, nuScenes annotations, MetaDrive chassis): the box
+        # centre's height above the ego's ground is agent z - (ego z - ego height / 2)
+        z = tr.position[cand, t, 2] - tr.position[self._ego, t, 2] + tr.size[self._ego, t, 2] / 2
         boxes[: len(cand)] = np.column_stack([ego_xy[cand], z, size3[cand], np.arctan2(np.sin(yaw[cand]), np.cos(yaw[cand]))])
         classes = np.zeros(n, np.int64)
         classes[: len(cand)] = self._classes[cand]

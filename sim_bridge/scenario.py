@@ -97,7 +97,7 @@ class AgentTracks:
     Attributes:
         ids: agent ids, length A (``str``).
         types: MetaDrive type names (VEHICLE, PEDESTRIAN, CYCLIST, ...), length A.
-        position: float64 [A, T, 3], m, world frame (z may be 0 where unknown).
+        position: float64 [A, T, 3], m, world frame; z is the box centre (0 where unknown).
         heading: float64 [A, T], rad, world frame.
         velocity: float64 [A, T, 2], m/s, world frame.
         size: float64 [A, T, 3], (length, width, height) in m.

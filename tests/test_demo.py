@@ -62,8 +62,11 @@ def test_demo_fast_writes_report_and_caches(demo_run):
     html = report.read_text()
     for section in ("Scenarios", "Top-down animation", "BEV previews", "Traffic: before and after augmentation",
                     "Generated traffic", "RL: learning curve", "RL: evaluation on held-out scenarios",
-                    "Trained agent rollout", "BEV channels", "Metrics", "Config and versions"):
+                    "Trained agent rollout", "Camera views from BEV layouts", "Camera views: metrics",
+                    "Scene3D: compositional 3D-aware generation and edits", "BEV channels", "Metrics",
+                    "Config and versions"):
         assert f"<h2>{section}</h2>" in html
+    assert "<h2>Six-camera video of the agent" in html
     images = re.findall(r'src="data:image/(png|gif);base64,([^"]+)"', html)
     assert len(images) >= 10, "animations, previews, before/after, learning curve are inlined"
     for kind, data in images:
@@ -78,13 +81,24 @@ def test_demo_fast_writes_report_and_caches(demo_run):
     info = json.loads((out / "info.json").read_text())
     assert len(info) == 2 and all(r["lanes"] > 0 for r in info)
 
+    views = json.loads((out / "views_eval" / "eval" / "metrics.json").read_text())
+    for key in ("road_iou", "vehicle_iou", "road_iou_oracle", "vehicle_iou_oracle", "seam_consistency", "fid",
+                "fid_extractor", "num_samples"):
+        assert key in views, key
+    scene3d = json.loads((out / "scene3d_eval" / "metrics.json").read_text())
+    assert {"fid", "kid", "object_fid", "box_alpha_iou", "images_per_second", "resolution"} <= set(scene3d)
+    drive = json.loads((out / "drive" / "drive_metrics.json").read_text())
+    assert drive["frames"] >= 4 and drive["temporal_change_truth"] >= 0
+    assert (out / "drive" / "drive_views.gif").stat().st_size > 0
+
     metrics = json.loads((out / "rl" / "metrics.json").read_text())
     assert set(metrics["reference"]) == {"random", "idm"} and metrics["num_episodes"] >= 1
     assert len(list((out / "augmented").glob("sd_*.pkl"))) == 2
 
     # second run: scenarios, the traffic model and the PPO run are reused, not rebuilt
     cached = [*(out / "scenarios").glob("sd_*.pkl"), out / "traffic" / "checkpoints" / "latest.pt",
-              out / "ppo" / "checkpoints" / "latest.pt"]
+              out / "ppo" / "checkpoints" / "latest.pt", *(out / "camera_data" / "frames").glob("*.npz"),
+              out / "views_eval" / "bevseg" / "checkpoints" / "latest.pt"]
     mtimes = {str(p): p.stat().st_mtime_ns for p in cached}
     run_demo(out, fast=True, workers=2)
     assert {str(p): p.stat().st_mtime_ns for p in cached} == mtimes

@@ -10,7 +10,7 @@ Geometry: each camera's extrinsics come from that sample's own ``calibrated_sens
 expressed relative to the ego pose of the LAYOUT frame (the LIDAR_TOP keyframe pose the scenario uses):
 ``T_cam_from_ego = T_cam_from_egocam @ T_egocam_from_world @ T_world_from_ego``, where ``egocam`` is the
 ego pose at the camera's own timestamp (nuScenes cameras fire up to ~50 ms apart; at 10 m/s that is
-0.5 m). The layout ego frame is planar (x, y, yaw of the scenario, z of the scenario's ego position).
+0.5 m). The layout ego frame is planar (x, y, yaw of the scenario, z of the ground under the ego: its box-centre z minus half its height).
 
 Depth and semantics are unknown for real images: they are stored as zeros, and ``index.json`` says
 so (``config.depth_available`` / ``config.semantic_available`` = false).
@@ -175,7 +175,8 @@ def write_nuscenes_image_dataset(dataroot: str | Path, version: str, out_dir: st
                     continue
                 layout = raster(t)
                 ego = scenario.tracks.position[scenario.ego_index, t]
-                T_world_from_ego = planar_pose_matrix(ego[0], ego[1], ego[2], layout.ego_pose[2])
+                ground = ego[2] - scenario.tracks.size[scenario.ego_index, t, 2] / 2  # track z is the box centre
+                T_world_from_ego = planar_pose_matrix(ego[0], ego[1], ground, layout.ego_pose[2])
                 images, rig = _sample_views(nusc, dataroot, sample, T_world_from_ego, image_size)
                 first_rig = first_rig or rig
                 V, (H, W) = rig.num_views, image_size

@@ -383,7 +383,8 @@ class SceneRenderer:
         near = tr.valid[:, t] & (np.linalg.norm(xy - pose[:2], axis=1) <= reach)
         near[ego] = False
         show = np.flatnonzero(near)
-        z = tr.position[show, t, 2] - tr.position[ego, t, 2]
+        # body base = box bottom above the ego's ground; track z is the box centre (as in BevLayout.boxes)
+        z = (tr.position[show, t, 2] - tr.size[show, t, 2] / 2) - (tr.position[ego, t, 2] - tr.size[ego, t, 2] / 2)
         yaw = tr.heading[show, t]
         quat = np.stack([np.zeros_like(yaw), np.zeros_like(yaw), np.sin(yaw / 2), np.cos(yaw / 2)], 1)
         for a, za, q in zip(show, z, quat):  # one pybullet call per visible agent body

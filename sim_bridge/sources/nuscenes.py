@@ -295,6 +295,9 @@ def _tracks(nusc, scene: dict, samples: list[dict], length: int) -> dict:
     """Ego + annotated objects as ScenarioNet tracks (ego first, then by first appearance)."""
     ego_pos, ego_yaw = _ego_keyframes(nusc, scene["name"], samples)
     ego_lwh = np.tile(EGO_LENGTH_WIDTH_HEIGHT_M, (len(samples), 1))
+    # the contract's z is the box centre (annotations are centres, as in Waymo and MetaDrive); the nuScenes
+    # ego pose sits on the ground under the rear axle, so lift it by half the ego's height
+    ego_pos[:, 2] += ego_lwh[:, 2] / 2
     tracks = {EGO_ID: _track(EGO_ID, "VEHICLE", EGO_CATEGORY, length,
                              _interpolate(np.arange(len(samples)), ego_pos, ego_yaw, ego_lwh, length))}
     for inst, o in _annotated_objects(nusc, scene["name"], samples).items():

@@ -49,7 +49,7 @@ def test_boxes_in_ego_frame(road_dict_factory):
     assert ids == ["walker", "lead", "bike"], "nearest first: walker 12 m, lead 16 m, bike 25 m; no ego"
     lead = lay.boxes[1]
     np.testing.assert_allclose(lead[[0, 1, 3, 4, 5, 6]], [16.0, 0.0, 4.8, 2.0, 1.7, 0.0], atol=1e-4)
-    assert lead[2] == pytest.approx(1.7 / 2 + (1.7 / 2 - 1.6 / 2) , abs=1e-4)  # centre height above ego ground
+    assert lead[2] == pytest.approx(1.7 / 2, abs=1e-4)  # box-centre height above the ego's ground (flat road)
     walker = lay.boxes[ids.index("walker")]
     np.testing.assert_allclose(walker[[0, 1, 6]], [12.0, 2.75, np.pi / 2], atol=1e-4)
     assert CLASS_NAMES[lay.classes[ids.index("bike")]] == "cyclist"

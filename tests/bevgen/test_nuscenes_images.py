@@ -73,7 +73,8 @@ def test_markers_land_where_boxes_project(written):
             match = np.flatnonzero(np.isclose(boxes[:, 3], AGENT_LENGTH[key]))
             if len(match) == 0:
                 continue
-            centre = np.array([[*boxes[match[0], :2], AGENT_Z[key]]])
+            assert boxes[match[0], 2] == pytest.approx(AGENT_Z[key], abs=1e-3), "box-centre height above ground"
+            centre = boxes[match[0], None, :3].astype(np.float64)
             uv, _, _ = project_points(rig, centre)
             for v in range(6):
                 u_, v_ = uv[v, 0]

@@ -104,7 +104,9 @@ def test_positions_equal_annotations_at_keyframes_and_are_linear_between(convert
         assert set(d["tracks"]) == set(kept) | {"ego"}
         series = {i: {k: (a["translation"], 2 * math.atan2(a["rotation"][3], a["rotation"][0]))
                       for k, a in o["ann"].items()} for i, o in kept.items()}
-        series["ego"] = dict(enumerate(truth[name]["ego"]))
+        # the ego pose is on the ground; the contract stores the box centre, half the ego's height above it
+        lift = np.array([0.0, 0.0, float(np.ravel(d["tracks"]["ego"]["state"]["height"])[0]) / 2])
+        series["ego"] = {k: (np.asarray(xyz, float) + lift, yaw) for k, (xyz, yaw) in enumerate(truth[name]["ego"])}
         for tid, kfs in series.items():
             st = d["tracks"][tid]["state"]
             for k, (xyz, yaw) in kfs.items():
