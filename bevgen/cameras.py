@@ -59,6 +59,8 @@ _NUSCENES_CALIBRATION: dict[str, tuple[tuple[float, ...], tuple[float, ...], tup
 # from above starting at front-left: front-left, rear-left, rear-right, front-right (box frame).
 _CORNER_SIGNS = np.array([[1, 1, -1], [-1, 1, -1], [-1, -1, -1], [1, -1, -1],
                           [1, 1, 1], [-1, 1, 1], [-1, -1, 1], [1, -1, 1]], dtype=np.float64)
+CORNER_SIGNS = _CORNER_SIGNS
+"""[8, 3] float64 signs of each box corner along (length, width, height), in ``box_corners`` order (public alias)."""
 BOX_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4],
                       [0, 4], [1, 5], [2, 6], [3, 7]], dtype=np.int64)  # [12, 2] corner indices
 BOX_EDGES.setflags(write=False)

@@ -60,7 +60,7 @@ class CamerasDemoConfig:
 
 
 FAST = CamerasDemoConfig(frames_per_scenario=3, frame_stride=25, showcase_frames=2, eval_frames=4, bevseg_steps=40,
-                         drive_frames=8, scene3d_eval_samples=8, scene3d_gif_frames=4, views_tokenizer_steps=20, views_generator_steps=20,
+                         drive_frames=8, scene3d_eval_samples=8, scene3d_gif_frames=6, views_tokenizer_steps=20, views_generator_steps=20,
                          scene3d_steps=4)
 
 
@@ -118,7 +118,7 @@ def views_stage(cfg: CamerasDemoConfig, pipe, heldout: Path, train: Path, out: P
     from bevgen.preview import colorize
     from bevgen.render.dataset import load_frame
     from bevgen.views.bevseg import train_bevseg
-    from bevgen.views.cli import frame_batch, views_figure
+    from bevgen.views.figures import frame_batch, views_figure
     from bevgen.views.metrics import evaluate_views
 
     names = json.loads((heldout / "index.json").read_text())["frames"]
@@ -142,15 +142,18 @@ def views_stage(cfg: CamerasDemoConfig, pipe, heldout: Path, train: Path, out: P
 
 
 def _resize_views(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    import cv2
+    """uint8 [V, H, W, 3] -> [V, h, w, 3] through the one resize of the views code (``bevseg.resize_views``)."""
+    import torch
 
-    h, w = size
-    return np.stack([cv2.resize(v, (w, h), interpolation=cv2.INTER_AREA) for v in images])
+    from bevgen.views.bevseg import resize_views
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)[None]
+    return resize_views(x, None, size)[0][0].permute(0, 2, 3, 1).numpy()
 
 
 def drive_stage(cfg: CamerasDemoConfig, pipe, snapshots: Sequence, out: Path) -> dict:
     """Six generated views of every (subsampled) frame of the agent's drive; GIF, MP4 and temporal change."""
-    from bevgen.rollout import save_animation
+    from bevgen.rollout import MissingEncoderError, save_animation
     from bevgen.views.drive import generate_drive_views, temporal_change
 
     snaps = list(snapshots)[:cfg.drive_frames]
@@ -158,7 +161,10 @@ def drive_stage(cfg: CamerasDemoConfig, pipe, snapshots: Sequence, out: Path) ->
                                  pipe.config.data.bev_range_m)
     out.mkdir(parents=True, exist_ok=True)
     save_animation(drive.frames, out / "drive_views.gif", fps=4)
-    mp4 = _write_mp4(drive.frames, out / "drive_views.mp4", fps=4)
+    try:
+        mp4 = save_animation(drive.frames, out / "drive_views.mp4", fps=4)
+    except MissingEncoderError:  # no MP4 encoder in this environment: the GIF is enough
+        mp4 = None
     metrics = {"temporal_change_generated": temporal_change(drive.generated, drive.truth, drive.semantic),
                "temporal_change_truth": temporal_change(drive.truth, drive.truth, drive.semantic),
                "flicker_generated": temporal_change(drive.generated, drive.truth, drive.semantic, still_levels=8.0),
@@ -166,20 +172,6 @@ def drive_stage(cfg: CamerasDemoConfig, pipe, snapshots: Sequence, out: Path) ->
                "mp4": mp4.name if mp4 else None}
     (out / "drive_metrics.json").write_text(json.dumps(metrics, indent=2))
     return {"frames": drive.frames, "metrics": metrics}
-
-
-def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> Path | None:
-    """MPEG-4 file through OpenCV's bundled FFmpeg (None when this OpenCV build cannot write it)."""
-    import cv2
-
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w - w % 2, h - h % 2))
-    if not writer.isOpened():
-        return None
-    for f in frames:
-        writer.write(cv2.cvtColor(np.ascontiguousarray(f[:h - h % 2, :w - w % 2]), cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path if path.exists() and path.stat().st_size > 0 else None
 
 
 def scene3d_stage(cfg: CamerasDemoConfig, gen, heldout: Path, out: Path) -> dict:

@@ -19,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+from bevgen.training import load_checkpoint, save_checkpoint
+
 __all__ = ["SHIPPED", "shipped", "build", "export_views", "export_scene3d"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,22 +36,11 @@ def shipped(name: str, root: Path = SHIPPED) -> Path | None:
     return run if all((run / f).exists() for f in _FILES[name]) else None
 
 
-def _save(obj: dict, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def export_views(run_dir: Path, out: Path) -> Path:
     """Copy a views run's tokenizer and generator weights + configs (no optimizer state) into ``out``."""
-    import torch
-
     for name in ("tokenizer", "generator"):
-        ck = torch.load(run_dir / "checkpoints" / f"{name}.pt", map_location="cpu", weights_only=True)
-        _save({k: ck[k] for k in ("model", "config", "step", "best_metric")}, out / "checkpoints" / f"{name}.pt")
+        ck = load_checkpoint(run_dir / "checkpoints" / f"{name}.pt")
+        save_checkpoint(out / "checkpoints" / f"{name}.pt", **{k: ck[k] for k in ("model", "config", "step", "best_metric")})
     for extra in ("config.yaml", "train_summary.json"):
         if (run_dir / extra).exists():
             (out / extra).write_bytes((run_dir / extra).read_bytes())
@@ -58,12 +49,10 @@ def export_views(run_dir: Path, out: Path) -> Path:
 
 def export_scene3d(run_dir: Path, out: Path) -> Path:
     """Copy a scene3d run's EMA generator + config (no discriminators, no optimizer) into ``out``."""
-    import torch
-
-    ck = torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)
+    ck = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     slim = {"model": {"generator_ema": ck["model"]["generator_ema"]},
             **{k: ck[k] for k in ("config", "step", "best_metric")}}
-    _save(slim, out / "checkpoints" / "latest.pt")
+    save_checkpoint(out / "checkpoints" / "latest.pt", **slim)
     for extra in ("config.yaml", "train_summary.json"):
         if (run_dir / extra).exists():
             (out / extra).write_bytes((run_dir / extra).read_bytes())

@@ -219,7 +219,10 @@ def record_rollout(env, policy: Callable[[Any], Any], max_steps: int, bev_config
 
 
 def save_animation(frames: Sequence[np.ndarray] | np.ndarray, path: str | Path, fps: float = 10.0) -> Path:
-    """Write frames as an animated ``.gif`` (Pillow) or ``.mp4`` (imageio + imageio-ffmpeg, H.264).
+    """Write frames as an animated ``.gif`` (Pillow) or ``.mp4``: the one MP4 writer of the project.
+
+    MP4 goes through imageio + imageio-ffmpeg (H.264) when installed, else through OpenCV's bundled FFmpeg
+    (MPEG-4 Part 2, ``mp4v``). Odd frame sides are padded (edge) to even ones, as both codecs need.
 
     Args:
         frames: uint8 [T, H, W, 3] RGB, all the same shape.
@@ -230,7 +233,8 @@ def save_animation(frames: Sequence[np.ndarray] | np.ndarray, path: str | Path, 
         The path written.
 
     Raises:
-        MissingEncoderError: ``.mp4`` was asked for and imageio / imageio-ffmpeg is not installed.
+        MissingEncoderError: ``.mp4`` was asked for and neither imageio-ffmpeg nor an OpenCV build that can
+            write MP4 is available.
         ValueError: no frames, frames of different shapes, or an unknown suffix.
     """
     path = Path(path)
@@ -248,16 +252,42 @@ def save_animation(frames: Sequence[np.ndarray] | np.ndarray, path: str | Path, 
 
         path.write_bytes(gif_bytes(frames, fps))
         return path
+    h, w = frames[0].shape[:2]
+    if h % 2 or w % 2:  # yuv420p (H.264) and mp4v both need even sides
+        frames = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in frames]
+    if _write_mp4_imageio(frames, path, fps) or _write_mp4_opencv(frames, path, fps):
+        return path
+    raise MissingEncoderError(
+        f"writing {path.name} needs imageio + imageio-ffmpeg or an OpenCV build with FFmpeg: "
+        "`pip install imageio imageio-ffmpeg`, or save the animation as .gif instead")
+
+
+def _write_mp4_imageio(frames: Sequence[np.ndarray], path: Path, fps: float) -> bool:
+    """H.264 MP4 of even-sided uint8 [H, W, 3] frames; False when imageio / imageio-ffmpeg is missing."""
     try:
         import imageio.v2 as imageio
         import imageio_ffmpeg  # noqa: F401  (the ffmpeg binary imageio uses)
-    except ImportError as e:
-        raise MissingEncoderError(
-            f"writing {path.name} needs the optional packages imageio and imageio-ffmpeg ({e.name} is missing): "
-            "`pip install imageio imageio-ffmpeg`, or save the animation as .gif instead") from None
-    h, w = frames[0].shape[:2]
-    pad = ((0, h % 2), (0, w % 2), (0, 0))  # H.264 with yuv420p needs even sides
+    except ImportError:
+        return False
     with imageio.get_writer(path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1) as writer:
         for f in frames:
-            writer.append_data(np.pad(f, pad, mode="edge") if any(p[1] for p in pad) else f)
-    return path
+            writer.append_data(f)
+    return True
+
+
+def _write_mp4_opencv(frames: Sequence[np.ndarray], path: Path, fps: float) -> bool:
+    """MPEG-4 (mp4v) MP4 through OpenCV's bundled FFmpeg; False when OpenCV is missing or cannot write it."""
+    try:
+        import cv2
+    except ImportError:
+        return False
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+    if not writer.isOpened():
+        return False
+    try:
+        for f in frames:
+            writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return path.exists() and path.stat().st_size > 0

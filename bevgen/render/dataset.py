@@ -30,7 +30,7 @@ import numpy as np
 from sim_bridge.config import to_dict
 
 __all__ = ["write_synthetic_dataset", "FrameDataset", "split_frames", "load_frame", "frame_arrays",
-           "write_frame", "write_index", "select_frames", "scenario_of", "FRAME_KEYS"]
+           "write_frame", "write_index", "select_frames", "scenario_of", "view_mosaic", "FRAME_KEYS"]
 
 FRAME_KEYS = ("images", "depth", "semantic", "bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego",
               "ego_pose", "scenario", "frame")
@@ -260,16 +260,24 @@ class FrameDataset:
         root: dataset directory (with index.json and frames/).
         names: subset of frame names (default: all in the index), e.g. from :func:`split_frames`.
         with_depth: also return depth.
+
+    Attributes:
+        names: the frames whose files exist (the items, in order). missing: requested frames whose file
+        is absent; they are skipped, and callers report them. Raises FileNotFoundError only when every
+        requested frame is missing.
     """
 
     def __init__(self, root: str | Path, names: Sequence[str] | None = None, with_depth: bool = False):
         self.root = Path(root)
         self.index = json.loads((self.root / "index.json").read_text())
-        self.names = list(self.index["frames"] if names is None else names)
+        requested = list(self.index["frames"] if names is None else names)
         self.with_depth = with_depth
-        missing = [n for n in self.names if not (self.root / "frames" / f"{n}.npz").exists()]
-        if missing:
-            raise FileNotFoundError(f"{self.root}: {len(missing)} frame file(s) missing, e.g. {missing[0]}")
+        exists = [(self.root / "frames" / f"{n}.npz").exists() for n in requested]
+        self.names = [n for n, ok in zip(requested, exists) if ok]
+        self.missing = [n for n, ok in zip(requested, exists) if not ok]
+        if self.missing and not self.names:
+            raise FileNotFoundError(f"{self.root}: all {len(self.missing)} requested frame file(s) are missing, "
+                                    f"e.g. frames/{self.missing[0]}.npz")
 
     @property
     def rig(self):
@@ -297,7 +305,25 @@ class FrameDataset:
 
 
 # ---- previews -----------------------------------------------------------------------------------
-_VIEW_GRID = ((0, 1, 2), (5, 4, 3))  # nuScenes order: front-left, front, front-right / back row mirrored
+_VIEW_GRID = ((0, 1, 2), (5, 4, 3))  # rig order FL F FR BR B BL -> rows (FL F FR) / (BL B BR)
+
+
+def view_mosaic(views: np.ndarray, gap: int = 0, fill: int = 255) -> np.ndarray:
+    """THE six-view mosaic: front row FL F FR, back row BL B BR (as a driver looks around), from views
+    in nuScenes rig order (FL F FR BR B BL). Any other number of views: one row, in order.
+
+    Args:
+        views: [V, H, W, C] (uint8 images, or any per-pixel array with a channel axis).
+        gap: rows of ``fill`` between the front and the back row.
+    Returns:
+        [2 H + gap, 3 W, C] for V = 6, else [H, V W, C]; same dtype.
+    """
+    views = np.asarray(views)
+    if len(views) != 6:
+        return np.concatenate(list(views), 1)
+    front, back = (np.concatenate([views[v] for v in row], 1) for row in _VIEW_GRID)
+    sep = np.full((gap,) + front.shape[1:], fill, front.dtype)
+    return np.concatenate([front, sep, back], 0)
 
 
 def frame_preview(frame: dict, channels: Sequence[str], draw_boxes: bool = True, semantic: bool = False) -> np.ndarray:
@@ -323,12 +349,11 @@ def frame_preview(frame: dict, channels: Sequence[str], draw_boxes: bool = True,
         colors = np.array([[60, 200, 90], [230, 60, 60], [200, 80, 220], [150, 110, 60]])
         valid = frame["box_valid"]
         images = draw(images, project_boxes(rig, frame["boxes"][valid]), colors[frame["classes"][valid]], 1)
-    order = _VIEW_GRID if V == 6 else (tuple(range(V)),)
-    rows = [np.concatenate([images[v] for v in row], 1) for row in order]
+    rows = [view_mosaic(images)]
     if semantic:
         palette = np.array([[120, 170, 230], [90, 110, 70], [70, 70, 78], [240, 240, 240], [200, 200, 120],
                             [60, 200, 90], [230, 60, 60], [200, 80, 220], [170, 120, 90]], np.uint8)
-        rows += [np.concatenate([palette[frame["semantic"][v]] for v in row], 1) for row in order]
+        rows.append(view_mosaic(palette[frame["semantic"]]))
     views = np.concatenate(rows, 0)
     bev = np.full(frame["bev"].shape[1:] + (3,), 24, np.uint8)
     for name, plane in zip(channels, frame["bev"]):

@@ -6,7 +6,8 @@ camera's TRUE pinhole intrinsics and extrinsics, so images are pixel-consistent 
 
 Frames
 ------
-* Render frame: world x, y minus a per-scenario origin (float32-friendly), z = height above the EGO's
+* Render frame: world x, y minus an origin fixed by the MAP (the centre of its bounding box, rounded to
+  1 m; the ego's first position when there is no map), float32-friendly, z = height above the EGO's
   ground at the rendered frame (the map is drawn flat at z = 0, as the BEV raster is). Agent boxes use
   the layout's convention: bottom at ``agent_z - ego_z``.
 * Camera: ``T_cam_from_ego`` (OpenCV) composed with ego-from-render (the ego pose of frame t); OpenGL's
@@ -14,8 +15,11 @@ Frames
 
 Cost
 ----
-Static geometry (road surface, sidewalks, lines, crosswalks, buildings) is built ONCE per scenario
-(O(map points), ~0.1-1 s) and split into square tiles, one pybullet body per (tile, material); per frame
+Static geometry (road surface, sidewalks, lines, crosswalks, buildings) is built ONCE per map
+(O(map points), ~0.1-1 s) and split into square tiles, one pybullet body per (tile, material). Scenarios
+that share one ``map_features`` dict object and building seed (the one-frame snapshots of a drive,
+:func:`sim_bridge.envs.snapshot.snapshot`) reuse it; as the origin depends on the map only, a frame
+renders the same whatever was rendered before. Per frame
 only the tiles within ``max_range_m`` are switched on (alpha 1) and the agent bodies (created lazily,
 one or two per agent) are moved: O(agents in range) pybullet calls. Each camera then costs
 O(pixels covered by each triangle's screen bounding box), about 5 ms of CPU at 128x224 with buildings
@@ -198,8 +202,27 @@ def _color_of(key: str, palette: Sequence[tuple[float, float, float]]) -> tuple[
     return palette[zlib.crc32(key.encode()) % len(palette)]
 
 
+def _building_seed(scenario: Scenario) -> str:
+    """What seeds the building placement: the map key of simulator snapshots (one per map, not per
+    step, so buildings stay put along a drive), else the scenario id."""
+    return str(scenario.metadata.get("map_key") or scenario.id)
+
+
+def _render_origin(scenario: Scenario) -> np.ndarray:
+    """float64 [2] world xy of the render frame's origin: centre of the map's bounding box (rounded to
+    1 m), or the ego's first valid position when the map is empty. Depends on the map only, so every
+    scenario sharing a map shares the render frame."""
+    pts = [np.asarray(a)[:, :2] for f in scenario.map_features.values() for a in (f.polyline, f.polygon)
+           if a is not None and len(a)]
+    if pts:
+        xy = np.concatenate(pts)
+        return np.round((xy.min(0) + xy.max(0)) / 2).astype(np.float64)
+    tr = scenario.tracks
+    return tr.position[scenario.ego_index, tr.valid[scenario.ego_index].argmax(), :2].astype(np.float64)
+
+
 class _StaticScene:
-    """Per-scenario static meshes grouped as {(semantic, rgb): Mesh} in the render frame."""
+    """Per-map static meshes grouped as {(semantic, rgb): Mesh} in the render frame."""
 
     def __init__(self, scenario: Scenario, origin: np.ndarray, cfg: SynthConfig):
         import shapely
@@ -240,7 +263,7 @@ class _StaticScene:
         add("crosswalk", _WHITE, crosswalk_stripes(crosswalks, 0.04))
         self.buildings = np.zeros((0, 7))
         if cfg.buildings and drivable is not None:
-            rng = np.random.default_rng([zlib.crc32(scenario.id.encode()), cfg.seed])
+            rng = np.random.default_rng([zlib.crc32(_building_seed(scenario).encode()), cfg.seed])
             self.buildings = place_buildings(drivable, rng, cfg.building_spacing_m, cfg.building_setback_m,
                                              (8.0, 16.0), cfg.building_height_m)
             color = rng.integers(len(_BUILDINGS), size=len(self.buildings))
@@ -257,8 +280,10 @@ class _StaticScene:
 class SceneRenderer:
     """Render scenario frames with a camera rig (one pybullet DIRECT client, CPU TinyRenderer).
 
-    Reuses the static scene while successive calls render the same Scenario object; a new scenario
-    resets the pybullet world. Not thread-safe; use one renderer per process.
+    Reuses the static scene while successive calls render scenarios of the same map (the same
+    ``map_features`` dict object and building seed, e.g. the snapshots of one drive); a new map resets
+    the pybullet world. ``static_builds`` counts the static scenes built. Not thread-safe; use one
+    renderer per process.
 
     Args:
         rig: cameras (true K and T_cam_from_ego); images are rendered at ``rig.image_size``.
@@ -291,6 +316,8 @@ class SceneRenderer:
             depth = hit * np.einsum("vhwi,vi->vhw", dirs, render_rig.optical_axes)
         self._ground_depth = np.where(depth <= min(cfg.ground_extent_m, cfg.far_m), depth, 0.0).astype(np.float32)
         self._scenario: Scenario | None = None
+        self._static_key: tuple | None = None  # (map_features dict, building seed) of the built scene
+        self.static_builds = 0
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -323,14 +350,25 @@ class SceneRenderer:
         return body
 
     def _load(self, scenario: Scenario) -> None:
-        """Build the static scene of ``scenario`` (O(map points)) and reset the agent bodies."""
+        """Switch to ``scenario``: reuse the static scene when its map is the one built, else build it."""
+        key = (scenario.map_features, _building_seed(scenario))
+        cached = self._static_key
+        if cached is not None and cached[0] is key[0] and cached[1] == key[1]:
+            self._bev = self._bev.with_scenario(scenario)  # shares the flattened map too
+        else:
+            self._build_static(scenario)
+            self._static_key = key
+        self._scenario = scenario
+        self._classes = agent_class_ids(scenario.tracks.types)
+
+    def _build_static(self, scenario: Scenario) -> None:
+        """Build the static scene of ``scenario``'s map (O(map points)) in a fresh pybullet world."""
         p, cfg = self._p, self.config
         p.resetSimulation(physicsClientId=self._cid)
+        self.static_builds += 1
         self._lut = np.zeros(256, np.uint8)  # body id + 1 -> semantic class; index 0 (no body) = sky
-        self._scenario = scenario
         self._bev = BevRasterizer(scenario, cfg.bev)
-        tr = scenario.tracks
-        self._origin = tr.position[scenario.ego_index, tr.valid[scenario.ego_index].argmax(), :2].copy()
+        self._origin = _render_origin(scenario)
         self.static = _StaticScene(scenario, self._origin, cfg)
         self._tiles = []  # (centre xy, body, rgb, visible)
         for (sem, rgb), mesh in self.static.groups.items():
@@ -338,29 +376,31 @@ class SceneRenderer:
                 centre = (np.array([ix, iy]) + 0.5) * cfg.tile_m
                 self._tiles.append([centre, self._body(tile, rgb, sem, visible=False), rgb, False])
         self._tile_centres = np.array([t[0] for t in self._tiles]).reshape(-1, 2)
-        self._classes = agent_class_ids(tr.types)
-        self._agents: dict[int, tuple[tuple[float, ...], list[int]]] = {}  # agent -> (size, bodies)
-        self._shown: set[int] = set()
+        # agent track id -> ((class, l, w, h), bodies): keyed by id, so snapshots of one drive move
+        # the bodies of the agents they share instead of creating new ones
+        self._agents: dict[str, tuple[tuple[float, ...], list[int]]] = {}
+        self._shown: set[str] = set()
 
     def _agent_bodies(self, a: int, size: np.ndarray) -> list[int]:
-        """Bodies of agent ``a`` for box size (l, w, h), (re)built when the size changes by > 5 cm."""
-        key = tuple(np.round(size, 2))
-        cached = self._agents.get(a)
-        if cached is not None and np.allclose(cached[0], key, atol=0.05):
+        """Bodies of agent ``a`` (index into the current scenario) for box size (l, w, h), (re)built when
+        its class changes or its size changes by > 5 cm."""
+        cls = int(self._classes[a])
+        agent_id = self._scenario.tracks.ids[a]
+        key = (cls, *np.round(size, 2))
+        cached = self._agents.get(agent_id)
+        if cached is not None and cached[0][0] == cls and np.allclose(cached[0][1:], key[1:], atol=0.05):
             return cached[1]
         if cached is not None:
             for b in cached[1]:
                 self._p.removeBody(b, physicsClientId=self._cid)
-        cls = int(self._classes[a])
         sem = int(_AGENT_SEMANTIC[cls])
-        agent_id = self._scenario.tracks.ids[a]
         if cls == 0:
             rgb = _color_of(agent_id, _CARS) if self.config.agent_color_variation else _CLASS_COLORS[0]
             body, cabin = car_meshes(*size)
             bodies = [self._body(body, rgb, sem), self._body(cabin, _GLASS, sem)]
         else:
             bodies = [self._body(box_meshes(np.array([[0, 0, 0, *size, 0]])), _CLASS_COLORS[cls], sem)]
-        self._agents[a] = (key, bodies)
+        self._agents[agent_id] = (key, bodies)
         return bodies
 
     def _update(self, t: int) -> tuple[BevLayout, np.ndarray]:
@@ -390,10 +430,11 @@ class SceneRenderer:
         for a, za, q in zip(show, z, quat):  # one pybullet call per visible agent body
             for b in self._agent_bodies(int(a), tr.size[a, t]):
                 p.resetBasePositionAndOrientation(b, [xy[a, 0], xy[a, 1], za], q.tolist(), physicsClientId=cid)
-        for a in self._shown.difference(show.tolist()):
-            for b in self._agents[a][1]:
+        shown = {tr.ids[a] for a in show}
+        for agent_id in self._shown - shown:
+            for b in self._agents[agent_id][1]:
                 p.resetBasePositionAndOrientation(b, _HIDDEN, [0, 0, 0, 1], physicsClientId=cid)
-        self._shown = set(show.tolist())
+        self._shown = shown
         return layout, pose
 
     # ---- rendering ------------------------------------------------------------------------------
@@ -401,7 +442,8 @@ class SceneRenderer:
         """Render frame ``t`` of ``scenario`` from every camera of the rig.
 
         Args:
-            scenario: the scenario (static geometry is cached while the same object is passed).
+            scenario: the scenario (static geometry is cached while scenarios of the same map object are
+                passed; see the class docstring).
             t: frame index, 0 <= t < scenario.length; the ego must be valid at t.
         Returns:
             SynthFrame (images [V,H,W,3] u8, depth [V,H,W] f32 metres, semantic [V,H,W] u8, layout, rig).

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import typer
 
@@ -102,9 +102,6 @@ def render_cmd(
     device: str = typer.Option("cpu", "--device"),
 ):
     """Render a layout, apply edits, write before/after PNGs, the edited layout and optional GIFs."""
-    import cv2
-    import numpy as np
-
     from bevgen.scene3d import edit as E
     from bevgen.scene3d.layout import load_layout
     from bevgen.scene3d.train import load_scene3d
@@ -119,31 +116,64 @@ def render_cmd(
     lat = E.SceneLatents.from_seed(lay.num_boxes, gen.cfg.z_dim, seed)
     out.mkdir(parents=True, exist_ok=True)
     before = E.render(gen, lay, lat)
-    edited, elat = lay, lat
     try:
-        for m in move or []:
-            i, v = _indexed(m, "--move")
-            edited = E.move_object(edited, i, _floats(v, 3, "--move"))
-        for r in rotate or []:
-            i, v = _indexed(r, "--rotate")
-            edited = E.rotate_object(edited, i, np.radians(float(v)))
-        for i in delete or []:
-            edited = E.delete_object(edited, i)
-        for k, a in enumerate(add or []):
-            box = _floats(a, 7, "--add")
-            box[6] = np.radians(box[6])
-            edited, elat, _ = E.add_object(edited, elat, box, 0, seed=seed + 1000 + k)
-        for r in restyle or []:
-            i, v = _indexed(r, "--restyle")
-            elat = E.restyle_object(elat, i, int(v))
-        if camera_move:
-            d = _floats(camera_move, 4, "--camera-move")
-            edited = E.move_camera(edited, d[:3], np.radians(d[3]))
-        if orbit:
-            edited = E.orbit_camera(edited, np.radians(orbit))
+        edited, elat = _apply_edits(lay, lat, seed, move, rotate, add, delete, restyle, camera_move, orbit)
     except (IndexError, ValueError) as e:
         _fail(str(e))
     after = E.render(gen, edited, elat)
+    _save_render_outputs(gen, out, lay, lat, edited, before, after, gif)
+    _console().print(f"{int(lay.valid.sum())} objects; wrote {out}/render.png, edited.png"
+                     + (", orbit.gif, move.gif" if gif else ""))
+
+
+def _apply_edits(lay, lat, seed: int, move: Sequence[str] | None, rotate: Sequence[str] | None,
+                 add: Sequence[str] | None, delete: Sequence[int] | None, restyle: Sequence[str] | None,
+                 camera_move: str | None, orbit: float):
+    """Apply the ``render`` command's edit options, in a fixed order (move, rotate, delete, add, restyle,
+    camera move, orbit).
+
+    Args:
+        lay: SceneLayout with N boxes; lat: SceneLatents z_obj [N, D], z_bg [D].
+        seed: latent seed (added objects get ``seed + 1000 + k``).
+        move, rotate, add, delete, restyle, camera_move, orbit: the raw option values (see ``render``).
+    Returns:
+        (edited SceneLayout, edited SceneLatents). Raises IndexError / ValueError on a bad option.
+    """
+    import numpy as np
+
+    from bevgen.scene3d import edit as E
+
+    edited, elat = lay, lat
+    for m in move or []:
+        i, v = _indexed(m, "--move")
+        edited = E.move_object(edited, i, _floats(v, 3, "--move"))
+    for r in rotate or []:
+        i, v = _indexed(r, "--rotate")
+        edited = E.rotate_object(edited, i, np.radians(float(v)))
+    for i in delete or []:
+        edited = E.delete_object(edited, i)
+    for k, a in enumerate(add or []):
+        box = _floats(a, 7, "--add")
+        box[6] = np.radians(box[6])
+        edited, elat, _ = E.add_object(edited, elat, box, 0, seed=seed + 1000 + k)
+    for r in restyle or []:
+        i, v = _indexed(r, "--restyle")
+        elat = E.restyle_object(elat, i, int(v))
+    if camera_move:
+        d = _floats(camera_move, 4, "--camera-move")
+        edited = E.move_camera(edited, d[:3], np.radians(d[3]))
+    if orbit:
+        edited = E.orbit_camera(edited, np.radians(orbit))
+    return edited, elat
+
+
+def _save_render_outputs(gen, out: Path, lay, lat, edited, before, after, gif: bool) -> None:
+    """Write render/edited PNGs (RGB [R, R, 3] and alpha [R, R]), both layouts as JSON and optional GIFs."""
+    import cv2
+    import numpy as np
+
+    from bevgen.scene3d import edit as E
+
     for name, r in (("render", before), ("edited", after)):
         cv2.imwrite(str(out / f"{name}.png"), r.rgb[..., ::-1])
         cv2.imwrite(str(out / f"{name}_alpha.png"), (r.alpha * 255).clip(0, 255).astype(np.uint8))
@@ -154,8 +184,6 @@ def render_cmd(
         first = np.flatnonzero(lay.valid)
         if len(first):
             E.save_gif(E.move_frames(gen, lay, lat, int(first[0])), out / "move.gif", scale=2)
-    _console().print(f"{int(lay.valid.sum())} objects; wrote {out}/render.png, edited.png"
-                     + (", orbit.gif, move.gif" if gif else ""))
 
 
 @app.command("eval")

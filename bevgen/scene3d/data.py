@@ -2,19 +2,22 @@
 by a centred crop + resize (K updated), with the boxes that camera sees.
 
 Everything is decoded once and kept in memory (a 64x64 image per frame: ~12 kB; 10k frames = 120 MB).
-Frames that fail to load are reported and skipped. Cost O(frames) to build, O(B) per batch.
+Frames that fail to load (on any of the requested cameras) are reported and skipped whole, so no partial
+frame gets in. Cost O(frames) to build, O(B) per batch.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from bevgen.scene3d.layout import SceneLayout, layout_from_frame
+from bevgen.render.dataset import load_frame
+from bevgen.scene3d.layout import SceneLayout, _require, layout_from_frame
 
 __all__ = ["Scene3DData", "load_scene3d_data"]
 
@@ -49,10 +52,19 @@ class Scene3DData:
         return int(self.images.shape[1])
 
     def validate(self) -> "Scene3DData":
+        """Check that every field agrees with M, N and R; returns self. Raises ValueError otherwise."""
         M, N = self.boxes.shape[:2]
-        assert self.images.shape == (M, self.resolution, self.resolution, 3) and self.images.dtype == np.uint8
-        assert self.classes.shape == self.valid.shape == (M, N) and self.windows.shape == (M, N, 4)
-        assert self.K.shape == (M, 3, 3) and self.T_cam_from_ego.shape == (M, 4, 4) and len(self.names) == M
+        R = self.resolution
+        _require(self.images.shape == (M, R, R, 3) and self.images.dtype == np.uint8,
+                 f"Scene3DData.images must be uint8 [M={M}, R, R, 3], got {self.images.dtype} {self.images.shape}")
+        _require(self.classes.shape == self.valid.shape == (M, N),
+                 f"Scene3DData.classes {self.classes.shape} and valid {self.valid.shape} must be [M={M}, N={N}]")
+        _require(self.windows.shape == (M, N, 4),
+                 f"Scene3DData.windows must be [M={M}, N={N}, 4], got {self.windows.shape}")
+        _require(self.K.shape == (M, 3, 3), f"Scene3DData.K must be [M={M}, 3, 3], got {self.K.shape}")
+        _require(self.T_cam_from_ego.shape == (M, 4, 4),
+                 f"Scene3DData.T_cam_from_ego must be [M={M}, 4, 4], got {self.T_cam_from_ego.shape}")
+        _require(len(self.names) == M, f"Scene3DData: {len(self.names)} names for M={M} samples")
         return self
 
     def layout(self, i: int) -> SceneLayout:
@@ -106,13 +118,16 @@ def load_scene3d_data(root: str | Path, cameras: Sequence[str] = ("CAM_FRONT",),
     for name in (names if names is not None else index["frames"]):
         path = root / "frames" / (name if name.endswith(".npz") else f"{name}.npz")
         try:
-            arrays = dict(np.load(path, allow_pickle=False))
+            arrays = load_frame(path)
+            frame_rows = []  # kept only when every camera of the frame succeeds (no partial frames)
             for cam in cameras:
                 layout, image = layout_from_frame(arrays, cam, resolution, max_objects, class_filter, max_depth,
                                                   names=cams)
-                rows.append((f"{name}:{cam}", layout.validate(), image))
-        except (OSError, KeyError, ValueError, AssertionError) as e:
-            problems.append(f"{name}: {e}")
+                frame_rows.append((f"{name}:{cam}", layout.validate(), image))
+        except (OSError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as e:
+            problems.append(f"{name}: {type(e).__name__}: {e}")
+            continue
+        rows.extend(frame_rows)
     if not rows:
         raise ValueError(f"{root}: no usable frames ({problems[:3]})")
     windows = np.stack([np.nan_to_num(lay.boxes_2d, nan=0.0) for _, lay, _ in rows]).astype(np.float32)

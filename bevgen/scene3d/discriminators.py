@@ -91,6 +91,14 @@ class ResNetDiscriminator(nn.Module):
         self.embed = nn.Embedding(num_classes, c) if num_classes else None
 
     def forward(self, images: Tensor, classes: Tensor | None = None) -> Tensor:
+        """Realism logits.
+
+        Args:
+            images: [B, 3, H, W] in [-1, 1]; resized (bilinear) to S x S when W != S.
+            classes: [B] int64 class of each image for the projection term, or None (unconditional).
+        Returns:
+            [B] logits (higher = more real).
+        """
         if images.shape[-1] != self.size:
             images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = self.blocks(F.leaky_relu(self.from_rgb(images), 0.2))

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bevgen.scene3d.layout import SceneLayout
+from bevgen.scene3d.layout import SceneLayout, _require
 
 __all__ = ["SceneLatents", "RenderOutput", "render", "move_object", "rotate_object", "add_object", "delete_object",
            "restyle_object", "move_camera", "orbit_camera", "orbit_frames", "move_frames", "save_gif"]
@@ -29,9 +29,13 @@ class SceneLatents:
     z_bg: np.ndarray
 
     def validate(self, layout: SceneLayout | None = None) -> "SceneLatents":
-        assert self.z_obj.ndim == 2 and self.z_bg.shape == (self.z_obj.shape[1],), "z_obj [N, D], z_bg [D]"
+        """Check z_obj [N, D] / z_bg [D] (and N == layout.num_boxes if given); returns self. Raises ValueError."""
+        _require(self.z_obj.ndim == 2 and self.z_bg.shape == self.z_obj.shape[1:],
+                 f"SceneLatents: need z_obj [N, D] and z_bg [D], got {self.z_obj.shape} and {self.z_bg.shape}")
         if layout is not None:
-            assert self.z_obj.shape[0] == layout.num_boxes, "one object latent per layout box"
+            _require(self.z_obj.shape[0] == layout.num_boxes,
+                     f"SceneLatents: one object latent per layout box, got {self.z_obj.shape[0]} latents "
+                     f"for {layout.num_boxes} boxes")
         return self
 
     @classmethod

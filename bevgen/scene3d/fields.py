@@ -129,6 +129,13 @@ class PlaneDecoder(nn.Module):
         self.out = nn.Conv2d(width, channels, 1)
 
     def forward(self, w: Tensor) -> Tensor:
+        """Decode styles into planes.
+
+        Args:
+            w: [G, d] one style per plane set.
+        Returns:
+            [G, C_out, P, P] feature planes (P = ``size``).
+        """
         x = F.leaky_relu(self.fc(w), 0.2).reshape(-1, self.width, 8, 8)
         return self.out(self.blocks(x))
 
@@ -156,6 +163,15 @@ class MLPObjectField(ObjectField):
         nn.init.constant_(self.density.bias, density_bias)  # objects start nearly transparent
 
     def forward(self, canonical: Tensor, w: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """Density and features at points in canonical box coordinates.
+
+        Args:
+            canonical: [M, 3] points in [-1, 1]^3 of their object's box.
+            w: [G, d] per-object styles.
+            g: [M] int64 object index (into ``w``) of each point.
+        Returns:
+            (density [M] >= 0 in 1/m, features [M, F]).
+        """
         h = self.mlp(positional_encoding(canonical, self.pe_freqs), w, g)
         return F.softplus(self.density(h)[:, 0]), feature_activation(self.features(h))
 
@@ -176,6 +192,15 @@ class TriplaneObjectField(ObjectField):
         nn.init.constant_(self.density.bias, density_bias)
 
     def forward(self, canonical: Tensor, w: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """Density and features at points in canonical box coordinates, from per-object tri-planes.
+
+        Args:
+            canonical: [M, 3] points in [-1, 1]^3 of their object's box.
+            w: [G, d] per-object styles (each decoded into 3 planes [C, P, P]).
+            g: [M] int64 object index (into ``w``) of each point.
+        Returns:
+            (density [M] >= 0 in 1/m, features [M, F]).
+        """
         G = w.shape[0]
         planes = self.planes(w).reshape(G * 3, self.c, self.plane_size, self.plane_size)
         x, y, z = canonical.unbind(-1)

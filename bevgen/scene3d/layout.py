@@ -32,6 +32,12 @@ __all__ = ["SceneLayout", "square_camera", "select_boxes", "layout_from_frame", 
 DEFAULT_CAMERA = "CAM_FRONT"
 
 
+def _require(ok: bool, message: str) -> None:
+    """Contract check that survives ``python -O`` (unlike ``assert``): raise ValueError(message) unless ok."""
+    if not ok:
+        raise ValueError(message)
+
+
 @dataclass(frozen=True, eq=False)
 class SceneLayout:
     """One camera's view of a box layout.
@@ -53,17 +59,24 @@ class SceneLayout:
     image_size: tuple[int, int]
 
     def validate(self) -> "SceneLayout":
-        """Assert shapes, dtypes and a rigid camera transform; returns self."""
-        n = self.boxes.shape[0]
-        assert self.boxes.shape == (n, 7) and self.boxes.dtype == np.float32, f"boxes {self.boxes.shape}"
-        assert self.classes.shape == (n,) and self.classes.dtype == np.int64, "classes: int64 [N]"
-        assert self.valid.shape == (n,) and self.valid.dtype == bool, "valid: bool [N]"
-        assert self.K.shape == (3, 3) and self.T_cam_from_ego.shape == (4, 4), "K [3,3], T [4,4]"
-        assert np.isfinite(self.boxes[self.valid]).all(), "valid boxes must be finite"
-        assert (self.boxes[self.valid, 3:6] > 0).all(), "valid boxes need positive sizes"
+        """Check shapes, dtypes and a rigid camera transform; returns self. Raises ValueError otherwise."""
+        n = self.boxes.shape[0] if self.boxes.ndim else 0
+        _require(self.boxes.shape == (n, 7) and self.boxes.dtype == np.float32,
+                 f"SceneLayout.boxes must be float32 [N, 7], got {self.boxes.dtype} {self.boxes.shape}")
+        _require(self.classes.shape == (n,) and self.classes.dtype == np.int64,
+                 f"SceneLayout.classes must be int64 [N={n}], got {self.classes.dtype} {self.classes.shape}")
+        _require(self.valid.shape == (n,) and self.valid.dtype == bool,
+                 f"SceneLayout.valid must be bool [N={n}], got {self.valid.dtype} {self.valid.shape}")
+        _require(self.K.shape == (3, 3), f"SceneLayout.K must be [3, 3], got {self.K.shape}")
+        _require(self.T_cam_from_ego.shape == (4, 4),
+                 f"SceneLayout.T_cam_from_ego must be [4, 4], got {self.T_cam_from_ego.shape}")
+        _require(np.isfinite(self.boxes[self.valid]).all(), "SceneLayout: valid boxes must be finite")
+        _require((self.boxes[self.valid, 3:6] > 0).all(),
+                 "SceneLayout: valid boxes need positive sizes (length, width, height)")
         R = self.T_cam_from_ego[:3, :3].astype(np.float64)
-        assert np.allclose(R @ R.T, np.eye(3), atol=1e-4), "T_cam_from_ego rotation is not orthonormal"
-        assert len(self.image_size) == 2 and min(self.image_size) > 0, "image_size: (H, W)"
+        _require(np.allclose(R @ R.T, np.eye(3), atol=1e-4), "SceneLayout: T_cam_from_ego rotation is not orthonormal")
+        _require(len(self.image_size) == 2 and min(self.image_size) > 0,
+                 f"SceneLayout.image_size must be (H, W) > 0, got {self.image_size}")
         return self
 
     @property
@@ -218,7 +231,9 @@ def layout_from_frame(frame: str | Path | Mapping[str, np.ndarray], camera: str 
     """
     from bevgen.cameras import NUSCENES_CAMERAS
 
-    f = np.load(frame, allow_pickle=False) if isinstance(frame, (str, Path)) else frame
+    from bevgen.render.dataset import load_frame
+
+    f = load_frame(frame) if isinstance(frame, (str, Path)) else frame  # load_frame closes the file
     V, H, W = f["images"].shape[:3] if "images" in f else (len(f["K"]), *f["image_size"])
     names = tuple(names) if names is not None else tuple(NUSCENES_CAMERAS[:V]) if V == 6 else \
         tuple(f"cam{i}" for i in range(V))

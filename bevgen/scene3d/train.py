@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from bevgen import training
 from bevgen.scene3d.model import Scene3DModelConfig
 from sim_bridge.config import from_dict, save_config, to_dict
 
@@ -96,20 +95,6 @@ class Scene3DTrainConfig:
             raise ValueError(f"crop_size must be a power of two >= 8, got {self.crop_size}")
 
 
-def _setup_distributed(device_pref: str):
-    import torch
-    import torch.distributed as dist
-
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
 def _allreduce(params, world: int) -> None:
     """Average gradients over ranks (one flat buffer)."""
     if world == 1:
@@ -142,14 +127,12 @@ def build_modules(cfg: Scene3DTrainConfig):
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
     """The checkpoint dict of a run directory (``checkpoints/latest.pt``) or file, ``weights_only=True``."""
-    import torch
-
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "latest.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no scene3d checkpoint (train one with `bevgen scene3d train`)")
-    return torch.load(path, map_location=device, weights_only=True)
+    return training.load_checkpoint(path, device)
 
 
 def load_scene3d(run_dir: str | Path, device: str = "cpu", ema: bool = True):
@@ -225,16 +208,9 @@ def gan_step(step: int, cfg: Scene3DTrainConfig, G, D, Do, opt_g, opt_d, real, r
 
 
 def _save(run_dir: Path, mods: dict, opts: dict, cfg: Scene3DTrainConfig, step: int, best: float) -> None:
-    import torch
-
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    state = {"model": {k: m.state_dict() for k, m in mods.items()},
-             "optimizer": {k: o.state_dict() for k, o in opts.items()}, "config": to_dict(cfg), "step": step,
-             "best_metric": best}
-    tmp = ckpt_dir / ".latest.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt_dir / "latest.pt")
+    training.save_checkpoint(run_dir / "checkpoints" / "latest.pt", model={k: m.state_dict() for k, m in mods.items()},
+                             optimizer={k: o.state_dict() for k, o in opts.items()}, config=to_dict(cfg), step=step,
+                             best_metric=best)
 
 
 def _write_samples(run_dir: Path, G_ema, data, idx, step: int, writer) -> float:
@@ -289,17 +265,13 @@ def train_scene3d(cfg: Scene3DTrainConfig, data_dir: str | Path, run_dir: str | 
     from bevgen.scene3d.model import sample_latents
 
     run_dir = Path(run_dir)
-    rank, world, device = _setup_distributed(cfg.device)
+    rank, world, device = training.setup_distributed(cfg.device)
     ckpt_path = run_dir / "checkpoints" / "latest.pt"
     if resume and not ckpt_path.exists():
         raise FileNotFoundError(f"{run_dir}: --resume given but no checkpoints/latest.pt")
     if not resume and ckpt_path.exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume or choose another --out")
-    random.seed(cfg.seed + rank)
-    np.random.seed(cfg.seed + rank)
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    rng = np.random.default_rng(cfg.seed * 1000 + rank)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
+    training.seed_everything(cfg.seed, rank)  # same initial weights on every rank
 
     dc = cfg.data
     data = load_scene3d_data(data_dir, dc.cameras, cfg.model.image_size, dc.max_objects, dc.class_filter,
@@ -312,12 +284,15 @@ def train_scene3d(cfg: Scene3DTrainConfig, data_dir: str | Path, run_dir: str | 
     opts = {"g": opt_g, "d": opt_d}
     start, best = 0, -1.0
     if resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = training.load_checkpoint(ckpt_path, device)
         for k, m in mods.items():
             m.load_state_dict(ckpt["model"][k], strict=True)
         for k, o in opts.items():
             o.load_state_dict(ckpt["optimizer"][k])
         start, best = int(ckpt["step"]), float(ckpt["best_metric"])
+    # batch draws and latents: a resumed run continues with fresh draws instead of replaying step 0's
+    rng = np.random.default_rng(training.stream_seed(cfg.seed, rank, start))
+    gen = torch.Generator(device=device).manual_seed(training.stream_seed(cfg.seed, rank, start))
 
     writer = bar = None
     if rank == 0:

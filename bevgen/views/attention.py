@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from bevgen.cameras import CORNER_SIGNS  # corner order of bevgen.cameras.box_corners
+
 __all__ = ["fourier_features", "token_rays", "ray_cosine", "azimuth_cosine", "GeometricBias", "Attention",
            "MLP", "box_corners_torch"]
 
-# Same corner order as bevgen.cameras.box_corners: bottom face then top, CCW from front-left.
-_CORNER_SIGNS = ((1, 1, -1), (-1, 1, -1), (-1, -1, -1), (1, -1, -1), (1, 1, 1), (-1, 1, 1), (-1, -1, 1), (1, -1, 1))
 
 
 def fourier_features(x: Tensor, num_freqs: int) -> Tensor:
@@ -94,7 +94,7 @@ def azimuth_cosine(rays: Tensor, centres: Tensor, key_xy: Tensor) -> Tensor:
 
 def box_corners_torch(boxes: Tensor) -> Tensor:
     """Torch mirror of ``bevgen.cameras.box_corners``: [b, m, 7] (x, y, z, l, w, h, yaw) -> [b, m, 8, 3]."""
-    signs = torch.tensor(_CORNER_SIGNS, dtype=boxes.dtype, device=boxes.device)
+    signs = torch.tensor(CORNER_SIGNS, dtype=boxes.dtype, device=boxes.device)  # [8, 3]
     local = 0.5 * boxes[..., None, 3:6] * signs  # [b, m, 8, 3]
     c, s = boxes[..., 6:7].cos(), boxes[..., 6:7].sin()  # [b, m, 1]
     x = c * local[..., 0] - s * local[..., 1]

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,10 +31,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from bevgen.training import load_checkpoint, save_checkpoint, seed_everything
 from sim_bridge.config import from_dict, save_config, to_dict
 
 __all__ = ["BevSegConfig", "BevSegNet", "train_bevseg", "load_bevseg", "evaluate_bevseg", "predict", "iou",
-           "bev_targets", "ego_cells", "load_split", "mean_map", "resize_views", "CLASSES", "main"]
+           "bev_targets", "ego_cells", "load_split", "mean_map", "resize_views", "scale_intrinsics", "project",
+           "CLASSES", "main"]
 
 CLASSES = ("road", "vehicle")
 NEAR = 0.1  # m: points closer to the camera plane than this count as not visible
@@ -67,18 +67,27 @@ class BevSegConfig:
     predictions: layouts draw the ego's own box, which no camera sees and which would hand every
     method (including the mean-map baseline) free vehicle IoU. (0, 0) keeps it."""
     road_channel: str = "drivable_area"
+    """Dataset BEV channel (index.json ``bev.channels``) used as the road target."""
     vehicle_channel: str = "vehicle"
+    """Dataset BEV channel used as the vehicle target."""
     steps: int = 600
+    """Total optimizer steps (warm-up over 20 steps, then cosine decay to 0 at ``steps``)."""
     batch_size: int = 4
+    """Frames (each with all its views) per optimizer step."""
     lr: float = 2e-3
+    """Peak AdamW learning rate."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     pos_weight: tuple[float, float] = (1.0, 3.0)
     """BCE positive weights for (road, vehicle): vehicles cover few cells."""
     checkpoint_every: int = 100
+    """Steps between checkpoints (and at the last step)."""
     seed: int = 0
+    """Seed of the weights, the batch draws and the augmentations."""
     device: str = "auto"
     """"auto" (cuda if available), "cpu" or "cuda"."""
     tensorboard: bool = True
+    """Write TensorBoard logs to ``out_dir/tb``."""
 
     def __post_init__(self):
         if self.stride not in (4, 8):
@@ -106,45 +115,67 @@ def bev_points(cfg: BevSegConfig, device: Any = "cpu") -> Tensor:
                         z[:, None, None].expand(-1, cfg.out_size, cfg.out_size)], -1)
 
 
-def project(pts: Tensor, K: Tensor, T: Tensor, image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Project ego points into every view of every sample.
+def project(pts: Tensor, K: Tensor, T: Tensor, image_size: Sequence[int], border_px: float = 0.0
+            ) -> tuple[Tensor, Tensor]:
+    """Project ego points into every view of every sample (shared by the BEV lifting and the seam metric).
 
     Args:
         pts: [p, 3] ego-frame points. K: [b, v, 3, 3]. T: [b, v, 4, 4] T_cam_from_ego.
         image_size: (H, W) that K refers to.
+        border_px: points within this many pixels of an image border count as not visible.
     Returns:
         grid [b, v, p, 2] in grid_sample's normalised coordinates (align_corners=False: -1/+1 are
         the outer image edges, matching the pixel-centre convention of bevgen.cameras),
-        visible [b, v, p] bool (depth > NEAR and inside the image).
+        visible [b, v, p] bool (depth > NEAR and inside the image, ``border_px`` from its edges).
     """
     cam = torch.einsum("bvij,pj->bvpi", T[..., :3, :3], pts) + T[..., None, :3, 3]  # [b, v, p, 3]
     depth = cam[..., 2]
     uvw = torch.einsum("bvij,bvpj->bvpi", K, cam)
-    uv = uvw[..., :2] / uvw[..., 2:3].clamp(min=NEAR)
+    uv = uvw[..., :2] / uvw[..., 2:3].clamp(min=NEAR)  # [b, v, p, 2] pixels
     H, W = image_size
     grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], -1)
-    visible = (depth > NEAR) & (grid.abs() <= 1).all(-1)
-    return grid, visible
+    if border_px:
+        m = float(border_px)
+        inside = (uv[..., 0] >= m) & (uv[..., 0] <= W - m) & (uv[..., 1] >= m) & (uv[..., 1] <= H - m)
+    else:
+        inside = (grid.abs() <= 1).all(-1)
+    return grid, (depth > NEAR) & inside
 
 
-def resize_views(images: Tensor, K: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Resize multi-view images and scale K to match.
+def scale_intrinsics(K: Tensor, src_hw: Sequence[int], dst_hw: Sequence[int]) -> Tensor:
+    """K [..., 3, 3] for images of ``src_hw`` = (H, W) -> K for the same images resized to ``dst_hw``
+    = (h, w): rows 0 and 1 scaled by w / W and h / H (``CameraRig.resized`` math, axes independent)."""
+    (H, W), (h, w) = src_hw, dst_hw
+    if (int(H), int(W)) == (int(h), int(w)):
+        return K
+    scale = torch.tensor([w / W, h / H, 1.0], dtype=K.dtype, device=K.device)
+    return K * scale[:, None]
+
+
+def resize_views(images: Tensor, K: Tensor | None, size: Sequence[int]) -> tuple[Tensor, Tensor | None]:
+    """THE resize of multi-view images (training, bevseg, evaluation and the demo all use it); K scaled to match.
+
+    Area interpolation when shrinking (each output pixel is the mean of the input pixels it covers, like
+    OpenCV's INTER_AREA), bilinear (antialiased along a shrinking axis) when enlarging either axis.
 
     Args:
-        images: [b, v, 3, H, W] uint8 or float. K: [b, v, 3, 3] for (H, W). size: target (h, w).
+        images: [b, v, c, H, W] uint8 or float. K: [b, v, 3, 3] for (H, W), or None. size: target (h, w).
     Returns:
-        images [b, v, 3, h, w] (same dtype; bilinear, antialiased when shrinking), K [b, v, 3, 3].
+        images [b, v, c, h, w] (same dtype; uint8 rounded), K [b, v, 3, 3] (:func:`scale_intrinsics`; None
+        without K).
     """
-    b, v, _, H, W = images.shape
+    b, v, c, H, W = images.shape
     h, w = int(size[0]), int(size[1])
     if (h, w) == (H, W):
         return images, K
-    x = F.interpolate(images.reshape(b * v, 3, H, W).float(), size=(h, w), mode="bilinear",
-                      align_corners=False, antialias=h < H or w < W)
+    flat = rearrange(images, "b v c H W -> (b v) c H W").float()
+    if h <= H and w <= W:
+        x = F.interpolate(flat, size=(h, w), mode="area")
+    else:
+        x = F.interpolate(flat, size=(h, w), mode="bilinear", align_corners=False, antialias=h < H or w < W)
     if images.dtype == torch.uint8:
         x = x.round().clamp(0, 255).to(torch.uint8)
-    scale = torch.tensor([w / W, h / H, 1.0], dtype=K.dtype, device=K.device)
-    return x.reshape(b, v, 3, h, w), K * scale[:, None]
+    return rearrange(x, "(b v) c h w -> b v c h w", b=b), None if K is None else scale_intrinsics(K, (H, W), (h, w))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,6 +192,7 @@ class _Res(nn.Module):
         self.body = nn.Sequential(_conv(c, c), nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.GroupNorm(8, c))
 
     def forward(self, x: Tensor) -> Tensor:
+        """[b, c, h, w] -> [b, c, h, w]."""
         return F.relu(x + self.body(x))
 
 
@@ -204,6 +236,14 @@ class BevSegNet(nn.Module):
         return torch.cat([bev, xy.expand(b, -1, -1, -1), frac], 1)
 
     def forward(self, images: Tensor, K: Tensor, T: Tensor) -> Tensor:
+        """BEV logits of a batch of multi-view frames.
+
+        Args:
+            images: float [b, v, 3, H, W] in [0, 1]. K: [b, v, 3, 3] intrinsics for (H, W).
+            T: [b, v, 4, 4] T_cam_from_ego.
+        Returns:
+            logits [b, 2, out, out] (road, vehicle; raster convention, row 0 far front).
+        """
         b, v, _, H, W = images.shape
         feats = self.encoder(rearrange(images, "b v c h w -> (b v) c h w") * 2 - 1)
         feats = rearrange(feats, "(b v) c h w -> b v c h w", b=b)
@@ -280,7 +320,7 @@ def _channel_indices(data_root: str | Path, cfg: BevSegConfig) -> tuple[list[int
 
 
 def load_split(data_root: str | Path, names: Sequence[str] | None, cfg: BevSegConfig) -> dict:
-    """Load frames into memory for training / evaluation (bad frames are reported and skipped).
+    """Load frames into memory for training / evaluation (bad or missing frames are reported and skipped).
 
     Returns:
         {"images": uint8 [n, v, 3, H, W] at cfg.image_size, "K": [n, v, 3, 3] (scaled), "T": [n, v, 4, 4],
@@ -291,7 +331,7 @@ def load_split(data_root: str | Path, names: Sequence[str] | None, cfg: BevSegCo
     idx, _ = _channel_indices(data_root, cfg)
     ds = FrameDataset(data_root, names=list(names) if names is not None else None)
     out: dict[str, list] = {"images": [], "K": [], "T": [], "target": [], "names": []}
-    problems = []
+    problems = [f"{n}: frame file missing" for n in ds.missing]
     for i in range(len(ds)):
         try:
             item = ds[i]
@@ -354,14 +394,6 @@ def _resolve_config(cfg: BevSegConfig, data_root: str | Path) -> BevSegConfig:
     return replace(cfg, image_size=tuple(size), bev_range_m=rng, source_size=int(round(2 * rng / res)))
 
 
-def _save(path: Path, model: BevSegNet, opt, cfg: BevSegConfig, step: int, best: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "config": to_dict(cfg),
-                "step": step, "best_metric": best}, tmp)
-    os.replace(tmp, path)
-
-
 def train_bevseg(data_root: str | Path, names: Sequence[str] | None, out_dir: str | Path,
                  steps: int | None = None, config: BevSegConfig | None = None, resume: bool = False,
                  progress: bool = True) -> Path:
@@ -387,9 +419,7 @@ def train_bevseg(data_root: str | Path, names: Sequence[str] | None, out_dir: st
     resume = resume and ckpt_path.exists()  # resume=True on an empty out_dir starts a fresh run
     if not resume and ckpt_path.exists():
         raise FileExistsError(f"{out_dir} already holds a bevseg run; pass resume=True or another out_dir")
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
@@ -399,7 +429,7 @@ def train_bevseg(data_root: str | Path, names: Sequence[str] | None, out_dir: st
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, best = 0, math.inf
     if resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = load_checkpoint(ckpt_path, device)
         model.load_state_dict(ckpt["model"], strict=True)
         opt.load_state_dict(ckpt["optimizer"])
         start, best = int(ckpt["step"]), float(ckpt["best_metric"])
@@ -449,7 +479,8 @@ def train_bevseg(data_root: str | Path, names: Sequence[str] | None, out_dir: st
             bar.set_postfix(loss=f"{history[-1]:.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             best = min(best, float(np.mean(history[-20:])))
-            _save(ckpt_path, model, opt, cfg, step + 1, best)
+            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), config=to_dict(cfg),
+                            step=step + 1, best_metric=best)
     if bar:
         bar.close()
     if writer:
@@ -469,7 +500,7 @@ def load_bevseg(path: str | Path, device: str = "cpu") -> BevSegNet:
         path = path / "checkpoints" / "latest.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no bevseg checkpoint (train one with train_bevseg)")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = load_checkpoint(path, device)
     model = BevSegNet(from_dict(BevSegConfig, ckpt["config"])).to(device)
     model.load_state_dict(ckpt["model"], strict=True)
     return model.eval()

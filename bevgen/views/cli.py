@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 
 app = typer.Typer(help="Camera views from BEV layouts (BEVGen-style): paired datasets, tokenizer + cross-view "
@@ -111,7 +110,9 @@ def train_cmd(
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = SetOpt,
     stage: str = typer.Option("all", "--stage", help="tokenizer | generator | all (tokenizer, then generator)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's checkpoints."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's checkpoints (with its "
+                                "config.yaml unless --config is given; model and data fields must not change)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars."),
 ):
     """Train the VQ tokenizer and the cross-view masked-token transformer (CPU, GPU, or torchrun for DDP).
 
@@ -123,25 +124,19 @@ def train_cmd(
 
     if not (data / "index.json").exists():
         _fail(f"{data}: not a views dataset (no index.json); make one with `bevgen views dataset`")
+    if resume and config is None and (out / "config.yaml").exists():
+        config = out / "config.yaml"  # the run's own config: resuming must not silently change it
     try:
         cfg = load_config(ViewsConfig, config, overrides or [])
-        summary = train_views(cfg, data, out, stage=stage, resume=resume)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+        summary = train_views(cfg, data, out, stage=stage, resume=resume, progress=progress)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
         _fail(str(e))
     _console().print_json(json.dumps(summary, default=str))
+    for p in summary.get("problems", []):
+        _console().print(f"[yellow]skipped[/] {p}", highlight=False)
 
 
 # ---- sample -------------------------------------------------------------------------------------
-def frame_batch(arrays: dict) -> dict:
-    """One frame's arrays (``bevgen.render.dataset`` keys) -> a batch of one (torch tensors, images [1,V,3,H,W])."""
-    import torch
-
-    keys = ("bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego")
-    batch = {k: torch.from_numpy(np.ascontiguousarray(arrays[k]))[None] for k in keys}
-    batch["images"] = torch.from_numpy(np.ascontiguousarray(arrays["images"].transpose(0, 3, 1, 2)))[None]
-    return batch
-
-
 def render_ground_truth(scenario, frame: int, image_size, bev_range_m: float = 50.0) -> dict:
     """Synthetic ground-truth frame of a scenario: images, BEV, boxes and the nuScenes rig at ``image_size``."""
     from bevgen.cameras import nuscenes_rig
@@ -155,34 +150,6 @@ def render_ground_truth(scenario, frame: int, image_size, bev_range_m: float = 5
         return frame_arrays(renderer.render(scenario, frame), scenario.id)
     finally:
         renderer.close()
-
-
-def views_figure(bev_rgb: np.ndarray, generated: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
-    """BEV beside the six views as a 2x3 camera grid (front row: FL F FR; back row: BL B BR), GT below.
-
-    Args:
-        bev_rgb: uint8 [S, S, 3] colourised BEV. generated / truth: uint8 [V=6, H, W, 3] in rig order.
-    Returns:
-        uint8 [H', W', 3].
-    """
-    import cv2
-
-    def grid(v: np.ndarray) -> np.ndarray:
-        # rig order FL, F, FR, BR, B, BL -> rows (FL F FR) / (BL B BR), as a driver would look around
-        front, back = np.concatenate(v[[0, 1, 2]], 1), np.concatenate(v[[5, 4, 3]], 1)
-        return np.concatenate([front, np.full((2, front.shape[1], 3), 255, np.uint8), back], 0)
-
-    panels = [grid(generated)] + ([grid(truth)] if truth is not None else [])
-    right = np.concatenate([p for g in panels for p in (g, np.full((4, g.shape[1], 3), 255, np.uint8))][:-1], 0)
-    side = right.shape[0]
-    bev = cv2.resize(bev_rgb, (side, side), interpolation=cv2.INTER_NEAREST)
-    return np.concatenate([bev, np.full((side, 4, 3), 255, np.uint8), right], 1)
-
-
-def panorama(views: np.ndarray) -> np.ndarray:
-    """Six views in rig order (FL F FR BR B BL) stitched left to right, starting at the back-left camera."""
-    order = [5, 0, 1, 2, 3, 4]
-    return np.concatenate([views[i] for i in order], 1)
 
 
 @app.command("sample")
@@ -202,6 +169,7 @@ def sample_cmd(
 
     from bevgen.layout import BevConfig, BevRasterizer
     from bevgen.preview import colorize
+    from bevgen.views.figures import frame_batch, panorama, pipe_names, views_figure
     from bevgen.views.sample import load_views
     from sim_bridge.scenario import load_scenario
 
@@ -233,12 +201,6 @@ def sample_cmd(
     _console().print(f"six views in {gen_s:.2f} s ({mode}) -> {out / 'bev_views.png'}")
 
 
-def pipe_names(arrays: dict) -> list[str]:
-    from bevgen.cameras import NUSCENES_CAMERAS
-
-    return list(NUSCENES_CAMERAS[: arrays["K"].shape[0]])
-
-
 # ---- eval ---------------------------------------------------------------------------------------
 @app.command("eval")
 def eval_cmd(
@@ -267,9 +229,32 @@ def eval_cmd(
         heldout = heldout[:num]
     if not heldout:
         _fail(f"{split_file}: no held-out frames to evaluate on")
-    pipe = load_views(ckpt)
-    if bevseg is None:
-        bevseg = train_bevseg(data, split.get("train"), out / "bevseg", steps=bevseg_steps, resume=True)
-    metrics = evaluate_views(lambda b: pipe(b, mode=mode), data, heldout, out, bevseg_ckpt=bevseg,
-                             extractor_weights=fid_weights)
+    _check_eval_data(data, split, heldout, split_file)
+    try:
+        pipe = load_views(ckpt)
+        if bevseg is None:
+            bevseg = train_bevseg(data, split.get("train"), out / "bevseg", steps=bevseg_steps, resume=True)
+        metrics = evaluate_views(lambda b: pipe(b, mode=mode), data, heldout, out, bevseg_ckpt=bevseg,
+                                 extractor_weights=fid_weights)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
     _console().print_json(json.dumps({k: v for k, v in metrics.items() if k != "definitions"}, default=str))
+    for name in metrics.get("missing_frames") or []:
+        _console().print(f"[yellow]skipped[/] {name}: frame file missing", highlight=False)
+
+
+def _check_eval_data(data: Path, split: dict, heldout: list[str], split_file: Path) -> None:
+    """--data must hold the run's held-out frames: fail when any is missing, warn when it is another
+    directory than the one the run was trained on (split.json ``data_dir``) that has the same frames."""
+    index_file = data / "index.json"
+    if not index_file.exists():
+        _fail(f"{data}: not a views dataset (no index.json)")
+    listed = set(json.loads(index_file.read_text()).get("frames", []))
+    missing = [n for n in heldout if n not in listed or not (data / "frames" / f"{n}.npz").exists()]
+    trained_on = split.get("data_dir")
+    if missing:
+        _fail(f"{data}: {len(missing)} of the {len(heldout)} held-out frames of {split_file} are missing "
+              f"(e.g. {missing[0]}); the run was trained on {trained_on or 'an unrecorded directory'}")
+    if trained_on and Path(trained_on).resolve() != data.resolve():
+        _console().print(f"[yellow]warning:[/] --data {data} is not the directory the run was trained on "
+                         f"({trained_on}); it has the same held-out frame names, so evaluating on it", highlight=False)

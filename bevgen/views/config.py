@@ -7,10 +7,17 @@ every key must be a field below. Cross-field checks live in each ``__post_init__
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Sequence
 
-__all__ = ["DataConfig", "TokenizerConfig", "GeneratorConfig", "TrainConfig", "ViewsConfig"]
+__all__ = ["DataConfig", "TokenizerConfig", "GeneratorConfig", "TrainConfig", "ViewsConfig", "config_differences",
+           "MODEL_FIELDS", "RUNTIME_FIELDS"]
+
+MODEL_FIELDS = ("data", "tokenizer", "generator")
+"""Config sections that define the trained models and their data: a resumed run must not change them."""
+RUNTIME_FIELDS = ("data.cache_in_memory", "data.num_workers")
+"""Fields of those sections that only change how data is read, so a resumed run may change them."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,9 @@ class TrainConfig:
     generator_batch: int = 8
     """Frames per generator step."""
     tokenizer_lr: float = 1e-3
+    """Peak Adam learning rate of the tokenizer (warm-up, then cosine decay)."""
     generator_lr: float = 5e-4
+    """Peak AdamW learning rate of the generator (warm-up, then cosine decay)."""
     weight_decay: float = 0.01
     """AdamW weight decay (generator; the tokenizer uses none)."""
     warmup_steps: int = 50
@@ -149,6 +158,7 @@ class TrainConfig:
     guidance: float = 1.0
     """Default classifier-free guidance weight w: logits = (1 + w) cond - w uncond."""
     seed: int = 0
+    """Seed of the weights, the train/held-out split, the batch draws and the masks."""
     device: str = "auto"
     """"auto" (cuda if available), "cpu" or "cuda"."""
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -193,3 +203,38 @@ class ViewsConfig:
         """N = V * h * w image tokens per frame."""
         h, w = self.token_grid
         return self.data.num_views * h * w
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"section.field": value}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(stored: dict, cfg: ViewsConfig, fields: Sequence[str] = MODEL_FIELDS,
+                       ignore: Sequence[str] = RUNTIME_FIELDS) -> list[str]:
+    """Fields where a checkpoint's stored config and ``cfg`` disagree.
+
+    Args:
+        stored: the ``config`` dict of a checkpoint (``to_dict`` of a ViewsConfig; missing fields take
+            their defaults). cfg: the config to compare with.
+        fields: dotted sections or fields to compare, e.g. ("tokenizer", "data.image_size").
+        ignore: dotted fields left out.
+    Returns:
+        one "field: checkpoint X, config Y" line per differing field (empty when they agree).
+    """
+    from sim_bridge.config import from_dict, to_dict
+
+    old = _flat(json.loads(json.dumps(to_dict(from_dict(ViewsConfig, stored)))))
+    new = _flat(json.loads(json.dumps(to_dict(cfg))))
+
+    def wanted(key: str) -> bool:
+        return any(key == f or key.startswith(f + ".") for f in fields) and key not in ignore
+
+    return [f"{k}: checkpoint {old.get(k)!r}, config {new.get(k)!r}"
+            for k in sorted(set(old) | set(new)) if wanted(k) and old.get(k) != new.get(k)]

@@ -93,7 +93,7 @@ def generate_drive_views(snapshots: Sequence, generate: Callable, image_size: Se
     from bevgen.preview import colorize
     from bevgen.render.dataset import frame_arrays
     from bevgen.render.scene import SceneRenderer, SynthConfig
-    from bevgen.views.cli import views_figure
+    from bevgen.views.figures import views_figure
 
     cfg = SynthConfig(image_size=tuple(image_size), bev=BevConfig(range_m=bev_range_m))
     arrays, bevs = [], []

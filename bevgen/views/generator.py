@@ -81,6 +81,7 @@ class ObjectEncoder(nn.Module):
         self.cls = nn.Embedding(cfg.num_classes, cfg.d_model)
 
     def forward(self, boxes: Tensor, classes: Tensor) -> Tensor:
+        """boxes [b, m, 7] (x, y, z, l, w, h, yaw; ego frame, m), classes [b, m] int -> tokens [b, m, d]."""
         corners = box_corners_torch(boxes.float())  # [b, m, 8, 3]
         scale = corners.new_tensor([self.range_m, self.range_m, HEIGHT_SCALE_M])
         feats = torch.cat([rearrange(corners / scale, "b m c x -> b m (c x)"),
@@ -101,6 +102,9 @@ class Block(nn.Module):
         self.n3, self.mlp = nn.LayerNorm(d), MLP(d, cfg.mlp_ratio, cfg.dropout)
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        """x [b, n, d] (image tokens, or condition tokens when built without cross-attention), ctx from
+        :meth:`ViewsTransformer.context` (ray_cos [b, n, n], cond [b, m, d], az_cos [b, n, m], cond_valid
+        [b, m]) -> [b, n, d]."""
         dt = x.dtype if not torch.is_autocast_enabled() else torch.get_autocast_dtype(x.device.type)
         if self.cross is None:  # condition-token block: padding boxes masked out as keys
             mask = _key_mask(ctx["cond_valid"], dt)

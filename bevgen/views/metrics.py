@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -61,6 +62,7 @@ DEFINITIONS = {
     "fid_extractor": "Feature extractor name; 'bevgen-randconv-v1' numbers are not comparable with "
                      "Inception FIDs (see bevgen.features).",
     "num_samples": "Images per set used for FID/KID (frames x views).",
+    "missing_frames": "Requested frames whose file is missing from the dataset: skipped, not scored.",
 }
 
 
@@ -78,16 +80,11 @@ def _ground_grid(cfg: SeamConfig) -> torch.Tensor:
 
 def _project_ground(pts: torch.Tensor, K: torch.Tensor, T: torch.Tensor, hw: Sequence[int], cfg: SeamConfig
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ground points [p, 3] through every camera: grid [b, v, p, 2] (grid_sample coords), visible [b, v, p]."""
-    cam = torch.einsum("bvij,pj->bvpi", T[..., :3, :3], pts) + T[..., None, :3, 3]
-    uvw = torch.einsum("bvij,bvpj->bvpi", K, cam)
-    uv = uvw[..., :2] / uvw[..., 2:3].clamp(min=1e-3)
-    H, W = hw
-    m = cfg.border_px
-    visible = ((cam[..., 2] > 0.1) & (uv[..., 0] >= m) & (uv[..., 0] <= W - m)
-               & (uv[..., 1] >= m) & (uv[..., 1] <= H - m))
-    grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], -1)
-    return grid, visible
+    """Ground points [p, 3] through every camera (``bevseg.project`` with the seam border): grid [b, v, p, 2]
+    (grid_sample coords), visible [b, v, p]."""
+    from bevgen.views.bevseg import project
+
+    return project(pts, K, T, hw, border_px=cfg.border_px)
 
 
 def _rig_overlap(K: Any, T: Any, image_size: Sequence[int], cfg: SeamConfig
@@ -188,14 +185,10 @@ def _bev_rgb(target: np.ndarray, probs: np.ndarray | None, size: int) -> np.ndar
 
 
 def _views_grid(images: np.ndarray) -> np.ndarray:
-    """[v, 3, h, w] uint8 -> [2h, ceil(v/2) w, 3] mosaic (front row, back row as in nuScenes order)."""
-    v, _, h, w = images.shape
-    cols = (v + 1) // 2
-    out = np.zeros((2 * h, cols * w, 3), np.uint8)
-    for k in range(v):
-        r, c = divmod(k, cols)
-        out[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[k].transpose(1, 2, 0)
-    return out
+    """[v, 3, h, w] uint8 -> the six-view mosaic [2h, 3w, 3] (front row FL F FR, back row BL B BR)."""
+    from bevgen.render.dataset import view_mosaic
+
+    return view_mosaic(images.transpose(0, 2, 3, 1))
 
 
 def _write_preview(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
@@ -249,6 +242,9 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = FrameDataset(data_root, names=list(names) if names is not None else None)
+    if ds.missing:
+        warnings.warn(f"{data_root}: {len(ds.missing)} frame file(s) missing, skipped (e.g. {ds.missing[0]}); "
+                      "see metrics['missing_frames']", stacklevel=2)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
     seg = load_bevseg(bevseg_ckpt) if bevseg_ckpt is not None else None
     ch_idx = _channel_indices(data_root, seg.config if seg is not None else BevSegConfig())[0]
@@ -305,7 +301,8 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
         "fid": fid(f_gt, f_gen), "kid": kid(f_gt, f_gen), "fid_extractor": extractor.name,
         "num_samples": int(len(f_gen)), "num_frames": int(len(seam_gen)), "image_size": list(size or ()),
         "seam_pairs": [list(p) for p in (pairs or [])], "bevseg_ckpt": str(bevseg_ckpt) if bevseg_ckpt else None,
-        "seconds": round(time.perf_counter() - t0, 2), "definitions": DEFINITIONS})
+        "missing_frames": list(ds.missing), "seconds": round(time.perf_counter() - t0, 2),
+        "definitions": DEFINITIONS})
     tmp = out_dir / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out_dir / "metrics.json")

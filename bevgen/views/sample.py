@@ -16,15 +16,18 @@ module's. Letters: b batch, v view, h w token grid, n token (v h w), k code.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from bevgen.views.config import ViewsConfig
+from bevgen.training import load_checkpoint
+from bevgen.views.bevseg import resize_views, scale_intrinsics
+from bevgen.views.config import ViewsConfig, config_differences
 from bevgen.views.generator import Context, ViewsTransformer
 from bevgen.views.tokenizer import VQAutoencoder
 
@@ -44,24 +47,15 @@ def build_models(cfg: ViewsConfig) -> tuple[VQAutoencoder, ViewsTransformer]:
 def fit_batch(batch: dict, image_size: tuple[int, int], rig_size: tuple[int, int] | None = None) -> dict:
     """Bring a (batched) FrameDataset dict to the model's image size.
 
-    Images uint8 [b, v, 3, H, W] are area-resized to ``image_size`` and K [b, v, 3, 3] rows 0 and 1 are
-    scaled by (w / W, h / H) (``CameraRig.resized`` math). Without images, K refers to ``rig_size``
-    (default: already ``image_size``). Other keys pass through. O(b v H W).
+    Images uint8 [b, v, 3, H, W] go through :func:`bevgen.views.bevseg.resize_views` (area when shrinking)
+    and K [b, v, 3, 3] rows 0 and 1 are scaled by (w / W, h / H) (``CameraRig.resized`` math). Without
+    images, K refers to ``rig_size`` (default: already ``image_size``). Other keys pass through. O(b v H W).
     """
     out = dict(batch)
-    h, w = image_size
     if "images" in batch:
-        imgs = batch["images"]
-        H, W = imgs.shape[-2:]
-        if (H, W) != (h, w):
-            flat = rearrange(imgs, "b v c H W -> (b v) c H W").float()
-            small = F.interpolate(flat, size=(h, w), mode="area").round().clamp(0, 255).to(torch.uint8)
-            out["images"] = rearrange(small, "(b v) c h w -> b v c h w", b=imgs.shape[0])
+        out["images"], out["K"] = resize_views(batch["images"], batch["K"], image_size)
     else:
-        H, W = rig_size or image_size
-    if (H, W) != (h, w):
-        scale = torch.tensor([w / W, h / H, 1.0], dtype=batch["K"].dtype, device=batch["K"].device)
-        out["K"] = batch["K"] * scale[:, None]
+        out["K"] = scale_intrinsics(batch["K"], rig_size or image_size, image_size)
     return out
 
 
@@ -89,10 +83,26 @@ def _sample(logits: Tensor, temperature: float, generator: torch.Generator) -> t
 
 
 class ViewsPipeline:
-    """Tokenizer + generator; ``pipeline(batch)`` -> uint8 images [b, v, 3, H, W]."""
+    """Tokenizer + generator; ``pipeline(batch)`` -> uint8 images [b, v, 3, H, W].
+
+    The constructor leaves the modules' train/eval modes alone (a training loop may hold a pipeline for
+    its preview samples); every call runs them in eval mode and restores their previous modes.
+    """
 
     def __init__(self, tokenizer: VQAutoencoder, generator: ViewsTransformer, config: ViewsConfig):
-        self.tokenizer, self.generator, self.config = tokenizer.eval(), generator.eval(), config
+        self.tokenizer, self.generator, self.config = tokenizer, generator, config
+
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Run the tokenizer and generator in eval mode (no dropout), then restore their modes."""
+        modes = [(m, m.training) for mod in (self.tokenizer, self.generator) for m in mod.modules()]
+        self.tokenizer.eval()
+        self.generator.eval()
+        try:
+            yield
+        finally:
+            for m, training in modes:
+                m.training = training
 
     @property
     def device(self) -> torch.device:
@@ -167,8 +177,9 @@ class ViewsPipeline:
     def reconstruct(self, images: Tensor) -> Tensor:
         """Tokenizer round trip (the quality ceiling of generation): uint8 [b, v, 3, H, W] -> same."""
         b = images.shape[0]
-        idx = self.tokenizer.encode(images_to_unit(rearrange(images.to(self.device), "b v c H W -> (b v) c H W")))
-        return self.tokens_to_images(rearrange(idx, "(b v) h w -> b (v h w)", b=b))
+        with self._eval_mode():
+            idx = self.tokenizer.encode(images_to_unit(rearrange(images.to(self.device), "b v c H W -> (b v) c H W")))
+            return self.tokens_to_images(rearrange(idx, "(b v) h w -> b (v h w)", b=b))
 
     @torch.no_grad()
     def __call__(self, batch: dict, mode: Literal["parallel", "autoregressive"] = "parallel",
@@ -198,19 +209,22 @@ class ViewsPipeline:
             raise ValueError(f"batch has {batch['K'].shape[1]} views, the model was trained on {self.num_views}")
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         b = batch["bev"].shape[0]
-        ctx = self._context(batch, guidance)
-        if mode == "parallel":
-            tokens = self.decode_parallel(ctx, b, steps, guidance, temperature, gen)
-        else:
-            tokens = self.decode_autoregressive(ctx, b, guidance, temperature, gen)
-        return self.tokens_to_images(tokens)
+        with self._eval_mode():
+            ctx = self._context(batch, guidance)
+            if mode == "parallel":
+                tokens = self.decode_parallel(ctx, b, steps, guidance, temperature, gen)
+            else:
+                tokens = self.decode_autoregressive(ctx, b, guidance, temperature, gen)
+            return self.tokens_to_images(tokens)
 
 
 def load_views(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") -> ViewsPipeline:
     """Pipeline from a run directory (or its checkpoints/ directory, or one of its .pt files).
 
     Both ``checkpoints/tokenizer.pt`` and ``checkpoints/generator.pt`` are read with
-    ``weights_only=True`` and loaded strictly (key or shape mismatches raise).
+    ``weights_only=True`` and loaded strictly (key or shape mismatches raise); the modules come back in
+    eval mode. Raises FileNotFoundError when a file is missing and ValueError when the tokenizer
+    checkpoint was trained with other tokenizer / ``data.image_size`` settings than the generator's.
     """
     path = Path(run_dir_or_ckpt)
     if path.suffix == ".pt":
@@ -223,9 +237,13 @@ def load_views(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no trained views model: missing {missing} (train with `bevgen views train`)")
     from sim_bridge.config import from_dict
 
-    ckpts = {k: torch.load(p, map_location=device, weights_only=True) for k, p in files.items()}
+    ckpts = {k: load_checkpoint(p, device) for k, p in files.items()}
     cfg = from_dict(ViewsConfig, ckpts["generator"]["config"])
+    diff = config_differences(ckpts["tokenizer"]["config"], cfg, fields=("tokenizer", "data.image_size"))
+    if diff:
+        raise ValueError(f"{files['tokenizer']} does not belong to {files['generator']} (tokenizer checkpoint vs "
+                         f"generator config): " + "; ".join(diff))
     tok, gen = build_models(cfg)
     tok.load_state_dict(ckpts["tokenizer"]["model"], strict=True)
     gen.load_state_dict(ckpts["generator"]["model"], strict=True)
-    return ViewsPipeline(tok.to(device), gen.to(device), cfg)
+    return ViewsPipeline(tok.to(device).eval(), gen.to(device).eval(), cfg)

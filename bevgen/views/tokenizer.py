@@ -41,6 +41,7 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        """[b, c_in, h, w] -> [b, c_out, h, w]."""
         return self.skip(x) + self.body(x)
 
 

@@ -6,7 +6,9 @@ stage "tokenizer" (VQ autoencoder, L1 + MSE + gradient + VQ losses) -> stage "ge
 frozen, every training frame tokenised once and kept in memory, MaskGIT loss with condition dropout)
 -> atomic checkpoints ``checkpoints/{tokenizer,generator}.pt`` = {model, optimizer, config, step,
 best_metric} read back with ``weights_only=True``. TensorBoard: ``losses/``, ``charts/`` and sample
-grids (rows: real, tokenizer reconstruction, generated; columns: the views) also saved as PNG.
+grids (per preview frame: real | tokenizer reconstruction | generated, each a six-view mosaic) also
+saved as PNG. A resumed run keeps its split.json, refuses a config whose model / data fields differ
+from the checkpoints', and continues with fresh random streams (seeded from the step it resumes at).
 
 Multi-GPU: ``torchrun --nproc_per_node N -m bevgen.views.train --data DIR --out RUN``: each rank
 trains on its shard of frames, DDP averages gradients, rank 0 writes logs and checkpoints.
@@ -16,14 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bevgen.views.config import ViewsConfig
+from bevgen.training import load_checkpoint, save_checkpoint, seed_everything, setup_distributed, stream_seed
+from bevgen.views.config import MODEL_FIELDS, ViewsConfig, config_differences
 from sim_bridge.config import save_config, to_dict
 
 __all__ = ["train_views", "main", "STAGES"]
@@ -32,23 +33,9 @@ STAGES = ("tokenizer", "generator", "all")
 KEEP_KEYS = ("images", "bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego")
 
 
-def _setup_distributed(device_pref: str):
-    import torch
-    import torch.distributed as dist
-
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
-def _frames(cfg: ViewsConfig, data_dir: Path) -> tuple[list[str], list[str]]:
-    """(train, heldout) frame names, split by scenario; checks the dataset against the config."""
+def _frames(cfg: ViewsConfig, data_dir: Path, split_file: Path | None) -> tuple[list[str], list[str]]:
+    """(train, heldout) frame names: those of ``split_file`` (a resumed run's split.json) when given, else
+    split by scenario; checks the dataset against the config."""
     from bevgen.render.dataset import split_frames
 
     index = json.loads((data_dir / "index.json").read_text())
@@ -62,6 +49,9 @@ def _frames(cfg: ViewsConfig, data_dir: Path) -> tuple[list[str], list[str]]:
         problems.append(f"data.num_views={cfg.data.num_views} but the dataset rig has {views} cameras")
     if problems:
         raise ValueError(f"{data_dir}: " + "; ".join(problems))
+    if split_file is not None:
+        split = json.loads(split_file.read_text())
+        return list(split["train"]), list(split["heldout"])
     if cfg.data.heldout_fraction <= 0:
         return list(index["frames"]), []
     train, held = split_frames(index["frames"], cfg.data.heldout_fraction, cfg.train.seed)
@@ -69,16 +59,22 @@ def _frames(cfg: ViewsConfig, data_dir: Path) -> tuple[list[str], list[str]]:
 
 
 def _load_items(data_dir: Path, names: list[str], cfg: ViewsConfig, problems: list[str]) -> list[dict]:
-    """Load, resize (model image size, K scaled) and keep frames in memory; bad frames are reported."""
+    """Load, resize (model image size, K scaled) and keep frames in memory; bad or missing frames are reported."""
     from torch.utils.data import default_collate
 
     from bevgen.render.dataset import FrameDataset
     from bevgen.views.sample import fit_batch
 
-    ds, items = FrameDataset(data_dir, names=names), []
-    for i, name in enumerate(names):
+    try:
+        ds, items = FrameDataset(data_dir, names=names), []
+    except FileNotFoundError as e:  # every frame missing: the caller decides whether that is fatal
+        problems.append(str(e))
+        return []
+    problems += [f"{name}: frame file missing" for name in ds.missing]
+    for i, name in enumerate(ds.names):
         try:
-            item = fit_batch(default_collate([{k: ds[i][k] for k in KEEP_KEYS}]), cfg.data.image_size)
+            frame = ds[i]  # one read of the npz per frame
+            item = fit_batch(default_collate([{k: frame[k] for k in KEEP_KEYS}]), cfg.data.image_size)
             items.append({k: v[0] for k, v in item.items()})
         except Exception as e:  # noqa: BLE001 - one unreadable frame must not stop training
             problems.append(f"{name}: {type(e).__name__}: {e}")
@@ -92,11 +88,14 @@ def _batches(source, batch_size: int, cfg: ViewsConfig, gen):
 
     from bevgen.views.sample import fit_batch
 
+    if len(source) == 0:
+        raise ValueError("no training frames to draw batches from (every frame missing or unreadable)")
     if isinstance(source, list):  # cached: random draws with replacement across the epoch boundary
         while True:
             idx = torch.randint(len(source), (min(batch_size, len(source)),), generator=gen).tolist()
             yield default_collate([source[i] for i in idx])
-    loader = DataLoader(source, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen,
+    # fewer frames than a batch: keep the short batch (drop_last would leave an empty, endless loader)
+    loader = DataLoader(source, batch_size=batch_size, shuffle=True, drop_last=len(source) >= batch_size, generator=gen,
                         num_workers=cfg.data.num_workers, collate_fn=lambda b: default_collate(
                             [{k: x[k] for k in KEEP_KEYS} for x in b]))
     while True:
@@ -112,41 +111,47 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def _save(path: Path, model, opt, cfg: ViewsConfig, step: int, best: float) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": to_dict(cfg),
-             "step": step, "best_metric": best}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def _restore(path: Path, model, opt, device) -> tuple[int, float]:
     """Load a stage checkpoint strictly; returns (step, best_metric)."""
-    import torch
-
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = load_checkpoint(path, device)
     model.load_state_dict(ckpt["model"], strict=True)
     if opt is not None:
         opt.load_state_dict(ckpt["optimizer"])
     return int(ckpt["step"]), float(ckpt["best_metric"])
 
 
-def _grid(rows: list) -> np.ndarray:
-    """Rows of uint8 [v, 3, H, W] -> one [3, rows H, v W] image (views side by side)."""
-    return np.concatenate([np.concatenate(list(r.cpu().numpy()), axis=2) for r in rows], axis=1)
+def _check_reused(cfg: ViewsConfig, ckpts: dict[str, Path], todo: tuple[str, ...], resume: bool) -> None:
+    """Checkpoints a run continues from (a resumed stage, the frozen tokenizer of the generator stage)
+    must hold cfg's model and data fields: raise naming every differing field."""
+    fields, diff = {"tokenizer": ("data", "tokenizer"), "generator": MODEL_FIELDS}, {}
+    for stage, path in ckpts.items():
+        if path.exists() and (resume if stage in todo else stage == "tokenizer"):
+            diff |= dict.fromkeys(config_differences(load_checkpoint(path)["config"], cfg, fields[stage]))
+    if diff:
+        raise ValueError(f"{path.parent} holds checkpoints trained with another config: " + "; ".join(sorted(diff))
+                         + ". Resume with the run's own config.yaml (drop -c), or train into a new run directory.")
+
+
+def _fresh_streams(ctx: dict, start: int) -> None:
+    """A stage resumed at step ``start`` > 0 reseeds the batch draws and torch's global generator (dead-code
+    restarts, dropout) from (seed, rank, start) instead of replaying the draws of step 0."""
+    import torch
+
+    if start:
+        seed = stream_seed(ctx["cfg"].train.seed, ctx["rank"], start)
+        ctx["gen"].manual_seed(seed)
+        torch.manual_seed(seed)
 
 
 def _write_samples(writer, run_dir: Path, pipe, preview: dict, step: int, tag: str) -> None:
     """Real | reconstruction | generated grid of the preview frames, to TensorBoard and PNG."""
     import cv2
 
+    from bevgen.views.figures import sample_grid
+
     gen = pipe(preview, steps=pipe.config.train.sample_steps, seed=0)
     recon = pipe.reconstruct(preview["images"])
-    rows = [r for b in range(len(gen)) for r in (preview["images"][b], recon[b], gen[b])]
-    grid = _grid(rows)
+    grid = sample_grid([[preview["images"][b], recon[b], gen[b]] for b in range(len(gen))])
     writer.add_image(f"samples/{tag}", grid, step)
     (run_dir / "samples").mkdir(exist_ok=True)
     cv2.imwrite(str(run_dir / "samples" / f"{tag}_{step:06d}.png"), grid.transpose(1, 2, 0)[..., ::-1])
@@ -204,6 +209,7 @@ def _train_tokenizer(tok, items_or_ds, ctx: dict, resume: bool) -> dict:
     cfg, device, path = ctx["cfg"], ctx["device"], ctx["run_dir"] / "checkpoints" / "tokenizer.pt"
     opt = torch.optim.Adam(tok.parameters(), lr=cfg.train.tokenizer_lr, betas=(0.5, 0.9))
     start, best = _restore(path, tok, opt, device) if resume and path.exists() else (0, math.inf)
+    _fresh_streams(ctx, start)
     net = DDP(tok) if ctx["world"] > 1 else tok
     batches = _batches(items_or_ds, cfg.train.tokenizer_batch, cfg, ctx["gen"])
 
@@ -219,7 +225,8 @@ def _train_tokenizer(tok, items_or_ds, ctx: dict, resume: bool) -> dict:
     def checkpoint(step: int, recent: float) -> None:
         nonlocal best
         best = min(best, recent)
-        _save(path, tok, opt, cfg, step, best)
+        save_checkpoint(path, model=tok.state_dict(), optimizer=opt.state_dict(), config=to_dict(cfg),
+                        step=step, best_metric=best)
 
     return _loop("tokenizer", list(tok.parameters()), opt, cfg.train.tokenizer_lr, start, cfg.train.tokenizer_steps,
                  step_fn, ctx, checkpoint)
@@ -254,10 +261,11 @@ def _train_generator(gen_model, tok, items: list[dict], preview: dict | None, ct
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=cfg.train.generator_lr, betas=(0.9, 0.95))
     start, best = _restore(path, gen_model, opt, device) if resume and path.exists() else (0, math.inf)
+    _fresh_streams(ctx, start)
     net = DDP(gen_model, find_unused_parameters=True) if ctx["world"] > 1 else gen_model
     batches = _batches(items, cfg.train.generator_batch, cfg, ctx["gen"])
-    gen_dev = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + ctx["rank"])
-    pipe = ViewsPipeline(tok, gen_model, cfg)
+    gen_dev = torch.Generator(device=device).manual_seed(stream_seed(cfg.train.seed, ctx["rank"], start))
+    pipe = ViewsPipeline(tok, gen_model, cfg)  # switches to eval mode only while sampling
 
     def step_fn():
         b = {k: v.to(device) for k, v in next(batches).items()}
@@ -266,13 +274,12 @@ def _train_generator(gen_model, tok, items: list[dict], preview: dict | None, ct
     def checkpoint(step: int, recent: float) -> None:
         nonlocal best
         best = min(best, recent)
-        _save(path, gen_model, opt, cfg, step, best)
+        save_checkpoint(path, model=gen_model.state_dict(), optimizer=opt.state_dict(), config=to_dict(cfg),
+                        step=step, best_metric=best)
         every = cfg.train.sample_every
         due = step == cfg.train.generator_steps or (every and step % every == 0)
         if preview is not None and ctx["writer"] and due:
-            gen_model.eval()
             _write_samples(ctx["writer"], ctx["run_dir"], pipe, preview, step, "generator")
-            gen_model.train()
 
     return _loop("generator", list(gen_model.parameters()), opt, cfg.train.generator_lr, start,
                  cfg.train.generator_steps, step_fn, ctx, checkpoint)
@@ -288,7 +295,8 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
             converter); images of another size are resized to ``cfg.data.image_size``.
         run_dir: output directory (config.yaml, split.json, checkpoints/, tb/, samples/, train_summary.json).
         stage: "tokenizer", "generator" (needs a trained tokenizer in run_dir) or "all".
-        resume: continue from the checkpoints in run_dir (a finished stage is skipped).
+        resume: continue from the checkpoints in run_dir (a finished stage is skipped) with the frames of
+            its split.json; cfg's model and data fields must equal the checkpoints' (ValueError otherwise).
         progress: tqdm progress bars.
     Returns:
         summary dict: per stage {steps, start_step, seconds, first_loss, final, final_loss_mean20}
@@ -308,16 +316,17 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
             raise FileExistsError(f"{ckpts[s]} exists; pass resume=True (--resume) or choose another run dir")
     if "tokenizer" not in todo and not ckpts["tokenizer"].exists():
         raise FileNotFoundError(f"{ckpts['tokenizer']}: train the tokenizer first (stage 'tokenizer' or 'all')")
+    _check_reused(cfg, ckpts, todo, resume)
     t_start = time.perf_counter()
-    rank, world, device = _setup_distributed(cfg.train.device)
+    rank, world, device = setup_distributed(cfg.train.device)
     if cfg.train.threads and device.type == "cpu":
         torch.set_num_threads(cfg.train.threads)
-    random.seed(cfg.train.seed + rank)
-    np.random.seed(cfg.train.seed + rank)
-    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-    gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)  # batch draws (CPU)
+    seed_everything(cfg.train.seed, rank)  # same initial weights on every rank
+    gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, rank))  # batch draws (CPU)
 
-    train_names, held_names = _frames(cfg, data_dir)
+    split_file = run_dir / "split.json"
+    reuse_split = (resume or "tokenizer" not in todo) and split_file.exists()  # never re-split a run
+    train_names, held_names = _frames(cfg, data_dir, split_file if reuse_split else None)
     problems: list[str] = []
     shard = train_names[rank::world]
     if cfg.data.cache_in_memory:
@@ -326,6 +335,7 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
         from bevgen.render.dataset import FrameDataset
 
         source = FrameDataset(data_dir, names=shard)
+        problems += [f"{name}: frame file missing" for name in source.missing]
     if len(source) == 0:
         raise ValueError(f"{data_dir}: no usable training frames (problems: {problems[:3]})")
     preview_items = _load_items(data_dir, (held_names or train_names)[:2], cfg, problems) if rank == 0 else []
@@ -336,8 +346,9 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
 
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "split.json").write_text(json.dumps({"data_dir": str(data_dir), "train": train_names,
-                                                        "heldout": held_names}, indent=1))
+        if not reuse_split:
+            split_file.write_text(json.dumps({"data_dir": str(data_dir), "train": train_names, "heldout": held_names},
+                                             indent=1))
         writer = SummaryWriter(str(run_dir / "tb"))
         writer.add_text("hparams", "```\n" + json.dumps(to_dict(cfg), indent=2) + "\n```")
     use_bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
@@ -377,22 +388,12 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m bevgen.views.train --data DIR --out RUN [--config YAML] [--stage all] [--set k=v]``."""
-    import argparse
+    """``python -m bevgen.views.train`` (e.g. under torchrun): ``bevgen views train`` with the same options."""
+    import typer
 
-    from sim_bridge.config import load_config
+    from bevgen.views.cli import app
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="FrameDataset directory")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--config", help="YAML preset, e.g. configs/views/tiny.yaml")
-    p.add_argument("--stage", choices=STAGES, default="all")
-    p.add_argument("--set", action="append", default=[], help="override, e.g. train.generator_steps=100")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    cfg = load_config(ViewsConfig, a.config, a.set)
-    train_views(cfg, a.data, a.out, stage=a.stage, resume=a.resume, progress=not a.no_progress)
+    typer.main.get_command(app).commands["train"].main(argv, prog_name="python -m bevgen.views.train")
 
 
 if __name__ == "__main__":

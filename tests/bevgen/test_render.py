@@ -132,6 +132,29 @@ def test_render_is_deterministic_and_reuses_static_scene(road):
     assert (a.semantic == SEM["building"]).any() and (a.semantic == SEM["marking"]).any()
 
 
+def test_scenarios_sharing_a_map_build_the_static_scene_once(road):
+    """Snapshots of one drive (a new Scenario per step, one shared map dict, one map key) reuse the static
+    scene, and each renders exactly as a fresh renderer would (the render frame depends on the map only)."""
+    import dataclasses
+
+    rig = nuscenes_rig((48, 80))
+    cfg = SynthConfig(image_size=(48, 80))
+    snaps = [dataclasses.replace(road, id=f"drive-step{t}", metadata={**road.metadata, "map_key": "road"})
+             for t in (4, 9)]
+    with SceneRenderer(rig, cfg) as r:
+        r.render(snaps[0], 4)
+        b = r.render(snaps[1], 9)
+        assert r.static_builds == 1
+        other_map = dataclasses.replace(snaps[1], map_features=dict(road.map_features))
+        r.render(other_map, 9)
+        assert r.static_builds == 2  # a different map object is rebuilt
+    with SceneRenderer(rig, cfg) as fresh:
+        ref = fresh.render(snaps[1], 9)
+    np.testing.assert_array_equal(b.images, ref.images)
+    np.testing.assert_array_equal(b.semantic, ref.semantic)
+    np.testing.assert_array_equal(b.depth, ref.depth)
+
+
 def test_config_yaml_loads_and_rejects_unknown_keys(tmp_path):
     cfg = load_config(SynthConfig, REPO / "configs" / "render" / "synthetic.yaml")
     assert cfg == SynthConfig()

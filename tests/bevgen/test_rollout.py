@@ -88,6 +88,24 @@ def test_save_animation_refuses_bad_input(tmp_path):
         save_animation(frames, tmp_path / "a.avi")
     with pytest.raises(ValueError, match="no frames"):
         save_animation([], tmp_path / "a.gif")
-    if importlib.util.find_spec("imageio") is None or importlib.util.find_spec("imageio_ffmpeg") is None:
-        with pytest.raises(MissingEncoderError, match=r"\.gif"):
-            save_animation(frames, tmp_path / "a.mp4")
+
+
+def test_save_animation_mp4_falls_back_to_opencv(tmp_path, monkeypatch):
+    """Without imageio-ffmpeg the MP4 goes through OpenCV (odd sides padded even); with neither: a clear error."""
+    import bevgen.rollout as ro
+
+    frames = np.random.default_rng(0).integers(0, 255, (4, 15, 21, 3), dtype=np.uint8)
+    monkeypatch.setattr(ro, "_write_mp4_imageio", lambda *a: False)
+    if importlib.util.find_spec("cv2") is not None:
+        import cv2
+
+        path = save_animation(frames, tmp_path / "a.mp4", fps=5)
+        cap = cv2.VideoCapture(str(path))
+        try:
+            assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+            assert (int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))) == (16, 22)
+        finally:
+            cap.release()
+    monkeypatch.setattr(ro, "_write_mp4_opencv", lambda *a: False)
+    with pytest.raises(MissingEncoderError, match=r"\.gif"):
+        save_animation(frames, tmp_path / "b.mp4")

@@ -186,6 +186,24 @@ def test_layout_roundtrip_and_square_crop_geometry(tmp_path, road_layout):
     assert np.allclose((full - [24.0, 0.0]) * 0.5, crop, atol=1e-4)  # crop left 24 px, scale 32 / 64
 
 
+def test_validate_raises_value_error_that_survives_python_O(road_layout):
+    """Contract checks raise ValueError (``assert`` would vanish under ``python -O``)."""
+    import dataclasses
+
+    with pytest.raises(ValueError, match="classes must be int64"):
+        dataclasses.replace(road_layout, classes=road_layout.classes.astype(np.int32)).validate()
+    bad_T = road_layout.T_cam_from_ego.copy()
+    bad_T[:3, :3] *= 2.0
+    with pytest.raises(ValueError, match="not orthonormal"):
+        dataclasses.replace(road_layout, T_cam_from_ego=bad_T).validate()
+    lat = E.SceneLatents.from_seed(road_layout.num_boxes + 1, 16)
+    lat.validate()
+    with pytest.raises(ValueError, match="one object latent per layout box"):
+        lat.validate(road_layout)
+    with pytest.raises(ValueError, match="z_bg"):
+        E.SceneLatents(lat.z_obj, lat.z_bg[:3]).validate()
+
+
 def test_bilinear_gather_matches_grid_sample():
     import torch.nn.functional as F
 

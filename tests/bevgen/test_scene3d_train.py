@@ -40,6 +40,26 @@ def _params(m):
     return [p.detach().clone() for p in m.parameters()]
 
 
+def test_frame_failing_on_one_camera_is_skipped_whole(frames_dir, tmp_path):
+    """A frame whose second camera is broken yields no sample at all (no partial frames) and is reported."""
+    import shutil
+
+    from bevgen.render.dataset import load_frame, write_frame
+    from bevgen.scene3d.data import load_scene3d_data
+
+    root = tmp_path / "frames"
+    shutil.copytree(frames_dir, root)
+    index = json.loads((root / "index.json").read_text())
+    bad = index["frames"][0]
+    arrays = load_frame(root / "frames" / f"{bad}.npz")
+    arrays["T_cam_from_ego"][index["rig"]["names"].index("CAM_BACK"), :3, :3] *= 2.0  # not a rotation
+    write_frame(root / "frames" / f"{bad}.npz", arrays)
+    data = load_scene3d_data(root, cameras=("CAM_FRONT", "CAM_BACK"), resolution=32)
+    assert len(data) == 2 * (len(index["frames"]) - 1)
+    assert not any(n.startswith(f"{bad}:") for n in data.names)
+    assert len(data.problems) == 1 and data.problems[0].startswith(f"{bad}: ") and "orthonormal" in data.problems[0]
+
+
 def test_tiny_training_updates_generator_and_both_discriminators(frames_dir, tmp_path):
     torch.set_num_threads(1)
     cfg = load_config(Scene3DTrainConfig, None, TINY + ["steps=3"])

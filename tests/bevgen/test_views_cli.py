@@ -59,6 +59,12 @@ def test_views_commands_end_to_end(tmp_path):
     res = runner.invoke(app, ["views", "train", "--data", str(data), "--out", str(run), "-c", str(cfg)])
     assert res.exit_code == 0, res.output
     assert (run / "checkpoints" / "generator.pt").exists() and (run / "split.json").exists()
+    # --resume without -c continues with the run's own config.yaml (finished stages: nothing left to do)
+    res = runner.invoke(app, ["views", "train", "--data", str(data), "--out", str(run), "--resume", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["views", "train", "--data", str(data), "--out", str(run), "--resume",
+                              "--set", "generator.layers=2"])
+    assert res.exit_code == 2 and "generator.layers" in " ".join(res.output.split())
 
     out = tmp_path / "sample"
     res = runner.invoke(app, ["views", "sample", "--ckpt", str(run), "--scenario",
@@ -82,6 +88,12 @@ def test_views_commands_end_to_end(tmp_path):
                 "fid_extractor", "num_samples"):
         assert key in metrics, key
     assert metrics["num_samples"] == 3 * 6 and metrics["fid_extractor"].startswith("bevgen-randconv")
+
+    other = tmp_path / "other_data"  # a dataset without the run's held-out frames
+    other.mkdir()
+    (other / "index.json").write_text(json.dumps({"frames": []}))
+    res = runner.invoke(app, ["views", "eval", "--ckpt", str(run), "--data", str(other), "--out", str(tmp_path / "e2")])
+    assert res.exit_code == 2 and "held-out frames" in " ".join(res.output.split())
 
 
 def test_views_train_rejects_a_folder_that_is_not_a_dataset(tmp_path):

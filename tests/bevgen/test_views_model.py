@@ -232,3 +232,116 @@ def test_fit_batch_resizes_images_and_scales_K_like_the_rig():
     torch.testing.assert_close(out["T_cam_from_ego"], T)
     no_images = fit_batch({"K": K}, (64, 112), rig_size=(128, 224))  # K of another size, no images
     torch.testing.assert_close(no_images["K"], out["K"])
+
+
+# ---- review fixes: pipeline modes, short datasets, resume checks, missing frames --------------------------
+def _synthetic_batch(b: int = 1, size=(32, 56)) -> dict:
+    """A batch of b frames with the nuScenes rig at ``size``, an empty BEV and no boxes (no dataset needed)."""
+    K, T = _rig_tensors([nuscenes_rig(size)] * b)
+    return {"images": torch.zeros(b, 6, 3, *size, dtype=torch.uint8), "bev": torch.zeros(b, 8, 64, 64),
+            "boxes": torch.zeros(b, 4, 7), "classes": torch.zeros(b, 4, dtype=torch.long),
+            "box_valid": torch.zeros(b, 4, dtype=torch.bool), "K": K, "T_cam_from_ego": T}
+
+
+def test_pipeline_samples_in_eval_mode_and_restores_training_mode():
+    from bevgen.views.sample import ViewsPipeline, build_models
+
+    cfg = _tiny_config()
+    cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, dropout=0.5))
+    tok, gen = build_models(cfg)
+    tok.train(), gen.train()
+    pipe = ViewsPipeline(tok, gen, cfg)
+    assert gen.training and tok.training  # the constructor leaves the modes alone (a trainer holds one)
+    seen = []
+    gen.blocks[0].register_forward_hook(lambda m, i, o: seen.append(m.training))
+    out = pipe(_synthetic_batch(), steps=2, seed=0)
+    assert out.shape == (1, 6, 3, 32, 56) and seen and not any(seen)  # dropout off while sampling
+    assert all(m.training for m in gen.modules()) and all(m.training for m in tok.modules())  # restored
+    pipe.reconstruct(_synthetic_batch()["images"])
+    assert gen.training and tok.training
+    gen.eval()
+    pipe(_synthetic_batch(), steps=1, seed=0)
+    assert not gen.training  # an eval-mode model stays in eval mode
+
+
+def test_uncached_batches_with_fewer_frames_than_a_batch():
+    from bevgen.views.train import _batches
+
+    cfg = dataclasses.replace(_tiny_config(), data=dataclasses.replace(_tiny_config().data, cache_in_memory=False))
+    frames = [{k: v[0] for k, v in _synthetic_batch().items()} for _ in range(2)]
+
+    class Source:  # a FrameDataset stand-in (not a list: goes through the DataLoader)
+        def __len__(self):
+            return len(frames)
+
+        def __getitem__(self, i):
+            return frames[i]
+
+    batches = _batches(Source(), 4, cfg, torch.Generator().manual_seed(0))
+    for _ in range(3):  # the short batch is kept, epoch after epoch (drop_last would spin forever)
+        assert next(batches)["images"].shape[0] == 2
+    empty = Source()
+    frames_backup, frames[:] = list(frames), []
+    with pytest.raises(ValueError, match="no training frames"):
+        next(_batches(empty, 4, cfg, torch.Generator()))
+    frames[:] = frames_backup
+
+
+def test_resume_refuses_another_model_or_data_config(trained, frames_dir, tmp_path):
+    import shutil
+
+    from bevgen.views.train import train_views
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    split = (run / "split.json").read_text()
+    other = _tiny_config(generator_steps=45)
+    other = dataclasses.replace(other, generator=dataclasses.replace(other.generator, d_model=48),
+                                data=dataclasses.replace(other.data, heldout_fraction=0.5))
+    with pytest.raises(ValueError) as err:
+        train_views(other, frames_dir, run, stage="generator", resume=True, progress=False)
+    assert "generator.d_model: checkpoint 32, config 48" in str(err.value) and "data.heldout_fraction" in str(err.value)
+    # a train-only change (more steps, a reading knob) resumes, and the split is reused as written
+    ok = _tiny_config(generator_steps=41)
+    ok = dataclasses.replace(ok, data=dataclasses.replace(ok.data, cache_in_memory=False))
+    out = train_views(ok, frames_dir, run, stage="generator", resume=True, progress=False)
+    assert out["generator"]["start_step"] == 40 and (run / "split.json").read_text() == split
+
+
+def test_load_views_rejects_a_tokenizer_of_another_config(trained, tmp_path):
+    import shutil
+
+    from bevgen.views.sample import load_views
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    ckpt = torch.load(run / "checkpoints" / "tokenizer.pt", weights_only=True)
+    ckpt["config"]["tokenizer"]["commitment"] = 0.5
+    ckpt["config"]["data"]["image_size"] = [64, 112]
+    torch.save(ckpt, run / "checkpoints" / "tokenizer.pt")
+    with pytest.raises(ValueError, match="tokenizer.commitment") as err:
+        load_views(run)
+    assert "data.image_size" in str(err.value)
+
+
+def test_missing_frame_files_are_reported_and_skipped(frames_dir, tmp_path):
+    import json
+    import shutil
+
+    from bevgen.render.dataset import FrameDataset
+    from bevgen.views.bevseg import BevSegConfig, _resolve_config, load_split
+    from bevgen.views.train import _load_items
+
+    root = tmp_path / "frames"
+    shutil.copytree(frames_dir, root)
+    names = json.loads((root / "index.json").read_text())["frames"]
+    (root / "frames" / f"{names[1]}.npz").unlink()
+    ds = FrameDataset(root)
+    assert ds.missing == [names[1]] and len(ds) == len(names) - 1 and names[1] not in ds.names
+    problems: list[str] = []
+    items = _load_items(root, names[:3], _tiny_config(), problems)
+    assert len(items) == 2 and problems == [f"{names[1]}: frame file missing"]
+    data = load_split(root, names[:3], _resolve_config(BevSegConfig(), root))
+    assert data["names"] == [names[0], names[2]] and any(names[1] in p for p in data["problems"])
+    with pytest.raises(FileNotFoundError, match="all 1 requested"):
+        FrameDataset(root, names=[names[1]])  # nothing left
