@@ -17,6 +17,11 @@ from typing import List, Optional
 
 import typer
 
+from bevgen.cli_common import ConfigOpt, SetOpt
+from bevgen.cli_common import console as _console
+from bevgen.cli_common import fail as _fail
+from bevgen.cli_common import save_run_config as _save_run_config
+
 app = typer.Typer(help="bevgen: BEV layouts, camera views, traffic generation and RL on one scenario contract.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 scenarios = typer.Typer(help="Make, convert, check and look at scenario datasets (ScenarioNet format, "
@@ -38,19 +43,8 @@ from bevgen.scene3d.cli import app as scene3d_app  # noqa: E402
 app.add_typer(views_app, name="views")
 app.add_typer(scene3d_app, name="scene3d")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; unknown keys are errors.")
-SetOpt = typer.Option(None, "--set", help="Override a config field: --set key=value (repeatable, value is YAML).")
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    _console().print(f"[bold red]error:[/] {msg}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _progress():
@@ -68,12 +62,6 @@ def _report_conversion(report, out: Path) -> None:
     for item, err in report.failed:
         con.print(f"[red]bad item[/] {item}: {err}", highlight=False)
 
-
-def _save_run_config(out: Path, command: str, config: dict) -> None:
-    import yaml
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bevgen_run.yaml").write_text(yaml.safe_dump({"command": command, "config": config}, sort_keys=False))
 
 
 # ---- scenarios ----------------------------------------------------------------------------------

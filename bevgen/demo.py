@@ -262,7 +262,7 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
              f"{cfg.bev.resolution_m} m/px, +-{cfg.bev.range_m} m; rasterization median "
              f"{np.median(raster_ms):.2f} ms per frame on this machine.</p>"),
             *dc.camera_sections(*camera_parts),
-            ("Metrics", rp.definition_list({**dc.VIEWS_DEFINITIONS,
+            ("Metrics", rp.definition_list({**dc.metric_definitions(),
                 "valid scenarios": f"{len(scenes)}: files that load through the safe loader and pass the contract validator",
                 "rasterization time": f"{np.median(raster_ms):.2f} ms: median wall time of one {cfg.bev.size}x{cfg.bev.size} BEV frame",
                 "success_rate": "fraction of episodes with route completion > 0.95, no crash and not leaving the road",

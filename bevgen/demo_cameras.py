@@ -220,24 +220,17 @@ def _up(img: np.ndarray, k: int = 3) -> np.ndarray:
     return np.repeat(np.repeat(img, k, 0), k, 1)
 
 
-VIEWS_DEFINITIONS = {
-    "road_iou / vehicle_iou": "IoU between the input BEV layout (drivable area / vehicles) and what a BEV segmentation "
-                              "network, trained in this run on ground-truth images of the training scenarios, "
-                              "sees in the GENERATED views of held-out frames",
-    "road_iou_oracle / vehicle_iou_oracle": "the same network on the ground-truth images of the same frames: the "
-                                            "upper bound",
-    "seam_consistency": "1 - mean |a - b| / 255 of ground points seen by two adjacent cameras, sampled in both "
-                        "generated views (1 = the views agree at their seams); _oracle: on ground truth",
-    "fid / kid": "Frechet / kernel inception-style distance between generated and ground-truth views, features from "
-                 "the extractor named in fid_extractor (numbers are comparable only under the same extractor)",
-    "temporal change": "mean |frame k+1 - frame k| (0-255) over pixels of static classes (road, ground, buildings, "
-                       "sky, markings) in both ground-truth frames, generated vs ground truth (the change ego motion "
-                       "explains)",
-    "flicker": "the same over pixels whose ground-truth colour changed by < 8 levels (ground truth ~0 there)",
-    "box_alpha_iou": "scene3d: IoU of the rendered object opacity (> 0.5) with the projected 2D boxes of the layout",
-    "object_fid": "scene3d: FID of crops at the projected boxes, generated vs real",
-    "images_per_second": "scene3d renders per second on this machine at the model's resolution",
-}
+def metric_definitions() -> dict[str, str]:
+    """Definitions of every camera metric in the report, from the modules that compute them."""
+    from bevgen.scene3d.metrics import DEFINITIONS as SCENE3D
+    from bevgen.views.metrics import DEFINITIONS as VIEWS
+
+    return {**{f"views {k}": v for k, v in VIEWS.items()},
+            "drive temporal change": "mean |frame k+1 - frame k| (0-255) over pixels of static classes (road, "
+                                     "ground, buildings, sky, markings) in both ground-truth frames, generated vs "
+                                     "ground truth (the change ego motion explains)",
+            "drive flicker": "the same over pixels whose ground-truth colour changed by < 8 levels (ground truth ~0)",
+            **{f"scene3d {k}": v for k, v in SCENE3D.items()}}
 
 
 def camera_sections(views: dict, drive: dict, scene3d: dict, sources: dict) -> list[tuple[str, str]]:

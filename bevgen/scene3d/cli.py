@@ -11,25 +11,18 @@ from typing import List, Optional, Sequence
 
 import typer
 
+from bevgen.cli_common import ConfigOpt, SetOpt
+from bevgen.cli_common import console as _console
+from bevgen.cli_common import fail as _fail
+
 __all__ = ["app"]
 
 app = typer.Typer(help="Compositional 3D-aware scene generator (NeRF-GAN driven by BEV boxes): train, render "
                        "and edit layouts (move / rotate / add / delete / restyle objects, move the camera), evaluate.",
                   no_args_is_help=True)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; unknown keys are errors.")
-SetOpt = typer.Option(None, "--set", help="Override a config field: --set key=value (repeatable, value is YAML).")
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    _console().print(f"[bold red]error:[/] {msg}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _floats(text: str, n: int, what: str) -> list[float]:

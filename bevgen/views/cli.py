@@ -18,29 +18,17 @@ from typing import List, Optional
 
 import typer
 
+from bevgen.cli_common import ConfigOpt, SetOpt
+from bevgen.cli_common import console as _console
+from bevgen.cli_common import fail as _fail
+from bevgen.cli_common import save_run_config as _save_run_config
+
 app = typer.Typer(help="Camera views from BEV layouts (BEVGen-style): paired datasets, tokenizer + cross-view "
                        "transformer training, sampling, evaluation.", no_args_is_help=True)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; unknown keys are errors.")
-SetOpt = typer.Option(None, "--set", help="Override a config field: --set key=value (repeatable, value is YAML).")
 
 
-def _console():
-    from rich.console import Console
 
-    return Console(stderr=True)
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    _console().print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code)
-
-
-def _save_run_config(out: Path, command: str, config: dict) -> None:
-    import yaml
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bevgen_run.yaml").write_text(yaml.safe_dump({"command": command, "config": config}, sort_keys=False))
 
 
 # ---- dataset ------------------------------------------------------------------------------------
