@@ -71,6 +71,25 @@ def make_straight_road_scenario(length: int = 50, ego_speed: float = 10.0, ego_y
                          "ts": t, "coordinate": "right-handed", "metadrive_processed": False}}
 
 
+def make_varied_road_scenario(seed: int, length: int = 30) -> dict:
+    """The straight-road scenario with the ego turned / shifted against the road and 2-5 other cars
+    (id ``road<seed>``): varied, meaningful layouts for camera tests."""
+    rng = np.random.RandomState(seed)
+    d = make_straight_road_scenario(length=length)
+    d["id"] = d["metadata"]["scenario_id"] = f"road{seed:02d}"
+    ego = d["tracks"]["ego"]["state"]
+    ego["heading"] = ego["heading"] + rng.uniform(-0.5, 0.5)
+    ego["position"][:, 1] += rng.uniform(-1.5, 3.5)
+    lead = d["tracks"].pop("lead")
+    for k in range(rng.randint(2, 6)):
+        car = copy.deepcopy(lead)
+        u, v = rng.uniform(-25, 40), rng.choice([-1.75, 1.75])
+        car["state"]["position"][:, 0] = 100.0 + u + rng.uniform(0, 6) * np.arange(length) * 0.1
+        car["state"]["position"][:, 1] = 200.0 + v
+        d["tracks"][f"car{k}"] = car
+    return d
+
+
 @pytest.fixture
 def road_dict() -> dict:
     return make_straight_road_scenario()

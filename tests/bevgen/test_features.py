@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -12,24 +11,8 @@ pytest.importorskip("pybullet")
 
 from bevgen.features import (RANDCONV_NAME, ExtractorWeightsError, _trace_sqrt_product_eig, build_fid_inception,
                              fid, fid_kid, kid, load_extractor)
-from conftest import make_straight_road_scenario  # tests/conftest.py (on sys.path under pytest)
+from conftest import make_varied_road_scenario as _varied_road  # tests/conftest.py (on sys.path under pytest)
 
-
-def _varied_road(seed: int, length: int = 30) -> dict:
-    """The straight-road scenario with the ego turned / shifted against the road and 2-5 other cars."""
-    rng = np.random.RandomState(seed)
-    d = make_straight_road_scenario(length=length)
-    ego = d["tracks"]["ego"]["state"]
-    ego["heading"] = ego["heading"] + rng.uniform(-0.5, 0.5)
-    ego["position"][:, 1] += rng.uniform(-1.5, 3.5)
-    lead = d["tracks"].pop("lead")
-    for k in range(rng.randint(2, 6)):
-        car = copy.deepcopy(lead)
-        u, v = rng.uniform(-25, 40), rng.choice([-1.75, 1.75])
-        car["state"]["position"][:, 0] = 100.0 + u + rng.uniform(0, 6) * np.arange(length) * 0.1
-        car["state"]["position"][:, 1] = 200.0 + v
-        d["tracks"][f"car{k}"] = car
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ evaluate_views can fail (wrong frame, shuffled cameras, blurred images)."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("pybullet")
 
-from conftest import make_straight_road_scenario  # tests/conftest.py (on sys.path under pytest)
+from conftest import make_varied_road_scenario as _varied_road  # tests/conftest.py (on sys.path under pytest)
 
 from bevgen.views.bevseg import (BevSegConfig, iou, load_bevseg, load_split, mean_map, resize_views,
                                  train_bevseg)
@@ -20,23 +19,6 @@ from bevgen.views.metrics import evaluate_views, overlapping_pairs, seam_consist
 
 SMALL = BevSegConfig(enc_channels=32, bev_channels=32, out_size=25, lr=3e-3, tensorboard=False)
 
-
-def _varied_road(seed: int, length: int = 30) -> dict:
-    """The straight-road scenario with the ego turned / shifted against the road and 2-5 other cars."""
-    rng = np.random.RandomState(seed)
-    d = make_straight_road_scenario(length=length)
-    d["id"] = d["metadata"]["scenario_id"] = f"road{seed:02d}"
-    ego = d["tracks"]["ego"]["state"]
-    ego["heading"] = ego["heading"] + rng.uniform(-0.5, 0.5)
-    ego["position"][:, 1] += rng.uniform(-1.5, 3.5)
-    lead = d["tracks"].pop("lead")
-    for k in range(rng.randint(2, 6)):
-        car = copy.deepcopy(lead)
-        u, v = rng.uniform(-25, 40), rng.choice([-1.75, 1.75])
-        car["state"]["position"][:, 0] = 100.0 + u + rng.uniform(0, 6) * np.arange(length) * 0.1
-        car["state"]["position"][:, 1] = 200.0 + v
-        d["tracks"][f"car{k}"] = car
-    return d
 
 
 @pytest.fixture(scope="module")
