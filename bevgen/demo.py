@@ -214,7 +214,8 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
         from sim_bridge.envs.factory import make_env
         from sim_bridge.rl.evaluate import make_policy
 
-        env = make_env(EnvConfig(data=str(heldout), num_scenarios=1, horizon=cfg.rollout_steps))
+        # the trained agent in augmented (dense) traffic: its snapshots also drive the six-camera video
+        env = make_env(EnvConfig(data=str(out / "augmented"), num_scenarios=1, horizon=cfg.rollout_steps))
         try:
             roll = record_rollout(env, make_policy(str(out / "ppo"), env, seed=0), max_steps=cfg.rollout_steps,
                                   every=2, seed=0, scale=1, keep_snapshots=True)
@@ -256,7 +257,8 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
              rp.table([{"policy": name, **{k: m[k] for k in ("success_rate", "route_completion", "crash_rate",
                                                              "out_of_road_rate", "episode_reward", "num_episodes")}}
                        for name, m in [("PPO (trained)", result)] + list(result["reference"].items())])),
-            ("Trained agent rollout", rp.gif_tag(roll.frames, "top-down view: agent (yellow), traffic, route (cyan)",
+            ("Trained agent rollout", rp.gif_tag(roll.frames, "top-down view in an augmented scenario: agent (yellow), "
+                                                              "traffic, route (cyan)",
                                                  fps=5)),
             ("BEV channels", legend + f"<p class='muted'>{cfg.bev.size}x{cfg.bev.size} px, "
              f"{cfg.bev.resolution_m} m/px, +-{cfg.bev.range_m} m; rasterization median "

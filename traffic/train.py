@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 
 from sim_bridge.config import from_dict, save_config, to_dict
+from sim_bridge.training import setup_distributed
 from sim_bridge.scenario import ScenarioDataset
 from traffic.encoding import EncodingConfig, collate, encode_scene
 
@@ -86,22 +87,6 @@ def build_samples(dirs: tuple[str, ...], enc: EncodingConfig, start_frames: tupl
     return samples, problems
 
 
-def _setup_distributed(device_pref: str):
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
 def load_models(path: str | Path, device: str = "cpu"):
     """(placement, trajectory, config) from a checkpoint, loaded strictly with ``weights_only=True``."""
     import torch
@@ -161,7 +146,7 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
     if not cfg.data:
         raise ValueError("data: give at least one dataset directory to train on")
     run_dir = Path(run_dir)
-    rank, world, device = _setup_distributed(cfg.device)
+    rank, world, device = setup_distributed(cfg.device)
     ckpt_path = run_dir / "checkpoints" / "latest.pt"
     if resume and not ckpt_path.exists():
         raise FileNotFoundError(f"{run_dir}: --resume given but no checkpoints/latest.pt")

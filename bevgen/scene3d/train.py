@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from bevgen import training
+from sim_bridge import training
 from bevgen.scene3d.model import Scene3DModelConfig
 from sim_bridge.config import from_dict, save_config, to_dict
 

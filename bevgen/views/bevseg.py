@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from bevgen.training import load_checkpoint, save_checkpoint, seed_everything
+from sim_bridge.training import load_checkpoint, save_checkpoint, seed_everything
 from sim_bridge.config import from_dict, save_config, to_dict
 
 __all__ = ["BevSegConfig", "BevSegNet", "train_bevseg", "load_bevseg", "evaluate_bevseg", "predict", "iou",

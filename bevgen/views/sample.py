@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from bevgen.training import load_checkpoint
+from sim_bridge.training import load_checkpoint
 from bevgen.views.bevseg import resize_views, scale_intrinsics
 from bevgen.views.config import ViewsConfig, config_differences
 from bevgen.views.generator import Context, ViewsTransformer

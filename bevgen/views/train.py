@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bevgen.training import load_checkpoint, save_checkpoint, seed_everything, setup_distributed, stream_seed
+from sim_bridge.training import load_checkpoint, save_checkpoint, seed_everything, setup_distributed, stream_seed
 from bevgen.views.config import MODEL_FIELDS, ViewsConfig, config_differences
 from sim_bridge.config import save_config, to_dict
 

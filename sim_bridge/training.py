@@ -1,4 +1,4 @@
-"""Plumbing shared by the bevgen trainers (views, bevseg, scene3d) and the checkpoint exporter.
+"""Training plumbing shared by the trainers (traffic, views, bevseg, scene3d) and the checkpoint exporter.
 
 * :func:`save_checkpoint` / :func:`load_checkpoint`: atomic writes (tmp file + ``os.replace``, so an
   interrupted save never leaves a truncated checkpoint) and ``weights_only=True`` reads.

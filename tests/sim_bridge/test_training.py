@@ -1,4 +1,4 @@
-"""bevgen.training: atomic checkpoints, seeds of resumed runs."""
+"""sim_bridge.training: atomic checkpoints, seeds of resumed runs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bevgen.training import load_checkpoint, save_checkpoint, seed_everything, setup_distributed, stream_seed  # noqa: E402
+from sim_bridge.training import load_checkpoint, save_checkpoint, seed_everything, setup_distributed, stream_seed  # noqa: E402
 
 
 def test_checkpoint_round_trip_is_atomic_and_weights_only(tmp_path):
