@@ -2,7 +2,8 @@
 
 Modules: ``config`` (ViewsConfig), ``tokenizer`` (VQ autoencoder), ``attention`` (camera geometry and
 biased attention), ``generator`` (masked-token transformer), ``sample`` (``load_views`` ->
-``ViewsPipeline``), ``train`` (``train_views``; ``python -m bevgen.views.train``), ``metrics``, ``bevseg``.
+``ViewsPipeline``), ``train`` (``train_views``; ``python -m bevgen.views.train``), ``metrics``, ``bevseg``, ``figures``
+(batches from frames, BEV + six-view figures), ``drive`` (generated views of a simulated drive), ``cli``.
 Importing this package imports no torch; the names below load their module on first use.
 """
 
