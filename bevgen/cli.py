@@ -324,7 +324,7 @@ def sim_train(
     try:
         cfg = load_config(TrainConfig, config, overrides)
         result = train(cfg, out, resume=resume)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         _fail(str(e))
     eps = result.episodes[-20:]
     mean = sum(e["reward"] for e in eps) / max(len(eps), 1)

@@ -85,13 +85,20 @@ class EnvConfig:
         return self.data == PROCEDURAL
 
     def total_scenarios(self) -> int:
-        if self.num_scenarios:
-            return self.num_scenarios
+        """Scenarios the env draws from; for a dataset directory, checked against the files it holds
+        (MetaDrive would otherwise assert inside every worker process)."""
         if self.procedural:
-            return DEFAULT_PROCEDURAL_MAPS
+            return self.num_scenarios or DEFAULT_PROCEDURAL_MAPS
         from sim_bridge.scenario import ScenarioDataset
 
-        return len(ScenarioDataset(self.data)) - self.start_index
+        available = len(ScenarioDataset(self.data)) - self.start_index
+        if available < 1:
+            raise ValueError(f"{self.data}: no scenarios from start_index {self.start_index} "
+                             f"({available + self.start_index} in the directory)")
+        if self.num_scenarios > available:
+            raise ValueError(f"{self.data}: num_scenarios={self.num_scenarios} but only {available} scenarios from "
+                             f"start_index {self.start_index}; ask for at most {available} (0 = all of them)")
+        return self.num_scenarios or available
 
 
 def shard(total: int, num_workers: int, worker: int) -> tuple[int, int]:

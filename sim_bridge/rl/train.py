@@ -55,7 +55,7 @@ class PPOConfig:
 class TrainConfig:
     """One PPO training run."""
 
-    env: EnvConfig = field(default_factory=lambda: EnvConfig(num_scenarios=50))
+    env: EnvConfig = field(default_factory=EnvConfig)
     """Training scenarios and env settings."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     total_steps: int = 100_000

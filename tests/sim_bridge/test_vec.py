@@ -128,3 +128,16 @@ def test_one_worker_is_in_process_and_seeded():
         np.testing.assert_array_equal(vec.reset(), obs)  # same seed, same scenario draw, same start
     finally:
         vec.close()
+
+
+def test_asking_for_more_scenarios_than_the_directory_holds_fails_before_any_worker(tmp_path, road_dict):
+    """MetaDrive would assert inside every worker (and the restart loop would retry); we refuse up front."""
+    from sim_bridge.envs.factory import EnvConfig
+    from sim_bridge.envs.vec import make_vec_env
+    from sim_bridge.scenario import DatasetWriter
+
+    with DatasetWriter(tmp_path / "one", resume=False) as w:
+        w.add("road.pkl", road_dict)
+    with pytest.raises(ValueError, match="only 1 scenarios"):
+        make_vec_env(EnvConfig(data=str(tmp_path / "one"), num_scenarios=5), 2, seed=0)
+    assert EnvConfig(data=str(tmp_path / "one")).total_scenarios() == 1  # 0 = all of them
