@@ -60,8 +60,8 @@ class CamerasDemoConfig:
 
 
 FAST = CamerasDemoConfig(frames_per_scenario=3, frame_stride=25, showcase_frames=2, eval_frames=4, bevseg_steps=40,
-                         drive_frames=8, scene3d_eval_samples=8, scene3d_gif_frames=6, views_tokenizer_steps=20, views_generator_steps=20,
-                         scene3d_steps=4)
+                         drive_frames=8, scene3d_eval_samples=8, scene3d_gif_frames=6, views_tokenizer_steps=20,
+                         views_generator_steps=20, scene3d_steps=4)
 
 
 def camera_data(cfg: CamerasDemoConfig, scenarios: Path, out: Path, workers: int, first_frame: int = 10) -> dict:
@@ -114,27 +114,24 @@ def scene3d_model(cfg: CamerasDemoConfig, data: Path, run: Path):
 
 def views_stage(cfg: CamerasDemoConfig, pipe, heldout: Path, train: Path, out: Path) -> dict:
     """Showcase figures and metrics of the views model on held-out frames."""
-    from bevgen.layout import BevConfig, BevLayout
-    from bevgen.preview import colorize
+    import torch
+
     from bevgen.render.dataset import load_frame
     from bevgen.views.bevseg import train_bevseg
-    from bevgen.views.figures import frame_batch, views_figure
+    from bevgen.views.figures import COND_KEYS, bev_image, views_figure
     from bevgen.views.metrics import evaluate_views
 
     names = json.loads((heldout / "index.json").read_text())["frames"]
-    bev_cfg = BevConfig(range_m=pipe.config.data.bev_range_m)
-    # spread the showcase over scenarios, preferring frames with several vehicles
+    # the showcase: the frames with the most vehicles, generated as one batch
     loaded = [(n, load_frame(heldout / "frames" / f"{n}.npz")) for n in names]
-    ranked = sorted(loaded, key=lambda nf: -int(nf[1]["box_valid"].sum()))
-    showcase = []
-    for name, f in ranked[:cfg.showcase_frames]:
-        gen = pipe(frame_batch(f), seed=0)[0].permute(0, 2, 3, 1).cpu().numpy()
-        truth = _resize_views(f["images"], pipe.image_size)
-        lay = BevLayout(f["bev"], bev_cfg.channels, f["boxes"], f["classes"], f["box_valid"],
-                        ("",) * len(f["boxes"]), f["ego_pose"], bev_cfg)
-        showcase.append((views_figure(colorize(lay), gen, truth),
-                         f"{name}: BEV (left); generated views (top: front-left, front, front-right; below: "
-                         f"back-left, back, back-right); synthetic ground truth underneath"))
+    shown = sorted(loaded, key=lambda nf: -int(nf[1]["box_valid"].sum()))[:cfg.showcase_frames]
+    batch = {k: torch.from_numpy(np.stack([f[k] for _, f in shown])) for k in COND_KEYS}
+    rig_size = tuple(shown[0][1]["images"].shape[1:3])  # the stored K refer to the dataset's image size
+    generated = pipe(batch, seed=0, rig_size=rig_size).permute(0, 1, 3, 4, 2).cpu().numpy()
+    range_m = pipe.config.data.bev_range_m
+    showcase = [(views_figure(bev_image(f, range_m), gen, _resize_views(f["images"], pipe.image_size)),
+                 f"{name}: BEV (left); generated views (top: front-left, front, front-right; below: back-left, back, "
+                 f"back-right); synthetic ground truth underneath") for (name, f), gen in zip(shown, generated)]
     bevseg = train_bevseg(train, None, out / "bevseg", steps=cfg.bevseg_steps, resume=True, progress=False)
     metrics = evaluate_views(lambda b: pipe(b, seed=0), heldout, names[:cfg.eval_frames], out / "eval",
                              bevseg_ckpt=bevseg, progress=False)

@@ -38,11 +38,13 @@ def save_checkpoint(path: str | Path, **state: Any) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, device: Any = "cpu") -> dict:
+def load_checkpoint(path: str | Path, device: Any = "cpu", hint: str = "") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
 
     Args:
-        path: checkpoint file. device: ``map_location`` of its tensors.
+        path: checkpoint file, or a run directory (its ``checkpoints/latest.pt``).
+        device: ``map_location`` of its tensors.
+        hint: appended to the not-found message (e.g. how to make one).
     Returns:
         the checkpoint dict.
     Raises:
@@ -51,8 +53,10 @@ def load_checkpoint(path: str | Path, device: Any = "cpu") -> dict:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "latest.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise FileNotFoundError(f"{path}: no such checkpoint file" + (f" ({hint})" if hint else ""))
     return torch.load(path, map_location=device, weights_only=True)
 
 

@@ -127,12 +127,7 @@ def build_modules(cfg: Scene3DTrainConfig):
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
     """The checkpoint dict of a run directory (``checkpoints/latest.pt``) or file, ``weights_only=True``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "latest.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no scene3d checkpoint (train one with `bevgen scene3d train`)")
-    return training.load_checkpoint(path, device)
+    return training.load_checkpoint(path, device, hint="train one with `bevgen scene3d train`")
 
 
 def load_scene3d(run_dir: str | Path, device: str = "cpu", ema: bool = True):

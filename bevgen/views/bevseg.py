@@ -495,12 +495,7 @@ def train_bevseg(data_root: str | Path, names: Sequence[str] | None, out_dir: st
 
 def load_bevseg(path: str | Path, device: str = "cpu") -> BevSegNet:
     """Load a trained network strictly (``weights_only=True``); ``path`` is a run dir or checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "latest.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no bevseg checkpoint (train one with train_bevseg)")
-    ckpt = load_checkpoint(path, device)
+    ckpt = load_checkpoint(path, device, hint="train one with train_bevseg")
     model = BevSegNet(from_dict(BevSegConfig, ckpt["config"])).to(device)
     model.load_state_dict(ckpt["model"], strict=True)
     return model.eval()

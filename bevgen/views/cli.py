@@ -155,9 +155,7 @@ def sample_cmd(
     """Generate the six camera views of one BEV frame: view_<CAM>.png, panorama.png, bev_views.png."""
     from PIL import Image
 
-    from bevgen.layout import BevConfig, BevRasterizer
-    from bevgen.preview import colorize
-    from bevgen.views.figures import frame_batch, panorama, pipe_names, views_figure
+    from bevgen.views.figures import bev_image, frame_batch, panorama, pipe_names, views_figure
     from bevgen.views.sample import load_views
     from sim_bridge.scenario import load_scenario
 
@@ -178,8 +176,8 @@ def sample_cmd(
     for name, img in zip(pipe_names(arrays), views):
         Image.fromarray(img).save(out / f"view_{name}.png")
     Image.fromarray(panorama(views)).save(out / "panorama.png")
-    layout = BevRasterizer(sc, BevConfig(range_m=pipe.config.data.bev_range_m))(frame)
-    fig = views_figure(colorize(layout), views, arrays["images"] if truth else None)
+    bev = bev_image(arrays, pipe.config.data.bev_range_m)
+    fig = views_figure(bev, views, arrays["images"] if truth else None)
     Image.fromarray(fig).save(out / "bev_views.png")
     if truth:
         Image.fromarray(panorama(arrays["images"])).save(out / "panorama_truth.png")

@@ -89,26 +89,24 @@ def generate_drive_views(snapshots: Sequence, generate: Callable, image_size: Se
     import torch
 
     from bevgen.cameras import nuscenes_rig
-    from bevgen.layout import BevConfig, BevRasterizer
+    from bevgen.layout import BevConfig
     from bevgen.preview import colorize
     from bevgen.render.dataset import frame_arrays
     from bevgen.render.scene import SceneRenderer, SynthConfig
-    from bevgen.views.figures import views_figure
+    from bevgen.views.figures import COND_KEYS, views_figure
 
     cfg = SynthConfig(image_size=tuple(image_size), bev=BevConfig(range_m=bev_range_m))
     arrays, bevs = [], []
     with SceneRenderer(nuscenes_rig(cfg.image_size), cfg) as renderer:
-        raster = None
         for snap in snapshots:
-            raster = BevRasterizer(snap, cfg.bev) if raster is None else raster.with_scenario(snap)
-            bevs.append(colorize(raster(0)))
-            arrays.append(frame_arrays(renderer.render(snap, 0), snap.id))
-    keys = ("bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego")
+            frame = renderer.render(snap, 0)  # its layout is the BEV the generator sees
+            bevs.append(colorize(frame.layout))
+            arrays.append(frame_arrays(frame, snap.id))
     generated, seconds = [], 0.0
     chunks = range(0, len(arrays), batch_size)
     for i in (progress(chunks) if progress else chunks):
         chunk = arrays[i:i + batch_size]
-        batch = {k: torch.from_numpy(np.stack([a[k] for a in chunk])) for k in keys}
+        batch = {k: torch.from_numpy(np.stack([a[k] for a in chunk])) for k in COND_KEYS}
         t0 = time.perf_counter()
         out = generate(batch, seed)
         seconds += time.perf_counter() - t0

@@ -11,7 +11,7 @@ import numpy as np
 
 from bevgen.render.dataset import view_mosaic
 
-__all__ = ["frame_batch", "views_figure", "panorama", "pipe_names", "sample_grid", "view_mosaic"]
+__all__ = ["frame_batch", "bev_image", "views_figure", "panorama", "pipe_names", "sample_grid", "view_mosaic"]
 
 COND_KEYS = ("bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego")
 
@@ -29,6 +29,22 @@ def frame_batch(arrays: dict) -> dict:
     batch = {k: torch.from_numpy(np.ascontiguousarray(arrays[k]))[None] for k in COND_KEYS}
     batch["images"] = torch.from_numpy(np.ascontiguousarray(arrays["images"].transpose(0, 3, 1, 2)))[None]
     return batch
+
+
+def bev_image(arrays: dict, range_m: float = 50.0) -> np.ndarray:
+    """uint8 [S, S, 3] colourised BEV of one frame's stored raster and boxes (no re-rasterization).
+
+    Args:
+        arrays: one frame's arrays (``bev`` [C, S, S], ``boxes``, ``classes``, ``box_valid``, ``ego_pose``).
+        range_m: the raster's half extent (its channels are the default ones).
+    """
+    from bevgen.layout import BevConfig, BevLayout
+    from bevgen.preview import colorize
+
+    cfg = BevConfig(range_m=range_m)
+    lay = BevLayout(arrays["bev"], cfg.channels, arrays["boxes"], arrays["classes"], arrays["box_valid"],
+                    ("",) * len(arrays["boxes"]), np.asarray(arrays["ego_pose"]), cfg)
+    return colorize(lay)
 
 
 def views_figure(bev_rgb: np.ndarray, generated: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:

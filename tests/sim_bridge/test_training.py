@@ -33,3 +33,11 @@ def test_seed_everything_and_single_process_setup():
     seed_everything(3, rank=1)  # torch: same weights on every rank
     torch.testing.assert_close(torch.rand(2), a)
     assert setup_distributed("cpu")[:2] == (0, 1)
+
+
+def test_load_checkpoint_reads_a_run_directory_and_names_what_is_missing(tmp_path):
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", step=3)
+    assert load_checkpoint(tmp_path / "run")["step"] == 3  # a run directory means its checkpoints/latest.pt
+    with pytest.raises(FileNotFoundError, match=r"empty.*latest\.pt.*train one first"):
+        (tmp_path / "empty").mkdir()
+        load_checkpoint(tmp_path / "empty", hint="train one first")
