@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from bevgen.cli_common import ConfigOpt, SetOpt
+from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 from bevgen.cli_common import save_run_config as _save_run_config
@@ -148,7 +148,7 @@ def convert_nuscenes(
 
 @convert.command("scenarionet")
 def convert_scenarionet(
-    src: Path = typer.Argument(..., help="An existing dataset directory (ScenarioNet / MetaDrive format)."),
+    src: Path = typer.Argument(..., metavar=SCENARIOS, help="An existing dataset directory (ScenarioNet / MetaDrive format)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
     resume: bool = typer.Option(True, help="Keep scenarios already in --out."),
 ):
@@ -174,7 +174,7 @@ def _targets(path: Path) -> list[tuple[str, Path]]:
 
 @scenarios.command("validate")
 def validate_cmd(
-    paths: List[Path] = typer.Argument(..., help="Dataset directories or scenario files."),
+    paths: List[Path] = typer.Argument(..., metavar=SCENARIOS, help="Dataset directories or scenario files."),
     repair: bool = typer.Option(False, help="Accept what a conversion would repair (lanes with < 2 points)."),
 ):
     """Check scenario files against the contract; one line per problem; exit 1 if any file is bad."""
@@ -202,7 +202,7 @@ def validate_cmd(
 
 @scenarios.command("info")
 def info_cmd(
-    path: Path = typer.Argument(..., help="Dataset directory or scenario file."),
+    path: Path = typer.Argument(..., metavar=SCENARIOS, help="Dataset directory or scenario file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Table of scenarios: length, agents by type, map features by type."""
@@ -246,7 +246,7 @@ def info_cmd(
 
 @scenarios.command("bev")
 def bev_cmd(
-    path: Path = typer.Argument(..., help="Dataset directory or scenario file."),
+    path: Path = typer.Argument(..., metavar=SCENARIOS, help="Dataset directory or scenario file."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for PNG previews."),
     frames: Optional[List[int]] = typer.Option(None, "--frame", "-t", help="Frame index (repeatable); default: 3 spread frames."),
     limit: int = typer.Option(0, help="At most this many scenarios (0 = all)."),
@@ -301,7 +301,7 @@ def bev_cmd(
 # ---- sim ----------------------------------------------------------------------------------------
 @sim.command("train")
 def sim_train(
-    train_data: str = typer.Option(..., "--train", help="Dataset directory to train on, or 'procedural'."),
+    train_data: str = typer.Option(..., "--train", metavar=SCENARIOS, help="Dataset directory to train on, or 'procedural'."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard logs, checkpoints)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Environment steps (config: total_steps)."),
     envs: Optional[int] = typer.Option(None, "--envs", help="Worker processes, one MetaDrive engine each."),
@@ -335,7 +335,7 @@ def sim_train(
 @sim.command("eval")
 def sim_eval(
     policy: str = typer.Option(..., "--policy", help="A training run directory, 'random' or 'idm'."),
-    data: str = typer.Option(..., "--data", help="Dataset directory to evaluate on (or 'procedural')."),
+    data: str = typer.Option(..., "--data", metavar=SCENARIOS, help="Dataset directory to evaluate on (or 'procedural')."),
     out: Path = typer.Option(..., "--out", "-o", help="Where metrics.json and metrics.md go."),
     episodes: int = typer.Option(0, "--episodes", help="Episodes in total (0 = one per scenario)."),
     workers: int = typer.Option(1, "--workers", "-j", help="Parallel shards, one MetaDrive engine each."),
@@ -363,11 +363,11 @@ def sim_eval(
 
 @sim.command("experiment")
 def sim_experiment(
-    real: Path = typer.Option(..., "--real", help="Real scenario directory; part of it is held out for testing."),
+    real: Path = typer.Option(..., "--real", metavar=SCENARIOS, help="Real scenario directory; part of it is held out for testing."),
     out: Path = typer.Option(..., "--out", "-o", help="Experiment directory (runs, results.json, experiment.png)."),
     budget: int = typer.Option(20_000, "--budget", help="PPO environment steps per arm."),
     held_out: int = typer.Option(3, "--held-out", help="Real scenarios held out for testing."),
-    augmented: Optional[Path] = typer.Option(None, "--augmented", help="Traffic-augmented dataset (third arm)."),
+    augmented: Optional[Path] = typer.Option(None, "--augmented", metavar=SCENARIOS, help="Traffic-augmented dataset (third arm)."),
     envs: int = typer.Option(2, "--envs", help="Worker processes per training run."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -397,7 +397,7 @@ def sim_experiment(
 @sim.command("rollout")
 def sim_rollout(
     policy: str = typer.Option(..., "--policy", help="A training run directory, 'random' or 'idm'."),
-    data: str = typer.Option(..., "--data", help="Dataset directory (or 'procedural')."),
+    data: str = typer.Option(..., "--data", metavar=SCENARIOS, help="Dataset directory (or 'procedural')."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the animation."),
     scenario: int = typer.Option(0, "--scenario", help="Scenario index in the directory (or seed offset)."),
     steps: int = typer.Option(300, "--steps", help="At most this many steps."),
@@ -410,6 +410,7 @@ def sim_rollout(
 
     try:
         env_cfg = EnvConfig(data=data, start_index=scenario, num_scenarios=1)
+        env_cfg.check_scenarios()
     except ValueError as e:
         _fail(str(e))
     if fmt not in ("gif", "mp4"):
@@ -436,7 +437,7 @@ def sim_rollout(
 # ---- traffic ------------------------------------------------------------------------------------
 @traffic_app.command("train")
 def traffic_train(
-    data: List[Path] = typer.Option(..., "--data", help="Dataset directories to learn from (repeatable)."),
+    data: List[Path] = typer.Option(..., "--data", metavar=SCENARIOS, help="Dataset directories to learn from (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard, checkpoints)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="tiny (CPU, minutes) or paper (TrafficGen widths)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
@@ -495,7 +496,7 @@ def _traffic_generate(mode: str, data: Path, ckpt: Path, out: Path, num: int, de
 
 @traffic_app.command("generate")
 def traffic_generate(
-    data: Path = typer.Option(..., "--data", help="Scenarios whose maps (and ego routes) to reuse."),
+    data: Path = typer.Option(..., "--data", metavar=SCENARIOS, help="Scenarios whose maps (and ego routes) to reuse."),
     ckpt: Path = typer.Option(..., "--ckpt", help="Traffic training run directory or checkpoint file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
     num_vehicles: int = typer.Option(32, "--num-vehicles", "-n", help="Vehicles to place per scenario."),
@@ -508,7 +509,7 @@ def traffic_generate(
 
 @traffic_app.command("augment")
 def traffic_augment(
-    data: Path = typer.Option(..., "--data", help="Real scenarios to densify."),
+    data: Path = typer.Option(..., "--data", metavar=SCENARIOS, help="Real scenarios to densify."),
     ckpt: Path = typer.Option(..., "--ckpt", help="Traffic training run directory or checkpoint file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
     density: float = typer.Option(2.0, "--density", help="Target vehicle count as a multiple of the logged count."),
@@ -523,8 +524,8 @@ def traffic_augment(
 
 @traffic_app.command("eval")
 def traffic_eval(
-    generated: Path = typer.Option(..., "--generated", help="Generated (or augmented) dataset directory."),
-    reference: Path = typer.Option(..., "--reference", help="Real reference scenarios."),
+    generated: Path = typer.Option(..., "--generated", metavar=SCENARIOS, help="Generated (or augmented) dataset directory."),
+    reference: Path = typer.Option(..., "--reference", metavar=SCENARIOS, help="Real reference scenarios."),
     out: Path = typer.Option(..., "--out", "-o", help="Where metrics.json goes."),
 ):
     """MMD (position, heading, size, speed), collision, off-road and kinematic-violation rates."""
@@ -566,7 +567,13 @@ def demo_cmd(
 
 
 def main() -> None:  # console-script entry point
-    app()
+    from sim_bridge.safe_pickle import LOAD_ERRORS
+
+    try:
+        app()
+    except LOAD_ERRORS as e:  # any command: an unsafe or corrupt file is one clear line, never a traceback
+        _console().print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["ConfigOpt", "SetOpt", "console", "fail", "save_run_config"]
+__all__ = ["ConfigOpt", "SetOpt", "SCENARIOS", "SCENARIO", "LAYOUT", "SCENARIO_METAVARS", "console", "fail",
+           "save_run_config"]
+
+# Metavars of every option or argument that reads scenario pickles (a dataset directory, a scenario
+# file, or a layout that may be a scenario file). Besides documenting the input in --help, they let
+# tests/test_untrusted_input.py find every such command in the CLI definition and plant malicious
+# files under it, so a new command is covered as soon as it is declared.
+SCENARIOS = "SCENARIOS"
+SCENARIO = "SCENARIO"
+LAYOUT = "LAYOUT"
+SCENARIO_METAVARS = (SCENARIOS, SCENARIO, LAYOUT)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; unknown keys are errors.")
 SetOpt = typer.Option(None, "--set", help="Override a config field: --set key=value (repeatable, value is YAML).")

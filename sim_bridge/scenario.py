@@ -14,6 +14,7 @@ Einsum letters: a agent, t time, n point.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -56,6 +57,18 @@ class ScenarioError(ValueError):
         super().__init__(f"{source}: {field}: {problem}")
 
 
+@contextlib.contextmanager
+def _field(src: str, where: str) -> Iterator[None]:
+    """Turn any failure while reading field ``where`` into a ScenarioError naming the file and field:
+    a malformed file yields our error, never a bare traceback from deep inside numpy."""
+    try:
+        yield
+    except ScenarioError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError, RecursionError) as e:
+        raise ScenarioError(src, where, f"malformed ({type(e).__name__}: {e})") from None
+
+
 def _require(d: Mapping, key: str, src: str, where: str, kind: type | tuple = object):
     if not isinstance(d, Mapping):
         raise ScenarioError(src, where, f"expected a dict, got {type(d).__name__}")
@@ -69,6 +82,8 @@ def _require(d: Mapping, key: str, src: str, where: str, kind: type | tuple = ob
 
 
 def _array(v: Any, src: str, where: str, dtype=np.float64) -> np.ndarray:
+    if np.iscomplexobj(v):
+        raise ScenarioError(src, where, "complex values, expected a real numeric array")
     try:
         return np.asarray(v, dtype=dtype)
     except (TypeError, ValueError) as e:
@@ -300,6 +315,11 @@ class Scenario:
         Returns:
             The validated Scenario.
         """
+        with _field(src, "<scenario>"):
+            return cls._from_dict(d, src, repair)
+
+    @classmethod
+    def _from_dict(cls, d: Mapping, src: str, repair: bool) -> "Scenario":
         if not isinstance(d, Mapping):
             raise ScenarioError(src, "<root>", f"expected a scenario dict, got {type(d).__name__}")
         for key in ("id", "length", "tracks", "map_features", "dynamic_map_states", "metadata"):
@@ -312,8 +332,10 @@ class Scenario:
         meta = _require(d, "metadata", src, "", Mapping)
         _require(meta, "sdc_id", src, "metadata")
         tracks = _tracks_from_dict(_require(d, "tracks", src, "", Mapping), length, src)
-        map_features = {str(k): _map_feature_from_dict(v, src, f"map_features[{k!r}]")
-                        for k, v in _require(d, "map_features", src, "", Mapping).items()}
+        map_features = {}
+        for k, v in _require(d, "map_features", src, "", Mapping).items():
+            with _field(src, f"map_features[{k!r}]"):
+                map_features[str(k)] = _map_feature_from_dict(v, src, f"map_features[{k!r}]")
         meta = dict(meta)
         if repair:
             bad = [k for k, f in map_features.items() if f.is_lane and (f.polyline is None or len(f.polyline) < 2)]
@@ -322,8 +344,10 @@ class Scenario:
                     del map_features[k]
                 meta["bevgen_repairs"] = list(meta.get("bevgen_repairs", [])) + [
                     f"dropped {len(bad)} lane(s) with fewer than 2 points: {', '.join(map(repr, bad[:5]))}"]
-        lights = {str(k): _light_from_dict(v, length, src, f"dynamic_map_states[{k!r}]")
-                  for k, v in _require(d, "dynamic_map_states", src, "", Mapping).items()}
+        lights = {}
+        for k, v in _require(d, "dynamic_map_states", src, "", Mapping).items():
+            with _field(src, f"dynamic_map_states[{k!r}]"):
+                lights[str(k)] = _light_from_dict(v, length, src, f"dynamic_map_states[{k!r}]")
         if "ts" in meta:
             ts = _array(meta["ts"], src, "metadata.ts")
             if ts.shape != (length,):
@@ -379,28 +403,29 @@ def _tracks_from_dict(tracks: Mapping, length: int, src: str) -> AgentTracks:
     pos, head, vel, size, valid = [], [], [], [], []
     for aid, t in tracks.items():
         where = f"tracks[{aid!r}]"
-        typ = _require(t, "type", src, where)
-        st = _require(t, "state", src, where, Mapping)
-        for key in ("position", "heading", "valid"):
-            _require(st, key, src, f"{where}.state")
-        p = _array(st["position"], src, f"{where}.state.position")
-        if p.ndim != 2 or p.shape[0] != length or p.shape[1] not in (2, 3):
-            raise ScenarioError(src, f"{where}.state.position",
-                                f"shape {p.shape} disagrees with scenario length {length} (expected ({length}, 3))")
-        if p.shape[1] == 2:
-            p = np.concatenate([p, np.zeros((length, 1))], axis=1)
-        ids.append(str(aid))
-        types.append(str(typ))
-        pos.append(p)
-        head.append(_per_step(st["heading"], length, src, f"{where}.state.heading", None))
-        valid.append(_per_step(st["valid"], length, src, f"{where}.state.valid", None).astype(bool))
-        vel.append(_per_step(st["velocity"], length, src, f"{where}.state.velocity", 2)
-                   if "velocity" in st else np.zeros((length, 2)))
-        dims = [(_per_step(st[k], length, src, f"{where}.state.{k}", None) if k in st else np.zeros(length))
-                for k in ("length", "width", "height")]
-        size.append(np.stack(dims, axis=-1))
-        extras.append({k: v for k, v in st.items() if k not in _CORE_STATE_KEYS})
-        metas.append(dict(t.get("metadata", {})))
+        with _field(src, where):
+            typ = _require(t, "type", src, where)
+            st = _require(t, "state", src, where, Mapping)
+            for key in ("position", "heading", "valid"):
+                _require(st, key, src, f"{where}.state")
+            p = _array(st["position"], src, f"{where}.state.position")
+            if p.ndim != 2 or p.shape[0] != length or p.shape[1] not in (2, 3):
+                raise ScenarioError(src, f"{where}.state.position",
+                                    f"shape {p.shape} disagrees with scenario length {length} (expected ({length}, 3))")
+            if p.shape[1] == 2:
+                p = np.concatenate([p, np.zeros((length, 1))], axis=1)
+            ids.append(str(aid))
+            types.append(str(typ))
+            pos.append(p)
+            head.append(_per_step(st["heading"], length, src, f"{where}.state.heading", None))
+            valid.append(_per_step(st["valid"], length, src, f"{where}.state.valid", None).astype(bool))
+            vel.append(_per_step(st["velocity"], length, src, f"{where}.state.velocity", 2)
+                       if "velocity" in st else np.zeros((length, 2)))
+            dims = [(_per_step(st[k], length, src, f"{where}.state.{k}", None) if k in st else np.zeros(length))
+                    for k in ("length", "width", "height")]
+            size.append(np.stack(dims, axis=-1))
+            extras.append({k: v for k, v in st.items() if k not in _CORE_STATE_KEYS})
+            metas.append(dict(t.get("metadata", {})))
     a = len(ids)
     return AgentTracks(
         ids=tuple(ids), types=tuple(types),
@@ -434,7 +459,7 @@ def _light_from_dict(m: Mapping, length: int, src: str, where: str) -> TrafficLi
     states = tuple(str(s) for s in states)
     stop = m.get("stop_point")
     extras = {k: v for k, v in m.items() if k not in ("lane", "stop_point", "state")}
-    return TrafficLight(lane=str(m.get("lane", "")), stop_point=None if stop is None else np.asarray(stop, float),
+    return TrafficLight(lane=str(m.get("lane", "")), stop_point=None if stop is None else _array(stop, src, f"{where}.stop_point"),
                         states=states, extras=extras)
 
 
@@ -563,9 +588,10 @@ class ScenarioDataset:
         for name in self.names:
             yield self.load(name)
 
-    def iter_checked(self) -> Iterator[tuple[str, Scenario | Exception]]:
-        """Yield (file name, Scenario) or (file name, error) for every file: bad files never stop the loop."""
-        for name in self.names:
+    def iter_checked(self, names: list[str] | None = None) -> Iterator[tuple[str, Scenario | Exception]]:
+        """Yield (file name, Scenario) or (file name, error) for every file (or ``names``): bad files never
+        stop the loop."""
+        for name in self.names if names is None else names:
             try:
                 yield name, self.load(name)
             except (ScenarioError, UnsafePickleError, CorruptFileError) as e:

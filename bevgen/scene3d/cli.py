@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import typer
 
-from bevgen.cli_common import ConfigOpt, SetOpt
+from bevgen.cli_common import LAYOUT, ConfigOpt, SetOpt
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 
@@ -79,7 +79,7 @@ def train_cmd(
 @app.command("render")
 def render_cmd(
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory or checkpoint file."),
-    layout: Path = typer.Option(..., "--layout", help="Layout: .json (SceneLayout), frame .npz or scenario .pkl."),
+    layout: Path = typer.Option(..., "--layout", metavar=LAYOUT, help="Layout: .json (SceneLayout), frame .npz or scenario .pkl."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     frame: int = typer.Option(0, "--frame", help="Frame of a scenario layout."),
     camera: str = typer.Option("CAM_FRONT", "--camera", help="Camera of a frame/scenario layout."),

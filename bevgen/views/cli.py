@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import typer
 
-from bevgen.cli_common import ConfigOpt, SetOpt
+from bevgen.cli_common import SCENARIO, SCENARIOS, ConfigOpt, SetOpt
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 from bevgen.cli_common import save_run_config as _save_run_config
@@ -35,7 +35,7 @@ app = typer.Typer(help="Camera views from BEV layouts (BEVGen-style): paired dat
 @app.command("dataset")
 def dataset_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory (frames/*.npz + index.json)."),
-    scenarios: Optional[Path] = typer.Option(None, "--scenarios", "-s",
+    scenarios: Optional[Path] = typer.Option(None, "--scenarios", "-s", metavar=SCENARIOS,
                                              help="Scenario directory to render synthetic camera frames from."),
     nuscenes: Optional[Path] = typer.Option(None, "--nuscenes", help="nuScenes dataroot (real images) instead."),
     version: str = typer.Option("v1.0-mini", "--version", help="nuScenes version (with --nuscenes)."),
@@ -143,7 +143,7 @@ def render_ground_truth(scenario, frame: int, image_size, bev_range_m: float = 5
 @app.command("sample")
 def sample_cmd(
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory of `bevgen views train` (or its checkpoints/)."),
-    scenario: Path = typer.Option(..., "--scenario", help="Scenario file (.pkl) to take the BEV layout from."),
+    scenario: Path = typer.Option(..., "--scenario", metavar=SCENARIO, help="Scenario file (.pkl) to take the BEV layout from."),
     frame: int = typer.Option(0, "--frame", "-t", help="Frame index in the scenario."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     mode: str = typer.Option("parallel", "--mode", help="parallel (MaskGIT) | autoregressive (token by token)."),

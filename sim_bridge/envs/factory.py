@@ -100,6 +100,32 @@ class EnvConfig:
                              f"start_index {self.start_index}; ask for at most {available} (0 = all of them)")
         return self.num_scenarios or available
 
+    def check_scenarios(self) -> int:
+        """Read every scenario file the env will replay through the safe loader, before any engine starts.
+
+        MetaDrive reads them again inside its workers (through the same loader, see
+        ``sim_bridge.envs.metadrive.route_scenario_reads``); checking first turns a bad file into one
+        clear error naming it instead of a crash in every worker. O(files in range) reads.
+
+        Returns:
+            The number of scenarios (as :meth:`total_scenarios`).
+
+        Raises:
+            ValueError: naming each unsafe, corrupt or invalid file and why.
+        """
+        total = self.total_scenarios()
+        if self.procedural:
+            return total
+        from sim_bridge.scenario import ScenarioDataset
+
+        ds = ScenarioDataset(self.data, repair=True)  # what a conversion would repair, MetaDrive reads as is
+        bad = [str(err) for _, err in ds.iter_checked(ds.names[self.start_index:self.start_index + total])
+               if isinstance(err, Exception)]
+        if bad:
+            raise ValueError(f"{self.data}: {len(bad)} scenario file(s) refused, nothing was run:\n  "
+                             + "\n  ".join(bad))
+        return total
+
 
 def shard(total: int, num_workers: int, worker: int) -> tuple[int, int]:
     """Contiguous shard (start offset, count) of ``total`` scenarios for ``worker``; every worker gets >= 1.

@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
+from sim_bridge.safe_pickle import UnsafePickleError
+from sim_bridge.scenario import ScenarioDataset, load_scenario_dict
+
 __all__ = ["AssetsMissingError", "prepare_offline", "assets_available", "make_scenario_env",
-           "make_procedural_env", "episode_dump_without_copy", "QUIET"]
+           "make_procedural_env", "episode_dump_without_copy", "route_scenario_reads", "QUIET"]
 
 QUIET = logging.CRITICAL  # MetaDrive's log level for library use; its INFO banner is noisy
 
@@ -62,6 +68,90 @@ def prepare_offline(config: dict | None = None) -> None:
         BaseEngine.try_pull_asset = staticmethod(_offline_pull_hook)
 
 
+# ---- scenario reads inside MetaDrive -------------------------------------------------------------
+# MetaDrive's ScenarioEnv reads every scenario and both index files with a plain ``pickle.load``
+# (``metadrive.scenario.utils.read_scenario_data`` / ``read_dataset_summary``, called by its
+# ``ScenarioDataManager``). A dataset from a stranger would run code in every training or
+# evaluation worker. How this module guarantees that MetaDrive unpickles nothing itself:
+#   1. ``route_scenario_reads()`` replaces both readers, in ``metadrive.scenario.utils`` and in every
+#      loaded MetaDrive module that imported them by name, with versions that read through
+#      ``sim_bridge.safe_pickle`` (the one read path of the toolkit);
+#   2. it replaces the ``pickle`` module those MetaDrive modules hold with one whose ``load``/``loads``
+#      raise ``UnsafePickleError``: a MetaDrive code path that still reads a pickle by itself fails
+#      loudly instead of executing the file;
+#   3. every env this package builds calls it first (``_prepare``), in every process: worker
+#      processes, Ray tasks and the snapshot/rollout paths all build envs through ``make_*_env``;
+#   4. tests plant malicious files under every command that reaches MetaDrive, and a test lists
+#      each ``pickle.load`` call site in the installed MetaDrive and fails when one is not covered.
+_UNPICKLING_MODULES = ("metadrive.scenario.utils", "metadrive.manager.pg_map_manager")
+
+
+def _safe_read_scenario_data(file_path, centralize: bool = False):
+    """``metadrive.scenario.utils.read_scenario_data`` reading through the safe loader."""
+    from metadrive.scenario.scenario_description import ScenarioDescription as SD
+
+    if not SD.is_scenario_file(str(file_path)):
+        raise ValueError(f"{file_path}: not a scenario file")
+    data = SD(load_scenario_dict(file_path))
+    return SD.centralize_to_ego_car_initial_position(data) if centralize else data
+
+
+def _safe_read_dataset_summary(file_folder, check_file_existence: bool = True):
+    """``metadrive.scenario.utils.read_dataset_summary`` reading through the safe loader.
+
+    Returns (summary dict, scenario file names in index order, file name -> sub-folder); a missing
+    file named by the index raises ``ScenarioError`` (the check MetaDrive makes with asserts).
+    """
+    ds = ScenarioDataset(file_folder)
+    return ds.summary, list(ds.names), dict(ds.mapping)
+
+
+def _refuse(*_args, **_kwargs):
+    raise UnsafePickleError(
+        "MetaDrive tried to unpickle a file itself; bevgen reads every scenario through "
+        "sim_bridge.safe_pickle (see sim_bridge/envs/metadrive.py: route_scenario_reads)")
+
+
+# ``pickle`` as MetaDrive's data modules see it: writing works, reading is refused.
+_WRITE_ONLY_PICKLE = types.SimpleNamespace(dump=pickle.dump, dumps=pickle.dumps, load=_refuse, loads=_refuse,
+                                           HIGHEST_PROTOCOL=pickle.HIGHEST_PROTOCOL,
+                                           DEFAULT_PROTOCOL=pickle.DEFAULT_PROTOCOL)
+
+
+def route_scenario_reads() -> None:
+    """Route MetaDrive's scenario and index reads through :mod:`sim_bridge.safe_pickle` (idempotent).
+
+    Call before building any MetaDrive env in a process; ``make_scenario_env`` and
+    ``make_procedural_env`` do. See the comment above for the guarantee.
+    """
+    import importlib
+
+    from metadrive.scenario import utils as md_utils
+
+    originals = {}
+    for name, safe in (("read_scenario_data", _safe_read_scenario_data),
+                       ("read_dataset_summary", _safe_read_dataset_summary)):
+        current = getattr(md_utils, name)
+        if current is not safe:
+            originals[id(current)] = safe
+    for mod_name in _UNPICKLING_MODULES:
+        importlib.import_module(mod_name).pickle = _WRITE_ONLY_PICKLE
+    if not originals:
+        return
+    # Rebind every `from metadrive.scenario.utils import read_...` made by modules already imported.
+    for mod_name, mod in list(sys.modules.items()):
+        if not mod_name.startswith("metadrive") or mod is None:
+            continue
+        for attr, value in list(vars(mod).items()):
+            if id(value) in originals and callable(value):
+                setattr(mod, attr, originals[id(value)])
+
+
+def _prepare(config: dict) -> None:
+    prepare_offline(config)
+    route_scenario_reads()
+
+
 def _base_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     cfg: dict[str, Any] = dict(use_render=False, image_observation=False, log_level=QUIET)
     cfg.update(overrides or {})
@@ -79,11 +169,9 @@ def make_scenario_env(data_dir: str | Path, num_scenarios: int | None = None, **
     Returns:
         A ``metadrive.envs.scenario_env.ScenarioEnv`` (call ``close()`` when done: one engine per process).
     """
-    from sim_bridge.scenario import ScenarioDataset
-
     n = len(ScenarioDataset(data_dir)) if num_scenarios is None else num_scenarios
     cfg = _base_config(dict(data_directory=str(Path(data_dir).resolve()), num_scenarios=n, **overrides))
-    prepare_offline(cfg)
+    _prepare(cfg)
     from metadrive.envs.scenario_env import ScenarioEnv
 
     return ScenarioEnv(cfg)
@@ -92,7 +180,7 @@ def make_scenario_env(data_dir: str | Path, num_scenarios: int | None = None, **
 def make_procedural_env(**overrides: Any):
     """MetaDrive ``MetaDriveEnv`` (procedural maps), headless and offline."""
     cfg = _base_config(overrides)
-    prepare_offline(cfg)
+    _prepare(cfg)
     from metadrive.envs.metadrive_env import MetaDriveEnv
 
     return MetaDriveEnv(cfg)

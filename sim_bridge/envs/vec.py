@@ -254,7 +254,7 @@ def make_vec_env(cfg: EnvConfig, num_workers: int, seed: int, monitor_dir: str |
     """
     if num_workers < 1:
         raise ValueError("num_workers must be >= 1")
-    cfg.total_scenarios()  # a bad scenario range fails here, with its reason, not in every worker
+    cfg.check_scenarios()  # a bad range or an unsafe/corrupt file fails here, named, not in every worker
     files = [None] * num_workers
     if monitor_dir is not None:
         os.makedirs(monitor_dir, exist_ok=True)

@@ -170,6 +170,7 @@ def evaluate(policy: str, data: str | Path, cfg: EvalConfig = EvalConfig(), env:
         A dict with METRIC_KEYS, ``per_scenario`` rows and ``reference`` rows (random, IDM).
     """
     env_cfg = replace(env or EnvConfig(data=str(data)), data=str(data))
+    env_cfg.check_scenarios()  # every file through the safe loader before any engine starts
     rows = _run(str(policy), env_cfg, cfg)
     out = {"policy": str(policy), "data": str(data), **summarize_episodes(rows), "per_scenario": rows,
            "config": {"eval": to_dict(cfg), "env": to_dict(env_cfg)}}
