@@ -396,7 +396,16 @@ def bench_scene3d() -> dict:
     return run_bench(_heldout_camera_data(), shipped("scene3d_tiny"), threads=2)
 
 
-BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load, "rl_env": bench_rl_env,
+def bench_bad_input() -> dict:
+    """Hostile and broken files against the loader, validate, MetaDrive's data manager and every command."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bad_input import bench_bad_input as run
+
+    return run()
+
+
+BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load, "bad_input": bench_bad_input,
+           "rl_env": bench_rl_env,
            "rl_experiment": bench_rl_experiment, "traffic": bench_traffic, "views": bench_views,
            "scene3d": bench_scene3d}
 
@@ -489,6 +498,15 @@ def _row_lines(results: dict) -> list[str]:
     if "safe_load_validate_ms" in lo:
         lines.append(f"| Safe load + validate one real scenario | {lo['safe_load_validate_ms']} ms "
                      f"(plain pickle {lo['plain_pickle_ms']} ms) | |")
+    bi = results.get("bad_input", {})
+    if "kinds_tried" in bi:
+        cm, md = bi["command_matrix"], bi["metadrive_data_manager"]
+        lines.append(f"| Bad-input matrix: {bi['kinds_tried']} kinds of hostile/broken file; {cm['runs']} runs of "
+                     f"{len(cm['commands'])} commands x 3 locations | loader {bi['loader_clear_errors']}/"
+                     f"{bi['kinds_tried']}, validate {bi['validate_clear_errors']}/{bi['kinds_tried']}, MetaDrive "
+                     f"data manager {md['refused']}/{md['kinds']}, commands {cm['clear_errors']}/{cm['runs']} clear "
+                     f"errors; executed: {'YES' if bi['anything_executed'] else 'nothing'} | every run a clear error, "
+                     "nothing executed |")
     return lines
 
 

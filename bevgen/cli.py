@@ -16,14 +16,31 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 from bevgen.cli_common import save_run_config as _save_run_config
 
+
+
+class _Bevgen(TyperGroup):
+    """The top-level group: an unsafe, oversized or corrupt file reaching any command (however deep) is
+    one clear line and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        from sim_bridge.safe_pickle import LOAD_ERRORS
+
+        try:
+            return super().invoke(ctx)
+        except LOAD_ERRORS as e:
+            _console().print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(help="bevgen: BEV layouts, camera views, traffic generation and RL on one scenario contract.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  cls=_Bevgen, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 scenarios = typer.Typer(help="Make, convert, check and look at scenario datasets (ScenarioNet format, "
                              "loadable by MetaDrive's ScenarioEnv).", no_args_is_help=True)
 convert = typer.Typer(help="Convert real driving logs (or another scenario folder) into a dataset directory.",
@@ -42,6 +59,9 @@ from bevgen.scene3d.cli import app as scene3d_app  # noqa: E402
 
 app.add_typer(views_app, name="views")
 app.add_typer(scene3d_app, name="scene3d")
+from bevgen.export_cli import register as _register_export  # noqa: E402
+
+_register_export(scenarios)  # bevgen scenarios export
 
 
 
@@ -470,6 +490,7 @@ def traffic_train(
                          f"{summary['final_step']} on {summary['samples']} samples; run in {out}")
     for p in summary["problems"]:
         _console().print(f"[yellow]skipped[/] {p}", highlight=False)
+    raise typer.Exit(1 if summary["problems"] else 0)  # trained on the good scenes; exit 1 says some were skipped
 
 
 def _traffic_generate(mode: str, data: Path, ckpt: Path, out: Path, num: int, density: float, batch: int, seed: int,
@@ -567,13 +588,7 @@ def demo_cmd(
 
 
 def main() -> None:  # console-script entry point
-    from sim_bridge.safe_pickle import LOAD_ERRORS
-
-    try:
-        app()
-    except LOAD_ERRORS as e:  # any command: an unsafe or corrupt file is one clear line, never a traceback
-        _console().print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

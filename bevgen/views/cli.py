@@ -88,12 +88,13 @@ def dataset_cmd(
               f"{len(summary.get('failed', []))} failed (see {out / 'conversion_report.json'})")
     for name, err in list(dict(summary.get("failed") or {}).items())[:10]:
         con.print(f"  [yellow]skipped[/] {name}: {err}", highlight=False)
+    raise typer.Exit(1 if summary.get("failed") else 0)  # good frames are kept; exit 1 says something was skipped
 
 
 # ---- train --------------------------------------------------------------------------------------
 @app.command("train")
 def train_cmd(
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset directory from `bevgen views dataset`."),
+    data: Path = typer.Option(..., "--data", "-d", help="Frame dataset directory from `bevgen views dataset`."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, checkpoints/, tb/, samples/)."),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = SetOpt,
@@ -191,7 +192,7 @@ def sample_cmd(
 @app.command("eval")
 def eval_cmd(
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory of `bevgen views train`."),
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset directory (the one the model was trained on)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Frame dataset directory (the one the model was trained on)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (metrics.json, preview.png)."),
     bevseg: Optional[Path] = typer.Option(None, "--bevseg", help="Trained BEV segmentation checkpoint; "
                                           "default: train one on the training split (cached in OUT/bevseg)."),
