@@ -1,0 +1,266 @@
+"""Tests for sim_bridge.export (Waymo TFRecord, OpenSCENARIO + OpenDRIVE) and `bevgen scenarios export`.
+
+Round trips go through our own readers: the Waymo export is read back by sim_bridge.sources.waymo,
+the .xosc by plain xml.etree. The ASAM checkers run where installed (bevgen[export]).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from sim_bridge.export import EXPORTERS, get_exporter, register_exporter
+from sim_bridge.export.waymo import export_waymo, read_waymo_export, round_trip_errors, scenario_to_proto
+from sim_bridge.scenario import STEP_SECONDS, Scenario, ScenarioDataset, save_scenario
+from sim_bridge.sources.waymo import TFRecordError, iter_tfrecord
+from tests.conftest import make_straight_road_scenario, make_varied_road_scenario
+
+pytest.importorskip("waymo_open_dataset.protos.scenario_pb2", reason="Waymo protos: installed by `make install`")
+REAL_NUSCENES = "sd_nuscenes_v1.0-mini_scene-0916.pkl"
+REAL_WAYMO = "sd_training.tfrecord-00000-of-01000_2a1e44d405a6833f.pkl"
+F32 = dict(position_m=2e-4, heading_rad=1e-6, velocity_mps=1e-5, size_m=1e-5, map_points_m=2e-4, speed_limit_kmh=1e-6)
+
+
+def _synthetic() -> list[Scenario]:
+    return [Scenario.from_dict(make_straight_road_scenario()), Scenario.from_dict(make_varied_road_scenario(3))]
+
+
+def _assert_round_trip(sc: Scenario, out: Path) -> dict:
+    res = export_waymo(sc, out, sc.id)
+    (back,) = read_waymo_export(res.files[0])
+    err = round_trip_errors(sc, back, res.id_maps)
+    for key, tol in F32.items():
+        assert err[key] <= tol, (sc.id, key, err[key])
+    for key in ("missing_tracks", "valid", "types", "missing_features", "lane_links", "light_states"):
+        assert err[key] == 0, (sc.id, key, err)
+    tmap = res.id_maps.get("tracks", {})
+    assert back.sdc_id == str(tmap.get(sc.sdc_id, sc.sdc_id))
+    assert back.length == sc.length and back.id == sc.id
+    want_ts = np.asarray(sc.metadata.get("ts", np.arange(sc.length) * STEP_SECONDS))
+    np.testing.assert_allclose(back.metadata["ts"], want_ts, atol=1e-6)
+    return {"result": res, "restored": back, "errors": err}
+
+
+# ---- Waymo --------------------------------------------------------------------------------------
+def test_waymo_round_trip_synthetic_renumbers_ids_and_keeps_lights(tmp_path):
+    for sc in _synthetic():
+        r = _assert_round_trip(sc, tmp_path)
+        res, back = r["result"], r["restored"]
+        # string ids ("ego", "lane_right") are renumbered, and the mapping is written beside the record
+        assert set(res.id_maps) == {"tracks", "map_features"}
+        assert json.loads(res.files[1].read_text())["tracks"]["ego"] == res.id_maps["tracks"]["ego"]
+        lane = str(res.id_maps["map_features"]["lane_right"])
+        assert back.traffic_lights[lane].states == sc.traffic_lights["lane_right"].states
+        assert back.map_features[lane].speed_limit_kmh == pytest.approx(50.0)
+        assert back.metadata["current_time_index"] == 10
+        # no tracks_to_predict in the source: nearest road users with a future, never the ego
+        chosen = {back.tracks.ids[v["track_index"]] for v in back.metadata["tracks_to_predict"].values()}
+        assert chosen and str(res.id_maps["tracks"]["ego"]) not in chosen
+        crosswalk = back.map_features[str(res.id_maps["map_features"]["crosswalk"])]
+        np.testing.assert_allclose(crosswalk.polygon[:, :2], sc.map_features["crosswalk"].polygon, atol=1e-9)
+
+
+def test_waymo_records_are_framed_with_masked_crc32c(tmp_path):
+    import crc32c
+
+    res = export_waymo(_synthetic()[0], tmp_path, "s")
+    raw = res.files[0].read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    crc = crc32c.crc32c(raw[12:12 + n])
+    masked = ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+    assert struct.unpack("<I", raw[12 + n:16 + n])[0] == masked and len(raw) == 16 + n
+    flipped = bytearray(raw)
+    flipped[40] ^= 0xFF
+    (tmp_path / "bad.tfrecord").write_bytes(bytes(flipped))
+    with pytest.raises(TFRecordError, match="CRC"):
+        list(iter_tfrecord(tmp_path / "bad.tfrecord"))
+
+
+def test_waymo_round_trip_real_scenarios(real_dir, tmp_path):
+    ds = ScenarioDataset(real_dir, repair=True)
+    assert len(ds) == 7
+    for name in ds.names:
+        sc = ds.load(name)
+        r = _assert_round_trip(sc, tmp_path)
+        back, res = r["restored"], r["result"]
+        if sc.dataset == "waymo":  # Waymo ids and prediction metadata survive unchanged, exactly
+            assert not res.id_maps and r["errors"]["position_m"] == 0.0
+            assert back.metadata["tracks_to_predict"].keys() == sc.metadata["tracks_to_predict"].keys()
+            assert back.metadata["objects_of_interest"] == sc.metadata["objects_of_interest"]
+            assert back.metadata["current_time_index"] == sc.metadata["current_time_index"]
+            assert back.map_counts() == sc.map_counts() and len(back.traffic_lights) == len(sc.traffic_lights)
+        else:  # nuScenes: cones and barriers become OTHER, lane polygons and the yaw column are dropped
+            assert "nuScenes lane yaw columns (written as z = 0) dropped or changed" in " ".join(res.dropped)
+            others = sum(t not in ("VEHICLE", "PEDESTRIAN", "CYCLIST") for t in sc.tracks.types)
+            assert back.agent_counts().get("OTHER", 0) == others
+
+
+@pytest.mark.metadrive
+def test_waymo_and_openscenario_on_procedural(procedural_dir, tmp_path):
+    from sim_bridge.export.openscenario import export_openscenario
+
+    ds = ScenarioDataset(procedural_dir)
+    for name in ds.names:
+        sc = ds.load(name)
+        _assert_round_trip(sc, tmp_path)
+        res = export_openscenario(sc, tmp_path, name)
+        _assert_vertices(sc, res)
+        assert "<successor" in res.files[0].read_text()  # lane continuations become road links
+
+
+def test_proto_fields_for_other_simulators():
+    sc = _synthetic()[0]
+    proto, res = scenario_to_proto(sc)
+    assert proto.sdc_track_index == sc.ego_index and proto.current_time_index == 10
+    assert len(proto.dynamic_map_states) == sc.length
+    walker = proto.tracks[sc.tracks.index("walker")]
+    assert walker.object_type == 2 and len(walker.states) == sc.length
+    bike = proto.tracks[sc.tracks.index("bike")]
+    assert not bike.states[0].valid and bike.states[0].center_x == -1  # WOMD's filler
+    lanes = [f for f in proto.map_features if f.WhichOneof("feature_data") == "lane"]
+    assert {f.lane.type for f in lanes} == {2} and all(len(f.lane.polyline) == 126 for f in lanes)
+
+
+# ---- OpenSCENARIO / OpenDRIVE ---------------------------------------------------------------------
+def _xosc_vertices(path: Path) -> dict[str, np.ndarray]:
+    """entity -> [N, 3] (time, x, y), read with plain ElementTree."""
+    root = ET.parse(path).getroot()
+    assert root.find("FileHeader").get("revMinor") == "0"
+    out = {}
+    for group in root.iter("ManeuverGroup"):
+        actor = group.find("Actors/EntityRef").get("entityRef")
+        out[actor] = np.array([(float(v.get("time")), float(v.find("Position/WorldPosition").get("x")),
+                                float(v.find("Position/WorldPosition").get("y")))
+                               for v in group.iter("Vertex")])
+    return out
+
+
+def _assert_vertices(sc: Scenario, res) -> None:
+    names = res.id_maps["entities"]
+    assert names[sc.sdc_id] == "ego"
+    got = _xosc_vertices(res.files[1])
+    assert set(got) == set(names.values())
+    for i, aid in enumerate(sc.tracks.ids):
+        steps = np.flatnonzero(sc.tracks.valid[i])
+        if not len(steps):
+            continue
+        v = got[names[aid]]
+        assert len(v) == max(len(steps), 2)
+        np.testing.assert_allclose(v[:len(steps), 0], steps * STEP_SECONDS, atol=1e-6)
+        assert np.abs(v[:len(steps), 1:] - sc.tracks.xy[i, steps]).max() < 0.1
+
+
+def test_openscenario_recovers_every_vertex_and_road_per_lane(tmp_path):
+    from sim_bridge.export.openscenario import export_openscenario
+
+    sc = _synthetic()[0]
+    res = export_openscenario(sc, tmp_path, "straight")
+    _assert_vertices(sc, res)
+    xodr = ET.parse(res.files[0]).getroot()
+    roads = xodr.findall("road")
+    assert len(roads) == 2 and {r.get("name") for r in roads} == {"lane_right", "lane_left"}
+    width = float(roads[0].find("lanes/laneSection/right/lane/width").get("a"))
+    assert width == pytest.approx(3.5)
+    xosc = ET.parse(res.files[1]).getroot()
+    assert xosc.find("RoadNetwork/LogicFile").get("filepath") == "straight.xodr"
+    assert xosc.find("FileHeader").get("description").startswith("straight_road")
+    kinds = {o.get("name"): o[0].tag for o in xosc.iter("ScenarioObject")}
+    assert kinds == {"ego": "Vehicle", "lead": "Vehicle", "walker": "Pedestrian", "bike": "Vehicle"}
+
+
+def test_openscenario_real_scenarios(real_dir, tmp_path):
+    from sim_bridge.export.openscenario import export_openscenario
+
+    ds = ScenarioDataset(real_dir, repair=True)
+    for name in (REAL_NUSCENES, REAL_WAYMO):
+        sc = ds.load(name)
+        res = export_openscenario(sc, tmp_path, name)
+        _assert_vertices(sc, res)
+        n_lanes = sum(f.is_lane for f in sc.map_features.values())
+        assert len(ET.parse(res.files[0]).getroot().findall("road")) == n_lanes
+
+
+def _checker():
+    from sim_bridge.export.asam_qc import checkers_available, check_file
+
+    why = checkers_available()
+    if why:
+        pytest.skip(why)
+    return check_file
+
+
+def test_asam_checkers_report_no_errors(real_dir, tmp_path):
+    from sim_bridge.export.openscenario import export_openscenario
+
+    check_file = _checker()
+    scenarios = [_synthetic()[0], ScenarioDataset(real_dir, repair=True).load(REAL_WAYMO)]
+    for sc in scenarios:
+        res = export_openscenario(sc, tmp_path, sc.id)
+        for path in res.files:
+            rep = check_file(path)
+            assert rep.errors == 0 and rep.warnings == 0, (path.name, rep.issues[:5])
+            assert not any("schema" in n for n in rep.not_run), rep.not_run  # the schema check did run
+
+
+def test_asam_checker_catches_a_broken_file(tmp_path):
+    from sim_bridge.export.openscenario import export_openscenario
+
+    check_file = _checker()
+    res = export_openscenario(_synthetic()[0], tmp_path, "s")
+    text = res.files[1].read_text().replace("<Storyboard>", "<Storyboard><Bogus/>")
+    bad = tmp_path / "broken.xosc"
+    bad.write_text(text)
+    assert check_file(bad).errors >= 1
+    xodr = res.files[0].read_text().replace('a="3.5"', 'a="oops"', 1)
+    (tmp_path / "broken.xodr").write_text(xodr)
+    assert check_file(tmp_path / "broken.xodr").errors >= 1
+
+
+def test_registry_rejects_duplicates_and_unknown_names():
+    assert set(EXPORTERS) >= {"waymo", "openscenario"}
+    with pytest.raises(ValueError, match="already registered"):
+        register_exporter("waymo", export_waymo)
+    with pytest.raises(KeyError, match="known: openscenario, waymo"):
+        get_exporter("carla")
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+def test_cli_reports_bad_file_and_exports_good_ones(tmp_path):
+    from bevgen.export_cli import register
+
+    data = tmp_path / "data"
+    save_scenario(make_straight_road_scenario(), data / "a.pkl")
+    save_scenario(make_varied_road_scenario(1), data / "b.pkl")
+    (data / "corrupt.pkl").write_bytes(b"\x80\x04not a pickle")
+    unsafe = data / "unsafe.pkl"
+    unsafe.write_bytes(b"cos\nsystem\n(S'echo hi'\ntR.")  # would call os.system under pickle.load
+    invalid = make_straight_road_scenario()
+    del invalid["metadata"]["sdc_id"]
+    (data / "invalid.pkl").write_bytes(__import__("pickle").dumps(invalid))
+    app, scenarios = typer.Typer(), typer.Typer()
+    app.add_typer(scenarios, name="scenarios")
+    register(scenarios)
+    out = tmp_path / "out"
+    files = [str(data / n) for n in ("a.pkl", "corrupt.pkl", "unsafe.pkl", "invalid.pkl", "b.pkl")]
+    r = CliRunner().invoke(app, ["scenarios", "export", *files, "--format", "waymo", "--format", "openscenario",
+                                 "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    report = json.loads((out / "export_report.json").read_text())
+    assert sorted(Path(f["file"]).name for f in report["failed"]) == ["corrupt.pkl", "invalid.pkl", "unsafe.pkl"]
+    assert "sdc_id" in next(f["error"] for f in report["failed"] if f["file"].endswith("invalid.pkl"))
+    assert [e["scenario"] for e in report["exported"]] == ["straight_road", "road01"]
+    for stem in ("a", "b"):
+        assert read_waymo_export(out / "waymo" / f"{stem}.tfrecord")[0].num_agents >= 4
+        assert (out / "openscenario" / f"{stem}.xosc").is_file() and (out / "openscenario" / f"{stem}.xodr").is_file()
+    assert "corrupt.pkl" in r.output and "unsafe.pkl" in r.output
+    r = CliRunner().invoke(app, ["scenarios", "export", files[0], "--format", "carla", "--out", str(out)])
+    assert r.exit_code == 2 and "unknown --format carla" in r.output
+    r = CliRunner().invoke(app, ["scenarios", "export", files[0], "-f", "waymo", "--out", str(tmp_path / "ok")])
+    assert r.exit_code == 0, r.output
