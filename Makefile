@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(BIN)/bevgen demo --out runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	# one BLAS/OpenMP thread per xdist worker: two workers on two cores, no oversubscription
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 

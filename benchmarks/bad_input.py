@@ -92,7 +92,8 @@ def _loader_and_validate(name: str, blob: bytes, work: Path, marker: Path) -> di
     res = subprocess.run([sys.executable, "-m", "bevgen.cli", "scenarios", "validate", str(path)],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     out = res.stdout + res.stderr
-    row["validate"] = "clear" if res.returncode == 1 and "BAD " in out and "Traceback" not in out else f"UNCLEAR rc={res.returncode}"
+    row["validate"] = ("clear" if res.returncode == 1 and "BAD " in out and "Traceback" not in out
+                       else f"UNCLEAR rc={res.returncode}")
     row["executed"] = marker.exists()
     return row
 
@@ -134,7 +135,7 @@ def _command_matrix(work: Path, marker: Path) -> dict:
     from typer.testing import CliRunner
 
     from bevgen.cli import app
-    from tests.test_untrusted_input import GOOD, INVOCATIONS, SINGLE_FILE, _plant, _run, scenario_commands
+    from tests.test_untrusted_input import GOOD, SINGLE_FILE, _plant, _run, scenario_commands
 
     from sim_bridge.scenario import ScenarioDataset, write_index
 

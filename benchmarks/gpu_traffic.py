@@ -11,7 +11,6 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import replace
 
 import torch
 

@@ -48,7 +48,8 @@ def _batch(cfg, run_dir: Path | None) -> tuple[dict, str]:
         source = f"{ds.names[0]} frame 10"
     item = {"bev": torch.from_numpy(raster), "boxes": torch.from_numpy(boxes).float(),
             "classes": torch.from_numpy(classes), "box_valid": torch.from_numpy(valid),
-            "K": torch.tensor(rig.K, dtype=torch.float32), "T_cam_from_ego": torch.tensor(rig.T_cam_from_ego, dtype=torch.float32)}
+            "K": torch.tensor(rig.K, dtype=torch.float32),
+            "T_cam_from_ego": torch.tensor(rig.T_cam_from_ego, dtype=torch.float32)}
     return default_collate([item]), source
 
 

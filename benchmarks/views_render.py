@@ -91,7 +91,8 @@ def bench_render(out_json: Path | None = None, frames: int = 40) -> dict:
             rates = _rates(res)
             out[key] = {**rates, "frames": res["frames"], "scene_build_s": round(res["build_s"], 3),
                         "static_triangles": res["triangles"], "anchor_ms_per_camera": ANCHOR_MS_PER_CAMERA[key],
-                        "cpu_ms_per_camera_over_anchor": round(rates["ms_per_camera_cpu"] / ANCHOR_MS_PER_CAMERA[key], 3)}
+                        "cpu_ms_per_camera_over_anchor":
+                            round(rates["ms_per_camera_cpu"] / ANCHOR_MS_PER_CAMERA[key], 3)}
         # two workers rendering at the same time (one scenario each), steady state after the build
         ctx = mp.get_context("fork")
         barrier, queue = ctx.Barrier(2), ctx.Queue()
@@ -110,7 +111,8 @@ def bench_render(out_json: Path | None = None, frames: int = 40) -> dict:
         t0 = time.perf_counter()
         s = write_synthetic_dataset(root, Path(tmp) / "synth", SynthConfig(), frames_per_scenario=15, frame_stride=4,
                                     workers=2, progress=False, scenarios=names)
-        out["dataset_writer_128x224_2_workers"] = {"frames": s["num_frames"], "seconds": round(time.perf_counter() - t0, 2),
+        out["dataset_writer_128x224_2_workers"] = {"frames": s["num_frames"],
+                                                   "seconds": round(time.perf_counter() - t0, 2),
                                                    "frames_per_s": s["frames_per_second"], "failed": len(s["failed"])}
     out["load_average_after"] = os.getloadavg()
     out["target_frames_per_s_128x224"] = 20.0

@@ -50,7 +50,8 @@ sim = typer.Typer(help="Train and evaluate driving agents (PPO) in MetaDrive on 
 app.add_typer(scenarios, name="scenarios")
 scenarios.add_typer(convert, name="convert")
 traffic_app = typer.Typer(help="Learned traffic (TrafficGen-style): place vehicles on HD maps, generate their "
-                                "trajectories, densify real scenarios, evaluate against baselines.", no_args_is_help=True)
+                                "trajectories, densify real scenarios, evaluate against baselines.",
+                          no_args_is_help=True)
 app.add_typer(sim, name="sim")
 app.add_typer(traffic_app, name="traffic")
 # camera views and scene3d define their commands next to their code; their modules import nothing heavy
@@ -68,7 +69,8 @@ _register_export(scenarios)  # bevgen scenarios export
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=_console(), transient=False)
@@ -146,7 +148,8 @@ def convert_waymo(
 
 @convert.command("nuscenes")
 def convert_nuscenes(
-    dataroot: Path = typer.Option(..., "--dataroot", help="nuScenes root (holds the version folder and maps/expansion)."),
+    dataroot: Path = typer.Option(..., "--dataroot",
+                                  help="nuScenes root (holds the version folder and maps/expansion)."),
     version: str = typer.Option("v1.0-mini", "--version", help="nuScenes version folder, e.g. v1.0-trainval."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
     scene: Optional[List[str]] = typer.Option(None, "--scene", help="Only these scene names (repeatable)."),
@@ -168,7 +171,8 @@ def convert_nuscenes(
 
 @convert.command("scenarionet")
 def convert_scenarionet(
-    src: Path = typer.Argument(..., metavar=SCENARIOS, help="An existing dataset directory (ScenarioNet / MetaDrive format)."),
+    src: Path = typer.Argument(..., metavar=SCENARIOS,
+                               help="An existing dataset directory (ScenarioNet / MetaDrive format)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
     resume: bool = typer.Option(True, help="Keep scenarios already in --out."),
 ):
@@ -209,7 +213,7 @@ def validate_cmd(
             typer.echo(f"BAD {e}")
             bad += 1
             continue
-        for name, p in targets:
+        for _, p in targets:
             try:
                 load_scenario(p, repair=repair)
                 good += 1
@@ -268,7 +272,8 @@ def info_cmd(
 def bev_cmd(
     path: Path = typer.Argument(..., metavar=SCENARIOS, help="Dataset directory or scenario file."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for PNG previews."),
-    frames: Optional[List[int]] = typer.Option(None, "--frame", "-t", help="Frame index (repeatable); default: 3 spread frames."),
+    frames: Optional[List[int]] = typer.Option(None, "--frame", "-t",
+                                               help="Frame index (repeatable); default: 3 spread frames."),
     limit: int = typer.Option(0, help="At most this many scenarios (0 = all)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -321,7 +326,8 @@ def bev_cmd(
 # ---- sim ----------------------------------------------------------------------------------------
 @sim.command("train")
 def sim_train(
-    train_data: str = typer.Option(..., "--train", metavar=SCENARIOS, help="Dataset directory to train on, or 'procedural'."),
+    train_data: str = typer.Option(..., "--train", metavar=SCENARIOS,
+                                   help="Dataset directory to train on, or 'procedural'."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard logs, checkpoints)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Environment steps (config: total_steps)."),
     envs: Optional[int] = typer.Option(None, "--envs", help="Worker processes, one MetaDrive engine each."),
@@ -348,14 +354,16 @@ def sim_train(
         _fail(str(e))
     eps = result.episodes[-20:]
     mean = sum(e["reward"] for e in eps) / max(len(eps), 1)
-    _console().print(f"trained steps {result.start_step} -> {result.final_step} ({result.steps_per_second:.0f} steps/s); "
+    _console().print(f"trained steps {result.start_step} -> {result.final_step} "
+                     f"({result.steps_per_second:.0f} steps/s); "
                      f"mean reward of the last {len(eps)} episodes {mean:.2f}; run in {out}")
 
 
 @sim.command("eval")
 def sim_eval(
     policy: str = typer.Option(..., "--policy", help="A training run directory, 'random' or 'idm'."),
-    data: str = typer.Option(..., "--data", metavar=SCENARIOS, help="Dataset directory to evaluate on (or 'procedural')."),
+    data: str = typer.Option(..., "--data", metavar=SCENARIOS,
+                             help="Dataset directory to evaluate on (or 'procedural')."),
     out: Path = typer.Option(..., "--out", "-o", help="Where metrics.json and metrics.md go."),
     episodes: int = typer.Option(0, "--episodes", help="Episodes in total (0 = one per scenario)."),
     workers: int = typer.Option(1, "--workers", "-j", help="Parallel shards, one MetaDrive engine each."),
@@ -383,11 +391,13 @@ def sim_eval(
 
 @sim.command("experiment")
 def sim_experiment(
-    real: Path = typer.Option(..., "--real", metavar=SCENARIOS, help="Real scenario directory; part of it is held out for testing."),
+    real: Path = typer.Option(..., "--real", metavar=SCENARIOS,
+                              help="Real scenario directory; part of it is held out for testing."),
     out: Path = typer.Option(..., "--out", "-o", help="Experiment directory (runs, results.json, experiment.png)."),
     budget: int = typer.Option(20_000, "--budget", help="PPO environment steps per arm."),
     held_out: int = typer.Option(3, "--held-out", help="Real scenarios held out for testing."),
-    augmented: Optional[Path] = typer.Option(None, "--augmented", metavar=SCENARIOS, help="Traffic-augmented dataset (third arm)."),
+    augmented: Optional[Path] = typer.Option(None, "--augmented", metavar=SCENARIOS,
+                                             help="Traffic-augmented dataset (third arm)."),
     envs: int = typer.Option(2, "--envs", help="Worker processes per training run."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -457,7 +467,8 @@ def sim_rollout(
 # ---- traffic ------------------------------------------------------------------------------------
 @traffic_app.command("train")
 def traffic_train(
-    data: List[Path] = typer.Option(..., "--data", metavar=SCENARIOS, help="Dataset directories to learn from (repeatable)."),
+    data: List[Path] = typer.Option(..., "--data", metavar=SCENARIOS,
+                                    help="Dataset directories to learn from (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard, checkpoints)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="tiny (CPU, minutes) or paper (TrafficGen widths)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
@@ -545,7 +556,8 @@ def traffic_augment(
 
 @traffic_app.command("eval")
 def traffic_eval(
-    generated: Path = typer.Option(..., "--generated", metavar=SCENARIOS, help="Generated (or augmented) dataset directory."),
+    generated: Path = typer.Option(..., "--generated", metavar=SCENARIOS,
+                                   help="Generated (or augmented) dataset directory."),
     reference: Path = typer.Option(..., "--reference", metavar=SCENARIOS, help="Real reference scenarios."),
     out: Path = typer.Option(..., "--out", "-o", help="Where metrics.json goes."),
 ):

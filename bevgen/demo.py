@@ -81,7 +81,7 @@ def _stage_traffic(cfg: DemoConfig, data: Path, out: Path) -> dict:
                                  checkpoint_every=max(cfg.traffic_steps // 3, 1)), run, resume=resume, progress=False)
     _, stats = augment(data, run, out / "augmented", GenerateConfig(density=2.0))
     metrics = evaluate_traffic(ScenarioDataset(out / "augmented"), ScenarioDataset(data))
-    return {"stats": stats, "metrics": metrics, "losses": [json.loads(l) for l in
+    return {"stats": stats, "metrics": metrics, "losses": [json.loads(line) for line in
                                                            (run / "losses.jsonl").read_text().splitlines()]}
 
 
@@ -265,14 +265,18 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
              f"{np.median(raster_ms):.2f} ms per frame on this machine.</p>"),
             *dc.camera_sections(*camera_parts),
             ("Metrics", rp.definition_list({**dc.metric_definitions(),
-                "valid scenarios": f"{len(scenes)}: files that load through the safe loader and pass the contract validator",
-                "rasterization time": f"{np.median(raster_ms):.2f} ms: median wall time of one {cfg.bev.size}x{cfg.bev.size} BEV frame",
+                "valid scenarios": f"{len(scenes)}: files that load through the safe loader and pass the contract "
+                                   "validator",
+                "rasterization time": f"{np.median(raster_ms):.2f} ms: median wall time of one "
+                                      f"{cfg.bev.size}x{cfg.bev.size} BEV frame",
                 "success_rate": "fraction of episodes with route completion > 0.95, no crash and not leaving the road",
                 "route_completion": "fraction of the ego's route covered (MetaDrive), averaged over episodes",
                 "crash_rate / out_of_road_rate": "fraction of episodes ending in a collision / off the road",
-                "collision_rate": "fraction of non-ego agents whose box overlaps another agent's at some step (pairs with a vehicle)",
+                "collision_rate": "fraction of non-ego agents whose box overlaps another agent's at some step "
+                                  "(pairs with a vehicle)",
                 "offroad_rate": "fraction of moving-vehicle steps with the centre off the lane surface",
-                "kinematic_violation_rate": "fraction of vehicle steps with |accel| > 10 m/s^2, |yaw rate| > 1.5 rad/s, or heading vs motion > 0.5 rad",
+                "kinematic_violation_rate": "fraction of vehicle steps with |accel| > 10 m/s^2, |yaw rate| > 1.5 "
+                                            "rad/s, or heading vs motion > 0.5 rad",
             })),
             ("Stages", rp.table([{"stage": k, "seconds": v} for k, v in timings.items()])),
             ("Config and versions", rp.pre(json.dumps(to_dict(cfg), indent=2)) + rp.table([versions])),

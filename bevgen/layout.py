@@ -277,7 +277,8 @@ class BevRasterizer:
         # every source stores box-centre z (Waymo center_z, nuScenes annotations, MetaDrive chassis): the box
         # centre's height above the ego's ground is agent z - (ego z - ego height / 2)
         z = tr.position[cand, t, 2] - tr.position[self._ego, t, 2] + tr.size[self._ego, t, 2] / 2
-        boxes[: len(cand)] = np.column_stack([ego_xy[cand], z, size3[cand], np.arctan2(np.sin(yaw[cand]), np.cos(yaw[cand]))])
+        boxes[: len(cand)] = np.column_stack([ego_xy[cand], z, size3[cand],
+                                              np.arctan2(np.sin(yaw[cand]), np.cos(yaw[cand]))])
         classes = np.zeros(n, np.int64)
         classes[: len(cand)] = self._classes[cand]
         mask = np.zeros(n, bool)

@@ -40,7 +40,8 @@ def export_views(run_dir: Path, out: Path) -> Path:
     """Copy a views run's tokenizer and generator weights + configs (no optimizer state) into ``out``."""
     for name in ("tokenizer", "generator"):
         ck = load_checkpoint(run_dir / "checkpoints" / f"{name}.pt")
-        save_checkpoint(out / "checkpoints" / f"{name}.pt", **{k: ck[k] for k in ("model", "config", "step", "best_metric")})
+        save_checkpoint(out / "checkpoints" / f"{name}.pt",
+                        **{k: ck[k] for k in ("model", "config", "step", "best_metric")})
     for extra in ("config.yaml", "train_summary.json"):
         if (run_dir / extra).exists():
             (out / extra).write_bytes((run_dir / extra).read_bytes())
@@ -87,8 +88,8 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
                             frame_stride=15, first_frame=10, workers=2, resume=True)
     times["dataset_s"] = time.perf_counter() - t0
     bevgen = [sys.executable, "-m", "bevgen.cli"]
-    jobs = [bevgen + ["views", "train", "-c", str(REPO / "configs/views/tiny.yaml"), "--data", str(work / "camera_data"),
-                      "--out", str(work / "views")],
+    jobs = [bevgen + ["views", "train", "-c", str(REPO / "configs/views/tiny.yaml"), "--data",
+                      str(work / "camera_data"), "--out", str(work / "views")],
             bevgen + ["scene3d", "train", "-c", str(REPO / "configs/scene3d/tiny.yaml"), "--data",
                       str(work / "camera_data"), "--out", str(work / "scene3d")]]
     for job, run in zip(jobs, ("views", "scene3d")):  # a finished or interrupted run continues
@@ -106,7 +107,8 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
     times["training_s"] = time.perf_counter() - t0
     export_views(work / "views", out / "views_tiny")
     export_scene3d(work / "scene3d", out / "scene3d_tiny")
-    summary = {"seconds": times, "files": {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*.pt"))}}
+    summary = {"seconds": times,
+               "files": {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*.pt"))}}
     (out / "README.json").write_text(json.dumps({"made_by": "make checkpoints (python -m bevgen.pretrained)",
                                                  **summary}, indent=2))
     return summary

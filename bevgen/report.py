@@ -19,7 +19,8 @@ __all__ = ["image_tag", "gif_tag", "table", "definition_list", "write_report"]
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222}
 h1{margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
-table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3} .gallery{display:flex;flex-wrap:wrap;gap:10px} .gallery figure{margin:0}
 figcaption{font-size:12px;color:#555} dt{font-weight:600} dd{margin:0 0 8px 16px;color:#444}
 pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto} .muted{color:#777;font-size:13px}

@@ -196,7 +196,8 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
 # Builtin *types* only: constructing them has no side effects. Functions such as eval, exec,
 # getattr, open or __import__ are deliberately absent.
 for _name in _BUILTIN_TYPES:
-    _obj = {"bytes": _sized(bytes), "bytearray": _sized(bytearray), "range": _range}.get(_name, getattr(builtins, _name))
+    _obj = {"bytes": _sized(bytes), "bytearray": _sized(bytearray),
+            "range": _range}.get(_name, getattr(builtins, _name))
     ALLOWED_GLOBALS[("builtins", _name)] = (lambda o=_obj: o)
     ALLOWED_GLOBALS[("__builtin__", _name)] = ALLOWED_GLOBALS[("builtins", _name)]
 

@@ -15,6 +15,7 @@ Einsum letters: a agent, t time, n point.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import tempfile
@@ -26,6 +27,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError, safe_load
+from sim_bridge.source_layout import (ABSENT, FeatureSource, LightSource, RootSource, TrackSource, leaf_of,
+                                      restore)
 
 __all__ = [
     "ScenarioError", "AgentTracks", "MapFeature", "TrafficLight", "Scenario",
@@ -119,6 +122,8 @@ class AgentTracks:
         valid: bool [A, T], whether the agent is observed at that step.
         extra_state: per agent, other per-step arrays kept for round trips (throttle, steering, ...).
         metadata: per agent, the source's metadata dict (kept verbatim).
+        sources: per agent, how its source dict stored it (None for agents made in code), so that
+            ``Scenario.to_dict`` writes a loaded file back bit for bit.
     """
 
     ids: tuple[str, ...]
@@ -130,6 +135,7 @@ class AgentTracks:
     valid: np.ndarray
     extra_state: tuple[dict, ...] = ()
     metadata: tuple[dict, ...] = ()
+    sources: tuple[TrackSource | None, ...] = ()
 
     @property
     def num_agents(self) -> int:
@@ -183,12 +189,14 @@ class MapFeature:
             For nuScenes lanes the third column is the lane yaw, as ScenarioNet writes it.
         polygon: float64 [M, D] outline in m, world frame, or None.
         extras: every other key of the source dict (neighbours, speed limits, widths, ...).
+        source: how the source dict stored it (None when made in code).
     """
 
     type: str
     polyline: np.ndarray | None = None
     polygon: np.ndarray | None = None
     extras: dict = field(default_factory=dict)
+    source: FeatureSource | None = None
 
     @property
     def is_lane(self) -> bool:
@@ -209,12 +217,14 @@ class TrafficLight:
         stop_point: float64 [3] in m, world frame, or None.
         states: per step LANE_STATE_* names, length T.
         extras: the other keys of the source dict (kept verbatim).
+        source: how the source dict stored it (None when made in code).
     """
 
     lane: str
     stop_point: np.ndarray | None
     states: tuple[str, ...]
     extras: dict = field(default_factory=dict)
+    source: LightSource | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +239,7 @@ class Scenario:
         traffic_lights: dynamic map states by id.
         metadata: the source metadata dict; ``sdc_id`` names the ego agent, ``ts`` [T] seconds.
         version: format/version string of the writer.
+        source: key order and raw id/version/length of the source dict (None when made in code).
     """
 
     id: str
@@ -238,6 +249,7 @@ class Scenario:
     traffic_lights: dict[str, TrafficLight]
     metadata: dict
     version: str = "bevgen"
+    source: RootSource | None = None
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -335,7 +347,7 @@ class Scenario:
         map_features = {}
         for k, v in _require(d, "map_features", src, "", Mapping).items():
             with _field(src, f"map_features[{k!r}]"):
-                map_features[str(k)] = _map_feature_from_dict(v, src, f"map_features[{k!r}]")
+                map_features[str(k)] = _map_feature_from_dict(v, src, f"map_features[{k!r}]", k)
         meta = dict(meta)
         if repair:
             bad = [k for k, f in map_features.items() if f.is_lane and (f.polyline is None or len(f.polyline) < 2)]
@@ -347,59 +359,120 @@ class Scenario:
         lights = {}
         for k, v in _require(d, "dynamic_map_states", src, "", Mapping).items():
             with _field(src, f"dynamic_map_states[{k!r}]"):
-                lights[str(k)] = _light_from_dict(v, length, src, f"dynamic_map_states[{k!r}]")
+                lights[str(k)] = _light_from_dict(v, length, src, f"dynamic_map_states[{k!r}]", k)
         if "ts" in meta:
             ts = _array(meta["ts"], src, "metadata.ts")
             if ts.shape != (length,):
                 raise ScenarioError(src, "metadata.ts", f"shape {ts.shape} disagrees with length {length}")
+        root = RootSource(keys=tuple(d), values={k: v for k, v in d.items() if k not in _ROOT_PARSED})
         return cls(id=str(d["id"]), length=length, tracks=tracks, map_features=map_features,
-                   traffic_lights=lights, metadata=meta, version=str(d.get("version", "bevgen"))
+                   traffic_lights=lights, metadata=meta, version=str(d.get("version", "bevgen")), source=root
                    ).validate(src)
 
     def to_dict(self) -> dict:
-        """ScenarioNet dict (plain Python + numpy only), loadable by MetaDrive's ScenarioEnv."""
+        """ScenarioNet dict (plain Python + numpy only), loadable by MetaDrive's ScenarioEnv.
+
+        A scenario loaded with :meth:`from_dict` is written back exactly as it was read (dtypes, shapes,
+        containers, key order; see :mod:`sim_bridge.source_layout`); agents, features and lights made in
+        code are written as float32 arrays with the ScenarioNet keys.
+        """
         tr = self.tracks
         tracks = {}
         for i, aid in enumerate(tr.ids):
-            state = {
-                "position": tr.position[i].astype(np.float32), "heading": tr.heading[i].astype(np.float32),
-                "velocity": tr.velocity[i].astype(np.float32), "valid": tr.valid[i].copy(),
-                "length": tr.size[i, :, 0].astype(np.float32), "width": tr.size[i, :, 1].astype(np.float32),
-                "height": tr.size[i, :, 2].astype(np.float32),
-            }
-            state.update(tr.extra_state[i] if tr.extra_state else {})
-            meta = dict(tr.metadata[i]) if tr.metadata else {}
-            meta.setdefault("track_length", self.length)
-            meta.setdefault("type", tr.types[i])
-            meta.setdefault("object_id", aid)
-            tracks[aid] = {"type": tr.types[i], "state": state, "metadata": meta}
-        map_features = {}
-        for fid, f in self.map_features.items():
-            m = {"type": f.type, **f.extras}
-            if f.polyline is not None:
-                m["polyline"] = f.polyline
-            if f.polygon is not None:
-                m["polygon"] = f.polygon
-            map_features[fid] = m
-        lights = {}
-        for lid, tl in self.traffic_lights.items():
-            lights[lid] = {**tl.extras, "type": tl.extras.get("type", "TRAFFIC_LIGHT"), "lane": tl.lane,
-                           "state": {"object_state": list(tl.states)}}
-            if tl.stop_point is not None:
-                lights[lid]["stop_point"] = tl.stop_point
+            src = tr.sources[i] if tr.sources else None
+            tracks[aid if src is None else src.key] = _track_to_dict(tr, i, self.length, src)
+        map_features = {(fid if f.source is None else f.source.key): _feature_to_dict(f)
+                        for fid, f in self.map_features.items()}
+        lights = {(lid if tl.source is None else tl.source.key): _light_to_dict(tl)
+                  for lid, tl in self.traffic_lights.items()}
         meta = dict(self.metadata)
-        meta.setdefault("ts", np.arange(self.length, dtype=np.float64) * STEP_SECONDS)
-        meta.setdefault("metadrive_processed", False)
-        meta.setdefault("coordinate", "right-handed")
-        meta.setdefault("dataset", "unknown")
-        meta.setdefault("scenario_id", self.id)
-        meta.setdefault("id", self.id)
-        return {"id": self.id, "version": self.version, "length": self.length, "tracks": tracks,
-                "dynamic_map_states": lights, "map_features": map_features, "metadata": meta}
+        parts = {"id": self.id, "version": self.version, "length": self.length, "tracks": tracks,
+                 "dynamic_map_states": lights, "map_features": map_features, "metadata": meta}
+        if self.source is None:
+            meta.setdefault("ts", np.arange(self.length, dtype=np.float64) * STEP_SECONDS)
+            meta.setdefault("metadrive_processed", False)
+            meta.setdefault("coordinate", "right-handed")
+            meta.setdefault("dataset", "unknown")
+            meta.setdefault("scenario_id", self.id)
+            meta.setdefault("id", self.id)
+            return parts
+        for k, raw in self.source.values.items():  # the source's own objects (id/version/length if unchanged)
+            if k not in parts or str(raw) == str(parts[k]):
+                parts[k] = raw
+        return {k: parts[k] for k in [*self.source.keys, *(k for k in parts if k not in self.source.keys)]
+                if k in parts and (k in self.source.keys or k != "version")}
+
+
+_ROOT_PARSED = ("tracks", "dynamic_map_states", "map_features", "metadata")
+
+
+def _typed_state(tr: AgentTracks, i: int) -> dict[str, np.ndarray]:
+    return {"position": tr.position[i], "heading": tr.heading[i], "velocity": tr.velocity[i], "valid": tr.valid[i],
+            "length": tr.size[i, :, 0], "width": tr.size[i, :, 1], "height": tr.size[i, :, 2]}
+
+
+def _track_to_dict(tr: AgentTracks, i: int, length: int, src: TrackSource | None) -> dict:
+    typed = _typed_state(tr, i)
+    extra = tr.extra_state[i] if tr.extra_state else {}
+    meta_in = dict(tr.metadata[i]) if tr.metadata else {}
+    if src is None:
+        state = {k: (v.copy() if k == "valid" else v.astype(np.float32)) for k, v in typed.items()}
+        state.update(extra)
+        meta = {**meta_in}
+        meta.setdefault("track_length", length)
+        meta.setdefault("type", tr.types[i])
+        meta.setdefault("object_id", tr.ids[i])
+        return {"type": tr.types[i], "state": state, "metadata": meta}
+    state = {}
+    for k in src.state_keys:
+        if k in _CORE_STATE_KEYS:
+            state[k] = restore(typed[k], src.leaves[k])
+        elif k in extra:
+            state[k] = extra[k]
+    for k in _CORE_STATE_KEYS:  # a field the source lacked is written once it holds something
+        if k not in state and src.leaves[k] is ABSENT and np.any(typed[k]):
+            state[k] = typed[k].astype(np.float32)
+    state.update({k: v for k, v in extra.items() if k not in state})
+    parts = {"type": tr.types[i], "state": state, "metadata": copy.copy(tr.metadata[i]) if tr.metadata else {},
+             **src.other}
+    return {k: parts[k] for k in src.keys if k in parts}
+
+
+def _feature_to_dict(f: MapFeature) -> dict:
+    m = {"type": f.type, **f.extras}
+    for name, pts in (("polyline", f.polyline), ("polygon", f.polygon)):
+        if pts is not None:
+            m[name] = pts if f.source is None or name not in f.source.leaves else restore(pts, f.source.leaves[name])
+    if f.source is None:
+        return m
+    return {k: m[k] for k in [*f.source.keys, *(k for k in m if k not in f.source.keys)] if k in m}
+
+
+def _light_to_dict(tl: TrafficLight) -> dict:
+    src = tl.source
+    if src is None:
+        out = {**tl.extras, "type": tl.extras.get("type", "TRAFFIC_LIGHT"), "lane": tl.lane,
+               "state": {"object_state": list(tl.states)}}
+        if tl.stop_point is not None:
+            out["stop_point"] = tl.stop_point
+        return out
+    states = src.states_raw if src.states_raw is not None and tuple(map(str, src.states_raw)) == tl.states \
+        else list(tl.states)
+    state = {k: (states if k == "object_state" else src.state_other[k]) for k in src.state_keys}
+    parts = {**tl.extras, "state": state,
+             "lane": src.lane_raw if str(src.lane_raw) == tl.lane else tl.lane}
+    if tl.stop_point is not None:
+        parts["stop_point"] = restore(tl.stop_point, src.stop_point)
+    elif "stop_point" in src.keys:
+        parts["stop_point"] = None
+    return {k: parts[k] for k in [*src.keys, *(k for k in parts if k not in src.keys)] if k in parts}
+
+
+_TRACK_KEYS = ("type", "state", "metadata")
 
 
 def _tracks_from_dict(tracks: Mapping, length: int, src: str) -> AgentTracks:
-    ids, types, extras, metas = [], [], [], []
+    ids, types, extras, metas, sources = [], [], [], [], []
     pos, head, vel, size, valid = [], [], [], [], []
     for aid, t in tracks.items():
         where = f"tracks[{aid!r}]"
@@ -414,18 +487,26 @@ def _tracks_from_dict(tracks: Mapping, length: int, src: str) -> AgentTracks:
                                     f"shape {p.shape} disagrees with scenario length {length} (expected ({length}, 3))")
             if p.shape[1] == 2:
                 p = np.concatenate([p, np.zeros((length, 1))], axis=1)
+            typed = {"position": p,
+                     "heading": _per_step(st["heading"], length, src, f"{where}.state.heading", None),
+                     "valid": _per_step(st["valid"], length, src, f"{where}.state.valid", None).astype(bool),
+                     "velocity": (_per_step(st["velocity"], length, src, f"{where}.state.velocity", 2)
+                                  if "velocity" in st else np.zeros((length, 2)))}
+            for k in ("length", "width", "height"):
+                typed[k] = _per_step(st[k], length, src, f"{where}.state.{k}", None) if k in st else np.zeros(length)
             ids.append(str(aid))
             types.append(str(typ))
             pos.append(p)
-            head.append(_per_step(st["heading"], length, src, f"{where}.state.heading", None))
-            valid.append(_per_step(st["valid"], length, src, f"{where}.state.valid", None).astype(bool))
-            vel.append(_per_step(st["velocity"], length, src, f"{where}.state.velocity", 2)
-                       if "velocity" in st else np.zeros((length, 2)))
-            dims = [(_per_step(st[k], length, src, f"{where}.state.{k}", None) if k in st else np.zeros(length))
-                    for k in ("length", "width", "height")]
-            size.append(np.stack(dims, axis=-1))
+            head.append(typed["heading"])
+            valid.append(typed["valid"])
+            vel.append(typed["velocity"])
+            size.append(np.stack([typed["length"], typed["width"], typed["height"]], axis=-1))
             extras.append({k: v for k, v in st.items() if k not in _CORE_STATE_KEYS})
-            metas.append(dict(t.get("metadata", {})))
+            metas.append(copy.copy(t.get("metadata", {})))
+            sources.append(TrackSource(
+                key=aid, keys=tuple(t), state_keys=tuple(st),
+                other={k: v for k, v in t.items() if k not in _TRACK_KEYS},
+                leaves={k: leaf_of(st.get(k), v) for k, v in typed.items()}))
     a = len(ids)
     return AgentTracks(
         ids=tuple(ids), types=tuple(types),
@@ -434,10 +515,10 @@ def _tracks_from_dict(tracks: Mapping, length: int, src: str) -> AgentTracks:
         velocity=np.stack(vel) if a else np.zeros((0, length, 2)),
         size=np.stack(size) if a else np.zeros((0, length, 3)),
         valid=np.stack(valid) if a else np.zeros((0, length), bool),
-        extra_state=tuple(extras), metadata=tuple(metas))
+        extra_state=tuple(extras), metadata=tuple(metas), sources=tuple(sources))
 
 
-def _map_feature_from_dict(m: Mapping, src: str, where: str) -> MapFeature:
+def _map_feature_from_dict(m: Mapping, src: str, where: str, fid: Any = None) -> MapFeature:
     typ = str(_require(m, "type", src, where))
     pts = {}
     for key in ("polyline", "polygon"):
@@ -450,17 +531,23 @@ def _map_feature_from_dict(m: Mapping, src: str, where: str) -> MapFeature:
                     raise ScenarioError(src, f"{where}.{key}", f"shape {a.shape}, expected [N, 2|3] points")
             pts[key] = a
     extras = {k: v for k, v in m.items() if k not in ("type", "polyline", "polygon")}
-    return MapFeature(type=typ, polyline=pts.get("polyline"), polygon=pts.get("polygon"), extras=extras)
+    source = FeatureSource(key=fid, keys=tuple(m), leaves={k: leaf_of(m[k], v) for k, v in pts.items()})
+    return MapFeature(type=typ, polyline=pts.get("polyline"), polygon=pts.get("polygon"), extras=extras, source=source)
 
 
-def _light_from_dict(m: Mapping, length: int, src: str, where: str) -> TrafficLight:
+def _light_from_dict(m: Mapping, length: int, src: str, where: str, key: Any = None) -> TrafficLight:
     st = _require(m, "state", src, where, Mapping)
-    states = _require(st, "object_state", src, f"{where}.state")
-    states = tuple(str(s) for s in states)
+    raw_states = _require(st, "object_state", src, f"{where}.state")
+    states = tuple(str(s) for s in raw_states)
     stop = m.get("stop_point")
+    stop_point = None if stop is None else _array(stop, src, f"{where}.stop_point")
     extras = {k: v for k, v in m.items() if k not in ("lane", "stop_point", "state")}
-    return TrafficLight(lane=str(m.get("lane", "")), stop_point=None if stop is None else _array(stop, src, f"{where}.stop_point"),
-                        states=states, extras=extras)
+    source = LightSource(key=key, keys=tuple(m), state_keys=tuple(st),
+                         state_other={k: v for k, v in st.items() if k != "object_state"},
+                         stop_point=leaf_of(stop, stop_point) if stop is not None else ABSENT,
+                         states_raw=raw_states, lane_raw=m.get("lane", ""))
+    return TrafficLight(lane=str(m.get("lane", "")), stop_point=stop_point, states=states, extras=extras,
+                        source=source)
 
 
 # ---- files ---------------------------------------------------------------------------------
@@ -653,11 +740,14 @@ class DatasetWriter:
     def reuse(self, filename: str) -> None:
         self.report.reused.append(filename)
 
-    def add(self, filename: str, d: Mapping) -> Path:
-        """Validate ``d`` and write it as ``filename``; raises ScenarioError on a bad scenario."""
+    def add(self, filename: str, d: Scenario | Mapping) -> Path:
+        """Validate ``d`` (a Scenario or a ScenarioNet dict) and write it as ``filename``; raises ScenarioError
+        on a bad scenario."""
         path = self.root / filename
         if Path(filename).name != filename or not filename.endswith(".pkl") or filename in (SUMMARY_FILE, MAPPING_FILE):
             raise ScenarioError(filename, "<file name>", "must be a plain '*.pkl' file name")
+        if isinstance(d, Scenario):
+            d = d.validate(filename).to_dict()
         sc = Scenario.from_dict(d, src=filename, repair=self.repair)
         repairs = sc.metadata.get("bevgen_repairs", [])
         if repairs != d["metadata"].get("bevgen_repairs", []):  # drop what from_dict dropped
@@ -674,7 +764,7 @@ class DatasetWriter:
     def fail(self, item: str, error: BaseException | str) -> None:
         self.report.failed.append((item, str(error)))
 
-    def add_or_fail(self, item: str, filename: str, d: Mapping | BaseException) -> bool:
+    def add_or_fail(self, item: str, filename: str, d: Scenario | Mapping | BaseException) -> bool:
         """Write a good item, record a bad one (an exception or a dict failing validation)."""
         if isinstance(d, BaseException):
             self.fail(item, d)

@@ -35,7 +35,8 @@ def make_straight_road_scenario(length: int = 50, ego_speed: float = 10.0, ego_y
         u = np.broadcast_to(np.asarray(u, float), (length,))
         xy = world(u, np.full(length, v))
         pos = np.concatenate([xy, np.full((length, 1), size[2] / 2)], 1)
-        vel = np.stack([np.full(length, speed * np.cos(ego_yaw + yaw)), np.full(length, speed * np.sin(ego_yaw + yaw))], 1)
+        vel = np.stack([np.full(length, speed * np.cos(ego_yaw + yaw)),
+                        np.full(length, speed * np.sin(ego_yaw + yaw))], 1)
         valid = np.ones(length, bool) if valid is None else valid
         return {"type": typ, "state": {
             "position": pos * valid[:, None], "heading": np.full(length, ego_yaw + yaw) * valid,

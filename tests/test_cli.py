@@ -7,7 +7,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -41,10 +40,10 @@ def test_validate_reports_each_bad_file_and_exits_nonzero(tmp_path, road_dict):
     (tmp_path / "sd_short.pkl").write_bytes(pickle.dumps(road_dict))
     res = runner.invoke(app, ["scenarios", "validate", str(tmp_path)])
     assert res.exit_code == 1
-    bad = [l for l in res.output.splitlines() if l.startswith("BAD ")]
+    bad = [line for line in res.output.splitlines() if line.startswith("BAD ")]
     assert len(bad) == 2
-    assert any("sd_cut.pkl: file is truncated" in l for l in bad)
-    assert any("sd_short.pkl: tracks['lead'].state.heading: shape (5,)" in l for l in bad)
+    assert any("sd_cut.pkl: file is truncated" in line for line in bad)
+    assert any("sd_short.pkl: tracks['lead'].state.heading: shape (5,)" in line for line in bad)
     assert "1 good, 2 bad" in res.output
 
 

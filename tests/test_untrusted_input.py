@@ -55,8 +55,8 @@ INVOCATIONS: dict[str, list[str]] = {
 # Commands that read a single file: only the planted scenario applies to them.
 SINGLE_FILE = {"views sample", "scene3d render"}
 # Commands that work file by file: with a planted scenario they still process the good ones.
-ONE_BY_ONE = {"scenarios validate", "scenarios info", "scenarios bev", "scenarios convert scenarionet", "scenarios export",
-              "traffic train", "traffic generate", "traffic augment", "views dataset"}
+ONE_BY_ONE = {"scenarios validate", "scenarios info", "scenarios bev", "scenarios convert scenarionet",
+              "scenarios export", "traffic train", "traffic generate", "traffic augment", "views dataset"}
 SLOW = {"sim train", "sim experiment", "sim eval", "sim rollout", "traffic train", "traffic generate",
         "traffic augment", "views dataset", "views sample", "scene3d render"}
 

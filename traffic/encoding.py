@@ -37,8 +37,8 @@ import numpy as np
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
 from sim_bridge.scenario import wrap_angle as wrap
 
-__all__ = ["EncodingConfig", "encode_scene", "collate", "to_world", "to_scene", "agent_feature_rows", "MAP_TYPES", "AGENT_TYPES",
-           "MAP_FEATURES", "AGENT_FEATURES", "wrap", "point_to_segments"]
+__all__ = ["EncodingConfig", "encode_scene", "collate", "to_world", "to_scene", "agent_feature_rows", "MAP_TYPES",
+           "AGENT_TYPES", "MAP_FEATURES", "AGENT_FEATURES", "wrap", "point_to_segments"]
 
 MAP_TYPES = ("lane", "road_line", "road_edge", "crosswalk")
 AGENT_TYPES = ("VEHICLE", "PEDESTRIAN", "CYCLIST")

@@ -17,14 +17,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
 from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
 from sim_bridge.scenario import (ConversionReport, DatasetWriter, Scenario, ScenarioDataset, ScenarioError,
                                  load_scenario_dict)
-from traffic.encoding import EncodingConfig, agent_feature_rows, collate, encode_scene, to_world, wrap
+from traffic.encoding import EncodingConfig, agent_feature_rows, collate, encode_scene, to_world
 
 __all__ = ["GenerateConfig", "generate", "augment", "generate_scenes", "extend_logged", "yield_to_traffic"]
 
@@ -90,7 +90,8 @@ def generate_scenes(placement, trajectory, scenes: list, keep_logged: bool, num_
         ctx = batch["agent_mask"]
         n_ctx = int(ctx.sum(1).max())
         order = torch.argsort((~ctx).to(torch.int8), dim=1, stable=True)[:, :n_ctx]  # context rows first
-        take = lambda t: torch.gather(t, 1, order.view(*order.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
+        take = lambda t: torch.gather(t, 1,
+                                      order.view(*order.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
         state = torch.cat([take(batch["agent_state"]), new_state], 1)
         types = torch.cat([take(batch["agent_type"]), torch.zeros_like(new_valid, dtype=torch.long)], 1)
         mask = torch.cat([take(ctx), new_valid], 1)
@@ -189,7 +190,7 @@ def extend_logged(trajectory, sc, raw: dict, enc: EncodingConfig, generator, dev
 
     tr, T = sc.tracks, sc.length
     by_end: dict[int, list[int]] = {}
-    for i, aid in enumerate(tr.ids):
+    for i, _ in enumerate(tr.ids):
         v = np.flatnonzero(tr.valid[i])
         if tr.types[i] != "VEHICLE" or i == sc.ego_index or len(v) < 2:
             continue

@@ -10,7 +10,8 @@ Geometry: each camera's extrinsics come from that sample's own ``calibrated_sens
 expressed relative to the ego pose of the LAYOUT frame (the LIDAR_TOP keyframe pose the scenario uses):
 ``T_cam_from_ego = T_cam_from_egocam @ T_egocam_from_world @ T_world_from_ego``, where ``egocam`` is the
 ego pose at the camera's own timestamp (nuScenes cameras fire up to ~50 ms apart; at 10 m/s that is
-0.5 m). The layout ego frame is planar (x, y, yaw of the scenario, z of the ground under the ego: its box-centre z minus half its height).
+0.5 m). The layout ego frame is planar (x, y, yaw of the scenario, z of the ground under the ego: its box-centre z
+minus half its height).
 
 Depth and semantics are unknown for real images: they are stored as zeros, and ``index.json`` says
 so (``config.depth_available`` / ``config.semantic_available`` = false).

@@ -79,7 +79,8 @@ def train_cmd(
 @app.command("render")
 def render_cmd(
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory or checkpoint file."),
-    layout: Path = typer.Option(..., "--layout", metavar=LAYOUT, help="Layout: .json (SceneLayout), frame .npz or scenario .pkl."),
+    layout: Path = typer.Option(..., "--layout", metavar=LAYOUT,
+                                help="Layout: .json (SceneLayout), frame .npz or scenario .pkl."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     frame: int = typer.Option(0, "--frame", help="Frame of a scenario layout."),
     camera: str = typer.Option("CAM_FRONT", "--camera", help="Camera of a frame/scenario layout."),

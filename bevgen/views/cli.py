@@ -144,7 +144,8 @@ def render_ground_truth(scenario, frame: int, image_size, bev_range_m: float = 5
 @app.command("sample")
 def sample_cmd(
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory of `bevgen views train` (or its checkpoints/)."),
-    scenario: Path = typer.Option(..., "--scenario", metavar=SCENARIO, help="Scenario file (.pkl) to take the BEV layout from."),
+    scenario: Path = typer.Option(..., "--scenario", metavar=SCENARIO,
+                                  help="Scenario file (.pkl) to take the BEV layout from."),
     frame: int = typer.Option(0, "--frame", "-t", help="Frame index in the scenario."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     mode: str = typer.Option("parallel", "--mode", help="parallel (MaskGIT) | autoregressive (token by token)."),

@@ -201,14 +201,14 @@ def _write_preview(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarr
         bev = cv2.resize(bev, (int(bev.shape[1] * h / bev.shape[0]), h), interpolation=cv2.INTER_NEAREST)
         sep = np.full((h, 4, 3), 255, np.uint8)
         lines.append(np.concatenate([bev, sep, gen, sep, gt], 1))
-    width = max(l.shape[1] for l in lines)
+    width = max(line.shape[1] for line in lines)
     header = np.full((18, width, 3), 255, np.uint8)
     bev_w, gen_w = rows[0][0].shape[1] * lines[0].shape[0] // rows[0][0].shape[0], rows[0][1].shape[1]
     for x, text in ((2, "BEV: layout | bevseg(generated)"), (bev_w + 6, "generated"),
                     (bev_w + gen_w + 10, "ground truth")):
         cv2.putText(header, text, (x, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    canvas = np.concatenate([header] + [np.pad(l, ((0, 4), (0, width - l.shape[1]), (0, 0)), constant_values=255)
-                                        for l in lines], 0)
+    canvas = np.concatenate([header] + [np.pad(line, ((0, 4), (0, width - line.shape[1]), (0, 0)), constant_values=255)
+                                        for line in lines], 0)
     tmp = path.with_name(f".{path.name}.tmp.png")
     cv2.imwrite(str(tmp), canvas[..., ::-1])
     os.replace(tmp, path)

@@ -173,7 +173,8 @@ def _callback(run_dir: Path, cfg: TrainConfig, episodes: list[dict], state: dict
                 off = bool(info.get("out_of_road"))
                 row = {"step": self.num_timesteps, "episode": len(episodes), "reward": round(float(ep["r"]), 4),
                        "length": int(ep["l"]), "route_completion": round(rc, 4),
-                       "success": int(rc > 0.95 and not crash and not off), "crash": int(crash), "out_of_road": int(off)}
+                       "success": int(rc > 0.95 and not crash and not off), "crash": int(crash),
+                       "out_of_road": int(off)}
                 episodes.append(row)
                 self._csv.writerow(row)
                 self.logger.record("charts/episode_reward", row["reward"])

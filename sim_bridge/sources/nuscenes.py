@@ -10,8 +10,8 @@ per scene with the structure of ScenarioNet's published nuScenes pickles
   TRAFFIC_BARRIER (``metadata.type`` keeps the nuScenes category name). The 2 Hz keyframes are
   resampled to 10 Hz: positions and box sizes linearly, headings along the shorter arc, velocities
   by finite differences. An instance is valid from its first to its last annotation, else zeros.
-* ``map_features`` touching the ego path's bounding box grown by ``map_radius_m``: lanes (``LANE_SURFACE_STREET``, polyline
-  ``(x, y, yaw)`` from the discretised arcline paths at 1 m, plus the lane polygon), lane
+* ``map_features`` touching the ego path's bounding box grown by ``map_radius_m``: lanes (``LANE_SURFACE_STREET``,
+  polyline ``(x, y, yaw)`` from the discretised arcline paths at 1 m, plus the lane polygon), lane
   connectors (same type, polyline and ``speed_limit_kmh``), road dividers
   (``ROAD_LINE_SOLID_SINGLE_YELLOW``), lane dividers (``ROAD_LINE_BROKEN_SINGLE_WHITE``), the
   drivable-area outline as ``boundary_N`` lines (``ROAD_LINE_SOLID_SINGLE_WHITE``) and pedestrian
@@ -276,7 +276,7 @@ def _annotated_objects(nusc, name: str, samples: list[dict]) -> dict[str, dict]:
             if track_type_for_category(ann["category_name"]) is None:
                 continue
             what = f"scene {name!r}: sample_annotation {ann_token}"
-            w, l, h = _numbers(ann, "size", 3, what)  # nuScenes box size is [width, length, height]
+            w, length, h = _numbers(ann, "size", 3, what)  # nuScenes box size is [width, length, height]
             o = objs.setdefault(ann["instance_token"], {"category": ann["category_name"], "kf": [], "pos": [],
                                                         "yaw": [], "lwh": []})
             if o["kf"] and o["kf"][-1] == k:
@@ -285,7 +285,7 @@ def _annotated_objects(nusc, name: str, samples: list[dict]) -> dict[str, dict]:
             o["kf"].append(k)
             o["pos"].append(_numbers(ann, "translation", 3, what))
             o["yaw"].append(_yaw(ann, what))
-            o["lwh"].append((l, w, h))
+            o["lwh"].append((length, w, h))
     if EGO_ID in objs:
         raise NuScenesConversionError(f"scene {name!r}: an instance token equals the ego id {EGO_ID!r}")
     return objs

@@ -9,9 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("pybullet")
 
-from bevgen.features import (RANDCONV_NAME, ExtractorWeightsError, _trace_sqrt_product_eig, build_fid_inception,
-                             fid, fid_kid, kid, load_extractor)
-from conftest import make_varied_road_scenario as _varied_road  # tests/conftest.py (on sys.path under pytest)
+# E402: imported after the importorskip calls so that the module is skipped, not failed, without torch/pybullet
+from bevgen.features import (RANDCONV_NAME, ExtractorWeightsError, _trace_sqrt_product_eig,  # noqa: E402
+                             build_fid_inception, fid, fid_kid, kid, load_extractor)
+from conftest import make_varied_road_scenario as _varied_road  # noqa: E402  # tests/conftest.py (on sys.path)
 
 
 

@@ -11,11 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("pybullet")
 
-from conftest import make_varied_road_scenario as _varied_road  # tests/conftest.py (on sys.path under pytest)
+# E402: imported after the importorskip calls so that the module is skipped, not failed, without torch/pybullet
+from conftest import make_varied_road_scenario as _varied_road  # noqa: E402  # tests/conftest.py (on sys.path)
 
-from bevgen.views.bevseg import (BevSegConfig, iou, load_bevseg, load_split, mean_map, resize_views,
+from bevgen.views.bevseg import (BevSegConfig, iou, load_bevseg, load_split, mean_map, resize_views,  # noqa: E402
                                  train_bevseg)
-from bevgen.views.metrics import evaluate_views, overlapping_pairs, seam_consistency
+from bevgen.views.metrics import evaluate_views, overlapping_pairs, seam_consistency  # noqa: E402
 
 SMALL = BevSegConfig(enc_channels=32, bev_channels=32, out_size=25, lr=3e-3, tensorboard=False)
 
@@ -133,7 +134,8 @@ def test_evaluate_views_metrics_can_fail(synth, bevseg, tmp_path):
     assert (tmp_path / "identity" / "preview.png").stat().st_size > 1000
     assert ident["num_samples"] == 6 * len(held) and ident["fid_extractor"] == "bevgen-randconv-v1"
     # ground truth reproduces the oracle exactly
-    assert ident["road_iou"] == ident["road_iou_oracle"] and ident["seam_consistency"] == ident["seam_consistency_oracle"]
+    assert (ident["road_iou"] == ident["road_iou_oracle"]
+            and ident["seam_consistency"] == ident["seam_consistency_oracle"])
     assert ident["fid"] == pytest.approx(0.0, abs=1e-6)
     # IoU fails for images of another frame, seams for shuffled cameras, FID for blur
     assert run["wrong_frame"]["road_iou"] < ident["road_iou"] - 0.1, (run["wrong_frame"], ident)

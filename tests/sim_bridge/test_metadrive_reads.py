@@ -49,7 +49,8 @@ def _unpickling_modules() -> set[str]:
         except SyntaxError:
             continue
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("load", "loads")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("load", "loads")
                     and isinstance(node.func.value, ast.Name) and node.func.value.id in ("pickle", "cPickle")):
                 found.add(rel)
     return found

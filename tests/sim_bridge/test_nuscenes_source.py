@@ -172,10 +172,10 @@ def test_types_sizes_and_dropped_categories(converted):
     for key, md_type in expect.items():
         t = d["tracks"][_instance("scene-0001", key)]
         assert t["type"] == md_type and t["metadata"]["type"] == by_key[key][1]
-        w, l, h = by_key[key][5]  # nuScenes size order is [width, length, height]
+        w, length, h = by_key[key][5]  # nuScenes size order is [width, length, height]
         st = t["state"]
         v = st["valid"] > 0
-        np.testing.assert_allclose([st["length"][v].max(), st["width"][v].max(), st["height"][v].max()], [l, w, h])
+        np.testing.assert_allclose([st["length"][v].max(), st["width"][v].max(), st["height"][v].max()], [length, w, h])
     assert _instance("scene-0001", "debris") not in d["tracks"]
     ego = d["tracks"]["ego"]
     assert ego["type"] == "VEHICLE" and ego["metadata"]["type"] == "vehicle.car"

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim_bridge import safe_pickle
-from sim_bridge.safe_pickle import (LOAD_ERRORS, CorruptFileError, ResourceLimitError, UnsafePickleError, safe_load,
+from sim_bridge.safe_pickle import (LOAD_ERRORS, ResourceLimitError, UnsafePickleError, safe_load,
                                     safe_loads)
 from sim_bridge.scenario import Scenario, ScenarioError, load_scenario
 

@@ -402,7 +402,8 @@ def _real_to_proto(d: dict) -> "scenario_pb2.Scenario":
             m.boundary_feature_id, m.boundary_type = int(b["boundary_feature_id"]), bnd_t[b["boundary_type"]]
 
     s, md = scenario_pb2.Scenario(), d["metadata"]
-    s.scenario_id, s.current_time_index, s.sdc_track_index = md["scenario_id"], md["current_time_index"], md["sdc_track_index"]
+    s.scenario_id, s.current_time_index, s.sdc_track_index = (md["scenario_id"], md["current_time_index"],
+                                                              md["sdc_track_index"])
     s.timestamps_seconds.extend(md["ts"].astype(np.float64).tolist())
     for tid, t in d["tracks"].items():
         tr, st = s.tracks.add(), t["state"]

@@ -51,7 +51,6 @@ def test_generate_keeps_sizes_limits_and_replays(traffic_run, real_dir, tmp_path
     report, stats = generate(real_dir, run, out, GenerateConfig(num_vehicles=12, batch_size=4))
     assert not report.failed and len(report.written) == 7
     assert stats["placed"] >= 0.7 * stats["requested"], stats
-    from traffic.metrics import collision_hits
     ds = ScenarioDataset(out)
     for name in ds.names:
         raw, src = load_scenario_dict(ds.path_of(name)), load_scenario_dict(Path(real_dir) / name)
@@ -60,7 +59,8 @@ def test_generate_keeps_sizes_limits_and_replays(traffic_run, real_dir, tmp_path
         for t in gen.values():
             assert t["type"] == "VEHICLE"
             L, W = t["state"]["length"], t["state"]["width"]
-            assert 2.5 - 1e-4 <= L[0] <= 12 + 1e-4 and 1.4 - 1e-4 <= W[0] <= 3 + 1e-4 and np.all(L == L[0]) and np.all(W == W[0])
+            assert (2.5 - 1e-4 <= L[0] <= 12 + 1e-4 and 1.4 - 1e-4 <= W[0] <= 3 + 1e-4
+                    and np.all(L == L[0]) and np.all(W == W[0]))
         # real speed limits and the whole map carried over untouched
         for fid, f in src["map_features"].items():
             if fid in raw["map_features"] and "speed_limit_kmh" in f:

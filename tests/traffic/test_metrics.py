@@ -98,8 +98,8 @@ def test_box_overlaps_matches_shapely():
     ov = box_overlaps(xy, h, size)
     local = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]]) / 2
     polys = []
-    for (x, y), a, (l, w) in zip(xy, h, size):
-        c = local * [l, w]
+    for (x, y), a, (length, w) in zip(xy, h, size):
+        c = local * [length, w]
         polys.append(shapely.Polygon(c @ [[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]] + [x, y]))
     truth = shapely.intersects(np.array(polys)[:, None], np.array(polys)[None, :])
     assert (ov == truth).all() and ov.sum() > 60  # some true overlaps besides the diagonal
