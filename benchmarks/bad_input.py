@@ -103,7 +103,8 @@ def _metadrive_reads(kinds: dict[str, bytes], work: Path, marker: Path) -> dict:
     MetaDrive's own data manager must refuse through the safe loader."""
     from sim_bridge.envs.factory import EnvConfig, make_env
     from sim_bridge.safe_pickle import LOAD_ERRORS
-    from sim_bridge.scenario import ScenarioError, write_index
+    from sim_bridge.dataset import write_index
+    from sim_bridge.scenario import ScenarioError
 
     root = work / "md"
     root.mkdir()
@@ -137,7 +138,7 @@ def _command_matrix(work: Path, marker: Path) -> dict:
     from bevgen.cli import app
     from tests.test_untrusted_input import GOOD, SINGLE_FILE, _plant, _run, scenario_commands
 
-    from sim_bridge.scenario import ScenarioDataset, write_index
+    from sim_bridge.dataset import ScenarioDataset, write_index
 
     good = work / "good"
     good.mkdir()

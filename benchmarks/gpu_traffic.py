@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from sim_bridge.scenario import ScenarioDataset
+from sim_bridge.dataset import ScenarioDataset
 from traffic.generate import generate_scenes
 from traffic.train import TrafficTrainConfig, load_models, train
 

@@ -40,7 +40,7 @@ def _batch(cfg, run_dir: Path | None) -> tuple[dict, str]:
     boxes, classes, valid = np.zeros((64, 7), np.float32), np.zeros(64, np.int64), np.zeros(64, bool)
     source = "empty layout"
     if REAL_DIR.exists():
-        from sim_bridge.scenario import ScenarioDataset
+        from sim_bridge.dataset import ScenarioDataset
 
         ds = ScenarioDataset(REAL_DIR, repair=True)
         layout = BevRasterizer(ds.load(ds.names[0]), bev)(10)

@@ -42,7 +42,7 @@ def _time_frames(root: str, name: str, hw: tuple[int, int], frames: int, barrier
     """Render ``frames`` consecutive frames after a warm-up frame (which builds the static scene)."""
     from bevgen.cameras import nuscenes_rig
     from bevgen.render.scene import SceneRenderer, SynthConfig
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
 
     sc = ScenarioDataset(root).load(name)
     ts = [t for t in range(10, sc.length) if sc.tracks.valid[sc.ego_index, t]]
@@ -78,7 +78,7 @@ def bench_render(out_json: Path | None = None, frames: int = 40) -> dict:
     """Renderer and dataset-writer throughput; returns (and optionally writes) a JSON-able dict."""
     from bevgen.render.dataset import write_synthetic_dataset
     from bevgen.render.scene import SynthConfig
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
 
     out: dict = {"load_average_before": os.getloadavg(), "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -177,7 +177,8 @@ def convert_scenarionet(
     resume: bool = typer.Option(True, help="Keep scenarios already in --out."),
 ):
     """Re-write a scenario folder through the contract: safe loading, validation, repairs, fresh index."""
-    from sim_bridge.scenario import ScenarioDataset, ScenarioError
+    from sim_bridge.dataset import ScenarioDataset
+    from sim_bridge.scenario import ScenarioError
     from sim_bridge.sources.convert import iter_scenarionet_dir
 
     try:
@@ -188,7 +189,7 @@ def convert_scenarionet(
 
 
 def _targets(path: Path) -> list[tuple[str, Path]]:
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
 
     if path.is_file():
         return [(path.name, path)]
@@ -562,7 +563,8 @@ def traffic_eval(
     out: Path = typer.Option(..., "--out", "-o", help="Where metrics.json goes."),
 ):
     """MMD (position, heading, size, speed), collision, off-road and kinematic-violation rates."""
-    from sim_bridge.scenario import ScenarioDataset, ScenarioError
+    from sim_bridge.dataset import ScenarioDataset
+    from sim_bridge.scenario import ScenarioError
     from traffic.metrics import evaluate_traffic
 
     try:

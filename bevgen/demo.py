@@ -29,7 +29,7 @@ from bevgen.preview import preview_image
 from bevgen import demo_cameras as dc
 from bevgen import report as rp
 from sim_bridge.config import save_config, to_dict
-from sim_bridge.scenario import ScenarioDataset
+from sim_bridge.dataset import ScenarioDataset
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
 __all__ = ["DemoConfig", "run_demo"]

@@ -3,7 +3,8 @@
 On disk a scenario is one pickle holding a plain dict (the format MetaDrive's ``ScenarioEnv``
 reads); a *dataset directory* holds scenario files plus ``dataset_summary.pkl`` (file name ->
 metadata and summaries) and ``dataset_mapping.pkl`` (file name -> sub-folder, "" for flat).
-This module is the only place that converts between that dict and the typed classes below.
+This module and :mod:`sim_bridge.scenario_encoding` are the only places that convert between that dict
+and the typed classes below; dataset directories are :mod:`sim_bridge.dataset`.
 
 Units and frames (for every source):
     world frame, right-handed, metres; heading in radians, counter-clockwise from +x;
@@ -14,31 +15,32 @@ Einsum letters: a agent, t time, n point.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
+import pickle
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError, safe_load
-from sim_bridge.source_layout import (ABSENT, FeatureSource, LightSource, RootSource, TrackSource, leaf_of,
-                                      restore)
+from sim_bridge.safe_pickle import safe_load
+from sim_bridge.scenario_encoding import (ABSENT, CORE_STATE_KEYS, ROOT_PARSED, STEP_SECONDS, FeatureSource,
+                                         LightSource, RootSource, ScenarioError, TrackSource, as_array,
+                                         feature_to_dict, field_errors, leaf_of, light_to_dict, per_step, require,
+                                         track_to_dict)
 
 __all__ = [
     "ScenarioError", "AgentTracks", "MapFeature", "TrafficLight", "Scenario",
-    "load_scenario", "load_scenario_dict", "save_scenario", "ScenarioDataset", "DatasetWriter",
+    "load_scenario", "load_scenario_dict", "save_scenario", "atomic_pickle", "wrap_angle", "STEP_SECONDS",
     "SUMMARY_FILE", "MAPPING_FILE", "LANE_TYPES", "ROAD_LINE_TYPES", "ROAD_EDGE_TYPES",
 ]
 
 SUMMARY_FILE = "dataset_summary.pkl"
 MAPPING_FILE = "dataset_mapping.pkl"
-STEP_SECONDS = 0.1
 
 LANE_TYPES = frozenset({"LANE_SURFACE_STREET", "LANE_SURFACE_UNSTRUCTURE", "LANE_FREEWAY",
                         "LANE_BIKE_LANE", "LANE_UNKNOWN"})
@@ -49,63 +51,6 @@ ROAD_LINE_TYPES = frozenset({
 # MetaDrive spells an unknown road line "UNKNOWN_LINE" and an unknown road edge "UNKNOWN".
 ROAD_EDGE_TYPES = frozenset({"UNKNOWN", "ROAD_EDGE_BOUNDARY", "ROAD_EDGE_MEDIAN", "ROAD_EDGE_SIDEWALK",
                              "GUARDRAIL"})
-_CORE_STATE_KEYS = ("position", "heading", "velocity", "valid", "length", "width", "height")
-
-
-class ScenarioError(ValueError):
-    """A scenario (file) breaks the contract. ``source`` names the file, ``field`` the part."""
-
-    def __init__(self, source: str, field: str, problem: str):
-        self.source, self.field, self.problem = source, field, problem
-        super().__init__(f"{source}: {field}: {problem}")
-
-
-@contextlib.contextmanager
-def _field(src: str, where: str) -> Iterator[None]:
-    """Turn any failure while reading field ``where`` into a ScenarioError naming the file and field:
-    a malformed file yields our error, never a bare traceback from deep inside numpy."""
-    try:
-        yield
-    except ScenarioError:
-        raise
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError, RecursionError) as e:
-        raise ScenarioError(src, where, f"malformed ({type(e).__name__}: {e})") from None
-
-
-def _require(d: Mapping, key: str, src: str, where: str, kind: type | tuple = object):
-    if not isinstance(d, Mapping):
-        raise ScenarioError(src, where, f"expected a dict, got {type(d).__name__}")
-    if key not in d:
-        raise ScenarioError(src, f"{where}.{key}" if where else key, "missing required key")
-    v = d[key]
-    if not isinstance(v, kind):
-        raise ScenarioError(src, f"{where}.{key}" if where else key,
-                            f"expected {getattr(kind, '__name__', kind)}, got {type(v).__name__}")
-    return v
-
-
-def _array(v: Any, src: str, where: str, dtype=np.float64) -> np.ndarray:
-    if np.iscomplexobj(v):
-        raise ScenarioError(src, where, "complex values, expected a real numeric array")
-    try:
-        return np.asarray(v, dtype=dtype)
-    except (TypeError, ValueError) as e:
-        raise ScenarioError(src, where, f"not a numeric array ({e})") from None
-
-
-def _per_step(v: Any, length: int, src: str, where: str, width: int | None,
-              dtype=np.float64) -> np.ndarray:
-    """Coerce a per-step state array to shape (length,) or (length, width)."""
-    a = _array(v, src, where, dtype)
-    if width is None and a.ndim == 2 and a.shape[1] == 1:  # ScenarioNet sometimes stores (T, 1)
-        a = a[:, 0]
-    want = (length,) if width is None else (length, width)
-    if width is not None and a.ndim == 2 and a.shape[0] == length and a.shape[1] > width:
-        a = a[:, :width]  # e.g. 3-D velocity -> planar
-    if a.shape != want:
-        raise ScenarioError(src, where, f"shape {a.shape} disagrees with scenario length {length} "
-                                        f"(expected {want})")
-    return a
 
 
 @dataclass(frozen=True)
@@ -327,7 +272,7 @@ class Scenario:
         Returns:
             The validated Scenario.
         """
-        with _field(src, "<scenario>"):
+        with field_errors(src, "<scenario>"):
             return cls._from_dict(d, src, repair)
 
     @classmethod
@@ -335,18 +280,18 @@ class Scenario:
         if not isinstance(d, Mapping):
             raise ScenarioError(src, "<root>", f"expected a scenario dict, got {type(d).__name__}")
         for key in ("id", "length", "tracks", "map_features", "dynamic_map_states", "metadata"):
-            _require(d, key, src, "")
+            require(d, key, src, "")
         length = d["length"]
         if isinstance(length, np.integer):
             length = int(length)
         if not isinstance(length, int) or length < 1:
             raise ScenarioError(src, "length", f"must be a positive int, got {length!r}")
-        meta = _require(d, "metadata", src, "", Mapping)
-        _require(meta, "sdc_id", src, "metadata")
-        tracks = _tracks_from_dict(_require(d, "tracks", src, "", Mapping), length, src)
+        meta = require(d, "metadata", src, "", Mapping)
+        require(meta, "sdc_id", src, "metadata")
+        tracks = _tracks_from_dict(require(d, "tracks", src, "", Mapping), length, src)
         map_features = {}
-        for k, v in _require(d, "map_features", src, "", Mapping).items():
-            with _field(src, f"map_features[{k!r}]"):
+        for k, v in require(d, "map_features", src, "", Mapping).items():
+            with field_errors(src, f"map_features[{k!r}]"):
                 map_features[str(k)] = _map_feature_from_dict(v, src, f"map_features[{k!r}]", k)
         meta = dict(meta)
         if repair:
@@ -357,14 +302,14 @@ class Scenario:
                 meta["bevgen_repairs"] = list(meta.get("bevgen_repairs", [])) + [
                     f"dropped {len(bad)} lane(s) with fewer than 2 points: {', '.join(map(repr, bad[:5]))}"]
         lights = {}
-        for k, v in _require(d, "dynamic_map_states", src, "", Mapping).items():
-            with _field(src, f"dynamic_map_states[{k!r}]"):
+        for k, v in require(d, "dynamic_map_states", src, "", Mapping).items():
+            with field_errors(src, f"dynamic_map_states[{k!r}]"):
                 lights[str(k)] = _light_from_dict(v, length, src, f"dynamic_map_states[{k!r}]", k)
         if "ts" in meta:
-            ts = _array(meta["ts"], src, "metadata.ts")
+            ts = as_array(meta["ts"], src, "metadata.ts")
             if ts.shape != (length,):
                 raise ScenarioError(src, "metadata.ts", f"shape {ts.shape} disagrees with length {length}")
-        root = RootSource(keys=tuple(d), values={k: v for k, v in d.items() if k not in _ROOT_PARSED})
+        root = RootSource(keys=tuple(d), values={k: v for k, v in d.items() if k not in ROOT_PARSED})
         return cls(id=str(d["id"]), length=length, tracks=tracks, map_features=map_features,
                    traffic_lights=lights, metadata=meta, version=str(d.get("version", "bevgen")), source=root
                    ).validate(src)
@@ -373,17 +318,17 @@ class Scenario:
         """ScenarioNet dict (plain Python + numpy only), loadable by MetaDrive's ScenarioEnv.
 
         A scenario loaded with :meth:`from_dict` is written back exactly as it was read (dtypes, shapes,
-        containers, key order; see :mod:`sim_bridge.source_layout`); agents, features and lights made in
+        containers, key order; see :mod:`sim_bridge.scenario_encoding`); agents, features and lights made in
         code are written as float32 arrays with the ScenarioNet keys.
         """
         tr = self.tracks
         tracks = {}
         for i, aid in enumerate(tr.ids):
             src = tr.sources[i] if tr.sources else None
-            tracks[aid if src is None else src.key] = _track_to_dict(tr, i, self.length, src)
-        map_features = {(fid if f.source is None else f.source.key): _feature_to_dict(f)
+            tracks[aid if src is None else src.key] = track_to_dict(tr, i, self.length, src)
+        map_features = {(fid if f.source is None else f.source.key): feature_to_dict(f)
                         for fid, f in self.map_features.items()}
-        lights = {(lid if tl.source is None else tl.source.key): _light_to_dict(tl)
+        lights = {(lid if tl.source is None else tl.source.key): light_to_dict(tl)
                   for lid, tl in self.traffic_lights.items()}
         meta = dict(self.metadata)
         parts = {"id": self.id, "version": self.version, "length": self.length, "tracks": tracks,
@@ -403,71 +348,6 @@ class Scenario:
                 if k in parts and (k in self.source.keys or k != "version")}
 
 
-_ROOT_PARSED = ("tracks", "dynamic_map_states", "map_features", "metadata")
-
-
-def _typed_state(tr: AgentTracks, i: int) -> dict[str, np.ndarray]:
-    return {"position": tr.position[i], "heading": tr.heading[i], "velocity": tr.velocity[i], "valid": tr.valid[i],
-            "length": tr.size[i, :, 0], "width": tr.size[i, :, 1], "height": tr.size[i, :, 2]}
-
-
-def _track_to_dict(tr: AgentTracks, i: int, length: int, src: TrackSource | None) -> dict:
-    typed = _typed_state(tr, i)
-    extra = tr.extra_state[i] if tr.extra_state else {}
-    meta_in = dict(tr.metadata[i]) if tr.metadata else {}
-    if src is None:
-        state = {k: (v.copy() if k == "valid" else v.astype(np.float32)) for k, v in typed.items()}
-        state.update(extra)
-        meta = {**meta_in}
-        meta.setdefault("track_length", length)
-        meta.setdefault("type", tr.types[i])
-        meta.setdefault("object_id", tr.ids[i])
-        return {"type": tr.types[i], "state": state, "metadata": meta}
-    state = {}
-    for k in src.state_keys:
-        if k in _CORE_STATE_KEYS:
-            state[k] = restore(typed[k], src.leaves[k])
-        elif k in extra:
-            state[k] = extra[k]
-    for k in _CORE_STATE_KEYS:  # a field the source lacked is written once it holds something
-        if k not in state and src.leaves[k] is ABSENT and np.any(typed[k]):
-            state[k] = typed[k].astype(np.float32)
-    state.update({k: v for k, v in extra.items() if k not in state})
-    parts = {"type": tr.types[i], "state": state, "metadata": copy.copy(tr.metadata[i]) if tr.metadata else {},
-             **src.other}
-    return {k: parts[k] for k in src.keys if k in parts}
-
-
-def _feature_to_dict(f: MapFeature) -> dict:
-    m = {"type": f.type, **f.extras}
-    for name, pts in (("polyline", f.polyline), ("polygon", f.polygon)):
-        if pts is not None:
-            m[name] = pts if f.source is None or name not in f.source.leaves else restore(pts, f.source.leaves[name])
-    if f.source is None:
-        return m
-    return {k: m[k] for k in [*f.source.keys, *(k for k in m if k not in f.source.keys)] if k in m}
-
-
-def _light_to_dict(tl: TrafficLight) -> dict:
-    src = tl.source
-    if src is None:
-        out = {**tl.extras, "type": tl.extras.get("type", "TRAFFIC_LIGHT"), "lane": tl.lane,
-               "state": {"object_state": list(tl.states)}}
-        if tl.stop_point is not None:
-            out["stop_point"] = tl.stop_point
-        return out
-    states = src.states_raw if src.states_raw is not None and tuple(map(str, src.states_raw)) == tl.states \
-        else list(tl.states)
-    state = {k: (states if k == "object_state" else src.state_other[k]) for k in src.state_keys}
-    parts = {**tl.extras, "state": state,
-             "lane": src.lane_raw if str(src.lane_raw) == tl.lane else tl.lane}
-    if tl.stop_point is not None:
-        parts["stop_point"] = restore(tl.stop_point, src.stop_point)
-    elif "stop_point" in src.keys:
-        parts["stop_point"] = None
-    return {k: parts[k] for k in [*src.keys, *(k for k in parts if k not in src.keys)] if k in parts}
-
-
 _TRACK_KEYS = ("type", "state", "metadata")
 
 
@@ -476,24 +356,24 @@ def _tracks_from_dict(tracks: Mapping, length: int, src: str) -> AgentTracks:
     pos, head, vel, size, valid = [], [], [], [], []
     for aid, t in tracks.items():
         where = f"tracks[{aid!r}]"
-        with _field(src, where):
-            typ = _require(t, "type", src, where)
-            st = _require(t, "state", src, where, Mapping)
+        with field_errors(src, where):
+            typ = require(t, "type", src, where)
+            st = require(t, "state", src, where, Mapping)
             for key in ("position", "heading", "valid"):
-                _require(st, key, src, f"{where}.state")
-            p = _array(st["position"], src, f"{where}.state.position")
+                require(st, key, src, f"{where}.state")
+            p = as_array(st["position"], src, f"{where}.state.position")
             if p.ndim != 2 or p.shape[0] != length or p.shape[1] not in (2, 3):
                 raise ScenarioError(src, f"{where}.state.position",
                                     f"shape {p.shape} disagrees with scenario length {length} (expected ({length}, 3))")
             if p.shape[1] == 2:
                 p = np.concatenate([p, np.zeros((length, 1))], axis=1)
             typed = {"position": p,
-                     "heading": _per_step(st["heading"], length, src, f"{where}.state.heading", None),
-                     "valid": _per_step(st["valid"], length, src, f"{where}.state.valid", None).astype(bool),
-                     "velocity": (_per_step(st["velocity"], length, src, f"{where}.state.velocity", 2)
+                     "heading": per_step(st["heading"], length, src, f"{where}.state.heading", None),
+                     "valid": per_step(st["valid"], length, src, f"{where}.state.valid", None).astype(bool),
+                     "velocity": (per_step(st["velocity"], length, src, f"{where}.state.velocity", 2)
                                   if "velocity" in st else np.zeros((length, 2)))}
             for k in ("length", "width", "height"):
-                typed[k] = _per_step(st[k], length, src, f"{where}.state.{k}", None) if k in st else np.zeros(length)
+                typed[k] = per_step(st[k], length, src, f"{where}.state.{k}", None) if k in st else np.zeros(length)
             ids.append(str(aid))
             types.append(str(typ))
             pos.append(p)
@@ -501,7 +381,7 @@ def _tracks_from_dict(tracks: Mapping, length: int, src: str) -> AgentTracks:
             valid.append(typed["valid"])
             vel.append(typed["velocity"])
             size.append(np.stack([typed["length"], typed["width"], typed["height"]], axis=-1))
-            extras.append({k: v for k, v in st.items() if k not in _CORE_STATE_KEYS})
+            extras.append({k: v for k, v in st.items() if k not in CORE_STATE_KEYS})
             metas.append(copy.copy(t.get("metadata", {})))
             sources.append(TrackSource(
                 key=aid, keys=tuple(t), state_keys=tuple(st),
@@ -519,11 +399,11 @@ def _tracks_from_dict(tracks: Mapping, length: int, src: str) -> AgentTracks:
 
 
 def _map_feature_from_dict(m: Mapping, src: str, where: str, fid: Any = None) -> MapFeature:
-    typ = str(_require(m, "type", src, where))
+    typ = str(require(m, "type", src, where))
     pts = {}
     for key in ("polyline", "polygon"):
         if key in m and m[key] is not None:
-            a = _array(m[key], src, f"{where}.{key}")
+            a = as_array(m[key], src, f"{where}.{key}")
             if a.ndim != 2 or a.shape[-1] not in (2, 3):
                 if a.size == 0 and key == "polyline":
                     a = a.reshape(0, 2)
@@ -536,11 +416,11 @@ def _map_feature_from_dict(m: Mapping, src: str, where: str, fid: Any = None) ->
 
 
 def _light_from_dict(m: Mapping, length: int, src: str, where: str, key: Any = None) -> TrafficLight:
-    st = _require(m, "state", src, where, Mapping)
-    raw_states = _require(st, "object_state", src, f"{where}.state")
+    st = require(m, "state", src, where, Mapping)
+    raw_states = require(st, "object_state", src, f"{where}.state")
     states = tuple(str(s) for s in raw_states)
     stop = m.get("stop_point")
-    stop_point = None if stop is None else _array(stop, src, f"{where}.stop_point")
+    stop_point = None if stop is None else as_array(stop, src, f"{where}.stop_point")
     extras = {k: v for k, v in m.items() if k not in ("lane", "stop_point", "state")}
     source = LightSource(key=key, keys=tuple(m), state_keys=tuple(st),
                          state_other={k: v for k, v in st.items() if k != "object_state"},
@@ -568,9 +448,8 @@ def load_scenario(path: str | Path, repair: bool = False) -> Scenario:
     return Scenario.from_dict(load_scenario_dict(path), src=str(path), repair=repair)
 
 
-def _atomic_pickle(obj: Any, path: Path) -> None:
-    import pickle
-
+def atomic_pickle(obj: Any, path: Path) -> None:
+    """Pickle ``obj`` to ``path`` through a temp file and a rename: a killed job never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -588,210 +467,8 @@ def save_scenario(scenario: Scenario | Mapping, path: str | Path) -> Path:
     d = scenario.to_dict() if isinstance(scenario, Scenario) else dict(scenario)
     if not isinstance(scenario, Scenario):
         Scenario.from_dict(d, src=str(path))
-    _atomic_pickle(d, path)
+    atomic_pickle(d, path)
     return path
-
-
-def summarize(d: Mapping) -> dict:
-    """Summary entry for ``dataset_summary.pkl``: metadata + object and number summaries."""
-    meta = {k: v for k, v in d["metadata"].items() if k not in ("object_summary", "number_summary")}
-    objects = {}
-    for aid, t in d["tracks"].items():
-        st = t["state"]
-        valid = np.asarray(st["valid"]).astype(bool)
-        xy = np.asarray(st["position"])[valid][:, :2]
-        run = _first_run_length(valid)
-        objects[str(aid)] = {"type": t["type"], "object_id": str(aid), "track_length": int(len(valid)),
-                             "moving_distance": float(np.linalg.norm(np.diff(xy, axis=0), axis=-1).sum()),
-                             "valid_length": int(valid.sum()), "continuous_valid_length": int(run)}
-    types = Counter(t["type"] for t in d["tracks"].values())
-    light_states = Counter(s for tl in d["dynamic_map_states"].values() for s in tl["state"]["object_state"])
-    numbers = {"num_objects": len(d["tracks"]), "object_types": set(types),
-               "num_objects_each_type": dict(types),
-               "num_moving_objects": sum(o["moving_distance"] > 1.0 for o in objects.values()),
-               "num_traffic_lights": len(d["dynamic_map_states"]),
-               "num_traffic_light_types": set(light_states), "num_traffic_light_each_step": dict(light_states),
-               "num_map_features": len(d["map_features"])}
-    return {**meta, "object_summary": objects, "number_summary": numbers}
-
-
-def _first_run_length(valid: np.ndarray) -> int:
-    """Length of the first run of consecutive True values in a bool [T] mask."""
-    if not valid.any():
-        return 0
-    rest = valid[int(np.argmax(valid)):]
-    return int(rest.size if rest.all() else np.argmin(rest))
-
-
-# ---- dataset directories ------------------------------------------------------------------
-class ScenarioDataset:
-    """A dataset directory: scenario files indexed by ``dataset_summary.pkl``/``dataset_mapping.pkl``.
-
-    Opening checks the index (safely unpickled) and that every file it names exists; a missing
-    index is rebuilt from the ``*.pkl`` files present so that un-indexed folders still open.
-    """
-
-    def __init__(self, root: str | Path, repair: bool = False):
-        self.root = Path(root)
-        self.repair = repair
-        if not self.root.is_dir():
-            raise ScenarioError(str(self.root), "<dataset>", "not a directory")
-        summary_path, mapping_path = self.root / SUMMARY_FILE, self.root / MAPPING_FILE
-        if summary_path.exists():
-            summary = safe_load(summary_path)
-            if not isinstance(summary, dict):
-                raise ScenarioError(str(summary_path), "<root>", "expected a dict of file name -> metadata")
-        else:
-            summary = {p.name: {} for p in sorted(self.root.glob("*.pkl"))
-                       if p.name not in (SUMMARY_FILE, MAPPING_FILE)}
-        mapping = safe_load(mapping_path) if mapping_path.exists() else {}
-        if not isinstance(mapping, dict):
-            raise ScenarioError(str(mapping_path), "<root>", "expected a dict of file name -> sub-folder")
-        if not summary:
-            raise ScenarioError(str(self.root), "<dataset>",
-                                f"empty dataset directory: no scenario files and no entries in {SUMMARY_FILE}")
-        self.summary: dict = summary
-        self.mapping: dict = {k: str(mapping.get(k, "")) for k in summary}
-        missing = [k for k in summary if not self.path_of(k).is_file()]
-        if missing:
-            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-            raise ScenarioError(str(summary_path), "<summary>",
-                                f"names {len(missing)} missing scenario file(s): {', '.join(missing[:3])}{more}")
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.summary)
-
-    def __len__(self) -> int:
-        return len(self.summary)
-
-    def path_of(self, name: str) -> Path:
-        return self.root / self.mapping.get(name, "") / name
-
-    def load(self, name: str) -> Scenario:
-        return load_scenario(self.path_of(name), repair=self.repair)
-
-    def __iter__(self) -> Iterator[Scenario]:
-        for name in self.names:
-            yield self.load(name)
-
-    def iter_checked(self, names: list[str] | None = None) -> Iterator[tuple[str, Scenario | Exception]]:
-        """Yield (file name, Scenario) or (file name, error) for every file (or ``names``): bad files never
-        stop the loop."""
-        for name in self.names if names is None else names:
-            try:
-                yield name, self.load(name)
-            except (ScenarioError, UnsafePickleError, CorruptFileError) as e:
-                yield name, e
-
-
-def write_index(root: str | Path, summaries: Mapping[str, dict], mapping: Mapping[str, str] | None = None) -> None:
-    """Write ``dataset_summary.pkl`` and ``dataset_mapping.pkl`` atomically."""
-    root = Path(root)
-    _atomic_pickle(dict(summaries), root / SUMMARY_FILE)
-    _atomic_pickle({k: (mapping or {}).get(k, "") for k in summaries}, root / MAPPING_FILE)
-
-
-@dataclass
-class ConversionReport:
-    """What a conversion wrote and what it skipped, with the reason for each bad item."""
-
-    written: list[str] = field(default_factory=list)
-    reused: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    repaired: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def to_json(self) -> dict:
-        return {"written": self.written, "reused": self.reused,
-                "failed": [{"item": n, "error": e} for n, e in self.failed],
-                "repaired": [{"item": n, "repair": r} for n, r in self.repaired]}
-
-
-class DatasetWriter:
-    """Write a dataset directory scenario by scenario; resumable and tolerant of bad items.
-
-    Every scenario is validated, then written atomically; the index is rewritten atomically after
-    each ``flush_every`` scenarios and on close, so a killed job leaves a loadable directory and a
-    rerun (``resume=True``) keeps what is already there. A bad item is recorded with its reason in
-    the report (and ``conversion_report.json``) and never stops the good ones.
-    """
-
-    def __init__(self, root: str | Path, resume: bool = True, flush_every: int = 16, repair: bool = False):
-        self.root = Path(root)
-        self.repair = repair
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.report = ConversionReport()
-        self.summaries: dict[str, dict] = {}
-        self.flush_every = flush_every
-        if resume and (self.root / SUMMARY_FILE).exists():
-            try:
-                old = safe_load(self.root / SUMMARY_FILE)
-                self.summaries = {k: v for k, v in old.items() if (self.root / k).is_file()}
-            except (UnsafePickleError, CorruptFileError):
-                self.summaries = {}
-
-    def has(self, filename: str) -> bool:
-        return filename in self.summaries
-
-    def reuse(self, filename: str) -> None:
-        self.report.reused.append(filename)
-
-    def add(self, filename: str, d: Scenario | Mapping) -> Path:
-        """Validate ``d`` (a Scenario or a ScenarioNet dict) and write it as ``filename``; raises ScenarioError
-        on a bad scenario."""
-        path = self.root / filename
-        if Path(filename).name != filename or not filename.endswith(".pkl") or filename in (SUMMARY_FILE, MAPPING_FILE):
-            raise ScenarioError(filename, "<file name>", "must be a plain '*.pkl' file name")
-        if isinstance(d, Scenario):
-            d = d.validate(filename).to_dict()
-        sc = Scenario.from_dict(d, src=filename, repair=self.repair)
-        repairs = sc.metadata.get("bevgen_repairs", [])
-        if repairs != d["metadata"].get("bevgen_repairs", []):  # drop what from_dict dropped
-            d = {**d, "metadata": sc.metadata,
-                 "map_features": {k: v for k, v in d["map_features"].items() if str(k) in sc.map_features}}
-            self.report.repaired.append((filename, "; ".join(repairs)))
-        _atomic_pickle(dict(d), path)
-        self.summaries[filename] = summarize(d)
-        self.report.written.append(filename)
-        if len(self.report.written) % self.flush_every == 0:
-            self.flush()
-        return path
-
-    def fail(self, item: str, error: BaseException | str) -> None:
-        self.report.failed.append((item, str(error)))
-
-    def add_or_fail(self, item: str, filename: str, d: Scenario | Mapping | BaseException) -> bool:
-        """Write a good item, record a bad one (an exception or a dict failing validation)."""
-        if isinstance(d, BaseException):
-            self.fail(item, d)
-            return False
-        try:
-            self.add(filename, d)
-            return True
-        except ScenarioError as e:
-            self.fail(item, e)
-            return False
-
-    def flush(self) -> None:
-        if self.summaries:
-            write_index(self.root, self.summaries)
-
-    def close(self) -> ConversionReport:
-        import json
-
-        self.flush()
-        (self.root / "conversion_report.json").write_text(json.dumps(self.report.to_json(), indent=2))
-        return self.report
-
-    def __enter__(self) -> "DatasetWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def wrap_angle(a: np.ndarray | float) -> np.ndarray | float:

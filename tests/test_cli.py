@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bevgen.cli import app
-from sim_bridge.scenario import ScenarioDataset, save_scenario
+from sim_bridge.dataset import ScenarioDataset
+from sim_bridge.scenario import save_scenario
 
 runner = CliRunner()
 

@@ -122,7 +122,7 @@ class _Payload:
 @pytest.fixture(scope="module")
 def good_dir(tmp_path_factory, real_dir) -> Path:
     """Two real scenes (nuScenes, Waymo) in a dataset directory of their own."""
-    from sim_bridge.scenario import ScenarioDataset, write_index
+    from sim_bridge.dataset import ScenarioDataset, write_index
 
     ds = ScenarioDataset(real_dir)
     out = tmp_path_factory.mktemp("good")
@@ -195,7 +195,7 @@ def test_planted_pickle_runs_nothing(cmd, case, good_dir, tmp_path, request):
 
 
 def _assert_good_processed(cmd: str, text: str, out: Path) -> None:
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
 
     if cmd == "scenarios validate":
         assert "2 good, 1 bad" in text

@@ -18,7 +18,8 @@ from typing import Iterable
 
 import numpy as np
 
-from sim_bridge.scenario import STEP_SECONDS, AgentTracks, DatasetWriter, Scenario, ScenarioDataset
+from sim_bridge.dataset import DatasetWriter, ScenarioDataset
+from sim_bridge.scenario import STEP_SECONDS, AgentTracks, Scenario
 
 __all__ = ["random_lane_traffic", "procedural_reference", "write_baseline_dataset", "VEHICLE_SIZE"]
 

@@ -22,8 +22,8 @@ from typing import Callable
 import numpy as np
 
 from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
-from sim_bridge.scenario import (ConversionReport, DatasetWriter, Scenario, ScenarioDataset, ScenarioError,
-                                 load_scenario_dict)
+from sim_bridge.dataset import ConversionReport, DatasetWriter, ScenarioDataset
+from sim_bridge.scenario import Scenario, ScenarioError, load_scenario_dict
 from traffic.encoding import EncodingConfig, agent_feature_rows, collate, encode_scene, to_world
 
 __all__ = ["GenerateConfig", "generate", "augment", "generate_scenes", "extend_logged", "yield_to_traffic"]

@@ -63,7 +63,8 @@ import numpy as np
 import shapely
 
 from traffic.encoding import point_to_segments
-from sim_bridge.scenario import Scenario, ScenarioDataset, wrap_angle
+from sim_bridge.dataset import ScenarioDataset
+from sim_bridge.scenario import Scenario, wrap_angle
 
 __all__ = ["BANDWIDTHS", "evaluate_traffic", "scene_attributes", "mmd", "box_overlaps",
            "collision_counts", "on_road", "offroad_counts", "kinematic_counts"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from sim_bridge.config import from_dict, save_config, to_dict
 from sim_bridge.training import setup_distributed
-from sim_bridge.scenario import ScenarioDataset
+from sim_bridge.dataset import ScenarioDataset
 from traffic.encoding import EncodingConfig, collate, encode_scene
 
 __all__ = ["TrafficTrainConfig", "train", "load_models", "build_samples", "PRESETS"]

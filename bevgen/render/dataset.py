@@ -132,7 +132,7 @@ def _render_scenario(job: tuple) -> dict:
     root, name, out_dir, config, rig_dict, n, stride, first, resume = job
     from bevgen.cameras import CameraRig
     from bevgen.render.scene import SceneRenderer
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
 
     result = {"scenario": name, "written": [], "kept": [], "error": None}
     try:
@@ -185,7 +185,7 @@ def write_synthetic_dataset(scenario_dir: str | Path, out_dir: str | Path, confi
 
     from bevgen.cameras import nuscenes_rig
     from bevgen.render.scene import SynthConfig
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
 
     config = config or SynthConfig()
     rig = rig if rig is not None else nuscenes_rig(config.image_size)

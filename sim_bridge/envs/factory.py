@@ -89,7 +89,7 @@ class EnvConfig:
         (MetaDrive would otherwise assert inside every worker process)."""
         if self.procedural:
             return self.num_scenarios or DEFAULT_PROCEDURAL_MAPS
-        from sim_bridge.scenario import ScenarioDataset
+        from sim_bridge.dataset import ScenarioDataset
 
         available = len(ScenarioDataset(self.data)) - self.start_index
         if available < 1:
@@ -116,7 +116,7 @@ class EnvConfig:
         total = self.total_scenarios()
         if self.procedural:
             return total
-        from sim_bridge.scenario import ScenarioDataset
+        from sim_bridge.dataset import ScenarioDataset
 
         ds = ScenarioDataset(self.data, repair=True)  # what a conversion would repair, MetaDrive reads as is
         bad = [str(err) for _, err in ds.iter_checked(ds.names[self.start_index:self.start_index + total])

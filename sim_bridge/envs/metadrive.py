@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sim_bridge.safe_pickle import UnsafePickleError
-from sim_bridge.scenario import ScenarioDataset, load_scenario_dict
+from sim_bridge.dataset import ScenarioDataset
+from sim_bridge.scenario import load_scenario_dict
 
 __all__ = ["AssetsMissingError", "prepare_offline", "assets_available", "make_scenario_env",
            "make_procedural_env", "episode_dump_without_copy", "route_scenario_reads", "QUIET"]

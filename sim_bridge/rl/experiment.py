@@ -27,7 +27,8 @@ from sim_bridge.config import save_config, to_dict
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 from sim_bridge.rl.evaluate import EvalConfig, evaluate, summarize_episodes
 from sim_bridge.rl.train import TrainConfig, read_episodes, train
-from sim_bridge.scenario import ScenarioDataset, load_scenario_dict
+from sim_bridge.dataset import ScenarioDataset
+from sim_bridge.scenario import load_scenario_dict
 from sim_bridge.sources.convert import write_items
 
 __all__ = ["ExperimentConfig", "run_experiment", "split_real", "plot_experiment"]

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
 from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
-from sim_bridge.scenario import ConversionReport, DatasetWriter, ScenarioDataset, ScenarioError, load_scenario_dict
+from sim_bridge.dataset import ConversionReport, DatasetWriter, ScenarioDataset
+from sim_bridge.scenario import ScenarioError, load_scenario_dict
 
 __all__ = ["write_items", "iter_scenarionet_dir"]
 

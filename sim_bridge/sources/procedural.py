@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from sim_bridge.scenario import ConversionReport, DatasetWriter
+from sim_bridge.dataset import ConversionReport, DatasetWriter
 
 __all__ = ["ProceduralConfig", "generate_procedural", "scenario_filename"]
 

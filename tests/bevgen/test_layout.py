@@ -7,7 +7,8 @@ import pytest
 
 from bevgen.layout import CLASS_NAMES, BevConfig, BevRasterizer, rasterize
 from bevgen.preview import preview_image, save_preview
-from sim_bridge.scenario import Scenario, ScenarioDataset
+from sim_bridge.dataset import ScenarioDataset
+from sim_bridge.scenario import Scenario
 
 
 def _pixel(cfg: BevConfig, x: float, y: float) -> tuple[int, int]:

@@ -15,7 +15,8 @@ from bevgen.render.dataset import (FrameDataset, load_frame, scenario_of, split_
                                    write_synthetic_dataset)
 from bevgen.render.scene import SEMANTIC_CLASSES, SceneRenderer, SynthConfig
 from sim_bridge.config import load_config
-from sim_bridge.scenario import Scenario, save_scenario, write_index
+from sim_bridge.dataset import write_index
+from sim_bridge.scenario import Scenario, save_scenario
 from tests.conftest import REPO, make_straight_road_scenario
 
 SEM = {n: i for i, n in enumerate(SEMANTIC_CLASSES)}

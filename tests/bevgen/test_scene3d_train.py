@@ -26,7 +26,7 @@ def frames_dir(tmp_path_factory):
     """Six rendered frames (32x56, 6 cameras) of the straight-road scenario: a lead car ahead, a cyclist behind."""
     from bevgen.render.dataset import write_synthetic_dataset
     from bevgen.render.scene import SynthConfig
-    from sim_bridge.scenario import DatasetWriter
+    from sim_bridge.dataset import DatasetWriter
 
     root = tmp_path_factory.mktemp("scene3d")
     with DatasetWriter(root / "scenarios") as w:

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bevgen.cli import app
-from sim_bridge.scenario import DatasetWriter
+from sim_bridge.dataset import DatasetWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_straight_road_scenario  # noqa: E402

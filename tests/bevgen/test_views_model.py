@@ -140,7 +140,7 @@ def frames_dir(tmp_path_factory):
 
     from bevgen.render.dataset import write_synthetic_dataset
     from bevgen.render.scene import SynthConfig
-    from sim_bridge.scenario import DatasetWriter
+    from sim_bridge.dataset import DatasetWriter
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from conftest import make_straight_road_scenario

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from bevgen.cli import app
 from nuscenes_fixture import write_nuscenes_fixture
-from sim_bridge.scenario import ScenarioDataset
+from sim_bridge.dataset import ScenarioDataset
 from sim_bridge.sources import waymo as W
 from test_waymo_source import _real_to_proto, make_scenario
 

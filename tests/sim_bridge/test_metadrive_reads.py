@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-metadrive = pytest.importorskip("metadrive")
+metadrive = pytest.importorskip("metadrive")  # the project modules below import nothing heavy; skip first
 
 from sim_bridge.envs.factory import EnvConfig, make_env  # noqa: E402
 from sim_bridge.envs.metadrive import _UNPICKLING_MODULES, route_scenario_reads  # noqa: E402
 from sim_bridge.safe_pickle import UnsafePickleError  # noqa: E402
-from sim_bridge.scenario import ScenarioError, write_index  # noqa: E402
+from sim_bridge.dataset import write_index  # noqa: E402
+from sim_bridge.scenario import ScenarioError  # noqa: E402
 
 MD_ROOT = Path(metadrive.__file__).parent
 # Call sites of pickle.load(s) in the installed MetaDrive that never see scenario data from a user's

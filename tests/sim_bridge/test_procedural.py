@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim_bridge.scenario import ScenarioDataset
+from sim_bridge.dataset import ScenarioDataset
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
 pytestmark = pytest.mark.metadrive

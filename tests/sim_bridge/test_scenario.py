@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError, safe_load, safe_loads
-from sim_bridge.scenario import (DatasetWriter, Scenario, ScenarioDataset, ScenarioError, load_scenario,
-                                 load_scenario_dict, save_scenario, write_index)
+from sim_bridge.dataset import DatasetWriter, ScenarioDataset, write_index
+from sim_bridge.scenario import Scenario, ScenarioError, load_scenario, load_scenario_dict, save_scenario
 from sim_bridge.sources.convert import iter_scenarionet_dir, write_items
 
 
@@ -56,7 +56,7 @@ def test_real_scenarios_load_and_round_trip(real_dir, tmp_path):
 def test_every_real_scenario_round_trips_bit_identically(real_dir, tmp_path):
     """from_dict -> to_dict -> file -> load gives back the source dict exactly: dtypes, shapes, containers,
     key order (nuScenes pickles hold float64 (T, 1) sizes and float valid masks, Waymo ones float32)."""
-    from sim_bridge.source_layout import identical
+    from sim_bridge.scenario_encoding import identical
 
     for p in sorted(real_dir.glob("sd_*.pkl")):
         d = load_scenario_dict(p)
@@ -72,7 +72,7 @@ def test_every_real_scenario_round_trips_bit_identically(real_dir, tmp_path):
 
 
 def test_procedural_and_synthetic_scenarios_round_trip_bit_identically(procedural_dir, road_dict):
-    from sim_bridge.source_layout import identical
+    from sim_bridge.scenario_encoding import identical
 
     ds = ScenarioDataset(procedural_dir)
     dicts = [load_scenario_dict(ds.path_of(n)) for n in ds.names]

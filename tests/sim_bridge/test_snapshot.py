@@ -112,7 +112,7 @@ def test_route_polyline_passes_by_the_ego(env):
 def test_replay_frame_is_the_centralized_file_frame(env):
     """ScenarioEnv shifts each scenario so the ego starts at the origin; the snapshot keeps that frame."""
     from sim_bridge.envs.snapshot import snapshot
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
 
     snap = snapshot(env)
     if snap.metadata["source"] != "ScenarioEnv":

@@ -134,7 +134,7 @@ def test_asking_for_more_scenarios_than_the_directory_holds_fails_before_any_wor
     """MetaDrive would assert inside every worker (and the restart loop would retry); we refuse up front."""
     from sim_bridge.envs.factory import EnvConfig
     from sim_bridge.envs.vec import make_vec_env
-    from sim_bridge.scenario import DatasetWriter
+    from sim_bridge.dataset import DatasetWriter
 
     with DatasetWriter(tmp_path / "one", resume=False) as w:
         w.add("road.pkl", road_dict)

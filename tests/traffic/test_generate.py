@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim_bridge.scenario import ScenarioDataset, load_scenario_dict
+from sim_bridge.dataset import ScenarioDataset
+from sim_bridge.scenario import load_scenario_dict
 from traffic.generate import GenerateConfig, augment, generate
 from traffic.train import TrafficTrainConfig, load_models, train
 

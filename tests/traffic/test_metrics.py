@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import shapely
 
-from sim_bridge.scenario import Scenario, ScenarioDataset
+from sim_bridge.dataset import ScenarioDataset
+from sim_bridge.scenario import Scenario
 from traffic.baselines import procedural_reference, random_lane_traffic, write_baseline_dataset
 from traffic.metrics import (box_overlaps, collision_counts, evaluate_traffic, kinematic_counts, mmd, on_road,
                              scene_attributes)

@@ -39,7 +39,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def batch():
     """The 7 real scenes encoded at t0 = 0 and t0 = 10: 14 scenes (nearest 256 map vectors, for speed)."""
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
     from traffic.encoding import EncodingConfig, collate, encode_scene
 
     ds = ScenarioDataset(REAL_DIR, repair=True)
