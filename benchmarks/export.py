@@ -21,7 +21,12 @@ def _time_formats(scenarios: list, work: Path, check: bool) -> dict:
     from sim_bridge.export import get_exporter
 
     out = {}
-    for fmt in ("waymo", "openscenario"):
+    try:
+        import commonroad  # noqa: F401
+        formats = ("waymo", "openscenario", "commonroad")
+    except ImportError:  # commonroad-io is part of bevgen[export]
+        formats = ("waymo", "openscenario")
+    for fmt in formats:
         export = get_exporter(fmt)
         t0 = time.perf_counter()
         results = [export(sc, work / fmt, sc.id) for sc in scenarios]
@@ -41,7 +46,7 @@ def _time_formats(scenarios: list, work: Path, check: bool) -> dict:
 
 
 def _procedural(work: Path) -> list:
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
     from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
     report = generate_procedural(ProceduralConfig(**PROCEDURAL), work / "procedural", resume=False)
@@ -61,7 +66,7 @@ def bench_export(check: bool = True) -> dict:
         (no shared data, no MetaDrive) holds ``{"skipped": reason}``.
     """
     from sim_bridge.export.asam_qc import checkers_available
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     check = check and checkers_available() is None

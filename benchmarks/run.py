@@ -45,7 +45,7 @@ def bench_raster() -> dict:
     import numpy as np
 
     from bevgen.layout import BevRasterizer
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
 
     cv2.setNumThreads(1)
     if not REAL_DIR.exists():
@@ -65,7 +65,8 @@ def bench_raster() -> dict:
             per_source[sc.dataset].append(time.perf_counter() - t0)
     ms = {k: 1e3 * np.asarray(v) for k, v in per_source.items()}
     return {
-        "what": "one ego-centric BEV frame, 200x200 px, 8 channels, incl. boxes; 1 thread; all frames of the 7 real scenes",
+        "what": "one ego-centric BEV frame, 200x200 px, 8 channels, incl. boxes; 1 thread; "
+                "all frames of the 7 real scenes",
         "nuscenes_ms_median": round(float(np.median(ms["nuscenes"])), 3),
         "nuscenes_ms_p95": round(float(np.percentile(ms["nuscenes"], 95)), 3),
         "waymo_ms_median": round(float(np.median(ms["waymo"])), 3),
@@ -100,7 +101,8 @@ def bench_load() -> dict:
     """Safe loading + validation of the real scenes vs plain pickle.load (the price of safety)."""
     import pickle
 
-    from sim_bridge.scenario import ScenarioDataset, load_scenario
+    from sim_bridge.dataset import ScenarioDataset
+    from sim_bridge.scenario import load_scenario
 
     if not REAL_DIR.exists():
         return {"skipped": f"{REAL_DIR} not found"}
@@ -174,7 +176,8 @@ def bench_rl_env() -> dict:
 
     if not REAL_DIR.exists():
         return {"skipped": f"{REAL_DIR} not found"}
-    out: dict = {"what": "env steps per second incl. resets; constant action [0, 0.5]; raw = time inside MetaDrive's step/reset during the same calls"}
+    out: dict = {"what": "env steps per second incl. resets; constant action [0, 0.5]; "
+                         "raw = time inside MetaDrive's step/reset during the same calls"}
     action = np.array([0.0, 0.5], np.float32)
     for name, cfg, n in (("real_scenarios", EnvConfig(data=str(REAL_DIR), horizon=1000), 1200),
                          ("procedural_maps", EnvConfig(data="procedural", num_scenarios=20, horizon=1000), 2400)):
@@ -186,7 +189,7 @@ def bench_rl_env() -> dict:
         for k in (2, 4):  # synchronous stepping: a worker rebuilding a map stalls the others
             vk = make_vec_env(cfg, k, seed=0)
             row[f"wrapped_sps_{k}_workers"] = round(k * _steps_per_second(
-                lambda: vk.step(np.stack([action] * k)), vk.reset, n // k), 1)
+                lambda vk=vk, k=k: vk.step(np.stack([action] * k)), vk.reset, n // k), 1)
             vk.close()
         row["scaling_2_vs_1"] = round(row["wrapped_sps_2_workers"] / row["wrapped_sps_1_worker"], 2)
         out[name] = row
@@ -243,9 +246,9 @@ def bench_traffic() -> dict:
     import torch
 
     from sim_bridge.rl.experiment import split_real
-    from sim_bridge.scenario import ScenarioDataset
+    from sim_bridge.dataset import ScenarioDataset
     from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
-    from traffic.baselines import procedural_reference, random_lane_traffic, write_baseline_dataset
+    from traffic.baselines import procedural_reference, random_lane_traffic
     from traffic.generate import GenerateConfig, augment, generate, generate_scenes
     from traffic.metrics import collision_hits, evaluate_traffic
     from traffic.train import TrafficTrainConfig, load_models, train
@@ -259,7 +262,6 @@ def bench_traffic() -> dict:
     proc = work / "procedural"
     generate_procedural(ProceduralConfig(num_scenarios=24, steps=100, workers=2), proc)
     run = work / "run"
-    t0 = time.perf_counter()
     if not (run / "checkpoints" / "latest.pt").exists() or load_models(run)[2].steps != steps:
         import shutil
 
@@ -285,7 +287,8 @@ def bench_traffic() -> dict:
     generate_scenes(placement, trajectory, scenes, False, [32] * len(scenes), tcfg.encoding, g, steps=190)
     out["s_per_scene_32_vehicles_190_frames_batched"] = round((time.perf_counter() - t) / len(scenes), 3)
     out["reference_trafficgen_s_per_scene_place32_plus_190_frames"] = round(sum(ANCHOR_TRAFFICGEN.values()), 2)
-    out["speedup_vs_reference"] = round(sum(ANCHOR_TRAFFICGEN.values()) / out["s_per_scene_32_vehicles_190_frames_batched"], 1)
+    out["speedup_vs_reference"] = round(
+        sum(ANCHOR_TRAFFICGEN.values()) / out["s_per_scene_32_vehicles_190_frames_batched"], 1)
 
     # realism on held-out real scenes: model vs random-on-lanes + constant velocity vs MetaDrive procedural traffic
     gen_dir = work / "generated_heldout"
@@ -304,7 +307,8 @@ def bench_traffic() -> dict:
             "random_lanes_const_velocity": evaluate_traffic(rand, ref),
             "metadrive_procedural": evaluate_traffic(proc_ref, ref, pairing="pooled"),
             "logged (reference)": evaluate_traffic(ref, ref)}
-    out["realism"] = {k: {m: (round(v[m], 4) if isinstance(v[m], float) else v[m]) for m in keys} for k, v in rows.items()}
+    out["realism"] = {k: {m: (round(v[m], 4) if isinstance(v[m], float) else v[m]) for m in keys}
+                      for k, v in rows.items()}
     mmd = lambda r: np.mean([r[m] for m in ("mmd_position", "mmd_heading", "mmd_size", "mmd_speed")])
     out["mean_mmd"] = {k: round(float(mmd(v)), 4) for k, v in out["realism"].items()}
 
@@ -329,7 +333,8 @@ def bench_traffic() -> dict:
                                 "vehicles_at_t0_before": before, "vehicles_at_t0_after": after,
                                 "ratio": round(after / max(before, 1), 2), "inserted": inserted,
                                 "inserted_collision_rate": round(colliding / max(inserted, 1), 4),
-                                "seconds": round(aug_s, 1), "placed_of_requested": f"{stats['placed']}/{stats['requested']}",
+                                "seconds": round(aug_s, 1),
+                                "placed_of_requested": f"{stats['placed']}/{stats['requested']}",
                                 "dropped_by_yield_check": stats.get("dropped", 0)}
     return out
 
@@ -404,54 +409,82 @@ def bench_bad_input() -> dict:
     return run()
 
 
+def bench_export() -> dict:
+    """`bevgen scenarios export`: scenarios/s per format on the real and procedural scenes, ASAM checker counts."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from export import bench_export as run
+
+    return run()
+
+
+def bench_batched_sim() -> dict:
+    """The batched tensor simulator: env steps/s at 128-512 scenes vs MetaDrive ScenarioEnv in the same run."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from batched_sim import bench_batched_sim as run
+
+    return run()
+
+
 BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load, "bad_input": bench_bad_input,
-           "rl_env": bench_rl_env,
-           "rl_experiment": bench_rl_experiment, "traffic": bench_traffic, "views": bench_views,
-           "scene3d": bench_scene3d}
+           "rl_env": bench_rl_env, "batched_sim": bench_batched_sim, "rl_experiment": bench_rl_experiment,
+           "traffic": bench_traffic, "views": bench_views, "scene3d": bench_scene3d, "export": bench_export}
 
 
 def _row_lines(results: dict) -> list[str]:
     lines = []
     r = results.get("raster", {})
     if "nuscenes_ms_median" in r:
-        lines.append(f"| BEV raster, 200x200x8, real nuScenes frame (1 thread) | {r['nuscenes_ms_median']} ms median, "
-                     f"{r['nuscenes_ms_p95']} ms p95 ({r['frames_per_s_nuscenes']} frames/s) | target < 10 ms |")
+        lines.append(f"| BEV raster, 200x200x8, real nuScenes frame (1 thread) | "
+                     f"{r['nuscenes_ms_median']} ms median, "
+                     f"{r['nuscenes_ms_p95']} ms p95 ({r['frames_per_s_nuscenes']} frames/s) | "
+                     f"target < 10 ms |")
         lines.append(f"| BEV raster, real Waymo frame (1 thread) | {r['waymo_ms_median']} ms median, "
                      f"{r['waymo_ms_p95']} ms p95 | |")
     p = results.get("procedural", {})
     if "wall_s_2_workers" in p:
-        lines.append(f"| Procedural scenarios, 4 maps x 200 steps + IDM traffic | {p['wall_s_1_workers']} s (1 worker), "
-                     f"{p['wall_s_2_workers']} s (2 workers) | MetaDrive export ~{p['reference_metadrive_export_s']:g} s: "
+        lines.append(f"| Procedural scenarios, 4 maps x 200 steps + IDM traffic | "
+                     f"{p['wall_s_1_workers']} s (1 worker), "
+                     f"{p['wall_s_2_workers']} s (2 workers) | "
+                     f"MetaDrive export ~{p['reference_metadrive_export_s']:g} s: "
                      f"**{p['speedup_vs_reference_2_workers']}x** |")
     e = results.get("rl_env", {})
     if "real_scenarios" in e:
         r, p = e["real_scenarios"], e["procedural_maps"]
-        lines.append(f"| RL env steps/s, real scenes in ScenarioEnv (resets included) | {r['wrapped_sps_1_worker']} (1 worker), "
-                     f"{r['wrapped_sps_2_workers']} (2 workers), {r['wrapped_sps_4_workers']} (4); raw MetaDrive {r['raw_metadrive_sps']}, wrapper overhead "
+        lines.append(f"| RL env steps/s, real scenes in ScenarioEnv (resets included) | "
+                     f"{r['wrapped_sps_1_worker']} (1 worker), "
+                     f"{r['wrapped_sps_2_workers']} (2 workers), {r['wrapped_sps_4_workers']} (4); "
+                     f"raw MetaDrive {r['raw_metadrive_sps']}, wrapper overhead "
                      f"{r['wrapper_overhead_pct']}% | ~{ANCHOR_SCENARIO_SPS[1]:g} / ~{ANCHOR_SCENARIO_SPS[2]:g}: "
                      f"**{r['speedup_vs_reference_2_workers']}x** at 2 workers |")
         lines.append(f"| RL env steps/s, procedural maps (MetaDriveEnv) | {p['wrapped_sps_1_worker']} (1 worker), "
-                     f"{p['wrapped_sps_2_workers']} (2 workers), {p['wrapped_sps_4_workers']} (4); raw {p['raw_metadrive_sps']}, overhead "
+                     f"{p['wrapped_sps_2_workers']} (2 workers), {p['wrapped_sps_4_workers']} (4); "
+                     f"raw {p['raw_metadrive_sps']}, overhead "
                      f"{p['wrapper_overhead_pct']}% | ~{ANCHOR_PROCEDURAL_SPS:g} (random actions) |")
     x = results.get("rl_experiment", {})
     if "arms" in x:
         arms = ", ".join(f"{k} {v['success_rate']:.2f} / {v['route_completion']:.2f}" for k, v in x["arms"].items())
-        refs = ", ".join(f"{k} {v['success_rate']:.2f} / {v['route_completion']:.2f}" for k, v in x["reference"].items())
+        refs = ", ".join(f"{k} {v['success_rate']:.2f} / {v['route_completion']:.2f}"
+                         for k, v in x["reference"].items())
         lines.append(f"| PPO experiment: held-out success / route completion | {arms} | {refs} |")
     tg = results.get("traffic", {})
     if "realism" in tg:
         lines.append(f"| Traffic generation, 32 vehicles + 190 frames per scene (batched, 2 threads) | "
                      f"{tg['s_per_scene_32_vehicles_190_frames_batched']} s; 9 s horizon: "
-                     f"{tg['s_per_scene_32_vehicles_9s_batched']} s batched vs {tg['s_per_scene_32_vehicles_9s_one_at_a_time']} s "
-                     f"one at a time | TrafficGen ~{tg['reference_trafficgen_s_per_scene_place32_plus_190_frames']} s: "
+                     f"{tg['s_per_scene_32_vehicles_9s_batched']} s batched vs "
+                     f"{tg['s_per_scene_32_vehicles_9s_one_at_a_time']} s "
+                     f"one at a time | "
+                     f"TrafficGen ~{tg['reference_trafficgen_s_per_scene_place32_plus_190_frames']} s: "
                      f"**{tg['speedup_vs_reference']}x** |")
         mm = tg["mean_mmd"]
-        lines.append(f"| Traffic realism on held-out real scenes: mean MMD (pos, heading, size, speed) | model {mm['model']}"
-                     f" | random-on-lanes {mm['random_lanes_const_velocity']}, MetaDrive procedural {mm['metadrive_procedural']} |")
+        lines.append(f"| Traffic realism on held-out real scenes: mean MMD (pos, heading, size, speed) | "
+                     f"model {mm['model']}"
+                     f" | random-on-lanes {mm['random_lanes_const_velocity']}, "
+                     f"MetaDrive procedural {mm['metadrive_procedural']} |")
         r = tg["realism"]["model"]
         lines.append(f"| Generated traffic: collision / off-road / kinematic violation rate | {r['collision_rate']} / "
                      f"{r['offroad_rate']} / {r['kinematic_violation_rate']} | logged: "
-                     f"{tg['realism']['logged (reference)']['collision_rate']} / {tg['realism']['logged (reference)']['offroad_rate']} / "
+                     f"{tg['realism']['logged (reference)']['collision_rate']} / "
+                     f"{tg['realism']['logged (reference)']['offroad_rate']} / "
                      f"{tg['realism']['logged (reference)']['kinematic_violation_rate']} |")
         a = tg["augment_density_2"]
         lines.append(f"| `augment --density 2` on the real scenes | vehicles x{a['ratio']}, inserted collision rate "
@@ -462,8 +495,8 @@ def _row_lines(results: dict) -> list[str]:
         lines.append(f"| Traffic, GPU ({gt['device']}, {gt['date']}): paper preset training / generation | "
                      f"{gt['paper']['train_steps_per_s']} steps/s (batch 32, bf16); 32 vehicles + 190 frames "
                      f"{gt['paper']['generate_32_vehicles_190_frames_s_per_scene']} s per scene (batch of "
-                     f"{gt['paper']['scenes_in_batch']}) | TrafficGen ~{sum(ANCHOR_TRAFFICGEN.values()):.0f} s per scene "
-                     f"on 2 CPU threads |")
+                     f"{gt['paper']['scenes_in_batch']}) | "
+                     f"TrafficGen ~{sum(ANCHOR_TRAFFICGEN.values()):.0f} s per scene on 2 CPU threads |")
     v = results.get("views", {})
     if "render" in v:
         r = v["render"]
@@ -494,10 +527,28 @@ def _row_lines(results: dict) -> list[str]:
         lines.append(f"| scene3d tiny training / box_alpha_iou | {s3.get('tiny_train_minutes_measured')} min; "
                      f"IoU {s3.get('box_alpha_iou_trained')} trained | {s3.get('box_alpha_iou_untrained')} "
                      f"untrained |")
+    ex = results.get("export", {})
+    sets = [(k, ex[k]) for k in ("real", "procedural") if isinstance(ex.get(k), dict) and "waymo" in ex[k]]
+    if sets:
+        speed = "; ".join(f"{k}: Waymo {v['waymo']['scenarios_per_s']}, OpenSCENARIO "
+                          f"{v['openscenario']['scenarios_per_s']}"
+                          + (f", CommonRoad {v['commonroad']['scenarios_per_s']}" if "commonroad" in v else "")
+                          for k, v in sets)
+        checks = [v["openscenario"] for _, v in sets if "asam_errors" in v["openscenario"]]
+        qc = (f"ASAM checkers: {sum(c['asam_errors'] for c in checks)} errors, "
+              f"{sum(c['asam_warnings'] for c in checks)} warnings" if checks else "ASAM checkers not run")
+        lines.append(f"| `scenarios export` scenarios/s (1 thread) | {speed} | {qc} |")
     lo = results.get("load", {})
     if "safe_load_validate_ms" in lo:
         lines.append(f"| Safe load + validate one real scenario | {lo['safe_load_validate_ms']} ms "
                      f"(plain pickle {lo['plain_pickle_ms']} ms) | |")
+    bs = results.get("batched_sim", {})
+    if "best_steps_per_s" in bs:
+        t2, md = bs["threads_2"], bs["metadrive_scenario_env"]
+        lines.append(f"| Batched simulator (torch, CPU), env steps/s at 128 / 256 / 512 scenes, 2 threads; real scenes "
+                     f"| {t2['scenes_128']} / {t2['scenes_256']} / {t2['scenes_512']}; best {bs['best_steps_per_s']} "
+                     f"| MetaDrive ScenarioEnv same run {md['steps_per_s']}: **{bs['ratio_vs_metadrive']}x**; "
+                     "target 20,000 and 50x |")
     bi = results.get("bad_input", {})
     if "kinds_tried" in bi:
         cm, md = bi["command_matrix"], bi["metadrive_data_manager"]
@@ -525,9 +576,17 @@ def refresh_readme(results: dict, mach: dict) -> None:
     text = README.read_text()
     if start not in text or end not in text:
         return
+    # Rows come from JSON files written at different times, possibly on different machines: name each.
+    by_machine: dict[str, list[str]] = {}
+    for name, r in sorted(results.items()):
+        m = r.get("machine") or {}
+        key = (f"{m.get('date', '?')} on {m.get('cpu', '?')} ({m.get('cores', '?')} cores), "
+               f"Python {m.get('python', '?')}")
+        by_machine.setdefault(key, []).append(name)
+    provenance = "; ".join(f"{', '.join(names)}: {key}" for key, names in by_machine.items())
     table = "\n".join([
-        f"Measured {mach['date']} on {mach['cpu']} ({mach['cores']} cores, no GPU), Python {mach['python']}; "
-        "`make bench` refreshes this table from `benchmarks/results/*.json`.", "",
+        f"`make bench` refreshes this table from `benchmarks/results/*.json` (no GPU unless a row says so). "
+        f"Measured: {provenance}.", "",
         "| work | bevgen | reference / target |", "|---|---|---|", *_row_lines(results)])
     head, rest = text.split(start, 1)
     README.write_text(f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from sim_bridge import geometry
+
 NUSCENES_CAMERAS: tuple[str, ...] = (
     "CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT")
 NUSCENES_IMAGE_SIZE: tuple[int, int] = (900, 1600)
@@ -55,12 +57,10 @@ _NUSCENES_CALIBRATION: dict[str, tuple[tuple[float, ...], tuple[float, ...], tup
                       (1256.7414812095406, 792.1125740759628, 492.7757465151356)),
 }
 
-# Corner order of box_corners: bottom face (0-3) then top face (4-7), each counter-clockwise seen
-# from above starting at front-left: front-left, rear-left, rear-right, front-right (box frame).
-_CORNER_SIGNS = np.array([[1, 1, -1], [-1, 1, -1], [-1, -1, -1], [1, -1, -1],
-                          [1, 1, 1], [-1, 1, 1], [-1, -1, 1], [1, -1, 1]], dtype=np.float64)
-CORNER_SIGNS = _CORNER_SIGNS
-"""[8, 3] float64 signs of each box corner along (length, width, height), in ``box_corners`` order (public alias)."""
+# Corner order of box_corners (sim_bridge.geometry): bottom face (0-3) then top face (4-7), each
+# counter-clockwise seen from above starting at front-left: front-left, rear-left, rear-right, front-right.
+CORNER_SIGNS = geometry.CORNER_SIGNS
+"""[8, 3] float64 signs of each box corner along (length, width, height), in ``box_corners`` order."""
 BOX_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4],
                       [0, 4], [1, 5], [2, 6], [3, 7]], dtype=np.int64)  # [12, 2] corner indices
 BOX_EDGES.setflags(write=False)
@@ -277,11 +277,7 @@ def box_corners(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 7:
         raise ValueError(f"boxes: expected shape [N, 7], got {boxes.shape}")
-    local = 0.5 * boxes[:, None, 3:6] * _CORNER_SIGNS  # [N, 8, 3]
-    c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
-    rot = np.zeros((len(boxes), 3, 3))
-    rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = c, -s, s, c, 1.0
-    return np.einsum("nij,ncj->nci", rot, local) + boxes[:, None, :3]
+    return geometry.box_corners(boxes)
 
 
 def _ego_to_cam(rig: CameraRig, pts: np.ndarray) -> np.ndarray:

@@ -3,10 +3,11 @@
     bevgen scenarios export DIR_OR_FILES... --format waymo --format openscenario --out OUT [--check]
 
 Output: ``OUT/waymo/<stem>.tfrecord`` (+ ``<stem>.ids.json`` when ids were renumbered),
-``OUT/openscenario/<stem>.xosc`` + ``<stem>.xodr``, and ``OUT/export_report.json`` listing every
-exported file, what each format dropped, the ASAM checker counts (``--check``) and every bad input
-with its reason. Bad inputs (unsafe, corrupt or invalid files) are skipped; the exit code is 1 if
-any input failed. Scenarios are read only through the safe loader (:mod:`sim_bridge.scenario`).
+``OUT/openscenario/<stem>.xosc`` + ``<stem>.xodr``, ``OUT/commonroad/<stem>.xml``, and
+``OUT/export_report.json`` listing every exported file, what each format dropped, the ASAM checker
+counts (``--check``) and every bad input with its reason. Bad inputs (unsafe, corrupt or invalid
+files) are skipped; the exit code is 1 if any input failed. Scenarios are read only through the
+safe loader (:mod:`sim_bridge.scenario`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def _progress():
 def _targets(inputs: List[Path], failed: list[dict]) -> list[tuple[str, Path]]:
     """(display name, file) for every scenario file named or indexed; unreadable inputs go to ``failed``."""
     from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
-    from sim_bridge.scenario import ScenarioDataset, ScenarioError
+    from sim_bridge.dataset import ScenarioDataset
+    from sim_bridge.scenario import ScenarioError
 
     out = []
     for root in inputs:
@@ -66,7 +68,7 @@ def _check(result) -> dict:
 
 def export_cmd(
     inputs: List[Path] = typer.Argument(..., metavar="SCENARIOS", help="Dataset directories or scenario files."),
-    formats: List[str] = typer.Option(..., "--format", "-f", help="waymo or openscenario (repeatable)."),
+    formats: List[str] = typer.Option(..., "--format", "-f", help="waymo, openscenario or commonroad (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one sub-folder per format + export_report.json."),
     check: bool = typer.Option(False, "--check", help="Run the ASAM OpenDRIVE/OpenSCENARIO checkers on the output."),
 ):
@@ -83,6 +85,11 @@ def export_cmd(
 
         if (why := checkers_available()) is not None:
             fail(why)
+    if "commonroad" in formats:
+        try:
+            import commonroad  # noqa: F401
+        except ImportError:
+            fail("--format commonroad needs commonroad-io: pip install 'bevgen[export]'")
     formats = list(dict.fromkeys(formats))
     failed: list[dict] = []
     exported: list[dict] = []

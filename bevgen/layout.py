@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from bevgen.cameras import box_corners
+from sim_bridge.geometry import to_frame, wrap_angle
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
 
 __all__ = ["BevConfig", "BevLayout", "BevRasterizer", "CHANNELS", "DEFAULT_CHANNELS", "CLASS_NAMES",
@@ -242,9 +243,7 @@ class BevRasterizer:
 
         tr = sc.tracks
         valid = tr.valid[:, t].copy()
-        c, s = np.cos(pose[2]), np.sin(pose[2])
-        d = tr.position[:, t, :2] - pose[:2]
-        ego_xy = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], -1)
+        ego_xy = to_frame(tr.position[:, t, :2], pose)
         size3 = tr.size[:, t]
         margin = size3[:, :2].max(1, initial=0.0)
         inside = valid & (np.abs(ego_xy) <= cfg.range_m + margin[:, None]).all(-1)
@@ -278,7 +277,7 @@ class BevRasterizer:
         # centre's height above the ego's ground is agent z - (ego z - ego height / 2)
         z = tr.position[cand, t, 2] - tr.position[self._ego, t, 2] + tr.size[self._ego, t, 2] / 2
         boxes[: len(cand)] = np.column_stack([ego_xy[cand], z, size3[cand],
-                                              np.arctan2(np.sin(yaw[cand]), np.cos(yaw[cand]))])
+                                              wrap_angle(yaw[cand])])
         classes = np.zeros(n, np.int64)
         classes[: len(cand)] = self._classes[cand]
         mask = np.zeros(n, bool)

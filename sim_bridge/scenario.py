@@ -16,7 +16,6 @@ Einsum letters: a agent, t time, n point.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import pickle
 import tempfile
@@ -35,7 +34,7 @@ from sim_bridge.scenario_encoding import (ABSENT, CORE_STATE_KEYS, ROOT_PARSED, 
 
 __all__ = [
     "ScenarioError", "AgentTracks", "MapFeature", "TrafficLight", "Scenario",
-    "load_scenario", "load_scenario_dict", "save_scenario", "atomic_pickle", "wrap_angle", "STEP_SECONDS",
+    "load_scenario", "load_scenario_dict", "save_scenario", "atomic_pickle", "STEP_SECONDS",
     "SUMMARY_FILE", "MAPPING_FILE", "LANE_TYPES", "ROAD_LINE_TYPES", "ROAD_EDGE_TYPES",
 ]
 
@@ -469,8 +468,3 @@ def save_scenario(scenario: Scenario | Mapping, path: str | Path) -> Path:
         Scenario.from_dict(d, src=str(path))
     atomic_pickle(d, path)
     return path
-
-
-def wrap_angle(a: np.ndarray | float) -> np.ndarray | float:
-    """Wrap radians to [-pi, pi)."""
-    return (np.asarray(a) + math.pi) % (2 * math.pi) - math.pi

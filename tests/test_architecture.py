@@ -47,3 +47,25 @@ def test_importing_packages_is_cheap_and_silent():
             "if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert res.stdout.strip() == "[]" and res.stderr == ""
+
+
+# Hand-written frame maths that belongs in sim_bridge/geometry.py (one implementation, numpy and torch).
+_FRAME_MATHS = {
+    "angle wrap": r"%\s*\(?2(\.0)?\s*\*\s*(np\.|math\.|torch\.)?pi\)?\s*-\s*(np\.|math\.|torch\.)?pi"
+                  r"|remainder\([^)]*pi|arctan2\(np\.sin\(",
+    "2-D rotation into a frame": r"\bc \* \w+\[[^\]]*0\] \+ s \* \w+\[[^\]]*1\]",
+    "box corners": r"def \w*(box_corners|footprints)\w*\(",
+}
+
+
+@pytest.mark.parametrize("what", sorted(_FRAME_MATHS))
+def test_frame_maths_lives_in_the_geometry_module(what):
+    import re
+
+    pattern = re.compile(_FRAME_MATHS[what])
+    geometry = ROOT / "sim_bridge" / "geometry.py"
+    allowed = {geometry, ROOT / "bevgen" / "cameras.py"}  # cameras.box_corners validates, then calls geometry
+    files = [p for pkg in ("bevgen", "traffic", "sim_bridge") for p in (ROOT / pkg).rglob("*.py") if p not in allowed]
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in files
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not offenders, f"{what} written by hand outside sim_bridge/geometry.py: {offenders}"

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
-from sim_bridge.scenario import wrap_angle as wrap
+from sim_bridge.geometry import from_frame, to_frame, vectors_to_frame
+from sim_bridge.geometry import wrap_angle as wrap
 
 __all__ = ["EncodingConfig", "encode_scene", "collate", "to_world", "to_scene", "agent_feature_rows", "MAP_TYPES",
            "AGENT_TYPES", "MAP_FEATURES", "AGENT_FEATURES", "wrap", "point_to_segments"]
@@ -74,16 +75,12 @@ class EncodingConfig:
 
 def to_scene(xy: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """World [..., 2] -> scene frame [..., 2] for origin (x, y, yaw)."""
-    c, s = np.cos(origin[2]), np.sin(origin[2])
-    d = np.asarray(xy, np.float64) - origin[:2]
-    return np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1)
+    return to_frame(np.asarray(xy, np.float64), origin)
 
 
 def to_world(xy: np.ndarray, heading: np.ndarray | None, origin: np.ndarray):
     """Scene frame [..., 2] (and headings [...]) -> world frame."""
-    c, s = np.cos(origin[2]), np.sin(origin[2])
-    xy = np.asarray(xy, np.float64)
-    w = np.stack([c * xy[..., 0] - s * xy[..., 1], s * xy[..., 0] + c * xy[..., 1]], -1) + origin[:2]
+    w = from_frame(np.asarray(xy, np.float64), origin)
     return w if heading is None else (w, wrap(np.asarray(heading) + origin[2]))
 
 
@@ -197,9 +194,7 @@ def encode_scene(sc: Scenario, t0: int = 0, cfg: EncodingConfig = EncodingConfig
     cand = np.concatenate([[ego], cand[np.argsort(np.linalg.norm(xy[cand], axis=1), kind="stable")]])[:A]
     n = len(cand)
     head = wrap(tr.heading[cand, t0] - origin[2])
-    c, s = np.cos(origin[2]), np.sin(origin[2])
-    v = tr.velocity[cand, t0]
-    vel = np.stack([c * v[:, 0] + s * v[:, 1], -s * v[:, 0] + c * v[:, 1]], -1)
+    vel = vectors_to_frame(tr.velocity[cand, t0], origin[2])
     size = tr.size[cand, t0, :2]
     out["agent_state"] = np.zeros((A, 7), np.float32)
     out["agent_state"][:n] = np.column_stack([xy[cand], head, vel, size])

@@ -64,7 +64,8 @@ import shapely
 
 from traffic.encoding import point_to_segments
 from sim_bridge.dataset import ScenarioDataset
-from sim_bridge.scenario import Scenario, wrap_angle
+from sim_bridge.geometry import boxes_overlap, to_frame, wrap_angle
+from sim_bridge.scenario import Scenario
 
 __all__ = ["BANDWIDTHS", "evaluate_traffic", "scene_attributes", "mmd", "box_overlaps",
            "collision_counts", "on_road", "offroad_counts", "kinematic_counts"]
@@ -96,9 +97,8 @@ def scene_attributes(scenario: Scenario, t0: int = 0, range_m: float = 50.0) -> 
     d = tr.xy[keep, t0] - tr.xy[e, t0]                                      # [N, 2]
     keep_r = np.linalg.norm(d, axis=-1) <= range_m
     d, idx = d[keep_r], np.flatnonzero(keep)[keep_r]
-    c, s = math.cos(tr.heading[e, t0]), math.sin(tr.heading[e, t0])
     rel = wrap_angle(tr.heading[idx, t0] - tr.heading[e, t0])
-    return {"position": np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], -1),
+    return {"position": to_frame(tr.xy[idx, t0], np.array([*tr.xy[e, t0], tr.heading[e, t0]])),
             "heading": np.stack([np.cos(rel), np.sin(rel)], -1),
             "size": tr.size[idx, t0, :2],
             "speed": tr.speed[idx, t0][:, None]}
@@ -149,25 +149,6 @@ def _match(gen: list[Scenario], ref: list[Scenario], pairing: str, seed: int) ->
 
 
 # ---- collisions ------------------------------------------------------------------------------
-def _sat(xy_i, h_i, size_i, xy_j, h_j, size_j) -> np.ndarray:
-    """Separating-axis overlap of oriented boxes i and j; broadcastable inputs xy [..., 2], h [...], size [..., 2]."""
-    ci, si, cj, sj = np.cos(h_i), np.sin(h_i), np.cos(h_j), np.sin(h_j)
-    hli, hwi, hlj, hwj = size_i[..., 0] / 2, size_i[..., 1] / 2, size_j[..., 0] / 2, size_j[..., 1] / 2
-    dx, dy = xy_j[..., 0] - xy_i[..., 0], xy_j[..., 1] - xy_i[..., 1]
-    cr = np.abs(ci * cj + si * sj)                                            # |cos(h_j - h_i)|
-    sr = np.abs(ci * sj - si * cj)                                            # |sin(h_j - h_i)|
-    sep = np.abs(dx * ci + dy * si) > hli + hlj * cr + hwj * sr               # axis u_i
-    sep |= np.abs(-dx * si + dy * ci) > hwi + hlj * sr + hwj * cr             # axis v_i
-    sep |= np.abs(dx * cj + dy * sj) > hlj + hli * cr + hwi * sr              # axis u_j
-    sep |= np.abs(-dx * sj + dy * cj) > hwj + hli * sr + hwi * cr             # axis v_j
-    return ~sep
-
-
-def boxes_overlap(xy_i, h_i, size_i, xy_j, h_j, size_j) -> np.ndarray:
-    """Overlap of oriented boxes i and j (separating-axis test); broadcastable xy [..., 2], h [...], size [..., 2]."""
-    return _sat(xy_i, h_i, size_i, xy_j, h_j, size_j)
-
-
 def box_overlaps(xy: np.ndarray, heading: np.ndarray, size: np.ndarray) -> np.ndarray:
     """Pairwise overlap of oriented boxes by the separating-axis test (touching counts as overlap).
 
@@ -177,7 +158,7 @@ def box_overlaps(xy: np.ndarray, heading: np.ndarray, size: np.ndarray) -> np.nd
     Returns:
         bool [..., A, A], symmetric; the diagonal is True.
     """
-    return _sat(xy[..., :, None, :], heading[..., :, None], size[..., :, None, :],
+    return boxes_overlap(xy[..., :, None, :], heading[..., :, None], size[..., :, None, :],
                 xy[..., None, :, :], heading[..., None, :], size[..., None, :, :])
 
 
@@ -204,7 +185,7 @@ def collision_hits(scenario: Scenario) -> np.ndarray:
         near &= v[sl, :, None] & v[sl, None, :] & candidate_pair
         tt, ii, jj = np.nonzero(near)
         tt = tt + t
-        ov = _sat(xy[tt, ii], h[tt, ii], size[tt, ii], xy[tt, jj], h[tt, jj], size[tt, jj])
+        ov = boxes_overlap(xy[tt, ii], h[tt, ii], size[tt, ii], xy[tt, jj], h[tt, jj], size[tt, jj])
         hit[tt[ov], ii[ov]] = True
         hit[tt[ov], jj[ov]] = True
     return hit.T                                                              # [A, T]

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from sim_bridge.geometry import box_footprints
+
 __all__ = ["Mesh", "box_meshes", "car_meshes", "triangulate", "line_quads", "crosswalk_stripes",
            "place_buildings", "split_tiles"]
 
@@ -272,7 +274,7 @@ def place_buildings(drivable, rng: np.random.Generator, spacing_m: float, setbac
     centre = p + out * (depth[:, None] / 2 + 0.1)
     yaw = np.arctan2(t[:, 1], t[:, 0])
     boxes = np.column_stack([centre, np.zeros(n), width, depth, height, yaw])
-    corners = _footprints(boxes)
+    corners = box_footprints(boxes[:, :2], boxes[:, 3:5], boxes[:, 6])  # [N, 4, 2]
     foot = shapely.polygons(corners)
     keep = ~shapely.intersects(foot, drivable.buffer(max(setback_m - 0.5, 0.0), quad_segs=2))
     tree = shapely.STRtree(foot)
@@ -282,15 +284,6 @@ def place_buildings(drivable, rng: np.random.Generator, spacing_m: float, setbac
     clash[j[pair]] = True
     keep &= ~clash
     return boxes[keep][:max_buildings]
-
-
-def _footprints(boxes: np.ndarray) -> np.ndarray:
-    """[N, 7] boxes -> [N, 4, 2] footprint corners, CCW from above."""
-    signs = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]], np.float64) * 0.5
-    c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
-    local = signs[None] * boxes[:, None, 3:5]
-    return np.stack([c[:, None] * local[..., 0] - s[:, None] * local[..., 1] + boxes[:, None, 0],
-                     s[:, None] * local[..., 0] + c[:, None] * local[..., 1] + boxes[:, None, 1]], -1)
 
 
 def split_tiles(mesh: Mesh, tile_m: float, max_vertices: int = 60000) -> dict[tuple[int, int], Mesh]:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bevgen.scene3d.layout import SceneLayout, _require
+from sim_bridge.geometry import wrap_angle
 
 __all__ = ["SceneLatents", "RenderOutput", "render", "move_object", "rotate_object", "add_object", "delete_object",
            "restyle_object", "move_camera", "orbit_camera", "orbit_frames", "move_frames", "save_gif"]
@@ -117,7 +118,7 @@ def rotate_object(layout: SceneLayout, index: int, delta_yaw: float) -> SceneLay
     """Turn box ``index`` about its vertical axis by ``delta_yaw`` radians (counter-clockwise from above)."""
     _check_index(layout, index)
     boxes = layout.boxes.copy()
-    boxes[index, 6] = (boxes[index, 6] + delta_yaw + np.pi) % (2 * np.pi) - np.pi
+    boxes[index, 6] = wrap_angle(boxes[index, 6] + delta_yaw)
     return layout.replace(boxes=boxes)
 
 

@@ -34,10 +34,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from bevgen.cameras import CORNER_SIGNS  # corner order of bevgen.cameras.box_corners
 
 __all__ = ["fourier_features", "token_rays", "ray_cosine", "azimuth_cosine", "GeometricBias", "Attention",
-           "MLP", "box_corners_torch"]
+           "MLP"]
 
 
 
@@ -90,16 +89,6 @@ def azimuth_cosine(rays: Tensor, centres: Tensor, key_xy: Tensor) -> Tensor:
     key_dir = F.normalize(key_xy[:, None] - centres[:, :, None, :2], dim=-1, eps=1e-6)  # [b, v, m, 2]
     cos = torch.einsum("bvhwc,bvmc->bvhwm", ray_dir, key_dir)
     return rearrange(cos, "b v h w m -> b (v h w) m")
-
-
-def box_corners_torch(boxes: Tensor) -> Tensor:
-    """Torch mirror of ``bevgen.cameras.box_corners``: [b, m, 7] (x, y, z, l, w, h, yaw) -> [b, m, 8, 3]."""
-    signs = torch.tensor(CORNER_SIGNS, dtype=boxes.dtype, device=boxes.device)  # [8, 3]
-    local = 0.5 * boxes[..., None, 3:6] * signs  # [b, m, 8, 3]
-    c, s = boxes[..., 6:7].cos(), boxes[..., 6:7].sin()  # [b, m, 1]
-    x = c * local[..., 0] - s * local[..., 1]
-    y = s * local[..., 0] + c * local[..., 1]
-    return torch.stack([x, y, local[..., 2]], -1) + boxes[..., None, :3]
 
 
 class GeometricBias(nn.Module):

@@ -6,7 +6,7 @@ T_cam_from_ego [v, 4, 4]). Architecture:
 
 * condition tokens: a strided-conv BEV encoder pooled to a g x g grid, each cell with a Fourier
   embedding of its ego-frame centre (x, y) / range; plus one object token per box from its 8
-  normalised corners (``box_corners_torch`` = ``bevgen.cameras.box_corners``), a Fourier embedding of
+  normalised corners (``sim_bridge.geometry.box_corners``), a Fourier embedding of
   its centre and a class embedding; ``cond_layers`` self-attention blocks mix them;
 * image tokens: token embedding + camera embedding MLP(Fourier(d_ray), Fourier(c_v / 4 m)) computed
   per sample from the rig (``attention.token_rays``);
@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from bevgen.views.attention import (MLP, Attention, GeometricBias, azimuth_cosine, box_corners_torch,
+from bevgen.views.attention import (MLP, Attention, GeometricBias, azimuth_cosine,
                                     fourier_features, ray_cosine, token_rays)
 from bevgen.views.config import GeneratorConfig
+from sim_bridge.geometry import box_corners
 
 __all__ = ["ViewsTransformer", "Context", "masked_token_loss"]
 
@@ -82,7 +83,7 @@ class ObjectEncoder(nn.Module):
 
     def forward(self, boxes: Tensor, classes: Tensor) -> Tensor:
         """boxes [b, m, 7] (x, y, z, l, w, h, yaw; ego frame, m), classes [b, m] int -> tokens [b, m, d]."""
-        corners = box_corners_torch(boxes.float())  # [b, m, 8, 3]
+        corners = box_corners(boxes.float())  # [b, m, 8, 3]
         scale = corners.new_tensor([self.range_m, self.range_m, HEIGHT_SCALE_M])
         feats = torch.cat([rearrange(corners / scale, "b m c x -> b m (c x)"),
                            fourier_features(boxes[..., :2].float() / self.range_m, self.freqs)], -1)

@@ -2,18 +2,20 @@
 
     waymo         Waymo Open Motion ``Scenario`` protos in TFRecord files (Waymax, WOSAC tools,
                   ScenarioNet, our own :mod:`sim_bridge.sources.waymo` reader)
-    openscenario  OpenSCENARIO 1.0 (.xosc) + OpenDRIVE 1.6 (.xodr) pairs (esmini, CARLA, ...)
+    openscenario  OpenSCENARIO 1.0 (.xosc) + OpenDRIVE 1.7 (.xodr) pairs (esmini, CARLA, ...)
+    commonroad    CommonRoad XML (lanelets + dynamic obstacles; CommonRoad planners and tools)
 
 Every exporter has the same shape: ``export(scenario, out_dir, stem) -> ExportResult``, registered
 by name in :data:`EXPORTERS` (a duplicate or an unknown name is an error). What each format keeps
 and drops is documented in its module and in ``docs/export.md``. The heavy format libraries
-(Waymo protos, scenariogeneration) are imported only inside the functions that use them.
+(Waymo protos, scenariogeneration, commonroad-io) are imported only inside the functions that use them.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+from sim_bridge.export.commonroad import export_commonroad
 from sim_bridge.export.common import ExportResult
 from sim_bridge.export.openscenario import export_openscenario
 from sim_bridge.export.waymo import export_waymo
@@ -41,3 +43,4 @@ def get_exporter(name: str) -> Exporter:
 
 register_exporter("waymo", export_waymo)
 register_exporter("openscenario", export_openscenario)
+register_exporter("commonroad", export_commonroad)

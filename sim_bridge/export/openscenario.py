@@ -163,7 +163,7 @@ def _planview(xodr, plan: _LanePlan):
 
 def _road(xodr, road_id: int, fid: str, f: MapFeature, plan: _LanePlan):
     pv, length = _planview(xodr, plan)
-    (w0, w1), slope = plan.width, (plan.width[1] - plan.width[0]) / length
+    w0, slope = plan.width[0], (plan.width[1] - plan.width[0]) / length
     centre = xodr.Lane(a=0)
     centre.add_roadmark(xodr.RoadMark(xodr.RoadMarkType.none))
     lane_type = xodr.LaneType.biking if f.type == "LANE_BIKE_LANE" else xodr.LaneType.driving

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from sim_bridge.export.common import ExportResult, count_note, file_stem, integer_ids
-from sim_bridge.scenario import STEP_SECONDS, MapFeature, Scenario, wrap_angle
+from sim_bridge.geometry import wrap_angle
+from sim_bridge.scenario import STEP_SECONDS, MapFeature, Scenario
 from sim_bridge.sources import waymo as source
 
 __all__ = ["scenario_to_proto", "export_waymo", "read_waymo_export", "round_trip_errors", "DEFAULT_PREDICT"]
@@ -349,7 +350,7 @@ def _map_errors(original: Scenario, restored: Scenario, fmap: dict) -> dict[str,
                 got = {str(x["feature_id"] if isinstance(x, dict) else x) for x in g.extras.get(name) or ()}
                 links += len(want ^ got)
     states = 0
-    for key, tl in original.traffic_lights.items():
+    for tl in original.traffic_lights.values():
         got = restored.traffic_lights.get(ref(tl.lane))
         states += len(tl.states) if got is None else sum(s != u for s, u in zip(tl.states, got.states))
     return {"map_points_m": pts_err, "speed_limit_kmh": speed_err, "missing_features": missing,

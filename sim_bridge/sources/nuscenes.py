@@ -38,6 +38,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from sim_bridge.geometry import wrap_angle
+
 __all__ = ["iter_nuscenes_scenarios", "scenario_filename", "track_type_for_category",
            "NuScenesConversionError", "EGO_ID"]
 
@@ -192,11 +194,6 @@ def _yaw(rec: dict, what: str) -> float:
     return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
-def _wrap(a: np.ndarray) -> np.ndarray:
-    """Angles wrapped to [-pi, pi)."""
-    return (a + np.pi) % (2.0 * np.pi) - np.pi
-
-
 def _keyframes(nusc, scene: dict) -> list[dict]:
     """The scene's samples in time order, following ``next`` from ``first_sample_token``."""
     what = f"scene {scene['name']!r}"
@@ -238,7 +235,7 @@ def _interpolate(kf: np.ndarray, pos: np.ndarray, yaw: np.ndarray, lwh: np.ndarr
     position = np.zeros((length, 3))
     position[span] = np.stack([np.interp(t, kf, pos[:, i]) for i in range(3)], axis=-1)
     heading = np.zeros(length)
-    heading[span] = _wrap(np.interp(t, kf, np.unwrap(yaw)))  # unwrap: shorter arc between keyframes
+    heading[span] = wrap_angle(np.interp(t, kf, np.unwrap(yaw)))  # unwrap: shorter arc between keyframes
     sizes = np.zeros((length, 3))
     sizes[span] = np.stack([np.interp(t, kf, lwh[:, i]) for i in range(3)], axis=-1)
     velocity = np.zeros((length, 2))

@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bevgen.cameras import CameraRig, box_corners, nuscenes_rig, project_points  # noqa: E402
-from bevgen.views.attention import (GeometricBias, azimuth_cosine, box_corners_torch, ray_cosine,  # noqa: E402
+from bevgen.cameras import CameraRig, nuscenes_rig, project_points  # noqa: E402
+from bevgen.views.attention import (GeometricBias, azimuth_cosine, ray_cosine,  # noqa: E402
                                     token_rays)
 from bevgen.views.config import (DataConfig, GeneratorConfig, TokenizerConfig, TrainConfig,  # noqa: E402
                                  ViewsConfig)
@@ -101,12 +101,6 @@ def test_azimuth_bias_rewards_bev_cells_along_the_ray():
     assert cos[0, front_centre, 0] > 0.99 and cos[0, front_centre, 1] < -0.99 and abs(cos[0, front_centre, 2]) < 0.2
     back_centre = BACK * 112 + 4 * 14 + 7
     assert cos[0, back_centre, 1] > 0.99
-
-
-def test_box_corners_torch_matches_numpy():
-    boxes = np.array([[5.0, -2.0, 0.8, 4.5, 1.9, 1.6, 0.3], [-10.0, 3.0, 0.9, 0.6, 0.6, 1.8, -2.0]])
-    out = box_corners_torch(torch.tensor(boxes)[None])[0].numpy()
-    np.testing.assert_allclose(out, box_corners(boxes), atol=1e-9)
 
 
 def test_config_checks_cross_fields():

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from sim_bridge.export import EXPORTERS, get_exporter, register_exporter
 from sim_bridge.export.waymo import export_waymo, read_waymo_export, round_trip_errors, scenario_to_proto
-from sim_bridge.scenario import STEP_SECONDS, Scenario, ScenarioDataset, save_scenario
+from sim_bridge.dataset import ScenarioDataset
+from sim_bridge.scenario import STEP_SECONDS, Scenario, save_scenario
 from sim_bridge.sources.waymo import TFRecordError, iter_tfrecord
 from tests.conftest import make_straight_road_scenario, make_varied_road_scenario
 
@@ -34,18 +35,24 @@ def _synthetic() -> list[Scenario]:
 
 def _assert_round_trip(sc: Scenario, out: Path) -> dict:
     res = export_waymo(sc, out, sc.id)
-    (back,) = read_waymo_export(res.files[0])
-    err = round_trip_errors(sc, back, res.id_maps)
+    back, err = _assert_waymo_file(sc, res.files[0], res.id_maps)
+    return {"result": res, "restored": back, "errors": err}
+
+
+def _assert_waymo_file(sc: Scenario, record: Path, id_maps: dict) -> tuple[Scenario, dict]:
+    """Read ``record`` back and check it against ``sc`` (float32 tolerances, nothing missing)."""
+    (back,) = read_waymo_export(record)
+    err = round_trip_errors(sc, back, id_maps)
     for key, tol in F32.items():
         assert err[key] <= tol, (sc.id, key, err[key])
     for key in ("missing_tracks", "valid", "types", "missing_features", "lane_links", "light_states"):
         assert err[key] == 0, (sc.id, key, err)
-    tmap = res.id_maps.get("tracks", {})
+    tmap = id_maps.get("tracks", {})
     assert back.sdc_id == str(tmap.get(sc.sdc_id, sc.sdc_id))
     assert back.length == sc.length and back.id == sc.id
     want_ts = np.asarray(sc.metadata.get("ts", np.arange(sc.length) * STEP_SECONDS))
     np.testing.assert_allclose(back.metadata["ts"], want_ts, atol=1e-6)
-    return {"result": res, "restored": back, "errors": err}
+    return back, err
 
 
 # ---- Waymo --------------------------------------------------------------------------------------
@@ -143,9 +150,13 @@ def _xosc_vertices(path: Path) -> dict[str, np.ndarray]:
 
 
 def _assert_vertices(sc: Scenario, res) -> None:
-    names = res.id_maps["entities"]
+    _assert_xosc(sc, res.id_maps["entities"], res.files[1])
+
+
+def _assert_xosc(sc: Scenario, names: dict[str, str], xosc: Path) -> None:
+    """Every valid step of every agent of ``sc`` is a vertex (time, x, y) of its entity in ``xosc``."""
     assert names[sc.sdc_id] == "ego"
-    got = _xosc_vertices(res.files[1])
+    got = _xosc_vertices(xosc)
     assert set(got) == set(names.values())
     for i, aid in enumerate(sc.tracks.ids):
         steps = np.flatnonzero(sc.tracks.valid[i])
@@ -224,11 +235,41 @@ def test_asam_checker_catches_a_broken_file(tmp_path):
 
 
 def test_registry_rejects_duplicates_and_unknown_names():
-    assert set(EXPORTERS) >= {"waymo", "openscenario"}
+    assert set(EXPORTERS) >= {"waymo", "openscenario", "commonroad"}
     with pytest.raises(ValueError, match="already registered"):
         register_exporter("waymo", export_waymo)
-    with pytest.raises(KeyError, match="known: openscenario, waymo"):
+    with pytest.raises(KeyError, match="known: commonroad, openscenario, waymo"):
         get_exporter("carla")
+
+
+# ---- CommonRoad ---------------------------------------------------------------------------------
+def test_commonroad_read_back_by_commonroad_io(real_dir, tmp_path):
+    """commonroad-io reads the .xml back: one lanelet per lane (links kept), one obstacle per agent,
+    every valid step at its time step (4 written decimals), gaps filled by interpolation."""
+    pytest.importorskip("commonroad", reason="commonroad-io: bevgen[export]")
+    from sim_bridge.export.commonroad import export_commonroad, read_commonroad
+
+    for sc in (_synthetic()[0], ScenarioDataset(real_dir, repair=True).load(REAL_WAYMO)):
+        res = export_commonroad(sc, tmp_path, sc.id)
+        cr, problems = read_commonroad(res.files[0])
+        assert cr.dt == pytest.approx(STEP_SECONDS) and not problems.planning_problem_dict
+        lanelets, obstacles = res.id_maps["lanelets"], res.id_maps["obstacles"]
+        assert len(cr.lanelet_network.lanelets) == len(lanelets) == sum(f.is_lane for f in sc.map_features.values())
+        for fid, lid in lanelets.items():
+            want = {lanelets[str(x)] for x in sc.map_features[fid].extras.get("exit_lanes") or () if str(x) in lanelets}
+            assert set(cr.lanelet_network.find_lanelet_by_id(lid).successor) == want
+        assert len(cr.dynamic_obstacles) == len(obstacles) == int(sc.tracks.valid.any(1).sum())
+        for aid, oid in obstacles.items():
+            i, ob = sc.tracks.index(aid), cr.obstacle_by_id(oid)
+            states = [ob.initial_state] + (ob.prediction.trajectory.state_list if ob.prediction else [])
+            got = {s.time_step: s.position for s in states}
+            steps = np.flatnonzero(sc.tracks.valid[i])
+            assert sorted(got) == list(range(steps[0], steps[-1] + 1))
+            err = max(np.abs(got[t] - sc.tracks.xy[i, t]).max() for t in steps)
+            assert err < 2e-4, (aid, err)
+            want = {"VEHICLE": ("CAR", "TRUCK"), "PEDESTRIAN": ("PEDESTRIAN",), "CYCLIST": ("BICYCLE",)}
+            assert ob.obstacle_type.name in want.get(sc.tracks.types[i], ("UNKNOWN",))
+        assert any("traffic lights dropped" in d for d in res.dropped)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -264,3 +305,66 @@ def test_cli_reports_bad_file_and_exports_good_ones(tmp_path):
     assert r.exit_code == 2 and "unknown --format carla" in r.output
     r = CliRunner().invoke(app, ["scenarios", "export", files[0], "-f", "waymo", "--out", str(tmp_path / "ok")])
     assert r.exit_code == 0, r.output
+
+
+# ---- the traffic model's augmented output -------------------------------------------------------
+def test_cli_exports_traffic_augmented_scenarios(real_dir, tmp_path):
+    """A tiny traffic model (3 steps) inserts vehicles into one real nuScenes and one real Waymo scene;
+    `bevgen scenarios export` writes both formats and every inserted vehicle survives each."""
+    pytest.importorskip("torch")
+    import shutil
+
+    from bevgen.export_cli import register
+    from sim_bridge.export.openscenario import _entity_names
+    from traffic.generate import GenerateConfig, augment
+    from traffic.train import TrafficTrainConfig, train
+
+    src = tmp_path / "real"
+    src.mkdir()
+    for name in (REAL_NUSCENES, REAL_WAYMO):
+        shutil.copy(Path(real_dir) / name, src / name)
+    run = tmp_path / "run"
+    train(TrafficTrainConfig(data=(str(src),), steps=3, batch_size=2, start_frames=(0,), checkpoint_every=3,
+                             seed=0, device="cpu"), run, progress=False)
+    report, stats = augment(src, run, tmp_path / "aug", GenerateConfig(density=1.5, batch_size=2))
+    assert not report.failed and stats["placed"] > 0, stats
+
+    app, scenarios = typer.Typer(), typer.Typer()
+    app.add_typer(scenarios, name="scenarios")
+    register(scenarios)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["scenarios", "export", str(tmp_path / "aug"), "-f", "waymo", "-f", "openscenario",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    exported = json.loads((out / "export_report.json").read_text())["exported"]
+    assert len(exported) == 2
+
+    ds, inserted = ScenarioDataset(tmp_path / "aug"), 0
+    for name in ds.names:
+        sc = ds.load(name)
+        new = [aid for aid in sc.tracks.ids if aid.startswith("bevgen_vehicle_")]
+        inserted += len(new)
+        stem = name.removesuffix(".pkl")
+        # Waymo: the augmented ids are not integers, so every track is renumbered and the map written beside
+        ids = out / "waymo" / f"{stem}.ids.json"
+        assert ids.is_file() or not new
+        id_maps = json.loads(ids.read_text()) if ids.is_file() else {}
+        back, _ = _assert_waymo_file(sc, out / "waymo" / f"{stem}.tfrecord", id_maps)
+        for aid in new:
+            i, j = sc.tracks.index(aid), back.tracks.index(str(id_maps["tracks"][aid]))
+            assert back.tracks.types[j] == "VEHICLE"
+            np.testing.assert_array_equal(back.tracks.valid[j], sc.tracks.valid[i])
+        # OpenSCENARIO: every vertex of every agent, inserted vehicles included, as Vehicle entities
+        names = _entity_names(sc)
+        xosc = out / "openscenario" / f"{stem}.xosc"
+        _assert_xosc(sc, names, xosc)
+        kinds = {o.get("name"): o[0].tag for o in ET.parse(xosc).getroot().iter("ScenarioObject")}
+        assert all(kinds[names[aid]] == "Vehicle" for aid in new)
+    assert inserted == stats["placed"]
+
+    from sim_bridge.export.asam_qc import check_file, checkers_available
+
+    if checkers_available() is None:  # the inserted vehicles only change the .xosc; the maps are checked above
+        for name in ds.names:
+            rep = check_file(out / "openscenario" / f"{name.removesuffix('.pkl')}.xosc")
+            assert rep.errors == 0 and rep.warnings == 0, (name, rep.issues[:5])

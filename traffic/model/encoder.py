@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from traffic.encoding import AGENT_TYPES, F_MAP
 
 __all__ = ["ModelConfig", "TINY", "PAPER", "PRESETS", "SceneEncoder", "mlp", "agent_inputs", "map_inputs",
-           "wrap_angle", "POS_SCALE"]
+           "POS_SCALE"]
 
 POS_SCALE = 50.0  # m: positions enter the MLPs as x / POS_SCALE
 VEL_SCALE = 10.0  # m/s
@@ -79,11 +79,6 @@ PRESETS = {"tiny": TINY, "paper": PAPER}
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     """Two-layer MLP [..., d_in] -> [..., d_out]."""
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
-
-
-def wrap_angle(a: Tensor) -> Tensor:
-    """Wrap radians to [-pi, pi); any shape."""
-    return torch.remainder(a + torch.pi, 2 * torch.pi) - torch.pi
 
 
 def map_inputs(map_feats: Tensor, map_pts: Tensor) -> Tensor:

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from traffic.model.encoder import TINY, ModelConfig, SceneEncoder, mlp, wrap_angle
+from sim_bridge.geometry import wrap_angle
+from traffic.model.encoder import TINY, ModelConfig, SceneEncoder, mlp
 
 __all__ = ["PlacementModel", "obb_overlap", "ATTRIBUTES"]
 

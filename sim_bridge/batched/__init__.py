@@ -1,0 +1,9 @@
+"""A batched, tensor-native driving simulator over scenario directories (pure PyTorch, cpu or cuda).
+
+    state.py     BatchedScenarios (a scenario set as padded tensors, loaded once), SimState
+    dynamics.py  kinematic bicycle for the ego (MetaDrive DefaultVehicle limits), log replay
+    events.py    SAT collisions, road-edge contact through a per-map grid, route progress
+    env.py       functional reset / step / observe and an SB3 VecEnv with auto-reset
+
+See docs/batched_sim.md for the agreement with MetaDrive and the throughput figures.
+"""
