@@ -141,6 +141,21 @@ def render_ground_truth(scenario, frame: int, image_size, bev_range_m: float = 5
         renderer.close()
 
 
+def layout_arrays(scenario, frame: int, image_size, bev_range_m: float = 50.0) -> dict:
+    """The model's condition for one scenario frame without rendering anything: BEV raster, boxes and the
+    nuScenes rig at ``image_size`` (the keys of ``bevgen.render.dataset.frame_arrays`` minus the images)."""
+    import numpy as np
+
+    from bevgen.cameras import nuscenes_rig
+    from bevgen.layout import BevConfig, BevRasterizer
+
+    lay = BevRasterizer(scenario, BevConfig(range_m=bev_range_m))(frame)
+    rig = nuscenes_rig(tuple(image_size))
+    return {"bev": lay.raster, "boxes": lay.boxes.astype(np.float32), "classes": lay.classes.astype(np.int64),
+            "box_valid": lay.valid.astype(bool), "K": rig.K.astype(np.float32),
+            "T_cam_from_ego": rig.T_cam_from_ego.astype(np.float32), "ego_pose": np.asarray(lay.ego_pose, np.float64)}
+
+
 @app.command("sample")
 def sample_cmd(
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory of `bevgen views train` (or its checkpoints/)."),
@@ -152,7 +167,8 @@ def sample_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", help="Parallel decoding steps (default: the config's)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-    truth: bool = typer.Option(True, "--truth/--no-truth", help="Also render the synthetic ground truth."),
+    truth: bool = typer.Option(True, "--truth/--no-truth",
+                               help="Also render the synthetic ground truth (--no-truth: no renderer, no pybullet)."),
 ):
     """Generate the six camera views of one BEV frame: view_<CAM>.png, panorama.png, bev_views.png."""
     from PIL import Image
@@ -169,7 +185,8 @@ def sample_cmd(
     if not 0 <= frame < sc.length:
         _fail(f"--frame {frame} out of range: {scenario.name} has {sc.length} frames")
     t0 = time.perf_counter()
-    arrays = render_ground_truth(sc, frame, pipe.image_size, pipe.config.data.bev_range_m)
+    render = render_ground_truth if truth else layout_arrays
+    arrays = render(sc, frame, pipe.image_size, pipe.config.data.bev_range_m)
     gen_s = time.perf_counter()
     images = pipe(frame_batch(arrays), mode=mode, steps=steps, guidance=guidance, seed=seed)
     gen_s = time.perf_counter() - gen_s

@@ -20,14 +20,16 @@ def frame_batch(arrays: dict) -> dict:
     """One frame's arrays (``bevgen.render.dataset`` keys) -> a batch of one for a views pipeline.
 
     Args:
-        arrays: numpy arrays of one frame: images uint8 [V, H, W, 3], bev, boxes, classes, box_valid, K, T_cam_from_ego.
+        arrays: numpy arrays of one frame: bev, boxes, classes, box_valid, K, T_cam_from_ego and optionally
+            images uint8 [V, H, W, 3].
     Returns:
         dict of torch tensors with a leading batch axis of 1; images uint8 [1, V, 3, H, W].
     """
     import torch
 
     batch = {k: torch.from_numpy(np.ascontiguousarray(arrays[k]))[None] for k in COND_KEYS}
-    batch["images"] = torch.from_numpy(np.ascontiguousarray(arrays["images"].transpose(0, 3, 1, 2)))[None]
+    if "images" in arrays:  # a condition-only frame (no rendering) has none; K then refers to the model's size
+        batch["images"] = torch.from_numpy(np.ascontiguousarray(arrays["images"].transpose(0, 3, 1, 2)))[None]
     return batch
 
 

@@ -391,3 +391,11 @@ def test_metadrive_sanity_check(converted):
     from metadrive.scenario import scenario_description as sd
     for d in converted.values():
         sd.ScenarioDescription.sanity_check(d, check_self_type=True, valid_check=True)
+
+
+def test_converter_output_round_trips_through_scenario_bit_identically(converted):
+    from sim_bridge.scenario import Scenario
+    from sim_bridge.scenario_encoding import identical
+
+    for name, d in converted.items():
+        assert identical(Scenario.from_dict(d, src=name).to_dict(), d), name

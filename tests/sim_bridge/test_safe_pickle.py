@@ -173,7 +173,7 @@ def test_fuzz_mutated_scenario_dicts(tmp_path, source):
     load + validate raise only documented errors, each naming the file."""
     from tests.conftest import make_straight_road_scenario
 
-    base = make_straight_road_scenario() if source == "synthetic" else pickle.loads(_small_real_blob())
+    base = make_straight_road_scenario() if source == "synthetic" else safe_loads(_small_real_blob())
     rng = random.Random(0)
     path = tmp_path / "sd_fuzz.pkl"
     refused = 0

@@ -9,7 +9,6 @@ crosswalk and per-step traffic-light states; 91 steps at 10 Hz.
 from __future__ import annotations
 
 import math
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sim_bridge.safe_pickle import safe_load
 from sim_bridge.sources import waymo as W
 
 from waymo_open_dataset.protos import map_pb2, scenario_pb2  # installed by `make install` (--no-deps)
@@ -330,7 +330,7 @@ def real():
     files = sorted(REAL_DIR.glob("sd_training.tfrecord-*.pkl")) if REAL_DIR.is_dir() else []
     if not files:
         pytest.skip(f"real Waymo ScenarioNet pickles not found under {REAL_DIR}")
-    return {p.name: pickle.loads(p.read_bytes()) for p in files}
+    return {p.name: safe_load(p) for p in files}
 
 
 def test_structure_matches_real_waymo_pickles(converted, real):
@@ -497,9 +497,12 @@ def test_real_pickles_reproduced_from_their_protos(real, tmp_path):
 def test_project_scenario_contract(converted):
     from sim_bridge.scenario import Scenario
 
+    from sim_bridge.scenario_encoding import identical
+
     sc = Scenario.from_dict(converted, src="synthetic-waymo")
     sc.validate()
     assert sc.sdc_id == "11" and sc.num_agents == 4 and sc.length == T
+    assert identical(sc.to_dict(), converted), "the Waymo converter's output must round-trip bit for bit"
 
 
 def test_metadrive_sanity_check(converted):
