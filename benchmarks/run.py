@@ -361,7 +361,7 @@ def bench_views() -> dict:
     from views_render import bench_render
 
     from bevgen.pretrained import shipped
-    from bevgen.views.bevseg import train_bevseg
+    from bevgen.views.bevseg_train import train_bevseg
     from bevgen.views.metrics import evaluate_views
     from bevgen.views.sample import load_views
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 __all__ = ["ConfigOpt", "SetOpt", "SCENARIOS", "SCENARIO", "LAYOUT", "SCENARIO_METAVARS", "console", "fail",
-           "save_run_config"]
+           "progress", "save_run_config"]
 
 # Metavars of every option or argument that reads scenario pickles (a dataset directory, a scenario
 # file, or a layout that may be a scenario file). Besides documenting the input in --help, they let
@@ -28,6 +28,15 @@ def console():
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def progress():
+    """A rich progress bar (description, bar, done/total, elapsed, remaining) on the stderr console."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console(), transient=False)
 
 
 def fail(msg: str, code: int = 2) -> None:

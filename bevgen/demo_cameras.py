@@ -117,7 +117,7 @@ def views_stage(cfg: CamerasDemoConfig, pipe, heldout: Path, train: Path, out: P
     import torch
 
     from bevgen.render.dataset import load_frame
-    from bevgen.views.bevseg import train_bevseg
+    from bevgen.views.bevseg_train import train_bevseg
     from bevgen.views.figures import COND_KEYS, bev_image, views_figure
     from bevgen.views.metrics import evaluate_views
 

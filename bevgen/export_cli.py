@@ -19,16 +19,9 @@ from typing import List
 
 import typer
 
-from bevgen.cli_common import console, fail
+from bevgen.cli_common import console, fail, progress
 
 __all__ = ["export_cmd", "register"]
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console(), transient=False)
 
 
 def _targets(inputs: List[Path], failed: list[dict]) -> list[tuple[str, Path]]:
@@ -96,7 +89,7 @@ def export_cmd(
     targets = _targets(inputs, failed)
     used: set[str] = set()
     con, t0 = console(), time.perf_counter()
-    with _progress() as prog:
+    with progress() as prog:
         task = prog.add_task("export", total=len(targets))
         for name, path in targets:
             try:

@@ -221,7 +221,7 @@ def eval_cmd(
     mode: str = typer.Option("parallel", "--mode", help="Decoding mode."),
 ):
     """Score generated views on held-out frames: BEV IoU (and the GT oracle), seam consistency, FID/KID."""
-    from bevgen.views.bevseg import train_bevseg
+    from bevgen.views.bevseg_train import train_bevseg
     from bevgen.views.metrics import evaluate_views
     from bevgen.views.sample import load_views
 

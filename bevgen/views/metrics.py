@@ -237,7 +237,8 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
 
     from bevgen.features import fid, kid, load_extractor
     from bevgen.render.dataset import FrameDataset
-    from bevgen.views.bevseg import BevSegConfig, _channel_indices, bev_targets, iou, load_bevseg, resize_views
+    from bevgen.views.bevseg import BevSegConfig, bev_targets, channel_indices, iou, resize_views
+    from bevgen.views.bevseg_train import load_bevseg
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +248,7 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
                       "see metrics['missing_frames']", stacklevel=2)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
     seg = load_bevseg(bevseg_ckpt) if bevseg_ckpt is not None else None
-    ch_idx = _channel_indices(data_root, seg.config if seg is not None else BevSegConfig())[0]
+    ch_idx = channel_indices(data_root, seg.config if seg is not None else BevSegConfig())[0]
     extractor = load_extractor(extractor_weights)
     bar = None
     if progress:

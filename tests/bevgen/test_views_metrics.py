@@ -14,8 +14,8 @@ pytest.importorskip("pybullet")
 # E402: imported after the importorskip calls so that the module is skipped, not failed, without torch/pybullet
 from conftest import make_varied_road_scenario as _varied_road  # noqa: E402  # tests/conftest.py (on sys.path)
 
-from bevgen.views.bevseg import (BevSegConfig, iou, load_bevseg, load_split, mean_map, resize_views,  # noqa: E402
-                                 train_bevseg)
+from bevgen.views.bevseg import BevSegConfig, iou, load_split, mean_map, resize_views  # noqa: E402
+from bevgen.views.bevseg_train import load_bevseg, train_bevseg  # noqa: E402
 from bevgen.views.metrics import evaluate_views, overlapping_pairs, seam_consistency  # noqa: E402
 
 SMALL = BevSegConfig(enc_channels=32, bev_channels=32, out_size=25, lr=3e-3, tensorboard=False)

@@ -323,7 +323,8 @@ def test_missing_frame_files_are_reported_and_skipped(frames_dir, tmp_path):
     import shutil
 
     from bevgen.render.dataset import FrameDataset
-    from bevgen.views.bevseg import BevSegConfig, _resolve_config, load_split
+    from bevgen.views.bevseg import BevSegConfig, load_split
+    from bevgen.views.bevseg_train import _resolve_config
     from bevgen.views.train import _load_items
 
     root = tmp_path / "frames"

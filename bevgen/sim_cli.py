@@ -1,0 +1,160 @@
+"""``bevgen sim``: train and evaluate driving agents (PPO) in MetaDrive on any scenario set (sim_bridge.rl).
+
+    bevgen sim train | eval | experiment | rollout
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt
+from bevgen.cli_common import console as _console
+from bevgen.cli_common import fail as _fail
+
+app = typer.Typer(help="Train and evaluate driving agents (PPO) in MetaDrive on any scenario set.",
+                  no_args_is_help=True)
+
+
+# ---- sim ----------------------------------------------------------------------------------------
+@app.command("train")
+def sim_train(
+    train_data: str = typer.Option(..., "--train", metavar=SCENARIOS,
+                                   help="Dataset directory to train on, or 'procedural'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard logs, checkpoints)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Environment steps (config: total_steps)."),
+    envs: Optional[int] = typer.Option(None, "--envs", help="Worker processes, one MetaDrive engine each."),
+    scenarios_n: Optional[int] = typer.Option(None, "--scenarios", help="Number of scenarios (0 = whole directory)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+):
+    """Train PPO (stable-baselines3) in MetaDrive; TensorBoard in OUT/tb, checkpoints in OUT/checkpoints."""
+    from sim_bridge.config import ConfigError, load_config
+    from sim_bridge.rl.train import TrainConfig, train
+
+    overrides = [f"env.data={train_data}"] + list(set_ or [])
+    for key, val in (("total_steps", steps), ("num_envs", envs), ("env.num_scenarios", scenarios_n), ("seed", seed)):
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    if resume and config is None and (out / "config.yaml").exists():
+        config = out / "config.yaml"  # continue with the run's own settings; explicit options still apply
+    try:
+        cfg = load_config(TrainConfig, config, overrides)
+        result = train(cfg, out, resume=resume)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+        _fail(str(e))
+    eps = result.episodes[-20:]
+    mean = sum(e["reward"] for e in eps) / max(len(eps), 1)
+    _console().print(f"trained steps {result.start_step} -> {result.final_step} "
+                     f"({result.steps_per_second:.0f} steps/s); "
+                     f"mean reward of the last {len(eps)} episodes {mean:.2f}; run in {out}")
+
+
+@app.command("eval")
+def sim_eval(
+    policy: str = typer.Option(..., "--policy", help="A training run directory, 'random' or 'idm'."),
+    data: str = typer.Option(..., "--data", metavar=SCENARIOS,
+                             help="Dataset directory to evaluate on (or 'procedural')."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where metrics.json and metrics.md go."),
+    episodes: int = typer.Option(0, "--episodes", help="Episodes in total (0 = one per scenario)."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Parallel shards, one MetaDrive engine each."),
+    backend: str = typer.Option("process", help="'process' (local pool) or 'ray' (local or RAY_ADDRESS cluster)."),
+    reference: bool = typer.Option(True, help="Also evaluate the random and IDM policies (reference rows)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Evaluate a policy: success rate, route completion, crash and out-of-road rates, reward; per scenario."""
+    from sim_bridge.config import ConfigError, from_dict, load_config
+    from sim_bridge.envs.factory import EnvConfig
+    from sim_bridge.rl.evaluate import EvalConfig, evaluate, write_metrics
+
+    try:
+        env_cfg = load_config(EnvConfig, config, [f"data={data}"] + list(set_ or []))
+        cfg = from_dict(EvalConfig, {"episodes": episodes, "workers": workers, "backend": backend,
+                                     "reference": reference}, "options")
+        result = evaluate(policy, data, cfg, env_cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    path = write_metrics(result, out)
+    typer.echo((out / "metrics.md").read_text())
+    _console().print(f"metrics in {path}")
+
+
+@app.command("experiment")
+def sim_experiment(
+    real: Path = typer.Option(..., "--real", metavar=SCENARIOS,
+                              help="Real scenario directory; part of it is held out for testing."),
+    out: Path = typer.Option(..., "--out", "-o", help="Experiment directory (runs, results.json, experiment.png)."),
+    budget: int = typer.Option(20_000, "--budget", help="PPO environment steps per arm."),
+    held_out: int = typer.Option(3, "--held-out", help="Real scenarios held out for testing."),
+    augmented: Optional[Path] = typer.Option(None, "--augmented", metavar=SCENARIOS,
+                                             help="Traffic-augmented dataset (third arm)."),
+    envs: int = typer.Option(2, "--envs", help="Worker processes per training run."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Same PPO budget on procedural / real / augmented scenarios, tested on held-out real scenes; plot + JSON."""
+    from sim_bridge.config import ConfigError, load_config
+    from sim_bridge.rl.evaluate import EvalConfig
+    from sim_bridge.rl.experiment import ExperimentConfig, run_experiment
+
+    overrides = [f"real_data={real}", f"budget_steps={budget}", f"held_out={held_out}", f"num_envs={envs}"]
+    overrides += ([f"augmented={augmented}"] if augmented else []) + list(set_ or [])
+    try:
+        cfg = load_config(ExperimentConfig, config, overrides)
+        res = run_experiment(cfg, out, EvalConfig(workers=envs))
+    except (ConfigError, ValueError) as e:
+        _fail(str(e))
+    for arm, r in res["arms"].items():
+        m = r["held_out"]
+        typer.echo(f"{arm:>11}: success {m['success_rate']:.2f}  route completion {m['route_completion']:.2f}  "
+                   f"crash {m['crash_rate']:.2f}  reward {m['episode_reward']:.1f}")
+    for ref, m in res["reference"].items():
+        typer.echo(f"{ref:>11}: success {m['success_rate']:.2f}  route completion {m['route_completion']:.2f}  "
+                   f"crash {m['crash_rate']:.2f}  reward {m['episode_reward']:.1f}")
+    _console().print(f"results in {out / 'results.json'}, plot {out / 'experiment.png'}")
+
+
+@app.command("rollout")
+def sim_rollout(
+    policy: str = typer.Option(..., "--policy", help="A training run directory, 'random' or 'idm'."),
+    data: str = typer.Option(..., "--data", metavar=SCENARIOS, help="Dataset directory (or 'procedural')."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the animation."),
+    scenario: int = typer.Option(0, "--scenario", help="Scenario index in the directory (or seed offset)."),
+    steps: int = typer.Option(300, "--steps", help="At most this many steps."),
+    fmt: str = typer.Option("gif", "--format", help="gif or mp4."),
+):
+    """Drive one episode and write an animated top-down view: the agent, the traffic and its route."""
+    from bevgen.rollout import record_rollout, save_animation
+    from sim_bridge.envs.factory import EnvConfig, make_env
+    from sim_bridge.rl.evaluate import make_policy
+
+    try:
+        env_cfg = EnvConfig(data=data, start_index=scenario, num_scenarios=1)
+        env_cfg.check_scenarios()
+    except ValueError as e:
+        _fail(str(e))
+    if fmt not in ("gif", "mp4"):
+        _fail(f"--format must be gif or mp4, got {fmt!r}")
+    env = make_env(env_cfg, ego="idm" if policy == "idm" else "agent")
+    try:
+        try:
+            act = make_policy(policy, env, seed=0)
+        except (FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        result = record_rollout(env, act, max_steps=steps, seed=scenario)
+    finally:
+        env.close()
+    out.mkdir(parents=True, exist_ok=True)
+    path = save_animation(result.frames, out / f"rollout.{fmt}", fps=10)
+    last = result.infos[-1] if result.infos else {}
+    summary = {"steps": result.steps, "total_reward": round(float(result.total_reward), 3),
+               "route_completion": float(last.get("route_completion", 0.0)), "crash": bool(last.get("crash")),
+               "out_of_road": bool(last.get("out_of_road")), "arrive_dest": bool(last.get("arrive_dest"))}
+    (out / "rollout.json").write_text(json.dumps(summary, indent=2))
+    _console().print(f"{len(result.frames)} frames -> {path}; {summary}")
