@@ -69,3 +69,9 @@ def test_frame_maths_lives_in_the_geometry_module(what):
     offenders = [f"{p.relative_to(ROOT)}:{i}" for p in files
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not offenders, f"{what} written by hand outside sim_bridge/geometry.py: {offenders}"
+
+
+def test_package_modules_stay_under_500_lines():
+    files = [p for pkg in ("bevgen", "traffic", "sim_bridge") for p in (ROOT / pkg).rglob("*.py")]
+    long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, f"split these modules by concept: {long}"
