@@ -581,7 +581,7 @@ def refresh_readme(results: dict, mach: dict) -> None:
     for name, r in sorted(results.items()):
         m = r.get("machine") or {}
         key = (f"{m.get('date', '?')} on {m.get('cpu', '?')} ({m.get('cores', '?')} cores), "
-               f"Python {m.get('python', '?')}")
+               f"Python {m.get('python', '?')}") if m else "machine not recorded (made outside `make bench`)"
         by_machine.setdefault(key, []).append(name)
     provenance = "; ".join(f"{', '.join(names)}: {key}" for key, names in by_machine.items())
     table = "\n".join([

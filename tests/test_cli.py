@@ -18,13 +18,60 @@ from sim_bridge.scenario import save_scenario
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["scenarios"], ["scenarios", "procedural"], ["scenarios", "convert"],
-                                 ["scenarios", "convert", "waymo"], ["scenarios", "convert", "nuscenes"],
-                                 ["scenarios", "convert", "scenarionet"], ["scenarios", "validate"],
-                                 ["scenarios", "info"], ["scenarios", "bev"], ["demo"]])
+# each command's help names its subcommands / options together with their explanations
+HELP = {
+    "": [("scenarios", "Make, convert, check and look at scenario datasets"),
+         ("sim", "Train and evaluate driving agents (PPO) in MetaDrive"),
+         ("traffic", "Learned traffic (TrafficGen-style)"), ("views", "Camera views from BEV layouts"),
+         ("scene3d", "Compositional 3D-aware scene generator"), ("demo", "Run the main job")],
+    "scenarios": [("procedural", "Generate scenarios on MetaDrive procedural maps"),
+                  ("validate", "Check scenario files against the contract; one line per problem"),
+                  ("info", "Table of scenarios"), ("bev", "Rasterize ego-centric BEV frames"),
+                  ("convert", "Convert real driving logs"), ("export", "Export scenarios to Waymo TFRecords")],
+    "scenarios procedural": [("--out", "Output dataset directory."), ("--num", "Number of scenarios"),
+                             ("--seed", "First seed"), ("--workers", "Worker processes, one MetaDrive engine each."),
+                             ("--steps", "Steps per scenario at 10 Hz."),
+                             ("--set", "Override a config field: --set key=value"),
+                             ("--resume", "Keep scenarios already in --out and only add missing seeds.")],
+    "scenarios convert": [("waymo", "Convert Waymo Open Motion TFRecords"), ("nuscenes", "Convert nuScenes scenes"),
+                          ("scenarionet", "Re-write a scenario folder through the contract")],
+    "scenarios convert waymo": [("inputs...", "Waymo Open Motion TFRecord files"),
+                                ("--out", "Output dataset directory."),
+                                ("--resume", "Keep scenarios already in --out.")],
+    "scenarios convert nuscenes": [("--dataroot", "nuScenes root (holds the version folder and maps/expansion)."),
+                                   ("--version", "nuScenes version folder"), ("--scene", "Only these scene names"),
+                                   ("--map-radius", "Map features within this many metres of the ego path.")],
+    "scenarios convert scenarionet": [("SCENARIOS", "An existing dataset directory"),
+                                      ("--out", "Output dataset directory.")],
+    "scenarios validate": [("SCENARIOS", "Dataset directories or scenario files."),
+                           ("--repair", "Accept what a conversion would repair (lanes with < 2 points).")],
+    "scenarios info": [("SCENARIOS", "Dataset directory or scenario file."),
+                       ("--json", "Print JSON instead of a table.")],
+    "scenarios bev": [("--out", "Folder for PNG previews."), ("--frame", "Frame index (repeatable)"),
+                      ("--limit", "At most this many scenarios (0 = all)."),
+                      ("--npz", "Also save raster/boxes as .npz."),
+                      ("--config", "YAML config file; unknown keys are errors.")],
+    "demo": [("--out", "Run directory."), ("--fast", "Smallest settings"), ("--workers", "Worker processes.")],
+}
+
+
+def _help_text(cmd: list[str]) -> str:
+    """The help of ``cmd`` as one line: table borders dropped, wrapped cells joined again."""
+    res = runner.invoke(app, cmd + ["--help"], env={"COLUMNS": "200"}, prog_name="bevgen")
+    assert res.exit_code == 0, res.output
+    return " ".join(res.output.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("cmd", sorted(HELP))
 def test_help(cmd):
-    res = runner.invoke(app, cmd + ["--help"])
-    assert res.exit_code == 0 and "Usage" in res.output
+    import re
+
+    text = _help_text(cmd.split())
+    assert text.startswith(f"Usage: {' '.join(['bevgen', *cmd.split()])} "), text[:200]
+    for name, explanation in HELP[cmd]:
+        # the explanation in the same table row as its option or subcommand (after short flag, type, ...)
+        row = re.escape(name) + r"(?: \S+){0,3} " + re.escape(explanation)
+        assert re.search(row, text), (cmd, name, explanation, text)
 
 
 def test_help_is_fast_and_light():

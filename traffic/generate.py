@@ -247,24 +247,34 @@ def _new_track(state: np.ndarray, traj: np.ndarray, origin: np.ndarray, length: 
             "metadata": {"type": "VEHICLE", "track_length": T, "object_id": oid, "generated_by": run}}
 
 
-def _write_scene(writer: DatasetWriter, name: str, sc, raw: dict, placed: dict, keep_logged: bool, run: str,
-                 want: int) -> tuple[int, int]:
-    """Time the generated paths with :func:`yield_to_traffic`, drop vehicles that are still hit, keep the first
-    ``want``, write the scene. Returns (kept, dropped)."""
+def _time_paths(sc, raw: dict, placed: dict, keep_logged: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Time the generated paths of one scene with :func:`yield_to_traffic` against the agents that stay in it.
+
+    Returns:
+        (xy [N, T, 2], heading [N, T], hit bool [N]) in the world frame.
+    """
+    sdc = str(raw["metadata"]["sdc_id"])
+    kept_rows = [sc.tracks.index(k) for k in (raw["tracks"] if keep_logged else [sdc])]
+    tr, T = sc.tracks, int(raw["length"])
+    n = len(placed["state"])
+    xy = np.concatenate([placed["state"][:, None, :2], placed["traj"][:, : T - 1, :2]], 1) if n else np.zeros((0, T, 2))
+    h = np.concatenate([placed["state"][:, None, 2], placed["traj"][:, : T - 1, 2]], 1) if n else np.zeros((0, T))
+    wxy, wh = to_world(xy, h, placed["origin"])
+    return yield_to_traffic(wxy, wh, placed["state"][:, 5:7], tr.xy[kept_rows], tr.heading[kept_rows],
+                            tr.size[kept_rows][..., :2], tr.valid[kept_rows])
+
+
+def _write_scene(writer: DatasetWriter, name: str, raw: dict, placed: dict, timed: tuple, keep_logged: bool,
+                 run: str, want: int) -> tuple[int, int]:
+    """Drop the vehicles that are still hit (``timed`` from :func:`_time_paths`), keep the first ``want``, write
+    the scene. Returns (kept, dropped)."""
     sdc = str(raw["metadata"]["sdc_id"])
     tracks = dict(raw["tracks"]) if keep_logged else {sdc: raw["tracks"][sdc]}
     ego_state = raw["tracks"][sdc]["state"]
     dtype = np.asarray(ego_state["position"]).dtype
     z = float(np.asarray(ego_state["position"])[0, 2]) if np.asarray(ego_state["position"]).shape[1] > 2 else 0.0
     T = int(raw["length"])
-    kept_rows = [sc.tracks.index(k) for k in tracks]
-    tr = sc.tracks
-    n = len(placed["state"])
-    xy = np.concatenate([placed["state"][:, None, :2], placed["traj"][:, : T - 1, :2]], 1) if n else np.zeros((0, T, 2))
-    h = np.concatenate([placed["state"][:, None, 2], placed["traj"][:, : T - 1, 2]], 1) if n else np.zeros((0, T))
-    wxy, wh = to_world(xy, h, placed["origin"])
-    txy, th, hit = yield_to_traffic(wxy, wh, placed["state"][:, 5:7], tr.xy[kept_rows], tr.heading[kept_rows],
-                                    tr.size[kept_rows][..., :2], tr.valid[kept_rows])
+    txy, th, hit = timed
     keep = np.flatnonzero(~hit)[:want]
     for k, i in enumerate(keep):
         tracks[f"bevgen_vehicle_{k}"] = _new_track(placed["state"][i], placed["traj"][i], placed["origin"], T, z,
@@ -276,6 +286,26 @@ def _write_scene(writer: DatasetWriter, name: str, sc, raw: dict, placed: dict, 
     meta.pop("number_summary", None)
     writer.add_or_fail(name, name, {**raw, "tracks": tracks, "metadata": meta})
     return int(len(keep)), int(hit.sum())
+
+
+REFILL_ROUNDS = 2  # extra sampling rounds, each doubling the ask, for scenes left short of their request
+
+
+def _refill(placement, trajectory, chunk, scenes, want, ask, placed, timed, keep_logged, tcfg, gen, cfg) -> None:
+    """Resample the scenes of a batch whose kept vehicles fall short of ``want`` (placements rejected, or
+    still hit after yielding), asking twice as many each round; a scene keeps its best round. In place."""
+    for _ in range(REFILL_ROUNDS):
+        short = [i for i, (w, tm) in enumerate(zip(want, timed)) if int((~tm[2]).sum()) < w]
+        if not short:
+            return
+        for i in short:
+            ask[i] *= 2
+        again = generate_scenes(placement, trajectory, [scenes[i] for i in short], keep_logged, [ask[i] for i in short],
+                                tcfg.encoding, gen, cfg.device)
+        for i, p in zip(short, again):
+            tm = _time_paths(scenes[i], chunk[i][2], p, keep_logged)
+            if int((~tm[2]).sum()) > int((~timed[i][2]).sum()):
+                placed[i], timed[i] = p, tm
 
 
 def _logged_vehicles_near_ego(sc, range_m: float) -> int:
@@ -326,13 +356,18 @@ def _run(data: str | Path, run: str | Path, out: str | Path, cfg: GenerateConfig
             ask = [int(np.ceil(w * OVERSAMPLE["augment" if keep_logged else "generate"])) for w in want]
             placed = generate_scenes(placement, trajectory, [s for _, s, _ in chunk], keep_logged, ask,
                                      tcfg.encoding, gen, cfg.device)
-            for (n, s, raw), p, w in zip(chunk, placed, want):
+            scenes = []
+            for n, s, raw in chunk:
                 if keep_logged and cfg.extend:
                     ext = extend_logged(trajectory, s, raw, tcfg.encoding, gen, cfg.device)
                     stats["extended"] = stats.get("extended", 0) + len(ext)
                     if ext:  # extended tracks are obstacles for the yield check too
                         s = Scenario.from_dict(raw, src=n, repair=True)
-                kept, dropped = _write_scene(writer, n, s, raw, p, keep_logged, str(run), w)
+                scenes.append(s)
+            timed = [_time_paths(s, raw, p, keep_logged) for s, (_, _, raw), p in zip(scenes, chunk, placed)]
+            _refill(placement, trajectory, chunk, scenes, want, ask, placed, timed, keep_logged, tcfg, gen, cfg)
+            for (n, _, raw), p, tm, w in zip(chunk, placed, timed, want):
+                kept, dropped = _write_scene(writer, n, raw, p, tm, keep_logged, str(run), w)
                 stats["scenes"] += 1
                 stats["placed"] += kept
                 stats["dropped"] = stats.get("dropped", 0) + dropped

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from sim_bridge.export.common import ExportResult, count_note, file_stem
-from sim_bridge.export.openscenario import _DEFAULT_SIZE, _clean, lane_width, simplify_polyline
+from sim_bridge.export.opendrive import _clean, lane_width, simplify_polyline
+from sim_bridge.export.openscenario import _DEFAULT_SIZE
 from sim_bridge.scenario import STEP_SECONDS, Scenario
 
 __all__ = ["export_commonroad", "read_commonroad"]

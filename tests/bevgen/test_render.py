@@ -191,7 +191,7 @@ def test_write_resume_and_bad_scenario(scenario_dir, tmp_path):
     assert s["num_frames"] == 6 and s["written"] == 6 and s["scenarios_ok"] == 3
     assert list(s["failed"]) == ["sd_broken.pkl"]
     report = json.loads((out / "conversion_report.json").read_text())
-    assert report["scenarios"]["sd_broken.pkl"]["error"]
+    assert "sd_broken.pkl" in report["scenarios"]["sd_broken.pkl"]["error"], report["scenarios"]["sd_broken.pkl"]
     index = json.loads((out / "index.json").read_text())
     assert index["source"] == "synthetic" and len(index["frames"]) == 6
     assert index["bev"]["range_m"] == 25.0 and CameraRig.from_dict(index["rig"]).image_size == (64, 112)

@@ -168,9 +168,15 @@ def test_train_views_losses_fall_and_codebook_is_used(trained):
     # generator: cross-entropy starts at ln(64) = 4.16 nats (uniform over the codebook)
     assert gen["steps"] == 40 and gen["first_loss"] > 3.9 and gen["final_loss_mean20"] < gen["first_loss"] - 0.4, gen
     assert summary["tokenizer_usage"]["usage"] > 0.1 and summary["tokenizer_usage"]["perplexity"] > 4
-    for f in ("config.yaml", "split.json", "train_summary.json", "checkpoints/tokenizer.pt",
-              "checkpoints/generator.pt"):
-        assert (run / f).exists(), f
+    import json
+
+    split = json.loads((run / "split.json").read_text())  # by scenario: no held-out scenario is trained on
+    assert (len(split["train"]), len(split["heldout"])) == (8, 4)
+    assert not {n.rsplit("__", 1)[0] for n in split["train"]} & {n.rsplit("__", 1)[0] for n in split["heldout"]}
+    assert json.loads((run / "train_summary.json").read_text())["generator"]["steps"] == 40
+    for stage, steps in (("tokenizer", 30), ("generator", 40)):
+        assert torch.load(run / "checkpoints" / f"{stage}.pt", weights_only=True)["step"] == steps, stage
+    assert "generator_steps: 40" in (run / "config.yaml").read_text()
     assert list((run / "samples").glob("generator_*.png"))  # preview grid written at the end
 
 
@@ -185,6 +191,7 @@ def test_sampling_parallel_and_autoregressive_give_six_views(trained, frames_dir
     par = pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=3)
     assert par.shape == (2, 6, 3, 32, 56) and par.dtype == torch.uint8
     torch.testing.assert_close(par, pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=3))  # seeded
+    assert not torch.equal(par, pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=4))  # by the seed
     ar = pipe({k: v[:1] for k, v in batch.items() if k != "name"}, mode="autoregressive", guidance=1.0, seed=3)
     assert ar.shape == (1, 6, 3, 32, 56) and ar.dtype == torch.uint8
     assert pipe.image_size == (32, 56) and pipe.num_views == 6

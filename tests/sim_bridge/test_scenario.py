@@ -250,7 +250,11 @@ def test_writer_keeps_good_items_and_reports_bad(tmp_path, road_dict_factory):
     ds = ScenarioDataset(tmp_path)
     assert ds.names == ["sd_1.pkl", "sd_2.pkl"]
     np.testing.assert_allclose(ds.load("sd_2.pkl").tracks.speed[0], 5.0)
-    assert (tmp_path / "conversion_report.json").exists()
+    import json
+
+    on_disk = json.loads((tmp_path / "conversion_report.json").read_text())
+    assert on_disk["written"] == ["sd_1.pkl", "sd_2.pkl"] and on_disk["reused"] == []
+    assert [(f["item"], f["error"]) for f in on_disk["failed"]] == [tuple(f) for f in report.failed]
 
 
 def test_writer_resumes(tmp_path, road_dict_factory):

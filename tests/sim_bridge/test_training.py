@@ -24,7 +24,8 @@ def test_resumed_streams_differ_from_fresh_ones():
     assert stream_seed(7, 1) == 7001 == stream_seed(7, 1, 0)  # fresh runs keep their historical seeds
     resumed = {stream_seed(7, r, s) for r in (0, 1) for s in (100, 200)}
     assert len(resumed) == 4 and not resumed & {7000, 7001}
-    assert stream_seed(7, 0, 100) == stream_seed(7, 0, 100)  # deterministic
+    # deterministic: the same value in every process and run (numpy's SeedSequence is stable), pinned here
+    assert stream_seed(7, 0, 100) == 4798821447500941581 and stream_seed(7, 1, 100) == 2613532019004809225
 
 
 def test_seed_everything_and_single_process_setup():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sim_bridge.dataset import ScenarioDataset
-from sim_bridge.scenario import load_scenario_dict
+from sim_bridge.scenario import Scenario, load_scenario_dict
 from traffic.generate import GenerateConfig, augment, generate
 from traffic.train import TrafficTrainConfig, load_models, train
 
@@ -30,7 +30,7 @@ def test_training_loss_falls_and_run_is_complete(traffic_run):
     losses = [h["total"] for h in summary["history"]]
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), (losses[:8], losses[-8:])
     assert summary["samples"] > 10 and not summary["problems"]
-    assert (run / "config.yaml").exists() and list((run / "tb").glob("events.*"))
+    assert "steps: 40" in (run / "config.yaml").read_text() and list((run / "tb").glob("events.*"))
     placement, trajectory, cfg = load_models(run)  # strict, weights_only
     assert cfg.steps == 40
 
@@ -51,11 +51,14 @@ def test_generate_keeps_sizes_limits_and_replays(traffic_run, real_dir, tmp_path
     out = tmp_path / "gen"
     report, stats = generate(real_dir, run, out, GenerateConfig(num_vehicles=12, batch_size=4))
     assert not report.failed and len(report.written) == 7
-    assert stats["placed"] >= 0.7 * stats["requested"], stats
+    assert stats["requested"] == 7 * 12, stats
     ds = ScenarioDataset(out)
+    counts = []
     for name in ds.names:
         raw, src = load_scenario_dict(ds.path_of(name)), load_scenario_dict(Path(real_dir) / name)
         gen = {k: t for k, t in raw["tracks"].items() if k.startswith("bevgen_vehicle_")}
+        counts.append(len(gen))
+        assert len(gen) == raw["metadata"]["bevgen_traffic"]["generated_vehicles"] <= 12, name
         assert set(raw["tracks"]) == set(gen) | {str(src["metadata"]["sdc_id"])}, "only the ego is kept"
         for t in gen.values():
             assert t["type"] == "VEHICLE"
@@ -67,6 +70,8 @@ def test_generate_keeps_sizes_limits_and_replays(traffic_run, real_dir, tmp_path
             if fid in raw["map_features"] and "speed_limit_kmh" in f:
                 assert raw["map_features"][fid]["speed_limit_kmh"] == f["speed_limit_kmh"]
         assert raw["metadata"]["bevgen_traffic"]["mode"] == "generate"
+    # the asked-for 12 vehicles per scene are written (oversampling covers the dropped ones)
+    assert sum(counts) == stats["placed"] >= 0.9 * stats["requested"], (counts, stats)
     # sampled placements lie on lanes: generated vehicles start on the road surface
     from traffic.metrics import on_road
 
@@ -97,9 +102,16 @@ def test_augment_doubles_traffic_and_keeps_logged_agents(traffic_run, real_dir, 
     report, stats = augment(real_dir, run, out, GenerateConfig(density=2.0, batch_size=4))
     assert not report.failed
     ds = ScenarioDataset(out)
-    ratios = []
+    range_m = load_models(run)[2].encoding.range_m
+    added_total, wanted_total = 0, 0
     for name in ds.names:
         raw, src = load_scenario_dict(ds.path_of(name)), load_scenario_dict(Path(real_dir) / name)
+        # density 2: as many new vehicles as were logged near the ego at frame 0 (at least one)
+        log = Scenario.from_dict(src, repair=True)
+        tr, ego = log.tracks, log.ego_index
+        near = np.abs(tr.xy[:, 0] - tr.xy[ego, 0]).max(-1) <= range_m
+        logged_near = int(sum(t == "VEHICLE" and v and n for t, v, n in zip(tr.types, tr.valid[:, 0], near))) - 1
+        wanted = max(logged_near, 1)
         for aid, t in src["tracks"].items():  # every logged agent bit-identical
             mine = raw["tracks"][aid]
             assert mine["type"] == t["type"]
@@ -107,10 +119,14 @@ def test_augment_doubles_traffic_and_keeps_logged_agents(traffic_run, real_dir, 
                 assert np.array_equal(np.asarray(mine["state"][k]), np.asarray(v)) and \
                     np.asarray(mine["state"][k]).dtype == np.asarray(v).dtype, (name, aid, k)
         added = sum(k.startswith("bevgen_vehicle_") for k in raw["tracks"])
-        logged = raw["metadata"]["bevgen_traffic"]["generated_vehicles"]
-        assert added == logged
-        ratios.append(added)
-    assert stats["placed"] >= 0.5 * stats["requested"] and sum(ratios) > 10
+        assert added == raw["metadata"]["bevgen_traffic"]["generated_vehicles"] <= wanted, (name, added, wanted)
+        added_total += added
+        wanted_total += wanted
+    # the vehicle count near the ego (nearly) doubles. Measured with this 40-step model and two refill rounds:
+    # 118 of 137 (86%); crowded nuScenes scenes have little free lane left. The bar is 80% here; placing
+    # every requested vehicle is a target of the traffic-realism work, not met yet.
+    assert stats["requested"] == wanted_total and stats["placed"] == added_total, (stats, wanted_total)
+    assert added_total >= 0.8 * wanted_total and added_total > 10, (added_total, wanted_total)
     from traffic.metrics import collision_hits
 
     for sc in ds:  # inserted vehicles wait rather than drive into anybody; ones still hit were dropped
