@@ -118,7 +118,8 @@ def _metadrive_reads(kinds: dict[str, bytes], work: Path, marker: Path) -> dict:
             if env is None:
                 env = make_env(EnvConfig(data=str(root), num_scenarios=1))
             try:
-                env.engine.data_manager.clear_stored_scenarios()
+                if env.engine is not None:  # the engine starts at the first reset; drop its cached scenario
+                    env.engine.data_manager.clear_stored_scenarios()
                 env.reset(seed=0)
                 unclear += 1
             except (ScenarioError, *LOAD_ERRORS):

@@ -27,9 +27,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from sim_bridge.safe_pickle import safe_load
-from sim_bridge.scenario_encoding import (ABSENT, CORE_STATE_KEYS, ROOT_PARSED, STEP_SECONDS, FeatureSource,
+from sim_bridge.scenario_encoding import (CORE_STATE_KEYS, ROOT_PARSED, STEP_SECONDS, FeatureSource,
                                          LightSource, RootSource, ScenarioError, TrackSource, as_array,
-                                         feature_to_dict, field_errors, leaf_of, light_to_dict, per_step, require,
+                                         feature_to_dict, field_errors, light_to_dict, per_step, require,
                                          track_to_dict)
 
 __all__ = [
@@ -385,7 +385,7 @@ def _tracks_from_dict(tracks: Mapping, length: int, src: str) -> AgentTracks:
             sources.append(TrackSource(
                 key=aid, keys=tuple(t), state_keys=tuple(st),
                 other={k: v for k, v in t.items() if k not in _TRACK_KEYS},
-                leaves={k: leaf_of(st.get(k), v) for k, v in typed.items()}))
+                state=st))
     a = len(ids)
     return AgentTracks(
         ids=tuple(ids), types=tuple(types),
@@ -410,7 +410,7 @@ def _map_feature_from_dict(m: Mapping, src: str, where: str, fid: Any = None) ->
                     raise ScenarioError(src, f"{where}.{key}", f"shape {a.shape}, expected [N, 2|3] points")
             pts[key] = a
     extras = {k: v for k, v in m.items() if k not in ("type", "polyline", "polygon")}
-    source = FeatureSource(key=fid, keys=tuple(m), leaves={k: leaf_of(m[k], v) for k, v in pts.items()})
+    source = FeatureSource(key=fid, keys=tuple(m), points={k: m[k] for k in pts})
     return MapFeature(type=typ, polyline=pts.get("polyline"), polygon=pts.get("polygon"), extras=extras, source=source)
 
 
@@ -423,7 +423,7 @@ def _light_from_dict(m: Mapping, length: int, src: str, where: str, key: Any = N
     extras = {k: v for k, v in m.items() if k not in ("lane", "stop_point", "state")}
     source = LightSource(key=key, keys=tuple(m), state_keys=tuple(st),
                          state_other={k: v for k, v in st.items() if k != "object_state"},
-                         stop_point=leaf_of(stop, stop_point) if stop is not None else ABSENT,
+                         stop_point=stop,
                          states_raw=raw_states, lane_raw=m.get("lane", ""))
     return TrafficLight(lane=str(m.get("lane", "")), stop_point=stop_point, states=states, extras=extras,
                         source=source)

@@ -24,14 +24,14 @@ import contextlib
 import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only: sim_bridge.scenario imports this module
     from sim_bridge.scenario import AgentTracks, MapFeature, TrafficLight
 
-__all__ = ["ScenarioError", "Leaf", "leaf_of", "restore", "identical", "ABSENT", "TrackSource", "FeatureSource",
+__all__ = ["ScenarioError", "Leaf", "leaf_of", "encode_like", "identical", "ABSENT", "TrackSource", "FeatureSource",
            "LightSource", "RootSource", "track_to_dict", "feature_to_dict", "light_to_dict", "CORE_STATE_KEYS",
            "ROOT_PARSED", "STEP_SECONDS"]
 
@@ -75,7 +75,7 @@ def require(d: Mapping, key: str, src: str, where: str, kind: type | tuple = obj
 
 
 def as_array(v: Any, src: str, where: str, dtype=np.float64) -> np.ndarray:
-    if np.iscomplexobj(v):
+    if isinstance(v, np.ndarray) and v.dtype.kind == "c":  # (a list of complex numbers fails the conversion)
         raise ScenarioError(src, where, "complex values, expected a real numeric array")
     try:
         return np.asarray(v, dtype=dtype)
@@ -102,9 +102,8 @@ def per_step(v: Any, length: int, src: str, where: str, width: int | None,
 
 
 
-@dataclass(frozen=True)
-class Leaf:
-    """Storage of one normalised field in its source dict.
+class Leaf(NamedTuple):
+    """Storage of one normalised field in its source dict (a tuple: a scenario has thousands of them).
 
     Attributes:
         kind: "nd" (a numpy array), "list_nd" (a list of numpy rows), "list_py" (a list of Python
@@ -142,34 +141,66 @@ def _encode(typed: np.ndarray, leaf: Leaf) -> Any:
     return a.tolist()
 
 
-def restore(typed: np.ndarray, leaf: Leaf) -> Any:
-    """The source encoding of ``typed`` (or the source object itself when ``typed`` is unchanged)."""
-    if leaf.raw is not None and typed is leaf.typed:
-        return leaf.raw
-    return _encode(typed, leaf)
+def encode_like(source: Any, typed: np.ndarray) -> Any:
+    """``typed`` written the way ``source`` stored it (container, dtype, shape quirks); with unchanged values
+    this is ``source`` bit for bit. Called when writing, so loading pays nothing for it; O(size)."""
+    leaf = leaf_of(source, typed)
+    out = _encode(typed, leaf)
+    if leaf.raw is None:
+        return out
+    # the layout rules cannot reproduce this source (a 3-D velocity, tuples of Python numbers): keep the
+    # source itself when the values it holds are still the typed ones
+    a, b = np.asarray(source), np.asarray(out)
+    if a.ndim == b.ndim == 2 and a.shape[1] > b.shape[1]:
+        a = a[:, :b.shape[1]]
+    try:
+        same = a.shape == b.shape and bool(np.array_equal(a.astype(np.float64), b.astype(np.float64), equal_nan=True))
+    except (TypeError, ValueError):
+        same = False
+    return source if same else out
+
+
+_LEAVES: dict[tuple, Leaf] = {}
+
+
+def _leaf(kind: str, dtype: str, trailing_one: bool, cols: int | None) -> Leaf:
+    """The shared Leaf of a storage layout (a handful of distinct ones across all files)."""
+    key = (kind, dtype, trailing_one, cols)
+    leaf = _LEAVES.get(key)
+    if leaf is None:
+        leaf = _LEAVES[key] = Leaf(kind, dtype, trailing_one, cols)
+    return leaf
 
 
 def leaf_of(source: Any, typed: np.ndarray) -> Leaf:
     """Record how ``source`` stored ``typed``; O(size). ``source`` None means the key was absent."""
     if source is None:
         return ABSENT
-    t = np.asarray(typed)
+    t = typed if isinstance(typed, np.ndarray) else np.asarray(typed)
     if isinstance(source, np.ndarray):
         cols = source.shape[1] if source.ndim == 2 == t.ndim and source.shape[1] != t.shape[1] else None
-        leaf = Leaf("nd", source.dtype.str, trailing_one=source.ndim == t.ndim + 1 and source.shape[-1:] == (1,),
-                    cols=cols)
-        # float -> float64 -> float is exact, and so is dropping the z column a 2-D position gained
+        leaf = _leaf("nd", source.dtype.str, source.ndim == t.ndim + 1 and source.shape[-1:] == (1,), cols)
+        # float -> float64 -> float is exact, and so is dropping the z column a 2-D position gained;
+        # otherwise (a float valid mask, ints) one vectorised comparison decides
         exact = source.dtype.kind == "f" and t.dtype == np.float64 and (cols is None or cols < t.shape[1])
-    elif isinstance(source, list) and source and all(isinstance(r, np.ndarray) for r in source):
+        if not exact:
+            back = _encode(t, leaf)
+            exact = back.shape == source.shape and bool(
+                np.array_equal(back, source, equal_nan=source.dtype.kind == "f"))
+        if exact:
+            return leaf
+    elif isinstance(source, list) and source and isinstance(source[0], np.ndarray):
         first = source[0]
+        dt, shape = first.dtype, first.shape
         cols = len(first) if first.ndim == 1 and t.ndim == 2 and len(first) != t.shape[1] else None
-        leaf = Leaf("list_nd", first.dtype.str, cols=cols)
-        exact = (first.dtype.kind == "f" and t.dtype == np.float64 and (cols is None or cols < t.shape[1])
-                 and all(r.dtype == first.dtype and r.shape == first.shape for r in source))
+        leaf = _leaf("list_nd", dt.str, False, cols)
+        # one pass: every row an array of the first row's dtype and shape (float rows restore exactly)
+        same = all(type(r) is np.ndarray and r.dtype == dt and r.shape == shape for r in source)
+        exact = same and dt.kind == "f" and t.dtype == np.float64 and (cols is None or cols < t.shape[1])
     elif isinstance(source, list):
         first = source[0] if source else None
         cols = len(first) if isinstance(first, (list, tuple)) and t.ndim == 2 and len(first) != t.shape[1] else None
-        leaf, exact = Leaf("list_py", cols=cols), False
+        return Leaf("list_py", cols=cols, raw=source, typed=typed)  # Python numbers: compared by value on writing
     else:
         return Leaf("nd", raw=source, typed=typed)
     if exact or identical(_encode(t, leaf), source):
@@ -197,36 +228,36 @@ def identical(a: Any, b: Any) -> bool:
 
 @dataclass(frozen=True)
 class TrackSource:
-    """One track dict of the source: its key in ``tracks``, its key order, its state's key order and a Leaf
-    per core state array (position, heading, velocity, valid, length, width, height); ``other`` holds keys
-    besides type/state/metadata, verbatim."""
+    """One track dict of the source: its key in ``tracks``, its key order, its state's key order, the source
+    state dict itself (read again only when writing, by :func:`encode_like`); ``other`` holds keys besides
+    type/state/metadata, verbatim."""
 
     key: Any
     keys: tuple[str, ...]
     state_keys: tuple[str, ...]
-    leaves: dict
+    state: Mapping
     other: dict
 
 
 @dataclass(frozen=True)
 class FeatureSource:
-    """One map feature dict: its key in ``map_features``, key order and the Leaf of its polyline / polygon."""
+    """One map feature dict: its key in ``map_features``, key order and its source polyline / polygon."""
 
     key: Any
     keys: tuple[str, ...]
-    leaves: dict
+    points: dict
 
 
 @dataclass(frozen=True)
 class LightSource:
     """One dynamic map state dict: its key in ``dynamic_map_states``, key order, state key order and the
-    state's other keys, the Leaf of its stop point, the source's state sequence and lane value."""
+    state's other keys, the source's stop point, state sequence and lane value."""
 
     key: Any
     keys: tuple[str, ...]
     state_keys: tuple[str, ...]
     state_other: dict
-    stop_point: Leaf
+    stop_point: Any
     states_raw: Any
     lane_raw: Any
 
@@ -260,11 +291,11 @@ def track_to_dict(tr: AgentTracks, i: int, length: int, src: TrackSource | None)
     state = {}
     for k in src.state_keys:
         if k in CORE_STATE_KEYS:
-            state[k] = restore(typed[k], src.leaves[k])
+            state[k] = encode_like(src.state[k], typed[k])
         elif k in extra:
             state[k] = extra[k]
     for k in CORE_STATE_KEYS:  # a field the source lacked is written once it holds something
-        if k not in state and src.leaves[k] is ABSENT and np.any(typed[k]):
+        if k not in state and k not in src.state and np.any(typed[k]):
             state[k] = typed[k].astype(np.float32)
     state.update({k: v for k, v in extra.items() if k not in state})
     parts = {"type": tr.types[i], "state": state, "metadata": copy.copy(tr.metadata[i]) if tr.metadata else {},
@@ -276,7 +307,8 @@ def feature_to_dict(f: MapFeature) -> dict:
     m = {"type": f.type, **f.extras}
     for name, pts in (("polyline", f.polyline), ("polygon", f.polygon)):
         if pts is not None:
-            m[name] = pts if f.source is None or name not in f.source.leaves else restore(pts, f.source.leaves[name])
+            src = None if f.source is None else f.source.points.get(name)
+            m[name] = pts if src is None else encode_like(src, pts)
     if f.source is None:
         return m
     return {k: m[k] for k in [*f.source.keys, *(k for k in m if k not in f.source.keys)] if k in m}
@@ -296,7 +328,7 @@ def light_to_dict(tl: TrafficLight) -> dict:
     parts = {**tl.extras, "state": state,
              "lane": src.lane_raw if str(src.lane_raw) == tl.lane else tl.lane}
     if tl.stop_point is not None:
-        parts["stop_point"] = restore(tl.stop_point, src.stop_point)
+        parts["stop_point"] = tl.stop_point if src.stop_point is None else encode_like(src.stop_point, tl.stop_point)
     elif "stop_point" in src.keys:
         parts["stop_point"] = None
     return {k: parts[k] for k in [*src.keys, *(k for k in parts if k not in src.keys)] if k in parts}

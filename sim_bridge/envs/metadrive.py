@@ -22,7 +22,7 @@ from typing import Any
 
 from sim_bridge.safe_pickle import UnsafePickleError
 from sim_bridge.dataset import ScenarioDataset
-from sim_bridge.scenario import load_scenario_dict
+from sim_bridge.scenario import Scenario, load_scenario_dict
 
 __all__ = ["AssetsMissingError", "prepare_offline", "assets_available", "make_scenario_env",
            "make_procedural_env", "episode_dump_without_copy", "route_scenario_reads", "QUIET"]
@@ -88,12 +88,16 @@ _UNPICKLING_MODULES = ("metadrive.scenario.utils", "metadrive.manager.pg_map_man
 
 
 def _safe_read_scenario_data(file_path, centralize: bool = False):
-    """``metadrive.scenario.utils.read_scenario_data`` reading through the safe loader."""
+    """``metadrive.scenario.utils.read_scenario_data`` reading through the safe loader; the file is also checked
+    against the contract (what a conversion would repair passes: MetaDrive copes with it), so a malformed
+    file is a ScenarioError naming the field instead of a crash deep inside MetaDrive."""
     from metadrive.scenario.scenario_description import ScenarioDescription as SD
 
     if not SD.is_scenario_file(str(file_path)):
         raise ValueError(f"{file_path}: not a scenario file")
-    data = SD(load_scenario_dict(file_path))
+    raw = load_scenario_dict(file_path)
+    Scenario.from_dict(raw, src=str(file_path), repair=True)
+    data = SD(raw)
     return SD.centralize_to_ego_car_initial_position(data) if centralize else data
 
 
