@@ -2,7 +2,7 @@
 
 Lanelet network: one lanelet per lane of the scenario. Its centre vertices are the lane centre line
 simplified like the OpenDRIVE export (Douglas-Peucker, 5 cm); the left and right bounds are offset
-by half the lane width (:func:`sim_bridge.export.openscenario.lane_width`) along the vertex
+by half the lane width (:func:`sim_bridge.export.opendrive.lane_width`) along the vertex
 normals. Successors/predecessors are the lane's exit/entry lanes (splits and merges included,
 since CommonRoad allows several); left/right neighbours are not written (CommonRoad requires
 adjacent lanelets to share a bound, which logged lanes do not). Speed limits, road lines, edges,
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sim_bridge.export.common import ExportResult, count_note, file_stem
-from sim_bridge.export.opendrive import _clean, lane_width, simplify_polyline
+from sim_bridge.export.opendrive import lane_centres, lane_width
 from sim_bridge.export.openscenario import _DEFAULT_SIZE
 from sim_bridge.scenario import STEP_SECONDS, Scenario
 
@@ -77,15 +77,7 @@ def build_commonroad(sc: Scenario, notes: Counter):
     from commonroad.scenario.trajectory import State, Trajectory
 
     cr = CRScenario(STEP_SECONDS, ScenarioID(country_id="ZAM", map_name="bevgen", map_id=1))
-    lanes = {}
-    for fid, f in sc.map_features.items():
-        if not f.is_lane or f.polyline is None:
-            continue
-        pts = _clean(f.polyline)
-        if len(pts) < 2:
-            notes["lanes shorter than 1 mm"] += 1
-            continue
-        lanes[fid] = simplify_polyline(pts)
+    lanes = lane_centres(sc, notes)
     lane_ids = {fid: i + 1 for i, fid in enumerate(lanes)}
     for fid, center in lanes.items():
         f = sc.map_features[fid]

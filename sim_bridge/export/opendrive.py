@@ -30,7 +30,8 @@ from sim_bridge.scenario import MapFeature, Scenario
 # the point-to-polyline distance the Waymo reader uses for lane widths (one implementation)
 from sim_bridge.sources.waymo import _distance_to_polyline as distance_to_polyline
 
-__all__ = ["build_opendrive", "simplify_polyline", "lane_width", "SIMPLIFY_M", "DEFAULT_LANE_WIDTH_M", "LINK_GAP_M"]
+__all__ = ["build_opendrive", "lane_centres", "simplify_polyline", "lane_width", "SIMPLIFY_M", "DEFAULT_LANE_WIDTH_M",
+           "LINK_GAP_M"]
 
 SIMPLIFY_M = 0.05          # max distance of a dropped centre-line point from the simplified line (m)
 DEFAULT_LANE_WIDTH_M = 3.5
@@ -164,8 +165,9 @@ def _road(xodr, road_id: int, fid: str, f: MapFeature, plan: _LanePlan, junction
     return road, right
 
 
-def _plans(sc: Scenario, notes: Counter) -> dict[str, _LanePlan]:
-    plans = {}
+def lane_centres(sc: Scenario, notes: Counter) -> dict[str, np.ndarray]:
+    """Simplified centre line [N, 2|3] of every usable lane (shorter than 1 mm: counted in ``notes``, skipped)."""
+    out = {}
     for fid, f in sc.map_features.items():
         if not f.is_lane or f.polyline is None:
             continue
@@ -173,8 +175,15 @@ def _plans(sc: Scenario, notes: Counter) -> dict[str, _LanePlan]:
         if len(pts) < 2:
             notes["lanes shorter than 1 mm"] += 1
             continue
-        w = lane_width(f)
-        plans[fid] = _LanePlan(simplify_polyline(pts), (w, w))
+        out[fid] = simplify_polyline(pts)
+    return out
+
+
+def _plans(sc: Scenario, notes: Counter) -> dict[str, _LanePlan]:
+    plans = {}
+    for fid, centre in lane_centres(sc, notes).items():
+        w = lane_width(sc.map_features[fid])
+        plans[fid] = _LanePlan(centre, (w, w))
     return plans
 
 
