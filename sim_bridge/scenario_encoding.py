@@ -12,10 +12,10 @@ float ``valid`` masks, Waymo ones float32, some polylines are Python lists of ar
 records, for one normalised field, the container, dtype and shape quirks of the source, so the typed
 array can be encoded back exactly; key orders are recorded where dicts are rebuilt.
 
-A field whose source cannot be reproduced from its typed array by these rules (for example a 3-D
-velocity whose z column the typed view drops) keeps a reference to the source object; it is written
-back verbatim as long as the typed array is the one parsed from it (the identity is checked), and
-re-encoded with the recorded dtype otherwise. Building a leaf is O(size of the field).
+Loading only keeps references to the source arrays; the leaves are worked out when writing
+(:func:`encode_like`). A field whose source these rules cannot reproduce (a 3-D velocity whose z column
+the typed view drops, tuples of Python numbers) is written as the source object itself while the typed
+values still equal it, and re-encoded in the source's dtype once they changed. O(size of the field).
 """
 
 from __future__ import annotations
@@ -111,16 +111,14 @@ class Leaf(NamedTuple):
         dtype: numpy dtype string of the array or of the rows ("nd", "list_nd").
         trailing_one: the source had an extra trailing axis of length 1 (``(T, 1)`` for ``(T,)``).
         cols: number of columns of the source where the typed view changed it (2-D positions), else None.
-        raw: the source object, kept only when the rules above cannot reproduce it.
-        typed: the typed array parsed from ``raw`` (identity marks it unchanged).
+        exact: these rules reproduce the source from unchanged typed values.
     """
 
     kind: str
     dtype: str = "<f8"
     trailing_one: bool = False
     cols: int | None = None
-    raw: Any = None
-    typed: Any = None
+    exact: bool = True
 
 
 ABSENT = Leaf("absent")
@@ -146,7 +144,7 @@ def encode_like(source: Any, typed: np.ndarray) -> Any:
     this is ``source`` bit for bit. Called when writing, so loading pays nothing for it; O(size)."""
     leaf = leaf_of(source, typed)
     out = _encode(typed, leaf)
-    if leaf.raw is None:
+    if leaf.exact:
         return out
     # the layout rules cannot reproduce this source (a 3-D velocity, tuples of Python numbers): keep the
     # source itself when the values it holds are still the typed ones
@@ -200,12 +198,12 @@ def leaf_of(source: Any, typed: np.ndarray) -> Leaf:
     elif isinstance(source, list):
         first = source[0] if source else None
         cols = len(first) if isinstance(first, (list, tuple)) and t.ndim == 2 and len(first) != t.shape[1] else None
-        return Leaf("list_py", cols=cols, raw=source, typed=typed)  # Python numbers: compared by value on writing
+        return Leaf("list_py", cols=cols, exact=False)  # Python numbers: compared by value by encode_like
     else:
-        return Leaf("nd", raw=source, typed=typed)
+        return Leaf("nd", exact=False)
     if exact or identical(_encode(t, leaf), source):
         return leaf
-    return Leaf(leaf.kind, leaf.dtype, leaf.trailing_one, leaf.cols, raw=source, typed=typed)
+    return leaf._replace(exact=False)
 
 
 def identical(a: Any, b: Any) -> bool:
