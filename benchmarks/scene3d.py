@@ -32,7 +32,7 @@ def _images_per_second(cfg, data, device: str, batch: int, repeats: int) -> floa
     gen = Scene3DGenerator(cfg.model).to(device).eval()
     idx = np.arange(batch) % len(data)
     lay = data.layout_batch(idx, device)
-    z = [t.to(device) for t in sample_latents(batch, lay["boxes"].shape[1], cfg.model.z_dim, torch.Generator())]
+    z = [t.to(device) for t in sample_latents(batch, lay["boxes"].valid.shape[1], cfg.model.z_dim, torch.Generator())]
     with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16,
                                          enabled=device == "cuda" and cfg.precision == "bf16"):
         gen(lay, *z)  # warm-up
@@ -62,7 +62,7 @@ def bench_scene3d(data_dir: str | Path, run_dir: str | Path | None = None, probe
 
     from bevgen.scene3d.data import load_scene3d_data
     from bevgen.scene3d.train import Scene3DTrainConfig, build_modules, load_scene3d, train_scene3d
-    from sim_bridge.config import load_config
+    from runkit.config import load_config
 
     if threads:
         torch.set_num_threads(threads)

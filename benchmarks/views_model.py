@@ -44,7 +44,8 @@ def _batch(cfg, run_dir: Path | None) -> tuple[dict, str]:
 
         ds = ScenarioDataset(REAL_DIR, repair=True)
         layout = BevRasterizer(ds.load(ds.names[0]), bev)(10)
-        raster, boxes, classes, valid = layout.raster, layout.boxes, layout.classes, layout.valid
+        arrays = layout.box_arrays()
+        raster, boxes, classes, valid = layout.raster, arrays["boxes"], arrays["classes"], arrays["box_valid"]
         source = f"{ds.names[0]} frame 10"
     item = {"bev": torch.from_numpy(raster), "boxes": torch.from_numpy(boxes).float(),
             "classes": torch.from_numpy(classes), "box_valid": torch.from_numpy(valid),
@@ -71,7 +72,7 @@ def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path
 
     from bevgen.views.config import ViewsConfig
     from bevgen.views.sample import ViewsPipeline, build_models, load_views
-    from sim_bridge.config import load_config
+    from runkit.config import load_config
 
     torch.set_num_threads(threads)
     if run_dir is not None:

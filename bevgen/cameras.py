@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from sim_bridge import geometry
+from sim_bridge.boxes import Boxes3D
 
 NUSCENES_CAMERAS: tuple[str, ...] = (
     "CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT")
@@ -57,10 +58,10 @@ _NUSCENES_CALIBRATION: dict[str, tuple[tuple[float, ...], tuple[float, ...], tup
                       (1256.7414812095406, 792.1125740759628, 492.7757465151356)),
 }
 
-# Corner order of box_corners (sim_bridge.geometry): bottom face (0-3) then top face (4-7), each
+# Corner order of Boxes3D.corners (sim_bridge.geometry.box_corners): bottom face (0-3) then top face (4-7), each
 # counter-clockwise seen from above starting at front-left: front-left, rear-left, rear-right, front-right.
 CORNER_SIGNS = geometry.CORNER_SIGNS
-"""[8, 3] float64 signs of each box corner along (length, width, height), in ``box_corners`` order."""
+"""[8, 3] float64 signs of each box corner along (length, width, height), in ``Boxes3D.corners`` order."""
 BOX_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4],
                       [0, 4], [1, 5], [2, 6], [3, 7]], dtype=np.int64)  # [12, 2] corner indices
 BOX_EDGES.setflags(write=False)
@@ -264,20 +265,12 @@ def nuscenes_rig(image_size: Sequence[int] = NUSCENES_IMAGE_SIZE) -> CameraRig:
     return rig_from_nuscenes_calibration(records, image_size, names=NUSCENES_CAMERAS)
 
 
-def box_corners(boxes: np.ndarray) -> np.ndarray:
-    """Corners of yawed 3D boxes.
-
-    Args:
-        boxes: [N, 7] (x, y, z, length, width, height, yaw) in the ego frame; z is the box CENTRE
-            height, length is along the box heading (yaw), width along its left axis.
-    Returns:
-        [N, 8, 3] corners: bottom face (0-3) then top face (4-7), each counter-clockwise from above
-        starting front-left: front-left, rear-left, rear-right, front-right. Edges: ``BOX_EDGES``.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if boxes.ndim != 2 or boxes.shape[1] != 7:
-        raise ValueError(f"boxes: expected shape [N, 7], got {boxes.shape}")
-    return geometry.box_corners(boxes)
+def _corners64(boxes: Boxes3D) -> np.ndarray:
+    """float64 [N, 8, 3] corners of one frame's boxes (any dtype), in ``CORNER_SIGNS`` order."""
+    if not isinstance(boxes, Boxes3D) or boxes.batch_shape != ():
+        raise ValueError(f"boxes: expected one frame's Boxes3D [N], got {type(boxes).__name__}"
+                         + (f" with batch shape {boxes.batch_shape}" if isinstance(boxes, Boxes3D) else ""))
+    return boxes.numpy().to(dtype=np.float64).corners()
 
 
 def _ego_to_cam(rig: CameraRig, pts: np.ndarray) -> np.ndarray:
@@ -328,7 +321,7 @@ class ProjectedBoxes:
     image_size: tuple[int, int]  # (H, W)
 
 
-def project_boxes(rig: CameraRig, boxes: np.ndarray, near: float = DEFAULT_NEAR) -> ProjectedBoxes:
+def project_boxes(rig: CameraRig, boxes: Boxes3D, near: float = DEFAULT_NEAR) -> ProjectedBoxes:
     """Project 3D boxes, clipping their 12 edges against the near plane z = near (all vectorised).
 
     ``boxes_2d`` is the bounding rectangle of the projection of the part of the box in front of the
@@ -338,12 +331,12 @@ def project_boxes(rig: CameraRig, boxes: np.ndarray, near: float = DEFAULT_NEAR)
 
     Args:
         rig: camera rig.
-        boxes: [N, 7] (x, y, z, length, width, height, yaw) in the ego frame, z = centre height.
+        boxes: one frame's ``Boxes3D`` [N] in the ego frame (all N are projected; ``valid`` is not applied).
         near: near-plane depth in metres.
     Returns:
         ProjectedBoxes with the shapes listed on the class.
     """
-    cam = _ego_to_cam(rig, box_corners(boxes))  # [V, N, 8, 3]
+    cam = _ego_to_cam(rig, _corners64(boxes))  # [V, N, 8, 3]
     V, N = cam.shape[:2]
     depth = cam[..., 2]
     with np.errstate(divide="ignore", invalid="ignore"):

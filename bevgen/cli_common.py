@@ -49,5 +49,6 @@ def save_run_config(out: Path, command: str, config: dict) -> None:
     """Record the command and its resolved config as ``out/bevgen_run.yaml``."""
     import yaml
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bevgen_run.yaml").write_text(yaml.safe_dump({"command": command, "config": config}, sort_keys=False))
+    from runkit.atomic import atomic_write_text
+
+    atomic_write_text(out / "bevgen_run.yaml", yaml.safe_dump({"command": command, "config": config}, sort_keys=False))

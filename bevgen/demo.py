@@ -28,7 +28,7 @@ from bevgen.layout import CHANNELS, BevConfig, BevRasterizer
 from bevgen.preview import preview_image
 from bevgen import demo_cameras as dc
 from bevgen import report as rp
-from sim_bridge.config import save_config, to_dict
+from runkit.config import save_config, to_dict
 from sim_bridge.dataset import ScenarioDataset
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
@@ -87,15 +87,15 @@ def _stage_traffic(cfg: DemoConfig, data: Path, out: Path) -> dict:
 
 def _train_ppo(cfg: DemoConfig, data: Path, run: Path) -> list[dict]:
     from sim_bridge.envs.factory import EnvConfig
-    from sim_bridge.rl.train import PPOConfig, TrainConfig, read_episodes, train
+    from sim_bridge.rl.train import PPOConfig, PPOTrainConfig, read_episodes, train
 
     summary = run / "train_summary.json"
     if not (summary.exists() and json.loads(summary.read_text())["final_step"] >= cfg.ppo_steps):
         small = cfg.ppo_steps < 4096
-        tc = TrainConfig(env=EnvConfig(data=str(data), horizon=200),
-                         ppo=PPOConfig(n_steps=256 if small else 1024, batch_size=64 if small else 256,
-                                       net_arch=(64, 64)),
-                         total_steps=cfg.ppo_steps, num_envs=1, checkpoint_every=max(cfg.ppo_steps // 4, 256))
+        tc = PPOTrainConfig(env=EnvConfig(data=str(data), horizon=200),
+                            ppo=PPOConfig(n_steps=256 if small else 1024, batch_size=64 if small else 256,
+                                          net_arch=(64, 64)),
+                            total_steps=cfg.ppo_steps, num_envs=1, checkpoint_every=max(cfg.ppo_steps // 4, 256))
         train(tc, run, resume=(run / "checkpoints" / "latest.pt").exists(), progress_bar=False)
     return read_episodes(run)
 

@@ -75,7 +75,7 @@ def camera_data(cfg: CamerasDemoConfig, scenarios: Path, out: Path, workers: int
 
 def _config(cls, name: str, overrides: list[str]):
     from bevgen.pretrained import REPO
-    from sim_bridge.config import load_config
+    from runkit.config import load_config
 
     path = REPO / "configs" / name
     return load_config(cls, path if path.exists() else None, overrides)

@@ -19,11 +19,11 @@ from typing import Sequence
 
 import numpy as np
 
-from bevgen.cameras import box_corners
-from sim_bridge.geometry import to_frame, wrap_angle
+from sim_bridge.boxes import Boxes3D
+from sim_bridge.geometry import box_footprints, to_frame, wrap_angle
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
 
-__all__ = ["BevConfig", "BevLayout", "BevRasterizer", "CHANNELS", "DEFAULT_CHANNELS", "CLASS_NAMES",
+__all__ = ["BevConfig", "BevLayout", "Boxes3D", "BevRasterizer", "CHANNELS", "DEFAULT_CHANNELS", "CLASS_NAMES",
            "rasterize", "agent_class_ids", "world_to_pixel"]
 
 # channel name -> (what it draws, preview colour RGB)
@@ -85,10 +85,9 @@ class BevLayout:
     Attributes:
         raster: uint8 [C, H, W] in {0, 1}, channel order ``channels``.
         channels: channel names.
-        boxes: float32 [N, 7] = (x, y, z, length, width, height, yaw), ego frame, m / rad; z is the
-            box centre height above the ego's ground (agent z - ego z + ego height / 2; track z is the box centre).
-        classes: int64 [N] index into CLASS_NAMES.
-        valid: bool [N]; padded rows are False.
+        boxes: ``Boxes3D`` of N = ``config.max_boxes`` boxes (float32, ego frame, m / rad), nearest first;
+            centre z is the box centre height above the ego's ground (agent z - ego z + ego height / 2; track z
+            is the box centre); classes int64 index into CLASS_NAMES; padded rows have valid False.
         agent_ids: length-N ids ("" for padding).
         ego_pose: float64 [3] = (x, y, yaw) of the ego in the world frame.
         config: the BevConfig used.
@@ -97,14 +96,28 @@ class BevLayout:
 
     raster: np.ndarray
     channels: tuple[str, ...]
-    boxes: np.ndarray
-    classes: np.ndarray
-    valid: np.ndarray
+    boxes: Boxes3D
     agent_ids: tuple[str, ...]
     ego_pose: np.ndarray
     config: BevConfig = field(repr=False)
     scenario_id: str = ""
     frame: int = 0
+
+    @property
+    def classes(self) -> np.ndarray:
+        """int64 [N] box classes (``boxes.classes``)."""
+        return self.boxes.classes
+
+    @property
+    def valid(self) -> np.ndarray:
+        """bool [N] box mask (``boxes.valid``)."""
+        return self.boxes.valid
+
+    def box_arrays(self) -> dict[str, np.ndarray]:
+        """The boxes as stored in frame files: ``boxes`` float32 packed (``Boxes3D.as_array``),
+        ``classes`` int64 [N], ``box_valid`` bool [N]."""
+        return {"boxes": np.asarray(self.boxes.as_array(), np.float32),
+                "classes": self.boxes.classes.astype(np.int64), "box_valid": self.boxes.valid.astype(bool)}
 
     def channel(self, name: str) -> np.ndarray:
         """uint8 [H, W] of one channel."""
@@ -112,10 +125,10 @@ class BevLayout:
 
     def validate(self) -> "BevLayout":
         c, h, w = self.raster.shape
-        n = self.boxes.shape[0]
         assert c == len(self.channels) and h == w == self.config.size, "raster shape disagrees with config"
-        assert self.boxes.shape == (n, 7) and self.classes.shape == (n,) and self.valid.shape == (n,)
-        assert len(self.agent_ids) == n
+        assert isinstance(self.boxes, Boxes3D) and self.boxes.batch_shape == (), "boxes must be one frame's Boxes3D"
+        self.boxes.validate()
+        assert len(self.agent_ids) == len(self.boxes)
         return self
 
     def as_tensor(self):
@@ -251,9 +264,8 @@ class BevRasterizer:
         # footprints only of the agents that can be drawn (in range, or the ego): O(visible agents)
         drawn = inside.copy()
         drawn[self._ego] = True
-        zeros = np.zeros(len(yaw))
-        boxes = np.column_stack([ego_xy, zeros, size3[:, 0], size3[:, 1], zeros, yaw])[drawn]
-        corners = box_corners(boxes)[:, :4, :2]  # [D, 4, 2] ego frame
+        corners = box_footprints(*(np.asarray(a[drawn], np.float64) for a in (ego_xy, size3[:, :2], yaw))
+                                 )  # [D, 4, 2] ego frame, float64 so pixels round as they always did
         pix = np.zeros((len(yaw), 4, 2), np.int32)
         pix[drawn] = np.round(((np.stack([cfg.range_m - corners[..., 1], cfg.range_m - corners[..., 0]], -1)
                                 / cfg.resolution_m) - 0.5) * (1 << _SHIFT)).astype(np.int32)
@@ -272,7 +284,7 @@ class BevRasterizer:
         cand = np.flatnonzero(inside & (np.arange(len(valid)) != self._ego))
         cand = cand[np.argsort(np.linalg.norm(ego_xy[cand], axis=1), kind="stable")][: cfg.max_boxes]
         n = cfg.max_boxes
-        boxes = np.zeros((n, 7), np.float32)
+        boxes = np.zeros((n, 7), np.float32)  # packed (x, y, z_centre, l, w, h, yaw), then typed below
         # every source stores box-centre z (Waymo center_z, nuScenes annotations, MetaDrive chassis): the box
         # centre's height above the ego's ground is agent z - (ego z - ego height / 2)
         z = tr.position[cand, t, 2] - tr.position[self._ego, t, 2] + tr.size[self._ego, t, 2] / 2
@@ -283,7 +295,7 @@ class BevRasterizer:
         mask = np.zeros(n, bool)
         mask[: len(cand)] = True
         ids = tuple(tr.ids[i] for i in cand) + ("",) * (n - len(cand))
-        return BevLayout(raster=raster, channels=tuple(cfg.channels), boxes=boxes, classes=classes, valid=mask,
+        return BevLayout(raster=raster, channels=tuple(cfg.channels), boxes=Boxes3D.from_array(boxes, classes, mask),
                          agent_ids=ids, ego_pose=pose, config=cfg, scenario_id=sc.id, frame=t)
 
 

@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from sim_bridge.training import load_checkpoint, save_checkpoint
+from runkit.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["SHIPPED", "shipped", "build", "export_views", "export_scene3d"]
 

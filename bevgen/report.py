@@ -14,6 +14,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from runkit.atomic import atomic_write_text
+
 __all__ = ["image_tag", "gif_tag", "table", "definition_list", "write_report"]
 
 _CSS = """
@@ -89,7 +91,5 @@ def write_report(path: str | Path, title: str, sections: Sequence[tuple[str, str
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
     parts.append("</body></html>")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(parts))
     return path

@@ -47,7 +47,7 @@ def procedural_cmd(
     resume: bool = typer.Option(True, help="Keep scenarios already in --out and only add missing seeds."),
 ):
     """Generate scenarios on MetaDrive procedural maps with IDM traffic (offline, deterministic per seed)."""
-    from sim_bridge.config import ConfigError, load_config, to_dict
+    from runkit.config import ConfigError, load_config, to_dict
     from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
     overrides = list(set_ or [])
@@ -233,7 +233,7 @@ def bev_cmd(
 
     from bevgen.layout import BevConfig, BevRasterizer
     from bevgen.preview import save_preview
-    from sim_bridge.config import ConfigError, load_config, to_dict
+    from runkit.config import ConfigError, load_config, to_dict
     from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
     from sim_bridge.scenario import ScenarioError, load_scenario
 

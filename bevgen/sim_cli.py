@@ -34,17 +34,17 @@ def sim_train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ):
     """Train PPO (stable-baselines3) in MetaDrive; TensorBoard in OUT/tb, checkpoints in OUT/checkpoints."""
-    from sim_bridge.config import ConfigError, load_config
-    from sim_bridge.rl.train import TrainConfig, train
+    from runkit.config import ConfigError, load_config
+    from runkit.rundir import run_config_file
+    from sim_bridge.rl.train import PPOTrainConfig, train
 
     overrides = [f"env.data={train_data}"] + list(set_ or [])
     for key, val in (("total_steps", steps), ("num_envs", envs), ("env.num_scenarios", scenarios_n), ("seed", seed)):
         if val is not None:
             overrides.append(f"{key}={val}")
-    if resume and config is None and (out / "config.yaml").exists():
-        config = out / "config.yaml"  # continue with the run's own settings; explicit options still apply
+    config = run_config_file(out, resume, config)  # continue with the run's own settings; options still apply
     try:
-        cfg = load_config(TrainConfig, config, overrides)
+        cfg = load_config(PPOTrainConfig, config, overrides)
         result = train(cfg, out, resume=resume)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         _fail(str(e))
@@ -69,7 +69,7 @@ def sim_eval(
     set_: Optional[List[str]] = SetOpt,
 ):
     """Evaluate a policy: success rate, route completion, crash and out-of-road rates, reward; per scenario."""
-    from sim_bridge.config import ConfigError, from_dict, load_config
+    from runkit.config import ConfigError, from_dict, load_config
     from sim_bridge.envs.factory import EnvConfig
     from sim_bridge.rl.evaluate import EvalConfig, evaluate, write_metrics
 
@@ -99,7 +99,7 @@ def sim_experiment(
     set_: Optional[List[str]] = SetOpt,
 ):
     """Same PPO budget on procedural / real / augmented scenarios, tested on held-out real scenes; plot + JSON."""
-    from sim_bridge.config import ConfigError, load_config
+    from runkit.config import ConfigError, load_config
     from sim_bridge.rl.evaluate import EvalConfig
     from sim_bridge.rl.experiment import ExperimentConfig, run_experiment
 

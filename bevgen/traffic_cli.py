@@ -16,6 +16,7 @@ from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 from bevgen.cli_common import save_run_config as _save_run_config
 from bevgen.scenarios_cli import _report_conversion
+from runkit.rundir import run_config_file
 
 app = typer.Typer(help="Learned traffic (TrafficGen-style): place vehicles on HD maps, generate their "
                        "trajectories, densify real scenarios, evaluate against baselines.", no_args_is_help=True)
@@ -34,14 +35,13 @@ def traffic_train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ):
     """Train the placement and trajectory models (CPU/GPU; multi-GPU with `torchrun -m traffic.train`)."""
-    from sim_bridge.config import ConfigError, load_config
+    from runkit.config import ConfigError, load_config
     from traffic.train import TrafficTrainConfig, train
 
     missing = [str(d) for d in data if not d.is_dir()]
     if missing:
         _fail(f"not a dataset directory: {', '.join(missing)}")
-    if resume and config is None and (out / "config.yaml").exists():
-        config = out / "config.yaml"
+    config = run_config_file(out, resume, config)
     overrides = [f"data={json.dumps([str(d) for d in data])}"] + list(set_ or [])
     overrides += [f"preset={preset}"] if preset else []
     overrides += [f"steps={steps}"] if steps else []

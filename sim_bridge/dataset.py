@@ -73,8 +73,8 @@ class ScenarioDataset:
             if not isinstance(summary, dict):
                 raise ScenarioError(str(summary_path), "<root>", "expected a dict of file name -> metadata")
         else:
-            summary = {p.name: {} for p in sorted(self.root.glob("*.pkl"))
-                       if p.name not in (SUMMARY_FILE, MAPPING_FILE)}
+            summary = {p.name: {} for p in sorted(self.root.glob("*.pkl"))  # hidden: an unfinished atomic write
+                       if p.name not in (SUMMARY_FILE, MAPPING_FILE) and not p.name.startswith(".")}
         mapping = safe_load(mapping_path) if mapping_path.exists() else {}
         if not isinstance(mapping, dict):
             raise ScenarioError(str(mapping_path), "<root>", "expected a dict of file name -> sub-folder")
@@ -172,21 +172,28 @@ class DatasetWriter:
         self.report.reused.append(filename)
 
     def add(self, filename: str, d: Scenario | Mapping) -> Path:
-        """Validate ``d`` (a Scenario or a ScenarioNet dict) and write it as ``filename``; raises ScenarioError
-        on a bad scenario."""
+        """Validate ``d`` and write it as ``filename``; raises ScenarioError on a bad scenario.
+
+        ``d`` is a Scenario (written with ``to_dict``; what reading its source repaired is reported) or a ScenarioNet
+        dict (read with this writer's ``repair``; written as given unless repaired).
+        """
         path = self.root / filename
         if Path(filename).name != filename or not filename.endswith(".pkl") or filename in (SUMMARY_FILE, MAPPING_FILE):
             raise ScenarioError(filename, "<file name>", "must be a plain '*.pkl' file name")
         if isinstance(d, Scenario):
-            d = d.validate(filename).to_dict()
-        sc = Scenario.from_dict(d, src=filename, repair=self.repair)
-        repairs = sc.metadata.get("bevgen_repairs", [])
-        if repairs != d["metadata"].get("bevgen_repairs", []):  # drop what from_dict dropped
-            d = {**d, "metadata": sc.metadata,
-                 "map_features": {k: v for k, v in d["map_features"].items() if str(k) in sc.map_features}}
+            sc = d.validate(filename)
+            out = sc.to_dict()
+        else:
+            sc = Scenario.from_dict(d, src=filename, repair=self.repair)
+            out = d
+        repairs = list(sc.source.repairs) if sc.source is not None else []
+        if repairs:
             self.report.repaired.append((filename, "; ".join(repairs)))
-        atomic_pickle(dict(d), path)
-        self.summaries[filename] = summarize(d)
+            if out is d:  # drop what from_dict dropped
+                out = {**d, "metadata": sc.metadata,
+                       "map_features": {k: v for k, v in d["map_features"].items() if str(k) in sc.map_features}}
+        atomic_pickle(dict(out), path)
+        self.summaries[filename] = summarize(out)
         self.report.written.append(filename)
         if len(self.report.written) % self.flush_every == 0:
             self.flush()

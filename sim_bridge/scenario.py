@@ -4,7 +4,8 @@ On disk a scenario is one pickle holding a plain dict (the format MetaDrive's ``
 reads); a *dataset directory* holds scenario files plus ``dataset_summary.pkl`` (file name ->
 metadata and summaries) and ``dataset_mapping.pkl`` (file name -> sub-folder, "" for flat).
 This module and :mod:`sim_bridge.scenario_encoding` are the only places that convert between that dict
-and the typed classes below; dataset directories are :mod:`sim_bridge.dataset`.
+and the typed classes below; typed edits (add, extend, drop agents) are :mod:`sim_bridge.scenario_edit`;
+dataset directories are :mod:`sim_bridge.dataset`.
 
 Units and frames (for every source):
     world frame, right-handed, metres; heading in radians, counter-clockwise from +x;
@@ -16,9 +17,7 @@ Einsum letters: a agent, t time, n point.
 from __future__ import annotations
 
 import copy
-import os
 import pickle
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from runkit.atomic import atomic_write
 from sim_bridge.safe_pickle import safe_load
 from sim_bridge.scenario_encoding import (CORE_STATE_KEYS, ROOT_PARSED, STEP_SECONDS, FeatureSource,
                                          LightSource, RootSource, ScenarioError, TrackSource, as_array,
@@ -256,13 +256,29 @@ class Scenario:
                                     f"{len(tl.states)} entries disagree with scenario length {self.length}")
         return self
 
+    # ---- typed edits (sim_bridge.scenario_edit): new Scenarios, untouched parts written bit for bit ----
+    def track(self, agent_id: str):
+        """One agent as a :class:`~sim_bridge.scenario_edit.Track` (arrays [T, ...], its storage kept)."""
+        from sim_bridge.scenario_edit import track_of
+        return track_of(self, agent_id)
+
+    def with_tracks(self, tracks: Mapping) -> "Scenario":
+        """A new Scenario with ``tracks`` (agent id -> Track) replacing agents of the same id or appended."""
+        from sim_bridge.scenario_edit import with_tracks
+        return with_tracks(self, tracks)
+
+    def keep_tracks(self, agent_ids) -> "Scenario":
+        """A new Scenario holding only the agents ``agent_ids`` (in this scenario's order)."""
+        from sim_bridge.scenario_edit import keep_tracks
+        return keep_tracks(self, agent_ids)
+
     # ---- dict conversion (the only place that knows the ScenarioNet layout) -------------
     @classmethod
     def from_dict(cls, d: Mapping, src: str = "<scenario>", repair: bool = False) -> "Scenario":
         """Build and validate a Scenario from a ScenarioNet dict; errors name ``src`` and the field.
 
         Args:
-            d: the ScenarioNet dict.
+            d: the ScenarioNet dict (a Scenario is validated and returned as it is).
             src: name used in errors (usually the file path).
             repair: drop map features that cannot be used (lanes with fewer than 2 points) instead
                 of raising; each repair is recorded in ``metadata["bevgen_repairs"]``. Real logs do
@@ -292,14 +308,14 @@ class Scenario:
         for k, v in require(d, "map_features", src, "", Mapping).items():
             with field_errors(src, f"map_features[{k!r}]"):
                 map_features[str(k)] = _map_feature_from_dict(v, src, f"map_features[{k!r}]", k)
-        meta = dict(meta)
+        meta, repairs = dict(meta), ()
         if repair:
             bad = [k for k, f in map_features.items() if f.is_lane and (f.polyline is None or len(f.polyline) < 2)]
             if bad:
                 for k in bad:
                     del map_features[k]
-                meta["bevgen_repairs"] = list(meta.get("bevgen_repairs", [])) + [
-                    f"dropped {len(bad)} lane(s) with fewer than 2 points: {', '.join(map(repr, bad[:5]))}"]
+                repairs = (f"dropped {len(bad)} lane(s) with fewer than 2 points: {', '.join(map(repr, bad[:5]))}",)
+                meta["bevgen_repairs"] = list(meta.get("bevgen_repairs", [])) + list(repairs)
         lights = {}
         for k, v in require(d, "dynamic_map_states", src, "", Mapping).items():
             with field_errors(src, f"dynamic_map_states[{k!r}]"):
@@ -308,7 +324,7 @@ class Scenario:
             ts = as_array(meta["ts"], src, "metadata.ts")
             if ts.shape != (length,):
                 raise ScenarioError(src, "metadata.ts", f"shape {ts.shape} disagrees with length {length}")
-        root = RootSource(keys=tuple(d), values={k: v for k, v in d.items() if k not in ROOT_PARSED})
+        root = RootSource(keys=tuple(d), values={k: v for k, v in d.items() if k not in ROOT_PARSED}, repairs=repairs)
         return cls(id=str(d["id"]), length=length, tracks=tracks, map_features=map_features,
                    traffic_lights=lights, metadata=meta, version=str(d.get("version", "bevgen")), source=root
                    ).validate(src)
@@ -449,15 +465,11 @@ def load_scenario(path: str | Path, repair: bool = False) -> Scenario:
 
 def atomic_pickle(obj: Any, path: Path) -> None:
     """Pickle ``obj`` to ``path`` through a temp file and a rename: a killed job never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             pickle.dump(obj, f, protocol=4)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def save_scenario(scenario: Scenario | Mapping, path: str | Path) -> Path:

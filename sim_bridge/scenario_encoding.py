@@ -155,6 +155,11 @@ def encode_like(source: Any, typed: np.ndarray) -> Any:
         same = a.shape == b.shape and bool(np.array_equal(a.astype(np.float64), b.astype(np.float64), equal_nan=True))
     except (TypeError, ValueError):
         same = False
+    if not same and isinstance(source, np.ndarray) and source.ndim == b.ndim == 2 and source.shape[1] > b.shape[1] \
+            and source.shape[0] == b.shape[0]:  # changed planar values of a 3-D velocity: the source's z stays
+        merged = source.copy()
+        merged[:, :b.shape[1]] = out
+        return merged
     return source if same else out
 
 
@@ -263,10 +268,12 @@ class LightSource:
 @dataclass(frozen=True)
 class RootSource:
     """The scenario dict itself: key order, the source values of id, version and length, and any other
-    top-level keys (verbatim)."""
+    top-level keys (verbatim); ``repairs`` lists what reading it repaired (``from_dict(repair=True)``), so that
+    a writer can report it."""
 
     keys: tuple[str, ...]
     values: dict
+    repairs: tuple[str, ...] = ()
 
 
 def typed_state(tr: AgentTracks, i: int) -> dict[str, np.ndarray]:
@@ -274,12 +281,14 @@ def typed_state(tr: AgentTracks, i: int) -> dict[str, np.ndarray]:
             "length": tr.size[i, :, 0], "width": tr.size[i, :, 1], "height": tr.size[i, :, 2]}
 
 
-def track_to_dict(tr: AgentTracks, i: int, length: int, src: TrackSource | None) -> dict:
+def track_to_dict(tr: AgentTracks, i: int, length: int, src: TrackSource | None, dtype: Any = np.float32) -> dict:
+    """Agent ``i`` of ``tr`` as a ScenarioNet track dict: as its source stored it (``src``), or, for an agent made
+    in code (``src`` None), with every core state key, the float ones in ``dtype`` and ``valid`` bool [T]."""
     typed = typed_state(tr, i)
     extra = tr.extra_state[i] if tr.extra_state else {}
     meta_in = dict(tr.metadata[i]) if tr.metadata else {}
     if src is None:
-        state = {k: (v.copy() if k == "valid" else v.astype(np.float32)) for k, v in typed.items()}
+        state = {k: (v.astype(bool) if k == "valid" else v.astype(dtype)) for k, v in typed.items()}
         state.update(extra)
         meta = {**meta_in}
         meta.setdefault("track_length", length)

@@ -195,5 +195,5 @@ def write_baseline_dataset(scenarios: Iterable[Scenario], out_dir: str | Path) -
             if name in seen:
                 raise ValueError(f"two scenes map to the file {name!r}: give generated scenes unique ids")
             seen.add(name)
-            writer.add(name, sc.to_dict())
+            writer.add(name, sc)
     return out_dir

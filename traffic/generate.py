@@ -6,24 +6,25 @@ length (trajectory model, re-predicting every 2 s). ``augment``: keep every logg
 (bit-identical arrays) and insert ``(density - 1) x`` as many vehicles as were logged near the ego.
 
 Output scenarios keep the generated sizes (length, width), the map's real speed limits and the agent
-types, and are written through the contract (``DatasetWriter``), so they load in MetaDrive's
-``ScenarioEnv``. Scenes are processed in batches: one placement pass per new vehicle and one
-trajectory pass per 2 s chunk serve the whole batch, which is where the speed over per-scene
-generation comes from.
+types. They are built with the typed edits of :mod:`sim_bridge.scenario_edit` (``keep_tracks``, ``with_tracks``,
+``Track.extended``; new vehicles stored in the ego's float dtype) and written through the contract
+(``DatasetWriter``), so they load in MetaDrive's ``ScenarioEnv``. Scenes are processed in batches: one
+placement pass per new vehicle and one trajectory pass per 2 s chunk serve the whole batch, which is where
+the speed over per-scene generation comes from.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
 from sim_bridge.dataset import ConversionReport, DatasetWriter, ScenarioDataset
-from sim_bridge.scenario import Scenario, ScenarioError, load_scenario_dict
+from sim_bridge.scenario import Scenario
+from sim_bridge.scenario_edit import Track
 from traffic.encoding import EncodingConfig, agent_feature_rows, collate, encode_scene, to_world
 
 __all__ = ["GenerateConfig", "generate", "augment", "generate_scenes", "extend_logged", "yield_to_traffic"]
@@ -175,16 +176,16 @@ def yield_to_traffic(paths_xy: np.ndarray, paths_h: np.ndarray, sizes: np.ndarra
     return out_xy, out_h, hit
 
 
-def extend_logged(trajectory, sc, raw: dict, enc: EncodingConfig, generator, device: str = "cpu",
-                  min_missing: int = 5) -> dict[str, int]:
+def extend_logged(trajectory, sc: Scenario, enc: EncodingConfig, generator, device: str = "cpu",
+                  min_missing: int = 5) -> tuple[Scenario, dict[str, int]]:
     """Continue logged vehicles whose track ends at least ``min_missing`` steps before the scenario does.
 
     Logged steps stay bit-identical; only the steps after a track's last valid one are filled (and marked
-    valid) with the trajectory model's rollout from that frame. Agents ending at the same frame share one
-    encoding and one rollout. ``raw`` (the ScenarioNet dict) is updated with new arrays, never in place.
+    valid) with the trajectory model's rollout from that frame (:meth:`Track.extended`). Agents ending at the
+    same frame share one encoding and one rollout.
 
     Returns:
-        {agent id: first extended step}.
+        (the scenario with the extended tracks, {agent id: first extended step}).
     """
     import torch
 
@@ -197,39 +198,25 @@ def extend_logged(trajectory, sc, raw: dict, enc: EncodingConfig, generator, dev
         e = int(v[-1])
         if e <= T - 1 - min_missing and tr.valid[sc.ego_index, e]:
             by_end.setdefault(e, []).append(i)
-    extended = {}
+    extended: dict[str, Track] = {}
     for e, rows in sorted(by_end.items()):
         enc_e = encode_scene(sc, e, enc)
         batch = {k: v.to(device) for k, v in collate([enc_e]).items()}
         with torch.no_grad():
             traj = trajectory.rollout(batch, steps=T - 1 - e, generator=generator)[0].cpu().numpy()  # [A, S, 3]
         for r, i in enumerate(enc_e["agent_index"]):
-            if i not in rows:
-                continue
-            aid = tr.ids[i]
-            wxy, wh = to_world(traj[r, :, :2], traj[r, :, 2], enc_e["origin"])
-            st = {k: np.array(v, copy=True) for k, v in raw["tracks"][aid]["state"].items()}
-            pos = st["position"]
-            pos[e + 1:, :2] = wxy
-            st["heading"].reshape(T, -1)[e + 1:, 0] = wh
-            vel = np.diff(np.concatenate([pos[e:e + 1, :2], wxy]), axis=0) / 0.1
-            st["velocity"][e + 1:, :2] = vel
-            for k in ("length", "width", "height"):
-                if k in st:
-                    st[k].reshape(T, -1)[e + 1:] = st[k].reshape(T, -1)[e]
-            if pos.shape[1] > 2:
-                pos[e + 1:, 2] = pos[e, 2]
-            st["valid"].reshape(T, -1)[e + 1:] = True
-            raw["tracks"][aid] = {**raw["tracks"][aid], "state": st,
-                                  "metadata": {**raw["tracks"][aid].get("metadata", {}), "bevgen_extended_from": e + 1}}
-            extended[aid] = e + 1
-    return extended
+            if i in rows:
+                wxy, wh = to_world(traj[r, :, :2], traj[r, :, 2], enc_e["origin"])
+                extended[tr.ids[i]] = sc.track(tr.ids[i]).extended(e + 1, wxy, wh)
+    out = sc.with_tracks(extended) if extended else sc
+    return out, {aid: int(t.metadata["bevgen_extended_from"]) for aid, t in extended.items()}
 
 
-def _new_track(state: np.ndarray, traj: np.ndarray, origin: np.ndarray, length: int, z: float, dtype, idx: int,
-               run: str, timed: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
-    """A ScenarioNet track dict for one generated vehicle (world frame); ``timed`` = (xy [T, 2], heading [T])
-    world poses from :func:`yield_to_traffic` replacing the raw prediction."""
+def _new_track(state: np.ndarray, traj: np.ndarray, origin: np.ndarray, length: int, z: float, dtype, oid: str,
+               run: str, timed: tuple[np.ndarray, np.ndarray] | None = None) -> Track:
+    """One generated vehicle (world frame) with its float state written in ``dtype``; ``state`` [7] and ``traj``
+    [T-1, 3] in the scene frame of ``origin`` [3]; ``timed`` = (xy [T, 2], heading [T]) world poses from
+    :func:`yield_to_traffic` replacing the raw prediction."""
     xy = np.concatenate([state[None, :2], traj[: length - 1, :2]])
     head = np.concatenate([[state[2]], traj[: length - 1, 2]])
     wxy, whead = to_world(xy, head, origin) if timed is None else timed
@@ -237,25 +224,20 @@ def _new_track(state: np.ndarray, traj: np.ndarray, origin: np.ndarray, length: 
     if length > 1:
         vel[1:] = np.diff(wxy, axis=0) / 0.1
         vel[0] = to_world(state[None, 3:5], None, np.array([0.0, 0.0, origin[2]]))[0]
-    T = length
-    pos = np.column_stack([wxy, np.full(T, z)])
-    st = {"position": pos.astype(dtype), "heading": whead.astype(dtype), "velocity": vel.astype(dtype),
-          "valid": np.ones(T, bool), "length": np.full(T, state[5], dtype), "width": np.full(T, state[6], dtype),
-          "height": np.full(T, VEHICLE_HEIGHT_M, dtype)}
-    oid = f"bevgen_vehicle_{idx}"
-    return {"type": "VEHICLE", "state": st,
-            "metadata": {"type": "VEHICLE", "track_length": T, "object_id": oid, "generated_by": run}}
+    return Track.from_arrays(
+        "VEHICLE", np.column_stack([wxy, np.full(length, z)]), whead, vel, length=state[5], width=state[6],
+        height=VEHICLE_HEIGHT_M, dtype=dtype,
+        metadata={"type": "VEHICLE", "track_length": length, "object_id": oid, "generated_by": run})
 
 
-def _time_paths(sc, raw: dict, placed: dict, keep_logged: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _time_paths(sc: Scenario, placed: dict, keep_logged: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Time the generated paths of one scene with :func:`yield_to_traffic` against the agents that stay in it.
 
     Returns:
         (xy [N, T, 2], heading [N, T], hit bool [N]) in the world frame.
     """
-    sdc = str(raw["metadata"]["sdc_id"])
-    kept_rows = [sc.tracks.index(k) for k in (raw["tracks"] if keep_logged else [sdc])]
-    tr, T = sc.tracks, int(raw["length"])
+    tr, T = sc.tracks, sc.length
+    kept_rows = list(range(tr.num_agents)) if keep_logged else [sc.ego_index]
     n = len(placed["state"])
     xy = np.concatenate([placed["state"][:, None, :2], placed["traj"][:, : T - 1, :2]], 1) if n else np.zeros((0, T, 2))
     h = np.concatenate([placed["state"][:, None, 2], placed["traj"][:, : T - 1, 2]], 1) if n else np.zeros((0, T))
@@ -264,34 +246,32 @@ def _time_paths(sc, raw: dict, placed: dict, keep_logged: bool) -> tuple[np.ndar
                             tr.size[kept_rows][..., :2], tr.valid[kept_rows])
 
 
-def _write_scene(writer: DatasetWriter, name: str, raw: dict, placed: dict, timed: tuple, keep_logged: bool,
+def _write_scene(writer: DatasetWriter, name: str, sc: Scenario, placed: dict, timed: tuple, keep_logged: bool,
                  run: str, want: int) -> tuple[int, int]:
     """Drop the vehicles that are still hit (``timed`` from :func:`_time_paths`), keep the first ``want``, write
-    the scene. Returns (kept, dropped)."""
-    sdc = str(raw["metadata"]["sdc_id"])
-    tracks = dict(raw["tracks"]) if keep_logged else {sdc: raw["tracks"][sdc]}
-    ego_state = raw["tracks"][sdc]["state"]
-    dtype = np.asarray(ego_state["position"]).dtype
-    z = float(np.asarray(ego_state["position"])[0, 2]) if np.asarray(ego_state["position"]).shape[1] > 2 else 0.0
-    T = int(raw["length"])
+    the scene (new vehicles stored in the ego's float dtype). Returns (kept, dropped)."""
+    ego = sc.track(sc.sdc_id)
+    z = float(ego.position[0, 2])
+    T = sc.length
     txy, th, hit = timed
     keep = np.flatnonzero(~hit)[:want]
-    for k, i in enumerate(keep):
-        tracks[f"bevgen_vehicle_{k}"] = _new_track(placed["state"][i], placed["traj"][i], placed["origin"], T, z,
-                                                   dtype, k, run, timed=(txy[i], th[i]))
-    meta = dict(raw["metadata"])
+    new = {f"bevgen_vehicle_{k}": _new_track(placed["state"][i], placed["traj"][i], placed["origin"], T, z,
+                                             ego.dtype, f"bevgen_vehicle_{k}", run, timed=(txy[i], th[i]))
+           for k, i in enumerate(keep)}
+    meta = dict(sc.metadata)
     meta["bevgen_traffic"] = {"model": run, "mode": "augment" if keep_logged else "generate",
                               "generated_vehicles": int(len(keep)), "dropped_still_hit": int(hit.sum())}
     meta.pop("object_summary", None)
     meta.pop("number_summary", None)
-    writer.add_or_fail(name, name, {**raw, "tracks": tracks, "metadata": meta})
+    base = sc if keep_logged else sc.keep_tracks([sc.sdc_id])
+    writer.add_or_fail(name, name, replace(base.with_tracks(new), metadata=meta))
     return int(len(keep)), int(hit.sum())
 
 
 REFILL_ROUNDS = 2  # extra sampling rounds, each doubling the ask, for scenes left short of their request
 
 
-def _refill(placement, trajectory, chunk, scenes, want, ask, placed, timed, keep_logged, tcfg, gen, cfg) -> None:
+def _refill(placement, trajectory, scenes, want, ask, placed, timed, keep_logged, tcfg, gen, cfg) -> None:
     """Resample the scenes of a batch whose kept vehicles fall short of ``want`` (placements rejected, or
     still hit after yielding), asking twice as many each round; a scene keeps its best round. In place."""
     for _ in range(REFILL_ROUNDS):
@@ -303,7 +283,7 @@ def _refill(placement, trajectory, chunk, scenes, want, ask, placed, timed, keep
         again = generate_scenes(placement, trajectory, [scenes[i] for i in short], keep_logged, [ask[i] for i in short],
                                 tcfg.encoding, gen, cfg.device)
         for i, p in zip(short, again):
-            tm = _time_paths(scenes[i], chunk[i][2], p, keep_logged)
+            tm = _time_paths(scenes[i], p, keep_logged)
             if int((~tm[2]).sum()) > int((~timed[i][2]).sum()):
                 placed[i], timed[i] = p, tm
 
@@ -328,46 +308,40 @@ def _run(data: str | Path, run: str | Path, out: str | Path, cfg: GenerateConfig
     with DatasetWriter(out, resume=True, repair=True) as writer:
         todo = [n for n in ds.names if not writer.has(n)]
         for start in range(0, len(todo), cfg.batch_size):
-            # each file is read once: the raw dict is written back (logged agents untouched), the typed view
-            # drives the models; only one batch of scenes is in memory at a time
+            # each file is read once; the Scenario drives the models and is written back through typed edits
+            # (logged agents bit-identical); only one batch of scenes is in memory at a time
             chunk = []
-            for n in todo[start:start + cfg.batch_size]:
-                try:
-                    raw = load_scenario_dict(ds.path_of(n))
-                    s = Scenario.from_dict(raw, src=str(ds.path_of(n)), repair=True)
-                except (ScenarioError, UnsafePickleError, CorruptFileError) as e:
-                    writer.fail(n, e)
-                    continue
-                if not s.tracks.valid[s.ego_index, 0]:
+            for n, s in ds.iter_checked(todo[start:start + cfg.batch_size]):
+                if isinstance(s, Exception):
+                    writer.fail(n, s)
+                elif not s.tracks.valid[s.ego_index, 0]:
                     writer.fail(n, ValueError(f"{n}: the ego is not valid at frame 0"))
-                    continue
-                chunk.append((n, s, raw))
+                else:
+                    chunk.append((n, s))
             if not chunk:
                 continue
             if keep_logged:
                 want = [int(round((cfg.density - 1.0) * max(_logged_vehicles_near_ego(s, tcfg.encoding.range_m), 1)))
-                        for _, s, _ in chunk]
+                        for _, s in chunk]
             elif cfg.num_vehicles < 0:
-                want = [max(_logged_vehicles_near_ego(s, tcfg.encoding.range_m), 0) for _, s, _ in chunk]
+                want = [max(_logged_vehicles_near_ego(s, tcfg.encoding.range_m), 0) for _, s in chunk]
             else:
                 want = [cfg.num_vehicles] * len(chunk)
             t0 = time.perf_counter()
             # oversample: vehicles that logged traffic would still run into are dropped after timing
             ask = [int(np.ceil(w * OVERSAMPLE["augment" if keep_logged else "generate"])) for w in want]
-            placed = generate_scenes(placement, trajectory, [s for _, s, _ in chunk], keep_logged, ask,
+            placed = generate_scenes(placement, trajectory, [s for _, s in chunk], keep_logged, ask,
                                      tcfg.encoding, gen, cfg.device)
             scenes = []
-            for n, s, raw in chunk:
-                if keep_logged and cfg.extend:
-                    ext = extend_logged(trajectory, s, raw, tcfg.encoding, gen, cfg.device)
+            for _, s in chunk:
+                if keep_logged and cfg.extend:  # extended tracks are obstacles for the yield check too
+                    s, ext = extend_logged(trajectory, s, tcfg.encoding, gen, cfg.device)
                     stats["extended"] = stats.get("extended", 0) + len(ext)
-                    if ext:  # extended tracks are obstacles for the yield check too
-                        s = Scenario.from_dict(raw, src=n, repair=True)
                 scenes.append(s)
-            timed = [_time_paths(s, raw, p, keep_logged) for s, (_, _, raw), p in zip(scenes, chunk, placed)]
-            _refill(placement, trajectory, chunk, scenes, want, ask, placed, timed, keep_logged, tcfg, gen, cfg)
-            for (n, _, raw), p, tm, w in zip(chunk, placed, timed, want):
-                kept, dropped = _write_scene(writer, n, raw, p, tm, keep_logged, str(run), w)
+            timed = [_time_paths(s, p, keep_logged) for s, p in zip(scenes, placed)]
+            _refill(placement, trajectory, scenes, want, ask, placed, timed, keep_logged, tcfg, gen, cfg)
+            for (n, _), s, p, tm, w in zip(chunk, scenes, placed, timed, want):
+                kept, dropped = _write_scene(writer, n, s, p, tm, keep_logged, str(run), w)
                 stats["scenes"] += 1
                 stats["placed"] += kept
                 stats["dropped"] = stats.get("dropped", 0) + dropped

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +20,15 @@ from typing import Literal
 
 import numpy as np
 
-from sim_bridge.config import from_dict, save_config, to_dict
-from sim_bridge.training import setup_distributed
+from runkit.checkpoint import load_checkpoint, save_checkpoint
+from runkit.config import from_dict, save_config, to_dict
+from runkit.distributed import setup_distributed
+from runkit.rundir import check_resume
+from runkit.seeding import seed_everything, stream_seed
 from sim_bridge.dataset import ScenarioDataset
 from traffic.encoding import EncodingConfig, collate, encode_scene
 
-__all__ = ["TrafficTrainConfig", "train", "load_models", "build_samples", "PRESETS"]
+__all__ = ["TrafficTrainConfig", "train", "load_models", "build_samples"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ class TrafficTrainConfig:
 
     data: tuple[str, ...] = ()
     """Dataset directories to train on (procedural, Waymo, nuScenes, ...)."""
-    preset: Literal["tiny", "paper"] = "tiny"
-    """Model widths: tiny (2-core CPU, minutes) or paper (TrafficGen widths, GPUs)."""
+    preset: str = "tiny"
+    """Model widths, a name in ``traffic.model.PRESETS``: tiny (2-core CPU, minutes) or paper (TrafficGen
+    widths, GPUs)."""
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     steps: int = 300
     """Optimizer steps."""
@@ -56,15 +58,16 @@ class TrafficTrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
-
-
-PRESETS = ("tiny", "paper")
+        _model_config(self.preset)
 
 
 def _model_config(preset: str):
-    from traffic.model.encoder import PAPER, TINY
+    """The ModelConfig of a preset name, from the package's one registry ``traffic.model.PRESETS``."""
+    from traffic.model.encoder import PRESETS
 
-    return {"tiny": TINY, "paper": PAPER}[preset]
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r} is not one of {sorted(PRESETS)} (traffic.model.PRESETS)")
+    return PRESETS[preset]
 
 
 def build_samples(dirs: tuple[str, ...], enc: EncodingConfig, start_frames: tuple[int, ...],
@@ -89,17 +92,10 @@ def build_samples(dirs: tuple[str, ...], enc: EncodingConfig, start_frames: tupl
 
 def load_models(path: str | Path, device: str = "cpu"):
     """(placement, trajectory, config) from a checkpoint, loaded strictly with ``weights_only=True``."""
-    import torch
-
     from traffic.model.placement import PlacementModel
     from traffic.model.trajectory import TrajectoryModel
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "latest.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no traffic checkpoint (train one with `bevgen traffic train`)")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = load_checkpoint(path, device, hint="train one with `bevgen traffic train`")
     cfg = from_dict(TrafficTrainConfig, ckpt["config"])
     mcfg = _model_config(cfg.preset)
     placement, trajectory = PlacementModel(mcfg).to(device), TrajectoryModel(mcfg).to(device)
@@ -124,15 +120,9 @@ def _joint(placement, trajectory):
 
 
 def _save(run_dir: Path, joint, opt, cfg: TrafficTrainConfig, step: int, best: float) -> None:
-    import torch
-
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    state = {"model": {"placement": joint.placement.state_dict(), "trajectory": joint.trajectory.state_dict()},
-             "optimizer": opt.state_dict(), "config": to_dict(cfg), "step": step, "best_metric": best}
-    tmp = ckpt_dir / ".latest.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt_dir / "latest.pt")
+    save_checkpoint(run_dir / "checkpoints" / "latest.pt",
+                    model={"placement": joint.placement.state_dict(), "trajectory": joint.trajectory.state_dict()},
+                    optimizer=opt.state_dict(), config=to_dict(cfg), step=step, best_metric=best)
 
 
 def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
@@ -147,16 +137,11 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
         raise ValueError("data: give at least one dataset directory to train on")
     run_dir = Path(run_dir)
     rank, world, device = setup_distributed(cfg.device)
-    ckpt_path = run_dir / "checkpoints" / "latest.pt"
-    if resume and not ckpt_path.exists():
-        raise FileNotFoundError(f"{run_dir}: --resume given but no checkpoints/latest.pt")
-    if not resume and ckpt_path.exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume or choose another --out")
-    random.seed(cfg.seed + rank)
-    np.random.seed(cfg.seed + rank)
-    torch.manual_seed(cfg.seed)  # same init on every rank
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # batch indices (CPU)
-    gen_dev = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)  # sampling inside the models
+    ckpt_path = check_resume(run_dir, resume)
+    seed_everything(cfg.seed, rank)  # same init on every rank
+    # a resumed run replays the streams of step 0 (unlike views and scene3d, which pass the start step)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, rank))  # batch indices (CPU)
+    gen_dev = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, rank))  # sampling inside the models
 
     samples, problems = build_samples(cfg.data, cfg.encoding, cfg.start_frames, rank, world)
     if not samples:
@@ -166,8 +151,8 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
     params = list(joint.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, best = 0, math.inf
-    if resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path, device)
         joint.placement.load_state_dict(ckpt["model"]["placement"], strict=True)
         joint.trajectory.load_state_dict(ckpt["model"]["trajectory"], strict=True)
         opt.load_state_dict(ckpt["optimizer"])
@@ -232,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m traffic.train --data DIR [DIR ...] --out RUN [--set k=v ...]`` (torchrun-friendly)."""
     import argparse
 
-    from sim_bridge.config import load_config
+    from runkit.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", required=True)

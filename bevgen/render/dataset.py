@@ -13,13 +13,12 @@ On-disk format (shared by the synthetic writer and :mod:`bevgen.render.nuscenes_
                                     "source": "synthetic" | "nuscenes", "config": {...}}
     out_dir/conversion_report.json what was written / kept, and every failure with its reason.
 
-Frames are written atomically (tmp file + os.replace), so an interrupted run resumes where it stopped.
+Frames are written atomically (``runkit.atomic``: temp file + rename), so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from sim_bridge.config import to_dict
+from runkit.atomic import atomic_write, atomic_write_text
+from runkit.config import to_dict
 
 __all__ = ["write_synthetic_dataset", "FrameDataset", "split_frames", "load_frame", "frame_arrays",
            "write_frame", "write_index", "select_frames", "scenario_of", "view_mosaic", "FRAME_KEYS"]
@@ -51,8 +51,7 @@ def frame_arrays(frame, scenario: str) -> dict[str, np.ndarray]:
     """The on-disk arrays of a SynthFrame (see module docstring for keys, shapes and dtypes)."""
     lay, rig = frame.layout, frame.rig
     return {"images": frame.images, "depth": frame.depth.astype(np.float16), "semantic": frame.semantic,
-            "bev": lay.raster, "boxes": lay.boxes.astype(np.float32), "classes": lay.classes.astype(np.int64),
-            "box_valid": lay.valid.astype(bool), "K": rig.K.astype(np.float32),
+            "bev": lay.raster, **lay.box_arrays(), "K": rig.K.astype(np.float32),
             "T_cam_from_ego": rig.T_cam_from_ego.astype(np.float32),
             "ego_pose": np.asarray(lay.ego_pose, np.float64), "scenario": np.array(scenario.removesuffix(".pkl")),
             "frame": np.array(int(lay.frame), np.int64)}
@@ -60,11 +59,11 @@ def frame_arrays(frame, scenario: str) -> dict[str, np.ndarray]:
 
 def write_frame(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write one frame as a compressed npz, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez adds no suffix
+            np.savez_compressed(fh, **arrays)
+
+    atomic_write(path, write)
 
 
 def load_frame(path: str | Path) -> dict[str, Any]:
@@ -85,9 +84,7 @@ def _frame_ok(path: Path) -> bool:
 
 
 def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def write_index(out_dir: Path, frames: Sequence[str], rig, bev_config, source: str, config: dict) -> dict:
@@ -341,14 +338,15 @@ def frame_preview(frame: dict, channels: Sequence[str], draw_boxes: bool = True,
     from bevgen.cameras import CameraRig, project_boxes
     from bevgen.cameras import draw_boxes as draw
     from bevgen.layout import CHANNELS
+    from sim_bridge.boxes import Boxes3D
 
     images, V = frame["images"], frame["images"].shape[0]
     H, W = images.shape[1:3]
     if draw_boxes and frame["box_valid"].any():
         rig = CameraRig(tuple(f"cam{v}" for v in range(V)), frame["K"], frame["T_cam_from_ego"], (H, W))
         colors = np.array([[60, 200, 90], [230, 60, 60], [200, 80, 220], [150, 110, 60]])
-        valid = frame["box_valid"]
-        images = draw(images, project_boxes(rig, frame["boxes"][valid]), colors[frame["classes"][valid]], 1)
+        boxes = Boxes3D.from_array(frame["boxes"], frame["classes"], frame["box_valid"]).select(frame["box_valid"])
+        images = draw(images, project_boxes(rig, boxes), colors[boxes.classes], 1)
     rows = [view_mosaic(images)]
     if semantic:
         palette = np.array([[120, 170, 230], [90, 110, 70], [70, 70, 78], [240, 240, 240], [200, 200, 120],

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sim_bridge.geometry import box_footprints
+from sim_bridge.boxes import Boxes3D
 
 __all__ = ["Mesh", "box_meshes", "car_meshes", "triangulate", "line_quads", "crosswalk_stripes",
            "place_buildings", "split_tiles"]
@@ -77,25 +77,31 @@ _FACES = np.array([
 _FACE_NORMALS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1]], np.float64)
 
 
-def box_meshes(boxes: np.ndarray) -> Mesh:
+def box_meshes(boxes: Boxes3D) -> Mesh:
     """Closed-looking boxes (bottom face omitted) as one mesh, vectorised over boxes.
 
     Args:
-        boxes: [N, 7] (x, y, z_bottom, length, width, height, yaw); note z is the BOTTOM here.
+        boxes: one set of ``Boxes3D`` [N] (centre z; every box is meshed, ``valid`` is not applied).
     Returns:
         Mesh with 20 N vertices and 10 N triangles.
     """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 7)
-    n = len(boxes)
-    local = _FACES[None] * boxes[:, None, None, 3:6]  # [N, F, 4, 3]
-    c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
+    b = boxes.numpy().to(dtype=np.float64)
+    n = len(b)
+    base = np.column_stack([b.center[:, :2], b.bottom_z()])  # [N, 3] footprint centre on the bottom face
+    local = _FACES[None] * b.size[:, None, None, :]  # [N, F, 4, 3]
+    c, s = np.cos(b.yaw), np.sin(b.yaw)
     rot = np.zeros((n, 3, 3))
     rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = c, -s, s, c, 1.0
-    verts = np.einsum("nij,nfcj->nfci", rot, local) + boxes[:, None, None, :3]
+    verts = np.einsum("nij,nfcj->nfci", rot, local) + base[:, None, None, :]
     normals = np.broadcast_to(np.einsum("nij,fj->nfi", rot, _FACE_NORMALS)[:, :, None], (n, 5, 4, 3))
     quad = np.array([[0, 1, 2], [0, 2, 3]])
     tri = (np.arange(n * 5)[:, None, None] * 4 + quad[None]).reshape(-1, 3)
     return Mesh(verts.reshape(-1, 3), tri, normals.reshape(-1, 3).copy())
+
+
+def _one_box(x: float, bottom: float, length: float, width: float, height: float) -> Boxes3D:
+    """One unrotated box on the x axis whose bottom face is at height ``bottom`` (m)."""
+    return Boxes3D.from_array(np.array([[x, 0, bottom + height / 2, length, width, height, 0]], np.float64))
 
 
 def car_meshes(length: float, width: float, height: float) -> tuple[Mesh, Mesh]:
@@ -105,9 +111,8 @@ def car_meshes(length: float, width: float, height: float) -> tuple[Mesh, Mesh]:
     (windows) 58% of the length set back slightly, 90% of the width, from 60% up to the full height.
     Both together fill the same bounding box as the agent's 3D box.
     """
-    body = box_meshes(np.array([[0, 0, 0.12 * height, length, width, 0.48 * height, 0]]))
-    cabin = box_meshes(np.array([[-0.08 * length, 0, 0.6 * height, 0.58 * length, 0.9 * width,
-                                  0.4 * height, 0]]))
+    body = box_meshes(_one_box(0, 0.12 * height, length, width, 0.48 * height))
+    cabin = box_meshes(_one_box(-0.08 * length, 0.6 * height, 0.58 * length, 0.9 * width, 0.4 * height))
     return body, cabin
 
 
@@ -227,7 +232,7 @@ def crosswalk_stripes(polygons: Sequence[np.ndarray], z: float, stripe_m: float 
 
 def place_buildings(drivable, rng: np.random.Generator, spacing_m: float, setback_m: float,
                     depth_m: tuple[float, float], height_m: tuple[float, float],
-                    max_buildings: int = 400) -> np.ndarray:
+                    max_buildings: int = 400) -> Boxes3D:
     """Roadside buildings along the outline of the drivable area, deterministic given ``rng``.
 
     Candidates are spaced ``spacing_m`` along the outline of ``drivable`` grown by ``setback_m``, face
@@ -241,12 +246,12 @@ def place_buildings(drivable, rng: np.random.Generator, spacing_m: float, setbac
         depth_m, height_m: (min, max) building depth and height in metres.
         max_buildings: cap on the number of buildings.
     Returns:
-        [N, 7] boxes (x, y, z_bottom = 0, length along the road, depth, height, yaw).
+        ``Boxes3D`` [N] standing on z = 0 (length along the road, width = depth, centre z = height / 2).
     """
     import shapely
 
     if drivable is None or drivable.is_empty:
-        return np.zeros((0, 7))
+        return Boxes3D.empty(0, np.float64)
     outer = drivable.buffer(setback_m, quad_segs=2).simplify(0.5)
     lines = shapely.get_parts(outer.boundary)
     pts, tangents = [], []
@@ -260,7 +265,7 @@ def place_buildings(drivable, rng: np.random.Generator, spacing_m: float, setbac
         pts.append(shapely.get_coordinates(shapely.line_interpolate_point(line, s)))
         tangents.append(b - a)
     if not pts:
-        return np.zeros((0, 7))
+        return Boxes3D.empty(0, np.float64)
     p, t = np.concatenate(pts), np.concatenate(tangents)
     t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-9)
     left = np.stack([-t[:, 1], t[:, 0]], 1)
@@ -273,8 +278,9 @@ def place_buildings(drivable, rng: np.random.Generator, spacing_m: float, setbac
     height = rng.uniform(*height_m, n)
     centre = p + out * (depth[:, None] / 2 + 0.1)
     yaw = np.arctan2(t[:, 1], t[:, 0])
-    boxes = np.column_stack([centre, np.zeros(n), width, depth, height, yaw])
-    corners = box_footprints(boxes[:, :2], boxes[:, 3:5], boxes[:, 6])  # [N, 4, 2]
+    boxes = Boxes3D(np.column_stack([centre, height / 2]), np.column_stack([width, depth, height]), yaw,
+                    np.zeros(n, np.int64), np.ones(n, bool))
+    corners = boxes.footprints()  # [N, 4, 2]
     foot = shapely.polygons(corners)
     keep = ~shapely.intersects(foot, drivable.buffer(max(setback_m - 0.5, 0.0), quad_segs=2))
     tree = shapely.STRtree(foot)
@@ -283,7 +289,7 @@ def place_buildings(drivable, rng: np.random.Generator, spacing_m: float, setbac
     pair = (i < j) & keep[i] & keep[j]
     clash[j[pair]] = True
     keep &= ~clash
-    return boxes[keep][:max_buildings]
+    return boxes[np.flatnonzero(keep)[:max_buildings]]
 
 
 def split_tiles(mesh: Mesh, tile_m: float, max_vertices: int = 60000) -> dict[tuple[int, int], Mesh]:

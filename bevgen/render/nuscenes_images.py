@@ -32,7 +32,7 @@ from bevgen.cameras import NUSCENES_CAMERAS, CameraRig, quaternion_to_matrix, ri
 from bevgen.layout import BevConfig, BevRasterizer
 from bevgen.render.dataset import (_atomic_json, _frame_ok, check_resumable, frame_name, write_frame,
                                    write_index)
-from sim_bridge.config import to_dict
+from runkit.config import to_dict
 
 __all__ = ["write_nuscenes_image_dataset", "cover_crop", "planar_pose_matrix", "KEYFRAME_STRIDE"]
 
@@ -131,7 +131,6 @@ def write_nuscenes_image_dataset(dataroot: str | Path, version: str, out_dir: st
     from nuscenes import NuScenes
     from tqdm import tqdm
 
-    from sim_bridge.scenario import Scenario
     from sim_bridge.sources.nuscenes import iter_nuscenes_scenarios, scenario_filename
 
     dataroot, out_dir = Path(dataroot), Path(out_dir)
@@ -151,13 +150,12 @@ def write_nuscenes_image_dataset(dataroot: str | Path, version: str, out_dir: st
     converted = iter_nuscenes_scenarios(dataroot, version, scenes=names, map_radius_m=map_radius_m)
     bar = tqdm(total=sum(by_name[n]["nbr_samples"] for n in names if n in by_name), desc="nuScenes samples",
                unit="sample", disable=not progress)
-    for scene_name, d in converted:
-        if isinstance(d, Exception):
-            failed[scene_name] = f"{type(d).__name__}: {d}"
+    for scene_name, scenario in converted:
+        if isinstance(scenario, Exception):
+            failed[scene_name] = f"{type(scenario).__name__}: {scenario}"
             continue
         try:
-            scenario = Scenario.from_dict(d)
-            stem = scenario_filename(d).removesuffix(".pkl")
+            stem = scenario_filename(scenario).removesuffix(".pkl")
             raster = BevRasterizer(scenario, bev)
             samples = _keyframe_samples(nusc, by_name[scene_name])
         except Exception as e:  # a bad scene is reported and skipped
@@ -184,8 +182,7 @@ def write_nuscenes_image_dataset(dataroot: str | Path, version: str, out_dir: st
                 write_frame(path, {
                     "images": images, "depth": np.zeros((V, H, W), np.float16),
                     "semantic": np.zeros((V, H, W), np.uint8), "bev": layout.raster,
-                    "boxes": layout.boxes.astype(np.float32), "classes": layout.classes.astype(np.int64),
-                    "box_valid": layout.valid.astype(bool), "K": rig.K.astype(np.float32),
+                    **layout.box_arrays(), "K": rig.K.astype(np.float32),
                     "T_cam_from_ego": rig.T_cam_from_ego.astype(np.float32),
                     "ego_pose": np.asarray(layout.ego_pose, np.float64), "scenario": np.array(stem),
                     "frame": np.array(t, np.int64)})

@@ -41,6 +41,7 @@ from bevgen.cameras import CameraRig
 from bevgen.layout import BevConfig, BevLayout, BevRasterizer, agent_class_ids
 from bevgen.render.meshes import (Mesh, box_meshes, car_meshes, crosswalk_stripes, line_quads,
                                   place_buildings, split_tiles, triangulate)
+from sim_bridge.boxes import Boxes3D
 from sim_bridge.scenario import ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
 
 __all__ = ["SEMANTIC_CLASSES", "SynthConfig", "SynthFrame", "SceneRenderer", "opengl_projection",
@@ -261,7 +262,7 @@ class _StaticScene:
                     add("marking", _KERB, line_quads([pts[:, :2] - origin], 0.25, 0.03))
         crosswalks = [f.polygon[:, :2] - origin for f in feats if f.type == "CROSSWALK" and f.polygon is not None]
         add("crosswalk", _WHITE, crosswalk_stripes(crosswalks, 0.04))
-        self.buildings = np.zeros((0, 7))
+        self.buildings = Boxes3D.empty(0, np.float64)
         if cfg.buildings and drivable is not None:
             rng = np.random.default_rng([zlib.crc32(_building_seed(scenario).encode()), cfg.seed])
             self.buildings = place_buildings(drivable, rng, cfg.building_spacing_m, cfg.building_setback_m,
@@ -399,7 +400,8 @@ class SceneRenderer:
             body, cabin = car_meshes(*size)
             bodies = [self._body(body, rgb, sem), self._body(cabin, _GLASS, sem)]
         else:
-            bodies = [self._body(box_meshes(np.array([[0, 0, 0, *size, 0]])), _CLASS_COLORS[cls], sem)]
+            on_ground = Boxes3D.from_array(np.array([[0, 0, size[2] / 2, *size, 0]], np.float64))
+            bodies = [self._body(box_meshes(on_ground), _CLASS_COLORS[cls], sem)]
         self._agents[agent_id] = (key, bodies)
         return bodies
 
@@ -423,7 +425,7 @@ class SceneRenderer:
         near = tr.valid[:, t] & (np.linalg.norm(xy - pose[:2], axis=1) <= reach)
         near[ego] = False
         show = np.flatnonzero(near)
-        # body base = box bottom above the ego's ground; track z is the box centre (as in BevLayout.boxes)
+        # body base = box bottom above the ego's ground; track z is the box centre (as in Boxes3D.center)
         z = (tr.position[show, t, 2] - tr.size[show, t, 2] / 2) - (tr.position[ego, t, 2] - tr.size[ego, t, 2] / 2)
         yaw = tr.heading[show, t]
         quat = np.stack([np.zeros_like(yaw), np.zeros_like(yaw), np.sin(yaw / 2), np.cos(yaw / 2)], 1)

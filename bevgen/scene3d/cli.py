@@ -57,12 +57,12 @@ def train_cmd(
 ):
     """Train the generator (CPU/GPU; multi-GPU: `torchrun --nproc_per_node G -m bevgen.scene3d.train ...`)."""
     from bevgen.scene3d.train import Scene3DTrainConfig, train_scene3d
-    from sim_bridge.config import ConfigError, load_config
+    from runkit.config import ConfigError, load_config
+    from runkit.rundir import run_config_file
 
     if not data.is_dir():
         _fail(f"not a dataset directory: {data}")
-    if resume and config is None and (out / "config.yaml").exists():
-        config = out / "config.yaml"
+    config = run_config_file(out, resume, config)
     overrides = list(set_ or []) + ([f"steps={steps}"] if steps else [])
     try:
         cfg = load_config(Scene3DTrainConfig, config, overrides)

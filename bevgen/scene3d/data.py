@@ -18,6 +18,7 @@ import numpy as np
 
 from bevgen.render.dataset import load_frame
 from bevgen.scene3d.layout import SceneLayout, _require, layout_from_frame
+from sim_bridge.boxes import Boxes3D
 
 __all__ = ["Scene3DData", "load_scene3d_data"]
 
@@ -28,16 +29,14 @@ class Scene3DData:
 
     Attributes:
         images: uint8 [M, R, R, 3] RGB.
-        boxes: float32 [M, N, 7] ego frame; classes: int64 [M, N]; valid: bool [M, N].
+        boxes: ``Boxes3D`` [M, N] (float32, ego frame; classes int64; valid bool: the boxes the camera sees).
         K: float32 [M, 3, 3] for R x R; T_cam_from_ego: float32 [M, 4, 4].
         windows: float32 [M, N, 4] projected 2D boxes (x0, y0, x1, y1) in pixels, 0 where invalid.
         names: M sample names ``<frame>:<camera>``; problems: "name: error" for skipped frames.
     """
 
     images: np.ndarray
-    boxes: np.ndarray
-    classes: np.ndarray
-    valid: np.ndarray
+    boxes: Boxes3D
     K: np.ndarray
     T_cam_from_ego: np.ndarray
     windows: np.ndarray
@@ -48,17 +47,27 @@ class Scene3DData:
         return len(self.names)
 
     @property
+    def classes(self) -> np.ndarray:
+        """int64 [M, N] box classes (``boxes.classes``)."""
+        return self.boxes.classes
+
+    @property
+    def valid(self) -> np.ndarray:
+        """bool [M, N] box mask (``boxes.valid``)."""
+        return self.boxes.valid
+
+    @property
     def resolution(self) -> int:
         return int(self.images.shape[1])
 
     def validate(self) -> "Scene3DData":
         """Check that every field agrees with M, N and R; returns self. Raises ValueError otherwise."""
-        M, N = self.boxes.shape[:2]
+        _require(isinstance(self.boxes, Boxes3D) and len(self.boxes.batch_shape) == 1,
+                 f"Scene3DData.boxes must be a Boxes3D [M, N], got {type(self.boxes).__name__}")
+        M, N = *self.boxes.batch_shape, len(self.boxes)
         R = self.resolution
         _require(self.images.shape == (M, R, R, 3) and self.images.dtype == np.uint8,
                  f"Scene3DData.images must be uint8 [M={M}, R, R, 3], got {self.images.dtype} {self.images.shape}")
-        _require(self.classes.shape == self.valid.shape == (M, N),
-                 f"Scene3DData.classes {self.classes.shape} and valid {self.valid.shape} must be [M={M}, N={N}]")
         _require(self.windows.shape == (M, N, 4),
                  f"Scene3DData.windows must be [M={M}, N={N}, 4], got {self.windows.shape}")
         _require(self.K.shape == (M, 3, 3), f"Scene3DData.K must be [M={M}, 3, 3], got {self.K.shape}")
@@ -69,16 +78,16 @@ class Scene3DData:
 
     def layout(self, i: int) -> SceneLayout:
         """The SceneLayout of frame i."""
-        return SceneLayout(self.boxes[i], self.classes[i], self.valid[i], self.K[i], self.T_cam_from_ego[i],
-                           (self.resolution, self.resolution))
+        return SceneLayout(self.boxes[i], self.K[i], self.T_cam_from_ego[i], (self.resolution, self.resolution))
 
     def layout_batch(self, idx: Sequence[int] | np.ndarray, device: Any = "cpu") -> dict:
-        """Tensors for ``Scene3DGenerator.forward`` plus ``windows`` [B, N, 4]."""
+        """Inputs of ``Scene3DGenerator.forward`` for samples ``idx`` (B of them): ``boxes`` a torch
+        ``Boxes3D`` [B, N], K [B, 3, 3], T_cam_from_ego [B, 4, 4], plus ``windows`` [B, N, 4] tensors."""
         import torch
 
         idx = np.asarray(idx)
-        return {k: torch.as_tensor(getattr(self, k)[idx], device=device)
-                for k in ("boxes", "classes", "valid", "K", "T_cam_from_ego", "windows")}
+        out = {k: torch.as_tensor(getattr(self, k)[idx], device=device) for k in ("K", "T_cam_from_ego", "windows")}
+        return {"boxes": self.boxes[idx].to(device), **out}
 
     def image_batch(self, idx: Sequence[int] | np.ndarray, device: Any = "cpu"):
         """float32 [B, 3, R, R] in [-1, 1]."""
@@ -131,8 +140,7 @@ def load_scene3d_data(root: str | Path, cameras: Sequence[str] = ("CAM_FRONT",),
     if not rows:
         raise ValueError(f"{root}: no usable frames ({problems[:3]})")
     windows = np.stack([np.nan_to_num(lay.boxes_2d, nan=0.0) for _, lay, _ in rows]).astype(np.float32)
-    return Scene3DData(np.stack([im for _, _, im in rows]), np.stack([lay.boxes for _, lay, _ in rows]),
-                       np.stack([lay.classes for _, lay, _ in rows]),
-                       np.stack([lay.visible for _, lay, _ in rows]),
-                       np.stack([lay.K for _, lay, _ in rows]), np.stack([lay.T_cam_from_ego for _, lay, _ in rows]),
+    boxes = Boxes3D.stack([lay.boxes.replace(valid=lay.visible) for _, lay, _ in rows])  # visible boxes only
+    return Scene3DData(np.stack([im for _, _, im in rows]), boxes, np.stack([lay.K for _, lay, _ in rows]),
+                       np.stack([lay.T_cam_from_ego for _, lay, _ in rows]),
                        windows, tuple(n for n, _, _ in rows), tuple(problems)).validate()

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bevgen.scene3d.layout import SceneLayout, _require
+from sim_bridge.boxes import Boxes3D
 from sim_bridge.geometry import wrap_angle
 
 __all__ = ["SceneLatents", "RenderOutput", "render", "move_object", "rotate_object", "add_object", "delete_object",
@@ -109,17 +110,17 @@ def _check_index(layout: SceneLayout, index: int) -> None:
 def move_object(layout: SceneLayout, index: int, delta_xyz: Sequence[float]) -> SceneLayout:
     """Translate box ``index`` by ``delta_xyz`` (ego frame, m)."""
     _check_index(layout, index)
-    boxes = layout.boxes.copy()
-    boxes[index, :3] += np.asarray(delta_xyz, np.float32)
-    return layout.replace(boxes=boxes)
+    center = layout.boxes.center.copy()
+    center[index] += np.asarray(delta_xyz, np.float32)
+    return layout.replace(boxes=layout.boxes.replace(center=center))
 
 
 def rotate_object(layout: SceneLayout, index: int, delta_yaw: float) -> SceneLayout:
     """Turn box ``index`` about its vertical axis by ``delta_yaw`` radians (counter-clockwise from above)."""
     _check_index(layout, index)
-    boxes = layout.boxes.copy()
-    boxes[index, 6] = wrap_angle(boxes[index, 6] + delta_yaw)
-    return layout.replace(boxes=boxes)
+    yaw = layout.boxes.yaw.copy()
+    yaw[index] = wrap_angle(yaw[index] + delta_yaw)
+    return layout.replace(boxes=layout.boxes.replace(yaw=yaw))
 
 
 def delete_object(layout: SceneLayout, index: int) -> SceneLayout:
@@ -134,18 +135,20 @@ def add_object(layout: SceneLayout, latents: SceneLatents, box: Sequence[float],
                seed: int = 0) -> tuple[SceneLayout, SceneLatents, int]:
     """Insert a box (x, y, z_centre, l, w, h, yaw) into the first padding row (a new row if there is none),
     with a fresh latent drawn from ``seed``. Returns (layout, latents, index of the new box)."""
-    box = np.asarray(box, np.float32).reshape(7)
+    new_box = Boxes3D.from_array(np.asarray(box, np.float32).reshape(1, 7), np.array([cls], np.int64))
     free = np.flatnonzero(~layout.valid)
-    boxes, classes, valid, z_obj = layout.boxes.copy(), layout.classes.copy(), layout.valid.copy(), latents.z_obj.copy()
+    z_obj = latents.z_obj.copy()
     if len(free) == 0:
-        boxes, classes = np.vstack([boxes, box[None]]), np.append(classes, cls)
-        valid, z_obj = np.append(valid, True), np.vstack([z_obj, np.zeros_like(z_obj[:1])])
-        index = len(boxes) - 1
+        boxes, index = Boxes3D.concat([layout.boxes, new_box]), layout.num_boxes
+        z_obj = np.vstack([z_obj, np.zeros_like(z_obj[:1])])
     else:
         index = int(free[0])
-    boxes[index], classes[index], valid[index] = box, cls, True
+        rows = {f: getattr(layout.boxes, f).copy() for f in ("center", "size", "yaw", "classes", "valid")}
+        for f, arr in rows.items():
+            arr[index] = getattr(new_box, f)[0]
+        boxes = layout.boxes.replace(**rows)
     z_obj[index] = np.random.default_rng(seed).standard_normal(z_obj.shape[1]).astype(np.float32)
-    new = layout.replace(boxes=boxes, classes=classes, valid=valid).validate()
+    new = layout.replace(boxes=boxes).validate()
     return new, SceneLatents(z_obj, latents.z_bg.copy()), index
 
 

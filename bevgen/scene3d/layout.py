@@ -6,8 +6,8 @@ size, yaw, class and a validity flag (padded to N), and the camera intrinsics ``
 Derived quantities (corners, projected 2D boxes, visibility) are properties computed with
 ``bevgen.cameras``.
 
-Frames: ego x forward, y left, z up, metres, origin on the ground under the ego centre; boxes
-(x, y, z_centre, length, width, height, yaw). Camera frame OpenCV (x right, y down, z forward).
+Frames: ego x forward, y left, z up, metres, origin on the ground under the ego centre; boxes are a
+``sim_bridge.boxes.Boxes3D`` (centre z). Camera frame OpenCV (x right, y down, z forward).
 
 Builders (numpy only, no torch): from a synthetic/nuScenes frame ``.npz`` of ``bevgen.render``'s
 on-disk format (one camera, cropped to a centred square and resized, with K updated), from a
@@ -24,7 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bevgen.cameras import CameraRig, box_corners, nuscenes_rig, project_boxes
+from bevgen.cameras import CameraRig, nuscenes_rig, project_boxes
+from sim_bridge.boxes import Boxes3D
 
 __all__ = ["SceneLayout", "square_camera", "select_boxes", "layout_from_frame", "layout_from_scenario",
            "load_layout", "stack_layouts", "DEFAULT_CAMERA"]
@@ -43,35 +44,31 @@ class SceneLayout:
     """One camera's view of a box layout.
 
     Attributes:
-        boxes: float32 [N, 7] (x, y, z_centre, length, width, height, yaw), ego frame, m / rad.
-        classes: int64 [N] index into ``bevgen.layout.CLASS_NAMES``.
-        valid: bool [N]; padded rows are False (their boxes are ignored everywhere).
+        boxes: ``Boxes3D`` [N], float32, ego frame, m / rad; classes int64 index into
+            ``bevgen.layout.CLASS_NAMES``; valid False on padded rows (their boxes are ignored everywhere).
         K: float32 [3, 3] intrinsics in pixels of ``image_size``.
         T_cam_from_ego: float32 [4, 4] rigid transform ego -> OpenCV camera frame.
         image_size: (H, W) pixels that ``K`` refers to.
     """
 
-    boxes: np.ndarray
-    classes: np.ndarray
-    valid: np.ndarray
+    boxes: Boxes3D
     K: np.ndarray
     T_cam_from_ego: np.ndarray
     image_size: tuple[int, int]
 
     def validate(self) -> "SceneLayout":
         """Check shapes, dtypes and a rigid camera transform; returns self. Raises ValueError otherwise."""
-        n = self.boxes.shape[0] if self.boxes.ndim else 0
-        _require(self.boxes.shape == (n, 7) and self.boxes.dtype == np.float32,
-                 f"SceneLayout.boxes must be float32 [N, 7], got {self.boxes.dtype} {self.boxes.shape}")
-        _require(self.classes.shape == (n,) and self.classes.dtype == np.int64,
-                 f"SceneLayout.classes must be int64 [N={n}], got {self.classes.dtype} {self.classes.shape}")
-        _require(self.valid.shape == (n,) and self.valid.dtype == bool,
-                 f"SceneLayout.valid must be bool [N={n}], got {self.valid.dtype} {self.valid.shape}")
+        b = self.boxes
+        _require(isinstance(b, Boxes3D) and b.batch_shape == () and isinstance(b.center, np.ndarray),
+                 f"SceneLayout.boxes must be one layout's numpy Boxes3D [N], got {type(b).__name__}")
+        _require(b.center.dtype == np.float32 and b.size.dtype == np.float32 and b.yaw.dtype == np.float32,
+                 f"SceneLayout.boxes must be float32, got {b.center.dtype}")
+        _require(b.classes.dtype == np.int64, f"SceneLayout.boxes.classes must be int64, got {b.classes.dtype}")
         _require(self.K.shape == (3, 3), f"SceneLayout.K must be [3, 3], got {self.K.shape}")
         _require(self.T_cam_from_ego.shape == (4, 4),
                  f"SceneLayout.T_cam_from_ego must be [4, 4], got {self.T_cam_from_ego.shape}")
-        _require(np.isfinite(self.boxes[self.valid]).all(), "SceneLayout: valid boxes must be finite")
-        _require((self.boxes[self.valid, 3:6] > 0).all(),
+        _require(np.isfinite(b.select(b.valid).as_array()).all(), "SceneLayout: valid boxes must be finite")
+        _require((b.size[b.valid] > 0).all(),
                  "SceneLayout: valid boxes need positive sizes (length, width, height)")
         R = self.T_cam_from_ego[:3, :3].astype(np.float64)
         _require(np.allclose(R @ R.T, np.eye(3), atol=1e-4), "SceneLayout: T_cam_from_ego rotation is not orthonormal")
@@ -82,7 +79,17 @@ class SceneLayout:
     @property
     def num_boxes(self) -> int:
         """N, padding included."""
-        return int(self.boxes.shape[0])
+        return len(self.boxes)
+
+    @property
+    def classes(self) -> np.ndarray:
+        """int64 [N] box classes (``boxes.classes``)."""
+        return self.boxes.classes
+
+    @property
+    def valid(self) -> np.ndarray:
+        """bool [N] box mask (``boxes.valid``)."""
+        return self.boxes.valid
 
     @property
     def rig(self) -> CameraRig:
@@ -92,8 +99,8 @@ class SceneLayout:
 
     @property
     def corners(self) -> np.ndarray:
-        """float64 [N, 8, 3] box corners in the ego frame (``bevgen.cameras.box_corners`` order)."""
-        return box_corners(self.boxes)
+        """float64 [N, 8, 3] box corners in the ego frame (``Boxes3D.corners`` order)."""
+        return self.boxes.to(dtype=np.float64).corners()
 
     @property
     def boxes_2d(self) -> np.ndarray:
@@ -113,7 +120,10 @@ class SceneLayout:
         return -T[:3, :3].T @ T[:3, 3]
 
     def replace(self, **changes: Any) -> "SceneLayout":
-        """A copy with fields replaced (dtypes normalised)."""
+        """A copy with fields replaced (dtypes normalised); ``classes`` / ``valid`` replace those of the boxes."""
+        box_changes = {k: changes.pop(k) for k in ("classes", "valid") if k in changes}
+        if box_changes:
+            changes["boxes"] = changes.get("boxes", self.boxes).replace(**box_changes)
         return _normalised(dataclasses.replace(self, **changes))
 
     def resized(self, size: Sequence[int]) -> "SceneLayout":
@@ -124,20 +134,20 @@ class SceneLayout:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (only valid boxes are written)."""
-        v = self.valid
-        return {"boxes": self.boxes[v].tolist(), "classes": self.classes[v].tolist(), "K": self.K.tolist(),
+        kept = self.boxes.select(self.valid)
+        return {"boxes": kept.as_array().tolist(), "classes": kept.classes.tolist(), "K": self.K.tolist(),
                 "T_cam_from_ego": self.T_cam_from_ego.tolist(), "image_size": list(self.image_size),
                 "max_boxes": self.num_boxes}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SceneLayout":
         """Inverse of :meth:`to_dict`; ``max_boxes`` (default: number of boxes) sets the padding."""
-        boxes = np.asarray(d.get("boxes", []), dtype=np.float32).reshape(-1, 7)
+        boxes = np.asarray(d.get("boxes", []), dtype=np.float32).reshape(-1, 7)  # the JSON's packed rows
         n = max(int(d.get("max_boxes", len(boxes))), len(boxes))
         classes = np.asarray(d.get("classes", [0] * len(boxes)), dtype=np.int64).reshape(-1)
         if len(classes) != len(boxes):
             raise ValueError(f"layout: {len(boxes)} boxes but {len(classes)} classes")
-        return _padded(boxes, classes, n, np.asarray(d["K"]), np.asarray(d["T_cam_from_ego"]),
+        return _padded(Boxes3D.from_array(boxes, classes), n, np.asarray(d["K"]), np.asarray(d["T_cam_from_ego"]),
                        tuple(d["image_size"])).validate()
 
     def save_json(self, path: str | Path) -> Path:
@@ -149,22 +159,21 @@ class SceneLayout:
 
 
 def _normalised(layout: SceneLayout) -> SceneLayout:
-    return SceneLayout(np.asarray(layout.boxes, np.float32), np.asarray(layout.classes, np.int64),
-                       np.asarray(layout.valid, bool), np.asarray(layout.K, np.float32),
+    b = layout.boxes
+    boxes = Boxes3D(*(np.array(a, np.float32) for a in (b.center, b.size, b.yaw)), np.asarray(b.classes, np.int64),
+                    np.asarray(b.valid, bool))
+    return SceneLayout(boxes, np.asarray(layout.K, np.float32),
                        np.asarray(layout.T_cam_from_ego, np.float32),
                        (int(layout.image_size[0]), int(layout.image_size[1])))
 
 
-def _padded(boxes: np.ndarray, classes: np.ndarray, n: int, K: np.ndarray, T: np.ndarray,
-            image_size: tuple[int, int]) -> SceneLayout:
-    """Pad k <= n boxes to n rows (valid=False on the padding)."""
+def _padded(boxes: Boxes3D, n: int, K: np.ndarray, T: np.ndarray, image_size: tuple[int, int]) -> SceneLayout:
+    """Pad k <= n boxes (all taken as valid) to n rows (valid=False on the padding)."""
     k, n = len(boxes), max(n, 1)  # at least one (padding) row keeps batched shapes non-empty
-    out_b = np.zeros((n, 7), np.float32)
-    out_b[:, 3:6] = 1.0  # harmless sizes on padding rows
-    out_b[:k] = boxes
-    out_c = np.zeros(n, np.int64)
-    out_c[:k] = classes
-    return _normalised(SceneLayout(out_b, out_c, np.arange(n) < k, K, T, image_size))
+    pad = Boxes3D.empty(n - k)
+    pad.size[:] = 1.0  # harmless sizes on padding rows
+    out = Boxes3D.concat([boxes.to(dtype=np.float32).replace(valid=np.ones(k, bool)), pad])
+    return _normalised(SceneLayout(out, K, T, image_size))
 
 
 def square_camera(rig: CameraRig, camera: str | int, resolution: int) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -185,23 +194,22 @@ def square_camera(rig: CameraRig, camera: str | int, resolution: int) -> tuple[n
     return sq.K[v], sq.T_cam_from_ego[v], (top, left, side)
 
 
-def select_boxes(boxes: np.ndarray, classes: np.ndarray, valid: np.ndarray, K: np.ndarray, T: np.ndarray,
-                 image_size: Sequence[int], max_objects: int, class_filter: Sequence[int] = (0,),
-                 max_depth: float = 60.0) -> SceneLayout:
+def select_boxes(boxes: Boxes3D, K: np.ndarray, T: np.ndarray, image_size: Sequence[int], max_objects: int,
+                 class_filter: Sequence[int] = (0,), max_depth: float = 60.0) -> SceneLayout:
     """Keep boxes of ``class_filter`` seen by the camera, nearest first, padded to ``max_objects``.
 
     A box is kept when it is valid, its projection overlaps the image and its centre depth lies in
-    (0.5, max_depth] m. Cost O(N) with N input boxes.
+    (0.5, max_depth] m. Cost O(N) with N input boxes (one frame's ``Boxes3D``, ego frame).
     """
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 7)
-    classes, valid = np.asarray(classes, np.int64), np.asarray(valid, bool)
+    boxes = boxes.numpy().to(dtype=np.float32)
+    classes, valid = np.asarray(boxes.classes, np.int64), np.asarray(boxes.valid, bool)
     rig = CameraRig(("cam",), np.asarray(K, np.float64)[None], np.asarray(T, np.float64)[None], tuple(image_size))
     vis = project_boxes(rig, boxes).visible[0] if len(boxes) else np.zeros(0, bool)
-    depth = (boxes[:, :3].astype(np.float64) @ rig.T_cam_from_ego[0, :3, :3].T + rig.T_cam_from_ego[0, :3, 3])[:, 2]
+    depth = (boxes.center.astype(np.float64) @ rig.T_cam_from_ego[0, :3, :3].T + rig.T_cam_from_ego[0, :3, 3])[:, 2]
     keep = valid & vis & np.isin(classes, list(class_filter)) & (depth > 0.5) & (depth <= max_depth)
     idx = np.flatnonzero(keep)
     idx = idx[np.argsort(depth[idx], kind="stable")][:max_objects]
-    return _padded(boxes[idx], classes[idx], max_objects, K, T, tuple(image_size))
+    return _padded(boxes[idx].replace(classes=classes[idx]), max_objects, K, T, tuple(image_size))
 
 
 def _square_image(image: np.ndarray, crop: tuple, resolution: int) -> np.ndarray:
@@ -219,8 +227,8 @@ def layout_from_frame(frame: str | Path | Mapping[str, np.ndarray], camera: str 
     """Layout (and square image) of one camera of a ``bevgen.render`` frame.
 
     Args:
-        frame: ``frames/<scenario>__<t>.npz`` path or its loaded arrays (images [V,H,W,3] u8, boxes [M,7],
-            classes [M], box_valid [M], K [V,3,3], T_cam_from_ego [V,4,4]).
+        frame: ``frames/<scenario>__<t>.npz`` path or its loaded arrays (``bevgen.render.dataset`` format:
+            images [V,H,W,3] u8, boxes / classes / box_valid, K [V,3,3], T_cam_from_ego [V,4,4]).
         camera: view name (needs ``names``, else the nuScenes order is assumed) or index.
         resolution: square output side R.
         max_objects, class_filter, max_depth: see :func:`select_boxes`.
@@ -239,8 +247,9 @@ def layout_from_frame(frame: str | Path | Mapping[str, np.ndarray], camera: str 
         tuple(f"cam{i}" for i in range(V))
     rig = CameraRig(names, np.asarray(f["K"], np.float64), np.asarray(f["T_cam_from_ego"], np.float64), (H, W))
     K, T, crop = square_camera(rig, camera, resolution)
-    layout = select_boxes(f["boxes"], f["classes"], f["box_valid"], K, T, (resolution, resolution),
-                          max_objects, class_filter, max_depth)
+    boxes = Boxes3D.from_array(np.asarray(f["boxes"]).reshape(-1, 7), np.asarray(f["classes"], np.int64),
+                               np.asarray(f["box_valid"], bool))  # the frame file's packed form -> typed
+    layout = select_boxes(boxes, K, T, (resolution, resolution), max_objects, class_filter, max_depth)
     v = rig.names.index(camera) if isinstance(camera, str) else int(camera)
     image = _square_image(np.asarray(f["images"][v]), crop, resolution) if with_image else None
     return layout, image
@@ -256,8 +265,7 @@ def layout_from_scenario(scenario: Any, t: int, camera: str | int = DEFAULT_CAME
     bev = BevRasterizer(scenario, BevConfig(max_boxes=64))(int(t))
     rig = rig or nuscenes_rig()
     K, T, _ = square_camera(rig, camera, resolution)
-    return select_boxes(bev.boxes, bev.classes, bev.valid, K, T, (resolution, resolution), max_objects,
-                        class_filter, max_depth)
+    return select_boxes(bev.boxes, K, T, (resolution, resolution), max_objects, class_filter, max_depth)
 
 
 def load_layout(path: str | Path, frame: int = 0, camera: str | int = DEFAULT_CAMERA, resolution: int = 64,
@@ -283,11 +291,12 @@ def load_layout(path: str | Path, frame: int = 0, camera: str | int = DEFAULT_CA
 
 
 def stack_layouts(layouts: Sequence[SceneLayout], device: Any = "cpu") -> dict:
-    """Batch layouts (same N) into torch tensors: boxes [B,N,7] f32, classes [B,N] i64, valid [B,N] bool,
-    K [B,3,3] f32, T_cam_from_ego [B,4,4] f32 (imports torch lazily)."""
+    """Batch layouts (same N) for the generator: ``boxes`` a torch ``Boxes3D`` [B, N] (float32, int64 classes,
+    bool valid), K [B,3,3] f32, T_cam_from_ego [B,4,4] f32 tensors (imports torch lazily)."""
     import torch
 
     if len({(lay.num_boxes, tuple(lay.image_size)) for lay in layouts}) != 1:
         raise ValueError("stack_layouts: layouts need the same number of boxes and image size")
-    return {k: torch.as_tensor(np.stack([getattr(lay, k) for lay in layouts]), device=device)
-            for k in ("boxes", "classes", "valid", "K", "T_cam_from_ego")}
+    out = {k: torch.as_tensor(np.stack([getattr(lay, k) for lay in layouts]), device=device)
+           for k in ("K", "T_cam_from_ego")}
+    return {"boxes": Boxes3D.stack([lay.boxes for lay in layouts]).to(device), **out}

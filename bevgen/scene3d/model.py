@@ -21,6 +21,7 @@ from bevgen.scene3d.compositor import composite
 from bevgen.scene3d.fields import OBJECT_FIELDS, BackgroundField, MappingNetwork
 from bevgen.scene3d.renderer import Upsampler
 from bevgen.scene3d.samplers import camera_rays, sample_background, sample_objects
+from sim_bridge.boxes import Boxes3D
 
 __all__ = ["Scene3DModelConfig", "Scene3DGenerator", "GeneratorOutput", "box_condition", "sample_latents"]
 
@@ -107,11 +108,14 @@ class GeneratorOutput:
     instance_alpha: Tensor
 
 
-def box_condition(boxes: Tensor, classes: Tensor, num_classes: int) -> Tensor:
-    """Spatial condition of each box: [B, N, 7] boxes, [B, N] classes -> [B, N, COND_DIM + num_classes]."""
-    scale = boxes.new_tensor([50.0, 50.0, 5.0, 5.0, 5.0, 5.0])
-    geo = torch.cat([boxes[..., :6] / scale, torch.cos(boxes[..., 6:7]), torch.sin(boxes[..., 6:7])], -1)
-    return torch.cat([geo, F.one_hot(classes.clamp(0, num_classes - 1), num_classes).to(boxes.dtype)], -1)
+def box_condition(boxes: Boxes3D, num_classes: int) -> Tensor:
+    """Spatial condition of each box: torch ``Boxes3D`` [B, N] -> [B, N, COND_DIM + num_classes]
+    (centre / 50 m in x, y, / 5 m in z; size / 5 m; cos, sin of yaw; one-hot class)."""
+    packed = boxes.as_array()  # (x, y, z_centre, l, w, h, yaw) per box: this kernel's own layout
+    scale = packed.new_tensor([50.0, 50.0, 5.0, 5.0, 5.0, 5.0])
+    geo = torch.cat([packed[..., :6] / scale, torch.cos(packed[..., 6:7]), torch.sin(packed[..., 6:7])], -1)
+    one_hot = F.one_hot(boxes.classes.clamp(0, num_classes - 1), num_classes).to(packed.dtype)
+    return torch.cat([geo, one_hot], -1)
 
 
 def sample_latents(batch: int, num_boxes: int, z_dim: int, generator: torch.Generator | None = None,
@@ -146,22 +150,22 @@ class Scene3DGenerator(nn.Module):
         """Render a batch of layouts.
 
         Args:
-            layout: tensors from ``layout.stack_layouts``: boxes [B,N,7], classes [B,N], valid [B,N] bool,
-                K [B,3,3] (for image_size x image_size), T_cam_from_ego [B,4,4].
+            layout: from ``layout.stack_layouts`` / ``Scene3DData.layout_batch``: ``boxes`` a torch ``Boxes3D``
+                [B, N], K [B,3,3] (for image_size x image_size), T_cam_from_ego [B,4,4] tensors.
             z_obj: [B, N, z_dim] per-object latents; z_bg: [B, z_dim] background latent.
             generator: sample jitter (training); None renders deterministically at bin midpoints.
         Returns:
             GeneratorOutput. Cost O(B r^2 (S_b + k S_o) hidden^2) for the fields plus O(B H^2 C^2) upsampling.
         """
         cfg = self.cfg
-        boxes, valid = layout["boxes"].float(), layout["valid"].bool()
-        B, N, _ = boxes.shape
+        boxes = layout["boxes"].to(dtype=torch.float32)
+        B, N = *boxes.batch_shape, len(boxes)
         h = cfg.render_size
         origins, dirs = camera_rays(layout["K"], layout["T_cam_from_ego"], cfg.image_size, h)
-        w_obj = self.object_mapping(torch.cat([z_obj, box_condition(boxes, layout["classes"], cfg.num_classes)], -1))
+        w_obj = self.object_mapping(torch.cat([z_obj, box_condition(boxes, cfg.num_classes)], -1))
         w_bg = self.background_mapping(z_bg)  # [B, d]
 
-        obj = sample_objects(origins, dirs, boxes, valid, cfg.object_samples, cfg.objects_per_ray,
+        obj = sample_objects(origins, dirs, boxes, cfg.object_samples, cfg.objects_per_ray,
                              generator=generator)
         S_o = cfg.object_samples
         g_obj = (obj.batch * N + obj.box).repeat_interleave(S_o)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sim_bridge.boxes import Boxes3D
+
 __all__ = ["camera_rays", "ray_box_intersect", "ObjectSamples", "sample_objects", "sample_background",
            "box_rotation"]
 
@@ -50,7 +52,7 @@ def box_rotation(yaw: Tensor) -> Tensor:
     return torch.stack([c, -s, z, s, c, z, z, z, o], -1).reshape(*yaw.shape, 3, 3)
 
 
-def ray_box_intersect(origins: Tensor, dirs: Tensor, boxes: Tensor, valid: Tensor, near: float = 0.0
+def ray_box_intersect(origins: Tensor, dirs: Tensor, boxes: Boxes3D, near: float = 0.0
                       ) -> tuple[Tensor, Tensor, Tensor]:
     """Slab-method intersection of every ray with every yawed box.
 
@@ -61,23 +63,23 @@ def ray_box_intersect(origins: Tensor, dirs: Tensor, boxes: Tensor, valid: Tenso
 
     Args:
         origins: [B, 3] ray origins (ego frame); dirs: [B, R, 3] unit directions.
-        boxes: [B, N, 7] (x, y, z_centre, l, w, h, yaw); valid: [B, N] bool.
+        boxes: torch ``Boxes3D`` [B, N] (ego frame; ``valid`` masks the hits).
         near: entry distances are clamped to >= near (camera inside a box).
     Returns:
         t_near [B, R, N], t_far [B, R, N] (metres along the ray) and hit [B, R, N] bool
         (valid box, t_far > max(t_near, near)).
     """
-    Rt = box_rotation(boxes[..., 6]).transpose(-1, -2)  # [B, N, 3, 3] ego -> local
-    o_loc = torch.einsum("bnij,bnj->bni", Rt, origins[:, None, :] - boxes[..., :3])  # [B, N, 3]
+    Rt = box_rotation(boxes.yaw).transpose(-1, -2)  # [B, N, 3, 3] ego -> local
+    o_loc = torch.einsum("bnij,bnj->bni", Rt, origins[:, None, :] - boxes.center)  # [B, N, 3]
     d_loc = torch.einsum("bnij,brj->brni", Rt, dirs)  # [B, R, N, 3]
     eps = 1e-9
     d_safe = torch.where(d_loc.abs() < eps, torch.where(d_loc < 0, -eps, eps), d_loc)
-    half = 0.5 * boxes[..., 3:6][:, None]  # [B, 1, N, 3]
+    half = 0.5 * boxes.size[:, None]  # [B, 1, N, 3]
     t1 = (-half - o_loc[:, None]) / d_safe
     t2 = (half - o_loc[:, None]) / d_safe
     t_near = torch.minimum(t1, t2).amax(-1).clamp_min(near)
     t_far = torch.maximum(t1, t2).amin(-1)
-    hit = valid[:, None, :] & (t_far > t_near)
+    hit = boxes.valid[:, None, :] & (t_far > t_near)
     return t_near, t_far, hit
 
 
@@ -109,20 +111,20 @@ class ObjectSamples:
     canonical: Tensor
 
 
-def sample_objects(origins: Tensor, dirs: Tensor, boxes: Tensor, valid: Tensor, samples: int,
+def sample_objects(origins: Tensor, dirs: Tensor, boxes: Boxes3D, samples: int,
                    objects_per_ray: int, near: float = 0.05, generator: torch.Generator | None = None
                    ) -> ObjectSamples:
     """Stratified samples between each ray's entry and exit of its nearest ``objects_per_ray`` hit boxes.
 
     Args:
-        origins [B, 3], dirs [B, R, 3], boxes [B, N, 7], valid [B, N]: see :func:`ray_box_intersect`.
+        origins [B, 3], dirs [B, R, 3], boxes (torch ``Boxes3D`` [B, N]): see :func:`ray_box_intersect`.
         samples: S samples per hit; objects_per_ray: k, boxes kept per ray (nearest entry first).
         generator: jitter within bins (training) or None for bin midpoints (deterministic renders).
     Returns:
         ObjectSamples with M <= B R k hits.
     """
-    t_near, t_far, hit = ray_box_intersect(origins, dirs, boxes, valid, near)
-    k = min(objects_per_ray, boxes.shape[1])
+    t_near, t_far, hit = ray_box_intersect(origins, dirs, boxes, near)
+    k = min(objects_per_ray, len(boxes))
     key = torch.where(hit, t_near, torch.full_like(t_near, float("inf")))
     order = key.argsort(dim=-1)[..., :k]  # [B, R, k] nearest hits first
     kept = torch.gather(hit, -1, order)
@@ -133,10 +135,9 @@ def sample_objects(origins: Tensor, dirs: Tensor, boxes: Tensor, valid: Tensor, 
     t = tn[:, None] + (tf - tn)[:, None] * u  # [M, S]
     delta = ((tf - tn) / samples)[:, None].expand(-1, samples)
     pts = origins[b][:, None, :] + t[..., None] * dirs[b, r][:, None, :]  # [M, S, 3] ego
-    box = boxes[b, n]  # [M, 7]
-    Rt = box_rotation(box[:, 6]).transpose(-1, -2)
-    local = torch.einsum("mij,msj->msi", Rt, pts - box[:, None, :3])
-    canonical = (local / (0.5 * box[:, None, 3:6])).clamp(-1.0, 1.0)
+    Rt = box_rotation(boxes.yaw[b, n]).transpose(-1, -2)  # [M, 3, 3]
+    local = torch.einsum("mij,msj->msi", Rt, pts - boxes.center[b, n][:, None, :])
+    canonical = (local / (0.5 * boxes.size[b, n][:, None, :])).clamp(-1.0, 1.0)
     return ObjectSamples(b, r, n, slot, t, delta, canonical)
 
 

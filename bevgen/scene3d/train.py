@@ -23,11 +23,14 @@ from typing import Literal
 
 import numpy as np
 
-from sim_bridge import training
 from bevgen.scene3d.model import Scene3DModelConfig
-from sim_bridge.config import from_dict, save_config, to_dict
+from runkit.checkpoint import load_checkpoint, save_checkpoint
+from runkit.config import from_dict, save_config, to_dict
+from runkit.distributed import setup_distributed
+from runkit.rundir import check_resume
+from runkit.seeding import seed_everything, stream_seed
 
-__all__ = ["Scene3DDataConfig", "Scene3DTrainConfig", "train_scene3d", "load_scene3d", "load_checkpoint"]
+__all__ = ["Scene3DDataConfig", "Scene3DTrainConfig", "train_scene3d", "load_scene3d"]
 
 
 @dataclass(frozen=True)
@@ -125,17 +128,12 @@ def build_modules(cfg: Scene3DTrainConfig):
             ResNetDiscriminator(cfg.crop_size, cfg.d_channels, cfg.d_max_channels, num_classes=m.num_classes))
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
-    """The checkpoint dict of a run directory (``checkpoints/latest.pt``) or file, ``weights_only=True``."""
-    return training.load_checkpoint(path, device, hint="train one with `bevgen scene3d train`")
-
-
 def load_scene3d(run_dir: str | Path, device: str = "cpu", ema: bool = True):
     """The (EMA) generator of a run, in eval mode, loaded strictly; its config is ``generator.cfg`` and
     the training config ``generator.train_config``."""
     from bevgen.scene3d.model import Scene3DGenerator
 
-    ckpt = load_checkpoint(run_dir, device)
+    ckpt = load_checkpoint(run_dir, device, hint="train one with `bevgen scene3d train`")
     cfg = from_dict(Scene3DTrainConfig, ckpt["config"])
     gen = Scene3DGenerator(cfg.model).to(device)
     gen.load_state_dict(ckpt["model"]["generator_ema" if ema else "generator"], strict=True)
@@ -156,8 +154,8 @@ def _crops(images, lay, crop_size):
     """Square crops [Q, 3, s, s] at the layout's projected boxes and their classes [Q]."""
     from bevgen.scene3d.discriminators import crop_objects, square_windows
 
-    crops, idx = crop_objects(images, square_windows(lay["windows"]), lay["valid"], crop_size)
-    return crops, lay["classes"][idx[:, 0], idx[:, 1]]
+    crops, idx = crop_objects(images, square_windows(lay["windows"]), lay["boxes"].valid, crop_size)
+    return crops, lay["boxes"].classes[idx[:, 0], idx[:, 1]]
 
 
 def gan_step(step: int, cfg: Scene3DTrainConfig, G, D, Do, opt_g, opt_d, real, real_lay, fake_lay, z, gen,
@@ -203,9 +201,9 @@ def gan_step(step: int, cfg: Scene3DTrainConfig, G, D, Do, opt_g, opt_d, real, r
 
 
 def _save(run_dir: Path, mods: dict, opts: dict, cfg: Scene3DTrainConfig, step: int, best: float) -> None:
-    training.save_checkpoint(run_dir / "checkpoints" / "latest.pt", model={k: m.state_dict() for k, m in mods.items()},
-                             optimizer={k: o.state_dict() for k, o in opts.items()}, config=to_dict(cfg), step=step,
-                             best_metric=best)
+    save_checkpoint(run_dir / "checkpoints" / "latest.pt", model={k: m.state_dict() for k, m in mods.items()},
+                    optimizer={k: o.state_dict() for k, o in opts.items()}, config=to_dict(cfg), step=step,
+                    best_metric=best)
 
 
 def _write_samples(run_dir: Path, G_ema, data, idx, step: int, writer) -> float:
@@ -218,8 +216,8 @@ def _write_samples(run_dir: Path, G_ema, data, idx, step: int, writer) -> float:
     dev = next(G_ema.parameters()).device
     lay = data.layout_batch(idx, dev)
     with torch.no_grad():
-        out = G_ema(lay, *_fixed_latents(len(idx), lay["boxes"].shape[1], G_ema.cfg.z_dim, dev))
-    iou = box_alpha_iou(out.object_alpha, lay["windows"], lay["valid"], G_ema.cfg.image_size)
+        out = G_ema(lay, *_fixed_latents(len(idx), len(lay["boxes"]), G_ema.cfg.z_dim, dev))
+    iou = box_alpha_iou(out.object_alpha, lay["windows"], lay["boxes"].valid, G_ema.cfg.image_size)
     grid = sample_grid(data.images[idx], out, lay)
     import cv2
 
@@ -260,13 +258,9 @@ def train_scene3d(cfg: Scene3DTrainConfig, data_dir: str | Path, run_dir: str | 
     from bevgen.scene3d.model import sample_latents
 
     run_dir = Path(run_dir)
-    rank, world, device = training.setup_distributed(cfg.device)
-    ckpt_path = run_dir / "checkpoints" / "latest.pt"
-    if resume and not ckpt_path.exists():
-        raise FileNotFoundError(f"{run_dir}: --resume given but no checkpoints/latest.pt")
-    if not resume and ckpt_path.exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume or choose another --out")
-    training.seed_everything(cfg.seed, rank)  # same initial weights on every rank
+    rank, world, device = setup_distributed(cfg.device)
+    ckpt_path = check_resume(run_dir, resume)
+    seed_everything(cfg.seed, rank)  # same initial weights on every rank
 
     dc = cfg.data
     data = load_scene3d_data(data_dir, dc.cameras, cfg.model.image_size, dc.max_objects, dc.class_filter,
@@ -278,16 +272,16 @@ def train_scene3d(cfg: Scene3DTrainConfig, data_dir: str | Path, run_dir: str | 
     mods = {"generator": G, "generator_ema": G_ema, "scene_d": D, "object_d": Do}
     opts = {"g": opt_g, "d": opt_d}
     start, best = 0, -1.0
-    if resume:
-        ckpt = training.load_checkpoint(ckpt_path, device)
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path, device)
         for k, m in mods.items():
             m.load_state_dict(ckpt["model"][k], strict=True)
         for k, o in opts.items():
             o.load_state_dict(ckpt["optimizer"][k])
         start, best = int(ckpt["step"]), float(ckpt["best_metric"])
     # batch draws and latents: a resumed run continues with fresh draws instead of replaying step 0's
-    rng = np.random.default_rng(training.stream_seed(cfg.seed, rank, start))
-    gen = torch.Generator(device=device).manual_seed(training.stream_seed(cfg.seed, rank, start))
+    rng = np.random.default_rng(stream_seed(cfg.seed, rank, start))
+    gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, rank, start))
 
     writer = bar = None
     if rank == 0:
@@ -311,7 +305,7 @@ def train_scene3d(cfg: Scene3DTrainConfig, data_dir: str | Path, run_dir: str | 
             _draw(rng, len(data), with_boxes, B, cfg.object_frame_fraction)
         real, real_lay = data.image_batch(real_idx, device), data.layout_batch(real_idx, device)
         fake_lay = data.layout_batch(fake_idx, device)
-        z = sample_latents(B, data.boxes.shape[1], cfg.model.z_dim, gen, device)
+        z = sample_latents(B, len(data.boxes), cfg.model.z_dim, gen, device)
         row = {"step": step + 1, **gan_step(step, cfg, G, D, Do, opt_g, opt_d, real, real_lay, fake_lay, z, gen,
                                             autocast, world)}
         beta = min(cfg.ema_beta, (1 + step) / (10 + step))
@@ -357,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m bevgen.scene3d.train --data DIR --out RUN [--config FILE] [--set k=v ...]`` (torchrun-friendly)."""
     import argparse
 
-    from sim_bridge.config import load_config
+    from runkit.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)

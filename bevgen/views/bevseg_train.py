@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bevgen.views.bevseg import BevSegConfig, BevSegNet, iou, load_split, mean_map
-from sim_bridge.config import from_dict, save_config, to_dict
-from sim_bridge.training import load_checkpoint, save_checkpoint, seed_everything
+from runkit.checkpoint import load_checkpoint, save_checkpoint
+from runkit.config import from_dict, save_config, to_dict
+from runkit.seeding import seed_everything
 
 __all__ = ["train_bevseg", "load_bevseg", "evaluate_bevseg", "mirror", "main"]
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from bevgen.render.dataset import split_frames
-    from sim_bridge.config import load_config
+    from runkit.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)

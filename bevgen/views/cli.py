@@ -53,7 +53,7 @@ def dataset_cmd(
     through the true intrinsics/extrinsics of the rig (configs/render/synthetic.yaml). Real frames come
     from nuScenes keyframes (per-sample calibration, crop/resize with K updated).
     """
-    from sim_bridge.config import ConfigError, load_config, to_dict
+    from runkit.config import ConfigError, load_config, to_dict
 
     if (scenarios is None) == (nuscenes is None):
         _fail("give exactly one of --scenarios DIR (synthetic) or --nuscenes ROOT (real images)")
@@ -107,14 +107,14 @@ def train_cmd(
 
     Multi-GPU: torchrun --nproc_per_node N -m bevgen.views.train -c configs/views/paper.yaml --data D --out R
     """
-    from sim_bridge.config import ConfigError, load_config
     from bevgen.views.config import ViewsConfig
     from bevgen.views.train import train_views
+    from runkit.config import ConfigError, load_config
+    from runkit.rundir import run_config_file
 
     if not (data / "index.json").exists():
         _fail(f"{data}: not a views dataset (no index.json); make one with `bevgen views dataset`")
-    if resume and config is None and (out / "config.yaml").exists():
-        config = out / "config.yaml"  # the run's own config: resuming must not silently change it
+    config = run_config_file(out, resume, config)  # resuming must not silently change the run's config
     try:
         cfg = load_config(ViewsConfig, config, overrides or [])
         summary = train_views(cfg, data, out, stage=stage, resume=resume, progress=progress)
@@ -151,8 +151,7 @@ def layout_arrays(scenario, frame: int, image_size, bev_range_m: float = 50.0) -
 
     lay = BevRasterizer(scenario, BevConfig(range_m=bev_range_m))(frame)
     rig = nuscenes_rig(tuple(image_size))
-    return {"bev": lay.raster, "boxes": lay.boxes.astype(np.float32), "classes": lay.classes.astype(np.int64),
-            "box_valid": lay.valid.astype(bool), "K": rig.K.astype(np.float32),
+    return {"bev": lay.raster, **lay.box_arrays(), "K": rig.K.astype(np.float32),
             "T_cam_from_ego": rig.T_cam_from_ego.astype(np.float32), "ego_pose": np.asarray(lay.ego_pose, np.float64)}
 
 

@@ -1,17 +1,18 @@
 """Configuration of the BEV -> six-camera-views generator (tokenizer + masked-token transformer).
 
 ``ViewsConfig`` nests one dataclass per component (data, tokenizer, generator, train). YAML presets live
-in ``configs/views/{tiny,paper}.yaml`` and are read strictly through ``sim_bridge.config.load_config``:
+in ``configs/views/{tiny,paper}.yaml`` and are read strictly through ``runkit.config.load_config``:
 every key must be a field below. Cross-field checks live in each ``__post_init__``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
-__all__ = ["DataConfig", "TokenizerConfig", "GeneratorConfig", "TrainConfig", "ViewsConfig", "config_differences",
+from runkit.rundir import config_differences as _config_differences
+
+__all__ = ["DataConfig", "TokenizerConfig", "GeneratorConfig", "ViewsTrainConfig", "ViewsConfig", "config_differences",
            "MODEL_FIELDS", "RUNTIME_FIELDS"]
 
 MODEL_FIELDS = ("data", "tokenizer", "generator")
@@ -130,7 +131,7 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ViewsTrainConfig:
     """Optimisation of both stages, logging and checkpoints."""
 
     tokenizer_steps: int = 1500
@@ -183,7 +184,7 @@ class ViewsConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: ViewsTrainConfig = field(default_factory=ViewsTrainConfig)
 
     def __post_init__(self):
         H, W = self.data.image_size
@@ -205,20 +206,10 @@ class ViewsConfig:
         return self.data.num_views * h * w
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"section.field": value}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(stored: dict, cfg: ViewsConfig, fields: Sequence[str] = MODEL_FIELDS,
                        ignore: Sequence[str] = RUNTIME_FIELDS) -> list[str]:
-    """Fields where a checkpoint's stored config and ``cfg`` disagree.
+    """Fields where a checkpoint's stored config and ``cfg`` disagree (``runkit.rundir.config_differences``
+    with the views defaults: the model and data sections, less the data-reading knobs).
 
     Args:
         stored: the ``config`` dict of a checkpoint (``to_dict`` of a ViewsConfig; missing fields take
@@ -228,13 +219,4 @@ def config_differences(stored: dict, cfg: ViewsConfig, fields: Sequence[str] = M
     Returns:
         one "field: checkpoint X, config Y" line per differing field (empty when they agree).
     """
-    from sim_bridge.config import from_dict, to_dict
-
-    old = _flat(json.loads(json.dumps(to_dict(from_dict(ViewsConfig, stored)))))
-    new = _flat(json.loads(json.dumps(to_dict(cfg))))
-
-    def wanted(key: str) -> bool:
-        return any(key == f or key.startswith(f + ".") for f in fields) and key not in ignore
-
-    return [f"{k}: checkpoint {old.get(k)!r}, config {new.get(k)!r}"
-            for k in sorted(set(old) | set(new)) if wanted(k) and old.get(k) != new.get(k)]
+    return _config_differences(stored, cfg, fields, ignore)

@@ -40,12 +40,12 @@ def bev_image(arrays: dict, range_m: float = 50.0) -> np.ndarray:
         arrays: one frame's arrays (``bev`` [C, S, S], ``boxes``, ``classes``, ``box_valid``, ``ego_pose``).
         range_m: the raster's half extent (its channels are the default ones).
     """
-    from bevgen.layout import BevConfig, BevLayout
+    from bevgen.layout import BevConfig, BevLayout, Boxes3D
     from bevgen.preview import colorize
 
     cfg = BevConfig(range_m=range_m)
-    lay = BevLayout(arrays["bev"], cfg.channels, arrays["boxes"], arrays["classes"], arrays["box_valid"],
-                    ("",) * len(arrays["boxes"]), np.asarray(arrays["ego_pose"]), cfg)
+    boxes = Boxes3D.from_array(arrays["boxes"], arrays["classes"], arrays["box_valid"])  # file form -> typed
+    lay = BevLayout(arrays["bev"], cfg.channels, boxes, ("",) * len(boxes), np.asarray(arrays["ego_pose"]), cfg)
     return colorize(lay)
 
 

@@ -1,12 +1,12 @@
 """Masked-token transformer generating the tokens of all camera views jointly from a BEV layout.
 
-Inputs per frame: image tokens [n = v h w] (index K = [MASK]), the BEV raster [C, Hb, Wb], boxes [m, 7]
-with classes and a valid mask, and the frame's own rig (K [v, 3, 3] at the model's image size,
-T_cam_from_ego [v, 4, 4]). Architecture:
+Inputs per frame: image tokens [n = v h w] (index K = [MASK]), the BEV raster [C, Hb, Wb], m boxes (read
+from the batch's frame-file keys into a ``sim_bridge.boxes.Boxes3D`` by :func:`batch_boxes`), and the
+frame's own rig (K [v, 3, 3] at the model's image size, T_cam_from_ego [v, 4, 4]). Architecture:
 
 * condition tokens: a strided-conv BEV encoder pooled to a g x g grid, each cell with a Fourier
   embedding of its ego-frame centre (x, y) / range; plus one object token per box from its 8
-  normalised corners (``sim_bridge.geometry.box_corners``), a Fourier embedding of
+  normalised corners (``Boxes3D.corners``), a Fourier embedding of
   its centre and a class embedding; ``cond_layers`` self-attention blocks mix them;
 * image tokens: token embedding + camera embedding MLP(Fourier(d_ray), Fourier(c_v / 4 m)) computed
   per sample from the rig (``attention.token_rays``);
@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from bevgen.views.attention import (MLP, Attention, GeometricBias, azimuth_cosine,
                                     fourier_features, ray_cosine, token_rays)
 from bevgen.views.config import GeneratorConfig
-from sim_bridge.geometry import box_corners
+from sim_bridge.boxes import Boxes3D
 
-__all__ = ["ViewsTransformer", "Context", "masked_token_loss"]
+__all__ = ["ViewsTransformer", "Context", "masked_token_loss", "batch_boxes"]
 
 CENTRE_SCALE_M = 4.0  # camera centres enter the Fourier features as c / 4 m
 HEIGHT_SCALE_M = 4.0  # box corner heights enter as z / 4 m
@@ -72,7 +72,7 @@ class BevEncoder(nn.Module):
 
 
 class ObjectEncoder(nn.Module):
-    """Boxes [b, m, 7] + classes [b, m] -> object tokens [b, m, d] (corners, centre, class)."""
+    """Torch ``Boxes3D`` [b, m] -> object tokens [b, m, d] (corners, centre, class)."""
 
     def __init__(self, cfg: GeneratorConfig, range_m: float):
         super().__init__()
@@ -81,13 +81,14 @@ class ObjectEncoder(nn.Module):
                                  nn.Linear(cfg.d_model, cfg.d_model))
         self.cls = nn.Embedding(cfg.num_classes, cfg.d_model)
 
-    def forward(self, boxes: Tensor, classes: Tensor) -> Tensor:
-        """boxes [b, m, 7] (x, y, z, l, w, h, yaw; ego frame, m), classes [b, m] int -> tokens [b, m, d]."""
-        corners = box_corners(boxes.float())  # [b, m, 8, 3]
+    def forward(self, boxes: Boxes3D) -> Tensor:
+        """boxes: torch ``Boxes3D`` [b, m] (ego frame, m; classes used, ``valid`` is not) -> tokens [b, m, d]."""
+        boxes = boxes.to(dtype=torch.float32)
+        corners = boxes.corners()  # [b, m, 8, 3]
         scale = corners.new_tensor([self.range_m, self.range_m, HEIGHT_SCALE_M])
         feats = torch.cat([rearrange(corners / scale, "b m c x -> b m (c x)"),
-                           fourier_features(boxes[..., :2].float() / self.range_m, self.freqs)], -1)
-        return self.mlp(feats) + self.cls(classes.clamp(0, self.cls.num_embeddings - 1))
+                           fourier_features(boxes.center[..., :2] / self.range_m, self.freqs)], -1)
+        return self.mlp(feats) + self.cls(boxes.classes.clamp(0, self.cls.num_embeddings - 1))
 
 
 class Block(nn.Module):
@@ -120,6 +121,12 @@ def _key_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
     """[b, m] bool -> [b, 1, 1, m] additive mask (0 valid, finfo.min invalid)."""
     zero = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
     return zero.masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]
+
+
+def batch_boxes(batch: dict[str, Tensor]) -> Boxes3D:
+    """The boxes of a collated ``FrameDataset`` batch (frame-file keys ``boxes``, ``classes``, ``box_valid``)
+    as a torch ``Boxes3D`` [b, m]."""
+    return Boxes3D.from_array(batch["boxes"], batch["classes"], batch["box_valid"].bool())
 
 
 class ViewsTransformer(nn.Module):
@@ -163,7 +170,8 @@ class ViewsTransformer(nn.Module):
         """Everything that does not depend on the image tokens (computed once per decoded frame).
 
         Args:
-            batch: bev [b, c, Hb, Wb], boxes [b, m, 7], classes [b, m], box_valid [b, m], K [b, v, 3, 3]
+            batch: a collated ``FrameDataset`` dict (``bevgen.render.dataset`` keys): bev [b, c, Hb, Wb], the
+                boxes (``boxes`` / ``classes`` / ``box_valid``, read by :func:`batch_boxes`), K [b, v, 3, 3]
                 (model image size), T_cam_from_ego [b, v, 4, 4].
             null: [b] bool, True where the null (unconditional) condition is used.
         Returns:
@@ -173,16 +181,16 @@ class ViewsTransformer(nn.Module):
         bev_feat, bev_pos = self.bev(batch["bev"])
         b = bev_feat.shape[0]
         bev_feat = torch.where(null[:, None, None], self.null_bev.to(bev_feat.dtype), bev_feat) + bev_pos
-        boxes = batch["boxes"][:, : self.cfg.max_objects].float()
-        obj = self.objects(boxes, batch["classes"][:, : self.cfg.max_objects])
-        obj_valid = batch["box_valid"][:, : self.cfg.max_objects].bool() & ~null[:, None]
+        boxes = batch_boxes(batch)[:, : self.cfg.max_objects].to(dtype=torch.float32)
+        obj = self.objects(boxes)
+        obj_valid = boxes.valid & ~null[:, None]
         cond = torch.cat([bev_feat, obj], 1)
         cond_valid = torch.cat([torch.ones(bev_feat.shape[:2], dtype=torch.bool, device=cond.device), obj_valid], 1)
         ctx = {"cond_valid": cond_valid}
         for blk in self.cond_blocks:
             cond = blk(cond, ctx)
         rays, centres = token_rays(batch["K"], batch["T_cam_from_ego"], self.token_grid, self.stride)
-        key_xy = torch.cat([self.bev.cell_xy.expand(b, -1, -1), boxes[..., :2]], 1)
+        key_xy = torch.cat([self.bev.cell_xy.expand(b, -1, -1), boxes.center[..., :2]], 1)
         freqs = self.cfg.fourier_freqs
         cam_in = torch.cat([fourier_features(rays, freqs),
                             fourier_features(centres / CENTRE_SCALE_M, freqs)[:, :, None, None].expand(

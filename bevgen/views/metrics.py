@@ -7,7 +7,6 @@ Letters: b batch, v view, e camera pair (edge), p ground point, c colour channel
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from runkit.atomic import atomic_write, atomic_write_text
 
 __all__ = ["overlapping_pairs", "seam_consistency", "evaluate_views", "DEFINITIONS", "SeamConfig"]
 
@@ -209,9 +210,7 @@ def _write_preview(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarr
         cv2.putText(header, text, (x, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     canvas = np.concatenate([header] + [np.pad(line, ((0, 4), (0, width - line.shape[1]), (0, 0)), constant_values=255)
                                         for line in lines], 0)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    cv2.imwrite(str(tmp), canvas[..., ::-1])
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: cv2.imwrite(str(tmp), canvas[..., ::-1]))
 
 
 def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names: Sequence[str] | None,
@@ -304,9 +303,7 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
         "seam_pairs": [list(p) for p in (pairs or [])], "bevseg_ckpt": str(bevseg_ckpt) if bevseg_ckpt else None,
         "missing_frames": list(ds.missing), "seconds": round(time.perf_counter() - t0, 2),
         "definitions": DEFINITIONS})
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out_dir / "metrics.json")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     if preview:
         _write_preview(out_dir / "preview.png", preview)
     return metrics

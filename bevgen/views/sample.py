@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from sim_bridge.training import load_checkpoint
+from runkit.checkpoint import load_checkpoint
 from bevgen.views.bevseg import resize_views, scale_intrinsics
 from bevgen.views.config import ViewsConfig, config_differences
 from bevgen.views.generator import Context, ViewsTransformer
@@ -188,9 +188,10 @@ class ViewsPipeline:
         """Generate all views of each frame of a batch.
 
         Args:
-            batch: batched FrameDataset dict (tensors): bev [b, c, Hb, Wb], boxes [b, m, 7], classes [b, m],
-                box_valid [b, m], K [b, v, 3, 3], T_cam_from_ego [b, v, 4, 4]; images (optional) only give
-                the size K refers to (else ``rig_size``, default ``image_size``).
+            batch: batched FrameDataset dict (tensors, ``bevgen.render.dataset`` keys): bev [b, c, Hb, Wb], the
+                boxes (``boxes`` / ``classes`` / ``box_valid``, read by ``generator.batch_boxes``), K [b, v, 3, 3],
+                T_cam_from_ego [b, v, 4, 4]; images (optional) only give the size K refers to (else
+                ``rig_size``, default ``image_size``).
             mode: "parallel" (MaskGIT, ``steps`` forwards) or "autoregressive" (one token per forward).
             steps: parallel decoding steps (default config.train.sample_steps).
             guidance: classifier-free guidance weight w (default config.train.guidance; 0 = conditional only).
@@ -235,7 +236,7 @@ def load_views(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") 
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise FileNotFoundError(f"no trained views model: missing {missing} (train with `bevgen views train`)")
-    from sim_bridge.config import from_dict
+    from runkit.config import from_dict
 
     ckpts = {k: load_checkpoint(p, device) for k, p in files.items()}
     cfg = from_dict(ViewsConfig, ckpts["generator"]["config"])

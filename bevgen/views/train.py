@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sim_bridge.training import load_checkpoint, save_checkpoint, seed_everything, setup_distributed, stream_seed
 from bevgen.views.config import MODEL_FIELDS, ViewsConfig, config_differences
-from sim_bridge.config import save_config, to_dict
+from runkit.checkpoint import load_checkpoint, save_checkpoint
+from runkit.config import save_config, to_dict
+from runkit.distributed import setup_distributed
+from runkit.seeding import seed_everything, stream_seed
 
 __all__ = ["train_views", "main", "STAGES"]
 

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from sim_bridge.config import to_dict
+from runkit.config import to_dict
 from sim_bridge.envs.factory import EnvConfig, make_env, shard
 
 __all__ = ["EvalConfig", "evaluate", "write_metrics", "make_policy", "METRIC_KEYS", "summarize_episodes"]
@@ -60,7 +60,8 @@ def make_policy(spec: str, env, seed: int, deterministic: bool = True):
         return lambda obs: rng.uniform(low, high).astype(np.float32)
     if spec == "idm":
         return lambda obs: np.zeros(env.action_space.shape, np.float32)  # ignored: the IDM ego drives
-    from sim_bridge.rl.train import build_policy, latest_checkpoint, load_checkpoint
+    from runkit.checkpoint import load_checkpoint
+    from sim_bridge.rl.train import build_policy, latest_checkpoint
 
     ckpt = latest_checkpoint(spec)
     if ckpt is None:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sim_bridge.config import save_config, to_dict
+from runkit.config import save_config, to_dict
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 from sim_bridge.rl.evaluate import EvalConfig, evaluate, summarize_episodes
-from sim_bridge.rl.train import TrainConfig, read_episodes, train
+from sim_bridge.rl.train import PPOTrainConfig, read_episodes, train
 from sim_bridge.dataset import ScenarioDataset
 from sim_bridge.scenario import load_scenario_dict
 from sim_bridge.sources.convert import write_items
@@ -50,7 +50,7 @@ class ExperimentConfig:
     """Procedural scenarios (maps with IDM traffic, 200 steps each) for the procedural arm."""
     num_envs: int = 2
     seed: int = 0
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: PPOTrainConfig = field(default_factory=PPOTrainConfig)
     """PPO and env settings shared by all arms (env.data, total_steps, num_envs and seed are set per arm)."""
 
 

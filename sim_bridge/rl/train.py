@@ -4,10 +4,11 @@ Reads top to bottom: config -> seeding -> vectorized envs -> PPO -> callback (ep
 TensorBoard scalars, atomic checkpoints) -> learn -> final checkpoint.
 
 Checkpoints are our own format, not SB3's ``.zip``: ``{model, optimizer, config, step, n_updates,
-best_metric}`` written with ``torch.save`` to a temp file and renamed, and read back with
-``torch.load(weights_only=True)``. SB3's zip stores parts of the model with cloudpickle, so loading
-someone else's zip can execute code; ours can only yield tensors and plain data. ``--resume`` rebuilds
-the PPO model from the saved config, loads both state dicts strictly and continues the step counter.
+best_metric}`` written atomically by ``runkit.checkpoint.save_checkpoint`` and read back with
+``runkit.checkpoint.load_checkpoint`` (``weights_only=True``). SB3's zip stores parts of the model with
+cloudpickle, so loading someone else's zip can execute code; ours can only yield tensors and plain data.
+``--resume`` rebuilds the PPO model from the saved config, loads both state dicts strictly and continues
+the step counter.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +23,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sim_bridge.config import from_dict, save_config, to_dict
+from runkit.atomic import atomic_write
+from runkit.checkpoint import load_checkpoint, save_checkpoint
+from runkit.config import from_dict, save_config, to_dict
+from runkit.rundir import check_resume
+from runkit.seeding import seed_everything
 from sim_bridge.envs.factory import EnvConfig
 
-__all__ = ["PPOConfig", "TrainConfig", "TrainResult", "train", "load_checkpoint", "latest_checkpoint",
-           "build_policy", "read_episodes", "EPISODE_FIELDS"]
+__all__ = ["PPOConfig", "PPOTrainConfig", "TrainResult", "train", "latest_checkpoint", "build_policy",
+           "read_episodes", "EPISODE_FIELDS"]
 
 EPISODE_FIELDS = ("step", "episode", "reward", "length", "route_completion", "success", "crash", "out_of_road")
 
@@ -52,7 +56,7 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class PPOTrainConfig:
     """One PPO training run."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -89,15 +93,7 @@ class TrainResult:
         return (self.final_step - self.start_step) / max(self.seconds, 1e-9)
 
 
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _ppo(cfg: TrainConfig, env, tb_dir: str | None):
+def _ppo(cfg: PPOTrainConfig, env, tb_dir: str | None):
     from stable_baselines3 import PPO
 
     p = cfg.ppo
@@ -114,26 +110,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return p if p.exists() else None
 
 
-def _save_checkpoint(model, cfg: TrainConfig, run_dir: Path, best: float) -> Path:
-    import torch
-
+def _save_checkpoint(model, cfg: PPOTrainConfig, run_dir: Path, best: float) -> Path:
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     state = {"model": model.policy.state_dict(), "optimizer": model.policy.optimizer.state_dict(),
              "config": to_dict(cfg), "step": int(model.num_timesteps), "n_updates": int(model._n_updates),
              "best_metric": float(best)}
     for name in (f"step_{model.num_timesteps:09d}.pt", "latest.pt"):
-        tmp = ckpt_dir / f".{name}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, ckpt_dir / name)
+        save_checkpoint(ckpt_dir / name, **state)
     return ckpt_dir / "latest.pt"
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely (tensors and plain data only)."""
-    import torch
-
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
 def build_policy(checkpoint: dict, observation_space, action_space):
@@ -148,7 +132,7 @@ def build_policy(checkpoint: dict, observation_space, action_space):
 
 
 # ---- the loop --------------------------------------------------------------------------------------
-def _callback(run_dir: Path, cfg: TrainConfig, episodes: list[dict], state: dict,
+def _callback(run_dir: Path, cfg: PPOTrainConfig, episodes: list[dict], state: dict,
               on_episode: Callable[[dict], Any] | None):
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -205,7 +189,7 @@ def _callback(run_dir: Path, cfg: TrainConfig, episodes: list[dict], state: dict
     return _Cb()
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress_bar: bool = True,
+def train(cfg: PPOTrainConfig, run_dir: str | Path, resume: bool = False, progress_bar: bool = True,
           on_episode: Callable[[dict], Any] | None = None) -> TrainResult:
     """Train PPO; write config, TensorBoard logs, ``episodes.csv`` and checkpoints into ``run_dir``.
 
@@ -224,11 +208,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress_
     from sim_bridge.envs.vec import make_vec_env
 
     run_dir = Path(run_dir)
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if resume and ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: --resume given but no checkpoints/latest.pt to resume from")
-    if not resume and latest_checkpoint(run_dir) is not None:
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    ckpt = check_resume(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     seed_everything(cfg.seed)
@@ -276,9 +256,10 @@ def read_episodes(run_dir: str | Path, upto_step: float = float("inf")) -> list[
 
 
 def _rewrite_episodes(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, EPISODE_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, EPISODE_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)

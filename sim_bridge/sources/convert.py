@@ -1,7 +1,7 @@
 """Write any stream of converted scenarios into a dataset directory, reporting bad items.
 
-Every source (Waymo, nuScenes, an existing ScenarioNet folder) yields ``(item name, dict or
-exception)`` pairs; :func:`write_items` validates each dict, writes the good ones atomically and
+Every source (Waymo, nuScenes, procedural, an existing ScenarioNet folder) yields ``(item name, Scenario or
+exception)`` pairs; :func:`write_items` validates each scenario, writes the good ones atomically and
 records each bad one with its reason, so one broken record never costs the others.
 """
 
@@ -12,22 +12,24 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
 from sim_bridge.dataset import ConversionReport, DatasetWriter, ScenarioDataset
-from sim_bridge.scenario import ScenarioError, load_scenario_dict
+from sim_bridge.scenario import Scenario, ScenarioError, load_scenario
 
 __all__ = ["write_items", "iter_scenarionet_dir"]
 
 
-def write_items(items: Iterable[tuple[str, Mapping | BaseException]], out_dir: str | Path,
-                filename: Callable[[str, Mapping], str], resume: bool = True, repair: bool = True,
+def write_items(items: Iterable[tuple[str, Scenario | Mapping | BaseException]], out_dir: str | Path,
+                filename: Callable[[str, Scenario | Mapping], str], resume: bool = True, repair: bool = True,
                 on_item: Callable[[str, bool], None] | None = None) -> ConversionReport:
     """Validate and write converted scenarios.
 
     Args:
-        items: ``(item name, scenario dict)`` for good items, ``(item name, exception)`` for bad ones.
+        items: ``(item name, Scenario)`` for good items, ``(item name, exception)`` for bad ones; a ScenarioNet
+            dict is accepted in place of a Scenario (read through the contract when written).
         out_dir: the dataset directory to write (created; existing scenarios kept when ``resume``).
-        filename: (item name, scenario dict) -> output file name (``sd_*.pkl``).
+        filename: (item name, scenario) -> output file name (``sd_*.pkl``).
         resume: keep scenarios already indexed in ``out_dir`` (a rerun only adds what is missing).
-        repair: drop unusable map features (lanes with < 2 points) instead of rejecting the scenario.
+        repair: for dict items, drop unusable map features (lanes with < 2 points) instead of rejecting the
+            scenario (a source repairs its Scenarios when it reads them; the writer reports those repairs).
         on_item: callback ``(item name, ok)`` after each item, e.g. to advance a progress bar.
 
     Returns:
@@ -53,12 +55,12 @@ def write_items(items: Iterable[tuple[str, Mapping | BaseException]], out_dir: s
     return writer.report
 
 
-def iter_scenarionet_dir(root: str | Path) -> Iterator[tuple[str, dict | Exception]]:
-    """Yield ``(file name, raw dict)`` for every scenario of an existing dataset directory (safely
-    unpickled), or ``(file name, error)`` for a file that cannot be read."""
+def iter_scenarionet_dir(root: str | Path, repair: bool = True) -> Iterator[tuple[str, Scenario | Exception]]:
+    """Yield ``(file name, Scenario)`` for every scenario of an existing dataset directory (safely unpickled,
+    validated; ``repair`` as in ``Scenario.from_dict``), or ``(file name, error)`` for a file that cannot be read."""
     ds = ScenarioDataset(root)
     for name in ds.names:
         try:
-            yield name, load_scenario_dict(ds.path_of(name))
+            yield name, load_scenario(ds.path_of(name), repair=repair)
         except (ScenarioError, UnsafePickleError, CorruptFileError) as e:
             yield name, e

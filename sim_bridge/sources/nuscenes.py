@@ -1,8 +1,9 @@
-"""nuScenes -> ScenarioNet scenario dicts (the format MetaDrive's ``ScenarioEnv`` reads).
+"""nuScenes -> Scenarios (ScenarioNet's layout, the format MetaDrive's ``ScenarioEnv`` reads).
 
 Reads a nuScenes release through the devkit (``nuscenes.NuScenes`` for the tables,
-``nuscenes.map_expansion.map_api.NuScenesMap`` for the vector map) and produces one scenario dict
-per scene with the structure of ScenarioNet's published nuScenes pickles
+``nuscenes.map_expansion.map_api.NuScenesMap`` for the vector map) and produces one
+:class:`~sim_bridge.scenario.Scenario` per scene whose ``to_dict()`` has the structure of ScenarioNet's published
+nuScenes pickles
 (``sd_nuscenes_v1.0-mini_scene-XXXX.pkl``):
 
 * ``tracks``: the ego (id ``"ego"``, from the ``ego_pose`` of the LIDAR_TOP keyframe sample_data)
@@ -34,11 +35,12 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from sim_bridge.geometry import wrap_angle
+from sim_bridge.scenario import Scenario, ScenarioError
 
 __all__ = ["iter_nuscenes_scenarios", "scenario_filename", "track_type_for_category",
            "NuScenesConversionError", "EGO_ID"]
@@ -88,24 +90,25 @@ def track_type_for_category(category: str) -> str | None:
     return None
 
 
-def scenario_filename(d: dict) -> str:
+def scenario_filename(d: Scenario | Mapping) -> str:
     """File name ScenarioNet gives a converted nuScenes scenario.
 
     Args:
-        d: a scenario dict from :func:`iter_nuscenes_scenarios` (or a published nuScenes pickle);
-            uses ``d["version"]`` (``"nuscenes" + release``) and ``d["id"]`` (the scene name).
+        d: a Scenario from :func:`iter_nuscenes_scenarios` (or the dict of a published nuScenes pickle);
+            uses its version (``"nuscenes" + release``) and id (the scene name).
 
     Returns:
         ``"sd_nuscenes_{release}_{scene_name}.pkl"``, e.g. ``"sd_nuscenes_v1.0-mini_scene-0061.pkl"``.
     """
-    version = str(d["version"])
+    version, sid = (d.version, d.id) if isinstance(d, Scenario) else (str(d["version"]), d["id"])
     if version.startswith("nuscenes"):
         version = version[len("nuscenes"):]
-    return f"sd_nuscenes_{version}_{d['id']}.pkl"
+    return f"sd_nuscenes_{version}_{sid}.pkl"
 
 
 def iter_nuscenes_scenarios(dataroot: Path, version: str, scenes: list[str] | None = None,
-                            map_radius_m: float = 500.0) -> Iterator[tuple[str, dict | Exception]]:
+                            map_radius_m: float = 500.0,
+                            repair: bool = True) -> Iterator[tuple[str, Scenario | Exception]]:
     """Convert nuScenes scenes one by one; a failing scene is reported and the next one converted.
 
     The release is checked and its tables loaded when this is called (errors raise here); the
@@ -117,9 +120,10 @@ def iter_nuscenes_scenarios(dataroot: Path, version: str, scenes: list[str] | No
         scenes: scene names (``"scene-0061"``) to convert in this order; None converts all scenes.
         map_radius_m: map features are kept if they touch the box spanned by the ego path grown by
             this many metres on every side (world frame).
+        repair: drop lanes with fewer than 2 points (see ``Scenario.from_dict``) instead of reporting the scene.
 
     Returns:
-        Iterator of ``(scene_name, scenario_dict)`` for converted scenes and
+        Iterator of ``(scene_name, Scenario)`` for converted (validated) scenes and
         ``(scene_name, exception)`` for scenes that could not be converted (unknown scene name,
         missing map expansion JSON, broken annotations, ...), in scene order.
 
@@ -149,11 +153,11 @@ def iter_nuscenes_scenarios(dataroot: Path, version: str, scenes: list[str] | No
     except Exception as e:  # the devkit mostly raises bare AssertionError/KeyError
         raise NuScenesConversionError(f"nuScenes devkit failed to load {version} from {dataroot}: "
                                       f"{type(e).__name__}: {e}") from e
-    return _iter_scenes(nusc, dataroot, version, scenes, float(map_radius_m))
+    return _iter_scenes(nusc, dataroot, version, scenes, float(map_radius_m), repair)
 
 
 def _iter_scenes(nusc, dataroot: Path, version: str, scenes: list[str] | None,
-                 map_radius_m: float) -> Iterator[tuple[str, dict | Exception]]:
+                 map_radius_m: float, repair: bool) -> Iterator[tuple[str, Scenario | Exception]]:
     by_name = {s["name"]: s for s in nusc.scene}
     names = list(by_name) if scenes is None else list(scenes)
     maps: dict[str, Any] = {}
@@ -164,8 +168,9 @@ def _iter_scenes(nusc, dataroot: Path, version: str, scenes: list[str] | None,
                 f"scene {name!r} not found in nuScenes {version} at {dataroot} ({len(by_name)} scenes)")
             continue
         try:
-            yield name, _convert_scene(nusc, scene, dataroot, version, maps, map_radius_m)
-        except (NuScenesConversionError, FileNotFoundError) as e:
+            d = _convert_scene(nusc, scene, dataroot, version, maps, map_radius_m)
+            yield name, Scenario.from_dict(d, src=name, repair=repair)
+        except (NuScenesConversionError, FileNotFoundError, ScenarioError) as e:
             yield name, e
         except Exception as e:  # anything else is reported with the scene named, never raised
             err = NuScenesConversionError(f"scene {name!r}: unexpected {type(e).__name__}: {e}")

@@ -1,9 +1,10 @@
 """Procedural scenarios: MetaDrive procedural (PG) maps with IDM traffic, exported to the contract.
 
 This is the embedded default source: it needs no data and no network. Each worker process runs
-one headless MetaDrive engine (MetaDrive allows one per process) and exports scenarios by seed; the
-parent process validates and writes them through :class:`sim_bridge.scenario.DatasetWriter`, so a
-killed run resumes where it stopped and one failing seed is reported without losing the others.
+one headless MetaDrive engine (MetaDrive allows one per process) and exports scenarios by seed as
+:class:`~sim_bridge.scenario.Scenario` objects (validated in the worker; :func:`iter_procedural_scenarios`); the
+parent process writes them through :class:`sim_bridge.dataset.DatasetWriter`, so a killed run resumes where it
+stopped and one failing seed is reported without losing the others.
 
 Determinism: a scenario depends only on its seed (map, traffic and IDM ego), not on the worker that
 ran it or on what ran before. MetaDrive names agents with random UUIDs; we rename them to stable
@@ -16,13 +17,14 @@ from __future__ import annotations
 import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from sim_bridge.dataset import ConversionReport, DatasetWriter
+from sim_bridge.scenario import Scenario
 
-__all__ = ["ProceduralConfig", "generate_procedural", "scenario_filename"]
+__all__ = ["ProceduralConfig", "generate_procedural", "iter_procedural_scenarios", "scenario_filename"]
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def _rename_agents(d: dict) -> dict:
     return {**d, "tracks": tracks, "metadata": meta}
 
 
-def _export_one(job: tuple[ProceduralConfig, int]) -> tuple[int, dict | str]:
+def _export_one(job: tuple[ProceduralConfig, int]) -> tuple[int, Scenario | str]:
     """Export one seed in a fresh engine (runs in a worker process).
 
     A fresh engine per scenario costs ~20% over reusing one, but Bullet carries solver state from
@@ -136,7 +138,7 @@ def _export_one(job: tuple[ProceduralConfig, int]) -> tuple[int, dict | str]:
         d = _rename_agents(out[seed])
         d["id"] = f"procedural_seed{seed:06d}"
         d["metadata"].update(dataset="procedural", seed=seed, scenario_id=d["id"], id=d["id"])
-        return seed, d
+        return seed, Scenario.from_dict(d, src=f"procedural seed {seed}")
     except Exception as e:  # reported per seed by the parent; never kills the pool
         return seed, f"{type(e).__name__}: {e}"
     finally:
@@ -144,7 +146,7 @@ def _export_one(job: tuple[ProceduralConfig, int]) -> tuple[int, dict | str]:
             env.close()
 
 
-def _run(cfg: ProceduralConfig, seeds: list[int]) -> Iterator[tuple[int, dict | str]]:
+def _run(cfg: ProceduralConfig, seeds: list[int]) -> Iterator[tuple[int, Scenario | str]]:
     jobs = [(cfg, s) for s in seeds]
     if cfg.workers == 1 or len(seeds) == 1:
         yield from map(_export_one, jobs)
@@ -152,6 +154,23 @@ def _run(cfg: ProceduralConfig, seeds: list[int]) -> Iterator[tuple[int, dict | 
     ctx = mp.get_context("spawn")  # MetaDrive keeps process-wide singletons: never fork them
     with ctx.Pool(min(cfg.workers, len(seeds)), maxtasksperchild=16) as pool:
         yield from pool.imap_unordered(_export_one, jobs)
+
+
+def iter_procedural_scenarios(cfg: ProceduralConfig, seeds: Iterable[int] | None = None
+                              ) -> Iterator[tuple[int, Scenario | Exception]]:
+    """Export procedural scenarios, ``cfg.workers`` MetaDrive engines in parallel.
+
+    Args:
+        cfg: generation settings.
+        seeds: the seeds to export (default: ``cfg.start_seed .. + cfg.num_scenarios - 1``).
+
+    Returns:
+        Iterator of ``(seed, Scenario)`` (validated, ids ``ego``, ``vehicle_0``, ...) or ``(seed, RuntimeError)``
+        naming what failed, in completion order (not seed order when ``cfg.workers > 1``).
+    """
+    seeds = [cfg.start_seed + i for i in range(cfg.num_scenarios)] if seeds is None else list(seeds)
+    for seed, result in (_run(cfg, seeds) if seeds else ()):
+        yield seed, RuntimeError(result) if isinstance(result, str) else result
 
 
 def generate_procedural(cfg: ProceduralConfig, out_dir: str | Path, resume: bool = True,
@@ -178,9 +197,8 @@ def generate_procedural(cfg: ProceduralConfig, out_dir: str | Path, resume: bool
         done = len(seeds) - len(todo)
         if progress:
             progress(done, len(seeds))
-        for seed, result in (_run(cfg, todo) if todo else ()):
-            writer.add_or_fail(f"seed {seed}", scenario_filename(seed),
-                               RuntimeError(result) if isinstance(result, str) else result)
+        for seed, result in iter_procedural_scenarios(cfg, todo):
+            writer.add_or_fail(f"seed {seed}", scenario_filename(seed), result)
             done += 1
             if progress:
                 progress(done, len(seeds))

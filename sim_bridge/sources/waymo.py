@@ -1,12 +1,12 @@
-"""Waymo Open Motion Dataset (WOMD) TFRecords -> ScenarioNet scenario dicts, without TensorFlow.
+"""Waymo Open Motion Dataset (WOMD) TFRecords -> Scenarios (ScenarioNet's layout), without TensorFlow.
 
 A WOMD ``*.tfrecord*`` file is a sequence of TFRecord frames, each holding one serialized
 ``waymo_open_dataset.protos.scenario_pb2.Scenario``. This module reads the frames by hand
 (:func:`iter_tfrecord`), parses each with the Waymo protos and converts it to the dict layout of
 ScenarioNet's Waymo converter (:func:`waymo_scenario_to_dict`) -- the layout of the shared real
 pickles ``sd_training.tfrecord-*_<scenario_id>.pkl`` and the one MetaDrive's ``ScenarioEnv`` reads.
-:func:`iter_waymo_scenarios` converts many files and reports every bad record or file as an item
-instead of stopping.
+:func:`iter_waymo_scenarios` converts many files into :class:`~sim_bridge.scenario.Scenario` objects and
+reports every bad record or file as an item instead of stopping.
 
 Units and frames: Waymo's world frame (``metadata["coordinate"] == "waymo"``), metres; headings
 in radians, counter-clockwise from +x; velocities in m/s in the world frame; one step = 0.1 s
@@ -35,9 +35,11 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
+
+from sim_bridge.scenario import Scenario
 
 __all__ = ["TFRecordError", "iter_tfrecord", "write_tfrecord", "waymo_scenario_to_dict",
            "parse_scenario", "iter_waymo_scenarios", "scenario_filename"]
@@ -393,19 +395,23 @@ def waymo_scenario_to_dict(proto, source_file: str) -> dict:
             "map_features": features, "metadata": metadata}
 
 
-def iter_waymo_scenarios(paths: Iterable[str | Path]) -> Iterator[tuple[str, dict | Exception]]:
+def iter_waymo_scenarios(paths: Iterable[str | Path],
+                         repair: bool = True) -> Iterator[tuple[str, Scenario | Exception]]:
     """Convert every record of every file; report failures as items and keep going.
 
     Args:
         paths: WOMD TFRecord files.
+        repair: drop lanes with fewer than 2 points (real logs hold some; recorded in
+            ``metadata["bevgen_repairs"]``) instead of reporting the record as bad.
 
     Returns:
         An iterator of ``(item, result)``: ``item`` is ``f"{file.name}#{record_index}"`` (just
-        ``file.name`` when the file cannot be opened); ``result`` is the scenario dict, or the
+        ``file.name`` when the file cannot be opened); ``result`` is the validated :class:`Scenario`
+        (its ``to_dict()`` is :func:`waymo_scenario_to_dict`'s dict, bit for bit, unless repaired), or the
         exception for that item: :class:`TFRecordError` (truncation/CRC), a protobuf
-        ``DecodeError``, ``ValueError`` (malformed scenario) or ``OSError``. A record whose data
-        CRC fails is skipped on its own; after a framing error (truncation, corrupt length) the
-        rest of that file is skipped, and the next file is read.
+        ``DecodeError``, ``ValueError`` (malformed scenario; ``ScenarioError`` when it breaks the contract)
+        or ``OSError``. A record whose data CRC fails is skipped on its own; after a framing error
+        (truncation, corrupt length) the rest of that file is skipped, and the next file is read.
     """
     for path in map(Path, paths):
         try:
@@ -415,7 +421,8 @@ def iter_waymo_scenarios(paths: Iterable[str | Path]) -> Iterator[tuple[str, dic
                     yield name, item
                     continue
                 try:
-                    result = waymo_scenario_to_dict(parse_scenario(item), path.name)
+                    result = Scenario.from_dict(waymo_scenario_to_dict(parse_scenario(item), path.name), src=name,
+                                                repair=repair)
                 except Exception as e:  # noqa: BLE001 -- reported per item, never lost
                     result = e
                 yield name, result
@@ -425,13 +432,14 @@ def iter_waymo_scenarios(paths: Iterable[str | Path]) -> Iterator[tuple[str, dic
             yield path.name, e
 
 
-def scenario_filename(d: dict) -> str:
-    """ScenarioNet's file name for a converted scenario: ``sd_{source_file}_{scenario_id}.pkl``.
+def scenario_filename(d: Scenario | Mapping) -> str:
+    """ScenarioNet's file name for a converted scenario (a Scenario or its dict):
+    ``sd_{source_file}_{scenario_id}.pkl``.
 
     Raises:
         ValueError: source_file or scenario_id is empty or contains a path separator.
     """
-    md = d["metadata"]
+    md = d.metadata if isinstance(d, Scenario) else d["metadata"]
     parts = [str(md.get("source_file", "")), str(md.get("scenario_id", ""))]
     for field, value in zip(("metadata.source_file", "metadata.scenario_id"), parts):
         if not value or "/" in value or "\\" in value or value in (".", ".."):

@@ -9,7 +9,6 @@ from bevgen.cameras import (
     BOX_EDGES,
     NUSCENES_CAMERAS,
     CameraRig,
-    box_corners,
     clip_segments_to_image,
     draw_boxes,
     matrix_to_quaternion,
@@ -20,6 +19,13 @@ from bevgen.cameras import (
     quaternion_to_matrix,
     rig_from_nuscenes_calibration,
 )
+from sim_bridge.boxes import Boxes3D
+
+
+def box_corners(packed: np.ndarray) -> np.ndarray:
+    """float64 [N, 8, 3] corners of packed [N, 7] test boxes (x, y, z_centre, l, w, h, yaw)."""
+    return Boxes3D.from_array(np.asarray(packed, np.float64)).corners()
+
 
 FRONT_LEFT, FRONT, FRONT_RIGHT, BACK_RIGHT, BACK, BACK_LEFT = range(6)
 
@@ -226,7 +232,7 @@ def _sampled_box_2d(rig: CameraRig, box: np.ndarray, v: int, near: float, n: int
 
 def test_project_boxes_in_front_matches_corner_extent(rig):
     box = np.array([[15.0, 1.0, 0.8, 4.5, 1.9, 1.6, 0.4]])
-    proj = project_boxes(rig, box)
+    proj = project_boxes(rig, Boxes3D.from_array(box))
     assert proj.corners_uv.shape == (6, 1, 8, 2) and proj.corner_depth.shape == (6, 1, 8)
     assert proj.boxes_2d.shape == (6, 1, 4) and proj.visible.shape == (6, 1)
     assert proj.visible[FRONT, 0] and not proj.visible[BACK, 0]
@@ -242,7 +248,7 @@ def test_project_boxes_straddling_near_plane_gives_finite_clipped_box(rig):
     # 12 m long truck passing close on the right: its rear part is behind CAM_FRONT's image plane
     box = np.array([[2.0, -3.0, 1.0, 12.0, 2.0, 2.0, 0.0]])
     near = 1e-2
-    proj = project_boxes(rig, box, near=near)
+    proj = project_boxes(rig, Boxes3D.from_array(box), near=near)
     depth = proj.corner_depth[FRONT, 0]
     assert (depth > near).sum() == 4 and (depth < 0).sum() == 4
     assert np.isnan(proj.corners_uv[FRONT, 0][depth < near]).all()
@@ -264,9 +270,17 @@ def test_project_boxes_straddling_near_plane_gives_finite_clipped_box(rig):
     naive_u = (cam @ rig.K[FRONT].T)[:, 0] / cam[:, 2]
     assert naive_u.min() < b[0] - 500
     # a box completely behind CAM_FRONT is culled there and seen by CAM_BACK
-    behind = project_boxes(rig, np.array([[-10.0, 0.0, 1.0, 4.0, 2.0, 1.5, 0.0]]))
+    behind = project_boxes(rig, Boxes3D.from_array(np.array([[-10.0, 0.0, 1.0, 4.0, 2.0, 1.5, 0.0]])))
     assert not behind.visible[FRONT, 0] and behind.visible[BACK, 0]
     assert not behind.edge_valid[FRONT, 0].any() and np.isnan(behind.boxes_2d[FRONT, 0]).all()
+
+
+def test_project_boxes_takes_boxes3d_only(rig):
+    with pytest.raises(ValueError, match="Boxes3D"):
+        project_boxes(rig, np.array([[15.0, 1.0, 0.8, 4.5, 1.9, 1.6, 0.4]]))
+    batched = Boxes3D.from_array(np.zeros((2, 3, 7)))
+    with pytest.raises(ValueError, match="batch shape"):
+        project_boxes(rig, batched)
 
 
 def test_clip_segments_to_image():
@@ -284,7 +298,7 @@ def test_draw_boxes_draws_only_where_visible():
     rig = nuscenes_rig((225, 400))
     boxes = np.array([[15.0, 0.0, 0.8, 4.5, 1.9, 1.6, 0.3],  # ahead
                       [2.0, -2.0, 1.0, 6.0, 1.5, 1.5, 0.0]])  # straddles CAM_FRONT's near plane
-    proj = project_boxes(rig, boxes)
+    proj = project_boxes(rig, Boxes3D.from_array(boxes))
     images = np.zeros((6, 225, 400, 3), dtype=np.uint8)
     out = draw_boxes(images, proj, colors=[(0, 255, 0), (0, 0, 255)], thickness=1)
     assert out.shape == images.shape and out.dtype == np.uint8

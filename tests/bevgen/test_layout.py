@@ -48,13 +48,19 @@ def test_boxes_in_ego_frame(road_dict_factory):
     lay = BevRasterizer(sc)(20)  # ego at 20 m, lead at 20 + 16 = 36 m -> 16 m ahead; bike valid now
     ids = [i for i, v in zip(lay.agent_ids, lay.valid) if v]
     assert ids == ["walker", "lead", "bike"], "nearest first: walker 12 m, lead 16 m, bike 25 m; no ego"
-    lead = lay.boxes[1]
+    packed = lay.boxes.as_array()  # [N, 7] (x, y, z_centre, l, w, h, yaw)
+    lead = packed[1]
     np.testing.assert_allclose(lead[[0, 1, 3, 4, 5, 6]], [16.0, 0.0, 4.8, 2.0, 1.7, 0.0], atol=1e-4)
     assert lead[2] == pytest.approx(1.7 / 2, abs=1e-4)  # box-centre height above the ego's ground (flat road)
-    walker = lay.boxes[ids.index("walker")]
+    walker = packed[ids.index("walker")]
     np.testing.assert_allclose(walker[[0, 1, 6]], [12.0, 2.75, np.pi / 2], atol=1e-4)
     assert CLASS_NAMES[lay.classes[ids.index("bike")]] == "cyclist"
-    assert not lay.valid[3:].any() and lay.boxes.shape == (64, 7)
+    assert not lay.valid[3:].any() and packed.shape == (64, 7) and packed.dtype == np.float32
+    assert lay.boxes.bottom_z()[1] == pytest.approx(0.0, abs=1e-4)  # the lead stands on the ego's ground
+    files = lay.box_arrays()  # the frame-file form: packed float32 boxes, int64 classes, bool box_valid
+    assert [(k, v.dtype, v.shape) for k, v in files.items()] == [
+        ("boxes", np.float32, (64, 7)), ("classes", np.int64, (64,)), ("box_valid", np.bool_, (64,))]
+    np.testing.assert_array_equal(files["boxes"], packed)
 
 
 def test_out_of_range_agents_are_dropped(road_dict_factory):
@@ -89,7 +95,7 @@ def test_real_frames(real_dir, tmp_path):
         assert lay.valid.sum() >= 1
         # every kept box is a real agent at that frame, within range, expressed in the ego frame
         t, ego = sc.length // 2, sc.ego_index
-        for aid, box in zip(lay.agent_ids, lay.boxes):
+        for aid, box in zip(lay.agent_ids, lay.boxes.as_array()):
             if not aid:
                 continue
             i = sc.tracks.index(aid)

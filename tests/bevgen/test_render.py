@@ -14,7 +14,7 @@ from bevgen.layout import BevConfig
 from bevgen.render.dataset import (FrameDataset, load_frame, scenario_of, split_frames,
                                    write_synthetic_dataset)
 from bevgen.render.scene import SEMANTIC_CLASSES, SceneRenderer, SynthConfig
-from sim_bridge.config import load_config
+from runkit.config import load_config
 from sim_bridge.dataset import write_index
 from sim_bridge.scenario import Scenario, save_scenario
 from tests.conftest import REPO, make_straight_road_scenario
@@ -56,8 +56,8 @@ def test_box_pixels_match_projection(rig):
     sc = _scenario_with_box(14.0, 2.5)
     with SceneRenderer(rig, SynthConfig(buildings=False)) as r:
         frame = r.render(sc, 0).validate()
-    box = frame.layout.boxes[frame.layout.valid & (frame.layout.classes == 1)]
-    np.testing.assert_allclose(box[0, :2], [14.0, 2.5], atol=1e-4)
+    box = frame.layout.boxes.select(frame.layout.valid & (frame.layout.classes == 1))
+    np.testing.assert_allclose(box.center[0, :2], [14.0, 2.5], atol=1e-4)
     proj = project_boxes(rig, box)
     v = rig.names.index("CAM_FRONT")
     assert proj.visible[v, 0]
@@ -75,8 +75,8 @@ def test_car_in_expected_camera_and_place(road):
     with SceneRenderer(rig, SynthConfig(buildings=False)) as r:
         frame = r.render(road, 5)
     lay = frame.layout
-    lead = lay.boxes[lay.valid & (lay.classes == 0)][0]
-    proj = project_boxes(rig, lead[None])
+    lead = lay.boxes.select(lay.valid & (lay.classes == 0))[:1]
+    proj = project_boxes(rig, lead)
     v = rig.names.index("CAM_FRONT")
     rows, cols = np.nonzero(frame.semantic[v] == SEM["vehicle"])
     cx, cy = cols.mean() + 0.5, rows.mean() + 0.5

@@ -16,6 +16,7 @@ from bevgen.scene3d.layout import SceneLayout, layout_from_frame, layout_from_sc
 from bevgen.scene3d.metrics import box_alpha_iou  # noqa: E402
 from bevgen.scene3d.model import Scene3DGenerator, Scene3DModelConfig, sample_latents  # noqa: E402
 from bevgen.scene3d.samplers import camera_rays, ray_box_intersect  # noqa: E402
+from sim_bridge.boxes import Boxes3D  # noqa: E402
 from sim_bridge.scenario import Scenario  # noqa: E402
 from tests.conftest import make_straight_road_scenario  # noqa: E402
 
@@ -38,23 +39,22 @@ def _generator(**kw) -> Scene3DGenerator:
 
 def test_ray_box_intersection_matches_analytic():
     o = torch.tensor([[0.0, 0.0, 1.0]])
-    box = torch.tensor([[[10.0, 0.0, 1.0, 4.0, 2.0, 2.0, 0.0]]])
-    yawed = torch.tensor([[[6.0, 6.0, 1.0, 4.0, 2.0, 2.0, np.pi / 4]]])
-    valid = torch.ones(1, 1, dtype=torch.bool)
+    box = Boxes3D.from_array(torch.tensor([[[10.0, 0.0, 1.0, 4.0, 2.0, 2.0, 0.0]]]))
+    yawed = Boxes3D.from_array(torch.tensor([[[6.0, 6.0, 1.0, 4.0, 2.0, 2.0, np.pi / 4]]]))
     s = np.sqrt(0.5)
     k = 1.0 / np.hypot(1.0, 0.15)
     dirs = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [k, 0.15 * k, 0.0]]], dtype=torch.float32)
-    tn, tf, hit = ray_box_intersect(o, dirs, box, valid)
+    tn, tf, hit = ray_box_intersect(o, dirs, box)
     assert hit[0, :, 0].tolist() == [True, False, False]  # y = 0.15 * 8 = 1.2 > w / 2: miss
     assert tn[0, 0, 0] == pytest.approx(8.0) and tf[0, 0, 0] == pytest.approx(12.0)
     # yawed box: ray along its heading through its centre (distance 6 sqrt 2) spans its length
     d45 = torch.tensor([[[s, s, 0.0], [s, -s, 0.0]]], dtype=torch.float32)
-    tn, tf, hit = ray_box_intersect(o, d45, yawed, valid)
+    tn, tf, hit = ray_box_intersect(o, d45, yawed)
     assert hit[0, 0, 0] and not hit[0, 1, 0]
     assert tn[0, 0, 0] == pytest.approx(6 * np.sqrt(2) - 2, abs=1e-5)
     assert tf[0, 0, 0] == pytest.approx(6 * np.sqrt(2) + 2, abs=1e-5)
     # origin inside the box: entry clamped to near
-    tn, tf, hit = ray_box_intersect(torch.tensor([[10.0, 0.0, 1.0]]), dirs[:, :1], box, valid, near=0.1)
+    tn, tf, hit = ray_box_intersect(torch.tensor([[10.0, 0.0, 1.0]]), dirs[:, :1], box, near=0.1)
     assert hit.all() and tn[0, 0, 0] == pytest.approx(0.1) and tf[0, 0, 0] == pytest.approx(2.0)
 
 
@@ -66,7 +66,7 @@ def test_ray_box_intersection_matches_dense_marching():
     target = box[0, :, :3] + (torch.rand(200, 3, generator=g) - 0.5) * torch.tensor([7.0, 4.0, 3.0])
     dirs = (target - o)[None]
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    tn, tf, hit = ray_box_intersect(o, dirs, box, torch.ones(1, 1, dtype=torch.bool))
+    tn, tf, hit = ray_box_intersect(o, dirs, Boxes3D.from_array(box))
     t = torch.arange(0, 25, 2e-3)
     pts = o[0] + t[None, :, None] * dirs[0, :, None, :] - box[0, 0, :3]
     c, s = np.cos(0.7), np.sin(0.7)
@@ -90,8 +90,10 @@ def test_composition_equals_background_render_where_the_box_is_empty(road_layout
         with_obj = gen(stack_layouts([road_layout]), *z).features
         bg_only = gen(stack_layouts([empty]), *z).features
     lay = stack_layouts([road_layout])
+    assert isinstance(lay["boxes"], Boxes3D) and lay["boxes"].batch_shape == (1,)
+    assert lay["boxes"].center.dtype == torch.float32 and lay["boxes"].valid.dtype == torch.bool
     o, d = camera_rays(lay["K"], lay["T_cam_from_ego"], 32, 16)
-    hit = ray_box_intersect(o, d, lay["boxes"], lay["valid"])[2].any(-1).reshape(16, 16)
+    hit = ray_box_intersect(o, d, lay["boxes"])[2].any(-1).reshape(16, 16)
     assert 2 < int(hit.sum()) < 100
     diff = (with_obj - bg_only).abs().amax(1)[0]  # [16, 16]
     assert diff[~hit].max() < 1e-6  # rays missing the box: the background render, exactly
@@ -116,7 +118,8 @@ def test_move_edit_moves_opacity_by_the_projected_displacement(road_layout):
         return np.array([(alpha * xs).sum(), (alpha * ys).sum()]) / alpha.sum()
 
     shift = centroid(a1.alpha) - centroid(a0.alpha)
-    uv, _, _ = project_points(road_layout.rig, np.stack([road_layout.boxes[i, :3], road_layout.boxes[i, :3] + delta]))
+    centre = road_layout.boxes.center[i]
+    uv, _, _ = project_points(road_layout.rig, np.stack([centre, centre + delta]))
     expected = uv[0, 1] - uv[0, 0]
     assert expected[0] < -2.0  # moving left moves it left in the image by a few pixels
     assert np.allclose(shift, expected, atol=0.6), (shift, expected)
@@ -173,12 +176,13 @@ def test_box_alpha_iou_can_fail():
 def test_layout_roundtrip_and_square_crop_geometry(tmp_path, road_layout):
     path = road_layout.save_json(tmp_path / "layout.json")
     back = SceneLayout.from_dict(json.loads(path.read_text()))
-    assert np.allclose(back.boxes[back.valid], road_layout.boxes[road_layout.valid])
+    assert np.allclose(back.boxes.select(back.valid).as_array(), road_layout.boxes.select(road_layout.valid).as_array())
     assert back.num_boxes == road_layout.num_boxes
     # a frame's square crop + resize keeps every projected box where the full image had it
     rig = nuscenes_rig((64, 112))
-    frame = {"images": np.zeros((6, 64, 112, 3), np.uint8), "boxes": road_layout.boxes, "classes": road_layout.classes,
-             "box_valid": road_layout.valid, "K": rig.K, "T_cam_from_ego": rig.T_cam_from_ego}
+    frame = {"images": np.zeros((6, 64, 112, 3), np.uint8), "boxes": road_layout.boxes.as_array(),
+             "classes": road_layout.classes, "box_valid": road_layout.valid, "K": rig.K,
+             "T_cam_from_ego": rig.T_cam_from_ego}
     lay, img = layout_from_frame(frame, "CAM_FRONT", 32)
     full = project_boxes(rig, road_layout.boxes).corners_uv[1, road_layout.valid]  # view 1 = CAM_FRONT
     crop = project_boxes(lay.rig, lay.boxes).corners_uv[0, lay.valid]
@@ -191,7 +195,10 @@ def test_validate_raises_value_error_that_survives_python_O(road_layout):
     import dataclasses
 
     with pytest.raises(ValueError, match="classes must be int64"):
-        dataclasses.replace(road_layout, classes=road_layout.classes.astype(np.int32)).validate()
+        bad = road_layout.boxes.replace(classes=road_layout.classes.astype(np.int32))
+        dataclasses.replace(road_layout, boxes=bad).validate()
+    with pytest.raises(ValueError, match="must be one layout's numpy Boxes3D"):
+        dataclasses.replace(road_layout, boxes=road_layout.boxes.as_array()).validate()
     bad_T = road_layout.T_cam_from_ego.copy()
     bad_T[:3, :3] *= 2.0
     with pytest.raises(ValueError, match="not orthonormal"):

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("pybullet")
 
 from bevgen.scene3d.train import Scene3DTrainConfig, build_modules, load_scene3d, train_scene3d  # noqa: E402
-from sim_bridge.config import load_config  # noqa: E402
+from runkit.config import load_config  # noqa: E402
 from tests.conftest import make_straight_road_scenario  # noqa: E402
 
 TINY = ["model.image_size=32", "model.render_size=16", "model.z_dim=16", "model.w_dim=16", "model.feature_dim=8",

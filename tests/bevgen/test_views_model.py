@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from bevgen.cameras import CameraRig, nuscenes_rig, project_points  # noqa: E402
 from bevgen.views.attention import (GeometricBias, azimuth_cosine, ray_cosine,  # noqa: E402
                                     token_rays)
-from bevgen.views.config import (DataConfig, GeneratorConfig, TokenizerConfig, TrainConfig,  # noqa: E402
+from bevgen.views.config import (DataConfig, GeneratorConfig, TokenizerConfig, ViewsTrainConfig,  # noqa: E402
                                  ViewsConfig)
 
 FRONT, BACK = 1, 4
@@ -121,9 +121,10 @@ def _tiny_config(**train) -> ViewsConfig:
                                   dead_code_steps=10),
         generator=GeneratorConfig(d_model=32, layers=1, heads=2, cond_layers=1, mlp_ratio=2.0, bev_grid=8,
                                   bev_channels=8, fourier_freqs=4),
-        train=TrainConfig(**{"tokenizer_steps": 30, "generator_steps": 40, "tokenizer_batch": 2, "generator_batch": 4,
-                             "tokenizer_lr": 3e-3, "generator_lr": 3e-3, "warmup_steps": 5, "checkpoint_every": 20,
-                             "sample_every": 0, "sample_steps": 4, "device": "cpu", "threads": 1, **train}))
+        train=ViewsTrainConfig(**{"tokenizer_steps": 30, "generator_steps": 40, "tokenizer_batch": 2,
+                                  "generator_batch": 4, "tokenizer_lr": 3e-3, "generator_lr": 3e-3, "warmup_steps": 5,
+                                  "checkpoint_every": 20, "sample_every": 0, "sample_steps": 4, "device": "cpu",
+                                  "threads": 1, **train}))
 
 
 @pytest.fixture(scope="module")

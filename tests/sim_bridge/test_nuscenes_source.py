@@ -35,7 +35,12 @@ def _wrap(a):
 
 
 def _convert(root: Path, **kw) -> list[tuple[str, object]]:
-    return list(iter_nuscenes_scenarios(root, VERSION, **kw))
+    """(scene, the converted Scenario's ScenarioNet dict, i.e. what is written, or the exception)."""
+    from sim_bridge.scenario import Scenario
+
+    items = list(iter_nuscenes_scenarios(root, VERSION, **kw))
+    assert all(isinstance(r, (Scenario, Exception)) for _, r in items), "the source yields Scenarios"
+    return [(n, r.to_dict() if isinstance(r, Scenario) else r) for n, r in items]
 
 
 @pytest.fixture(scope="module")
@@ -398,4 +403,6 @@ def test_converter_output_round_trips_through_scenario_bit_identically(converted
     from sim_bridge.scenario_encoding import identical
 
     for name, d in converted.items():
-        assert identical(Scenario.from_dict(d, src=name).to_dict(), d), name
+        sc = Scenario.from_dict(d, src=name)
+        assert identical(sc.to_dict(), d), name
+        assert scenario_filename(sc) == scenario_filename(d) == f"sd_nuscenes_{VERSION}_{name}.pkl"

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 from bevgen.cli import app
 from sim_bridge.envs.factory import EnvConfig
+from runkit.checkpoint import load_checkpoint
 from sim_bridge.rl.evaluate import METRIC_KEYS, EvalConfig, evaluate
-from sim_bridge.rl.train import PPOConfig, TrainConfig, load_checkpoint, train
+from sim_bridge.rl.train import PPOConfig, PPOTrainConfig, train
 
 pytestmark = pytest.mark.metadrive
 EASY = EnvConfig(data="procedural", num_scenarios=20, procedural_map_blocks=2, procedural_traffic_density=0.0,
@@ -29,7 +30,7 @@ SMALL_PPO = PPOConfig(n_steps=512, batch_size=128, n_epochs=10, net_arch=(64, 64
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("ppo") / "run"
-    train(TrainConfig(env=EASY, ppo=SMALL_PPO, total_steps=4096, checkpoint_every=1024), run, progress_bar=False)
+    train(PPOTrainConfig(env=EASY, ppo=SMALL_PPO, total_steps=4096, checkpoint_every=1024), run, progress_bar=False)
     return run
 
 
@@ -89,8 +90,8 @@ def test_resume_without_checkpoint_and_overwrite_are_refused(tmp_path):
 def scenario_run(tmp_path_factory, procedural_dir) -> Path:
     """A short PPO run on exported procedural scenarios replayed in ScenarioEnv (same observation as real)."""
     run = tmp_path_factory.mktemp("ppo_scen") / "run"
-    train(TrainConfig(env=EnvConfig(data=str(procedural_dir), horizon=200), ppo=SMALL_PPO, total_steps=1024,
-                      checkpoint_every=1024), run, progress_bar=False)
+    train(PPOTrainConfig(env=EnvConfig(data=str(procedural_dir), horizon=200), ppo=SMALL_PPO, total_steps=1024,
+                         checkpoint_every=1024), run, progress_bar=False)
     return run
 
 

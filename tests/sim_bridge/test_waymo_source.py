@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from sim_bridge.safe_pickle import safe_load
+from sim_bridge.scenario import Scenario
 from sim_bridge.sources import waymo as W
 
 from waymo_open_dataset.protos import map_pb2, scenario_pb2  # installed by `make install` (--no-deps)
@@ -158,7 +159,7 @@ def test_flipped_data_byte_is_crc_error_and_other_records_convert(tmp_path):
     assert [n for n, _ in items] == [f"bad.tfrecord#{i}" for i in range(3)] + [f"good.tfrecord#{i}" for i in range(3)]
     err = items[1][1]
     assert isinstance(err, W.TFRecordError) and err.record_index == 1 and str(bad) in str(err)
-    assert [r["id"] for n, r in items if isinstance(r, dict)] == ["s0", "s2", "s0", "s1", "s2"]
+    assert [r.id for n, r in items if isinstance(r, Scenario)] == ["s0", "s2", "s0", "s1", "s2"]
 
 
 def test_corrupt_length_skips_rest_of_file_only(tmp_path):
@@ -170,7 +171,7 @@ def test_corrupt_length_skips_rest_of_file_only(tmp_path):
     bad.write_bytes(bytes(raw))
     items = list(W.iter_waymo_scenarios([bad, good]))
     assert [n for n, _ in items] == ["bad.tfrecord#0", "bad.tfrecord#1", "good.tfrecord#0"]
-    assert items[0][1]["id"] == "s0" and items[2][1]["id"] == "g0"
+    assert items[0][1].id == "s0" and items[2][1].id == "g0"
     assert isinstance(items[1][1], W.TFRecordError) and "length CRC" in str(items[1][1])
 
 
@@ -185,7 +186,7 @@ def test_truncated_file_keeps_earlier_records(tmp_path, cut):
             got.append(rec)
     assert len(got) == 2
     items = list(W.iter_waymo_scenarios([path, tmp_path / "missing.tfrecord"]))
-    assert [r["id"] for _, r in items[:2]] == ["s0", "s1"]
+    assert [r.id for _, r in items[:2]] == ["s0", "s1"]
     assert items[2][0] == "trunc.tfrecord#2" and "truncated" in str(items[2][1])
     assert items[3][0] == "missing.tfrecord" and isinstance(items[3][1], OSError)
 
@@ -205,7 +206,7 @@ def test_bad_payload_and_malformed_scenarios_are_reported(tmp_path):
     for item, field in (("m.tfrecord#1", "tracks"), ("m.tfrecord#2", "sdc_track_index"),
                         ("m.tfrecord#3", "tracks[2].states")):
         assert isinstance(res[item], ValueError) and str(res[item]).startswith(field + ":"), res[item]
-    assert res["m.tfrecord#4"]["id"] == "ok"
+    assert res["m.tfrecord#4"].id == "ok"
 
 
 # ---- values -----------------------------------------------------------------------------------
@@ -477,7 +478,9 @@ def test_real_pickles_reproduced_from_their_protos(real, tmp_path):
     W.write_tfrecord(tmp_path / src, [_real_to_proto(d).SerializeToString() for d in real.values()])
     items = list(W.iter_waymo_scenarios([tmp_path / src]))
     assert [W.scenario_filename(r) for _, r in items] == list(real)
-    for (_, ours), ref in zip(items, real.values()):
+    # the converter's dicts themselves: the Scenarios above are repaired (one real scene has a 1-point lane)
+    dicts = [W.waymo_scenario_to_dict(W.parse_scenario(rec), src) for rec in W.iter_tfrecord(tmp_path / src)]
+    for ours, ref in zip(dicts, real.values()):
         ours_w = {k: f.pop("width") for k, f in ours["map_features"].items() if "width" in f}
         ref = {**ref, "map_features": {k: {kk: v for kk, v in f.items() if kk != "width"}
                                        for k, f in ref["map_features"].items()}}
@@ -494,6 +497,15 @@ def test_real_pickles_reproduced_from_their_protos(real, tmp_path):
 
 
 # ---- the project's scenario contract and MetaDrive's own checker ----------------------------
+def test_iterator_yields_scenarios_writing_the_converters_dict(tmp_path):
+    from sim_bridge.scenario_encoding import identical
+
+    W.write_tfrecord(tmp_path / "x.tfrecord", [make_scenario("a").SerializeToString()])
+    (_, sc), = W.iter_waymo_scenarios([tmp_path / "x.tfrecord"])
+    assert isinstance(sc, Scenario) and sc.source.repairs == () and W.scenario_filename(sc) == "sd_x.tfrecord_a.pkl"
+    assert identical(sc.to_dict(), W.waymo_scenario_to_dict(make_scenario("a"), "x.tfrecord"))
+
+
 def test_project_scenario_contract(converted):
     from sim_bridge.scenario import Scenario
 

@@ -74,6 +74,8 @@ TINY = ModelConfig()
 # actuator's 6 anchors -> modes = 6. TrafficGen predicts 89 steps at once; we keep 2 s chunks.
 PAPER = ModelConfig(d_model=256, layers=6, heads=8, mixtures=5, modes=6)
 PRESETS = {"tiny": TINY, "paper": PAPER}
+"""The traffic package's one preset registry: ``TrafficTrainConfig.preset`` (and ``--preset`` of
+``bevgen traffic train``) names one of these model configs."""
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""Strict YAML <-> dataclass configs shared by every package.
+"""Strict YAML <-> dataclass configs shared by every package (``runkit.config``).
 
 A config is a tree of ``@dataclass`` classes (one per component, a docstring per field). YAML is
 read *through* the dataclass: an unknown or misspelled key is an error naming the file, the dotted
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 import yaml
+
+from runkit.atomic import atomic_write_text
 
 __all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "save_config", "apply_overrides"]
 
@@ -181,8 +183,5 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:
-    """Write the resolved config as YAML next to a run's outputs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return path
+    """Write the resolved config as YAML next to a run's outputs (atomically)."""
+    return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bevgen.layout import BevConfig
-from sim_bridge.config import ConfigError, load_config, save_config, to_dict
+from runkit.config import ConfigError, load_config, save_config, to_dict
 from sim_bridge.sources.procedural import ProceduralConfig
 
 
@@ -63,10 +63,10 @@ def test_every_shipped_config_loads_strictly():
     from bevgen.render.scene import SynthConfig
     from bevgen.scene3d.train import Scene3DTrainConfig
     from bevgen.views.config import ViewsConfig
-    from sim_bridge.rl.train import TrainConfig
+    from sim_bridge.rl.train import PPOTrainConfig
     from traffic.train import TrafficTrainConfig
 
-    areas = {"scenarios": ProceduralConfig, "bev": BevConfig, "traffic": TrafficTrainConfig, "sim": TrainConfig,
+    areas = {"scenarios": ProceduralConfig, "bev": BevConfig, "traffic": TrafficTrainConfig, "sim": PPOTrainConfig,
              "render": SynthConfig, "views": ViewsConfig, "scene3d": Scene3DTrainConfig}
     root = Path(__file__).resolve().parents[2] / "configs"
     seen = 0
