@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 WAYMO_PROTOS := waymo-open-dataset-tf-2-12-0==1.6.7
 
-.PHONY: install demo test test-fast bench checkpoints clean help
+.PHONY: install demo test test-fast bench bench-gpu checkpoints clean help
 help:
 	@echo "make demo   - install if needed, run the main job on procedural data -> runs/demo/report.html"
 	@echo "make test   - install if needed, run the whole test suite"
 	@echo "make bench  - run the benchmarks -> benchmarks/results/*.json and the README table"
+	@echo "make bench-gpu - the GPU rows (needs CUDA) -> benchmarks/results/gpu_*.json and the README table"
 	@echo "make checkpoints - retrain the shipped tiny camera-view and scene3d checkpoints (about 1 h on 2 cores)"
 
 $(BIN)/python:
@@ -36,6 +37,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/run.py --gpu
 
 # The tiny checkpoints in checkpoints/ (used by `make demo`): procedural data -> synthetic cameras ->
 # configs/views/tiny.yaml + configs/scene3d/tiny.yaml, seeded, one thread per training process.

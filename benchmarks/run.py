@@ -35,8 +35,13 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
-            "date": time.strftime("%Y-%m-%d")}
+    import torch
+
+    out = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
+           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
 
 
 def bench_raster() -> dict:
@@ -425,9 +430,31 @@ def bench_batched_sim() -> dict:
     return run()
 
 
+def bench_traffic_paper() -> dict:
+    """Like for like with the original TrafficGen: the paper preset, random weights, same scenes and threads."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from traffic_paper import bench_traffic_paper as run
+
+    return run(REAL_DIR)
+
+
+def bench_gpu_traffic() -> dict:
+    """GPU rows (`make bench-gpu`): traffic training throughput and generation speed, tiny and paper presets."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_traffic import bench_gpu_traffic as run
+    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
+
+    proc = ROOT / "benchmarks" / "work" / "gpu" / "procedural"
+    generate_procedural(ProceduralConfig(num_scenarios=24, steps=100, workers=2), proc, resume=True)
+    return run([proc, *([REAL_DIR] if REAL_DIR.exists() else [])])
+
+
 BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load, "bad_input": bench_bad_input,
            "rl_env": bench_rl_env, "batched_sim": bench_batched_sim, "rl_experiment": bench_rl_experiment,
-           "traffic": bench_traffic, "views": bench_views, "scene3d": bench_scene3d, "export": bench_export}
+           "traffic": bench_traffic, "traffic_paper": bench_traffic_paper, "views": bench_views,
+           "scene3d": bench_scene3d, "export": bench_export}
+# Need a CUDA device: `make bench-gpu` (python benchmarks/run.py --gpu). Not part of `make bench`.
+GPU_BENCHES = {"gpu_traffic": bench_gpu_traffic}
 
 
 def _row_lines(results: dict) -> list[str]:
@@ -468,13 +495,11 @@ def _row_lines(results: dict) -> list[str]:
         lines.append(f"| PPO experiment: held-out success / route completion | {arms} | {refs} |")
     tg = results.get("traffic", {})
     if "realism" in tg:
-        lines.append(f"| Traffic generation, 32 vehicles + 190 frames per scene (batched, 2 threads) | "
-                     f"{tg['s_per_scene_32_vehicles_190_frames_batched']} s; 9 s horizon: "
-                     f"{tg['s_per_scene_32_vehicles_9s_batched']} s batched vs "
-                     f"{tg['s_per_scene_32_vehicles_9s_one_at_a_time']} s "
-                     f"one at a time | "
-                     f"TrafficGen ~{tg['reference_trafficgen_s_per_scene_place32_plus_190_frames']} s: "
-                     f"**{tg['speedup_vs_reference']}x** |")
+        lines.append(f"| Traffic generation, tiny preset (trained), 32 vehicles + 190 frames per scene, batched over "
+                     f"the 7 real scenes, 2 threads | {tg['s_per_scene_32_vehicles_190_frames_batched']} s; 9 s "
+                     f"horizon: {tg['s_per_scene_32_vehicles_9s_batched']} s batched vs "
+                     f"{tg['s_per_scene_32_vehicles_9s_one_at_a_time']} s one at a time | not like for like with "
+                     f"TrafficGen (paper widths): see the paper-preset row |")
         mm = tg["mean_mmd"]
         lines.append(f"| Traffic realism on held-out real scenes: mean MMD (pos, heading, size, speed) | "
                      f"model {mm['model']}"
@@ -490,9 +515,26 @@ def _row_lines(results: dict) -> list[str]:
         lines.append(f"| `augment --density 2` on the real scenes | vehicles x{a['ratio']}, inserted collision rate "
                      f"{a['inserted_collision_rate']} | target < 0.05 |")
         lines.append(f"| Traffic model training (tiny, {tg['train_steps']} steps, 2-core CPU) | {tg['train_s']} s | |")
+    tp = results.get("traffic_paper", {})
+    if "paper" in tp:
+        pp, a = tp["paper"], tp["anchor"]
+        mparams = (pp["params"]["placement"] + pp["params"]["trajectory"]) / 1e6
+        aparams = sum(a["params"].values()) / 1e6
+        t2 = pp["2_threads"]
+        lines.append(f"| Traffic generation like for like: paper preset ({mparams:.1f}M parameters, random weights), "
+                     f"one real scene at a time, 2 threads: place 32 / place 32 + 190 frames | "
+                     f"{t2['place_32_s_per_scene']} s / {t2['place_32_plus_190_frames_s_per_scene']} s "
+                     f"(batched over 7: {t2['place_32_plus_190_frames_s_per_scene_batched_7']} s) | original "
+                     f"TrafficGen ({aparams:.1f}M): {a['place_32_s']} / {a['place_32_s'] + a['traj_190_frames_s']:.1f} "
+                     f"s: **{pp['speedup_vs_original_one_at_a_time']}x** (batched "
+                     f"{pp['speedup_vs_original_batched']}x) |")
+        tt = tp["tiny"]["2_threads"]
+        lines.append(f"| Same, tiny preset ({sum(tp['tiny']['params'].values()) / 1e6:.2f}M parameters) | "
+                     f"{tt['place_32_s_per_scene']} s / {tt['place_32_plus_190_frames_s_per_scene']} s | "
+                     f"{tp['tiny']['speedup_vs_original_one_at_a_time']}x (smaller model: not like for like) |")
     gt = results.get("gpu_traffic", {})
     if "paper" in gt:
-        lines.append(f"| Traffic, GPU ({gt['device']}, {gt['date']}): paper preset training / generation | "
+        lines.append(f"| Traffic, GPU ({gt['machine'].get('gpu')}): paper preset training / generation | "
                      f"{gt['paper']['train_steps_per_s']} steps/s (batch 32, bf16); 32 vehicles + 190 frames "
                      f"{gt['paper']['generate_32_vehicles_190_frames_s_per_scene']} s per scene (batch of "
                      f"{gt['paper']['scenes_in_batch']}) | "
@@ -580,8 +622,9 @@ def refresh_readme(results: dict, mach: dict) -> None:
     by_machine: dict[str, list[str]] = {}
     for name, r in sorted(results.items()):
         m = r.get("machine") or {}
-        key = (f"{m.get('date', '?')} on {m.get('cpu', '?')} ({m.get('cores', '?')} cores), "
-               f"Python {m.get('python', '?')}") if m else "machine not recorded (made outside `make bench`)"
+        key = (f"{m.get('date', '?')} on {m.get('cpu', '?')} ({m.get('cores', '?')} cores"
+               + (f", {m['gpu']}" if m.get("gpu") else "") + f"), Python {m.get('python', '?')}"
+               + (f", torch {m['torch']}" if m.get("torch") else "")) if m else "machine not recorded"
         by_machine.setdefault(key, []).append(name)
     provenance = "; ".join(f"{', '.join(names)}: {key}" for key, names in by_machine.items())
     table = "\n".join([
@@ -593,16 +636,22 @@ def refresh_readme(results: dict, mach: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(BENCHES)
-    unknown = [n for n in names if n not in BENCHES]
+    gpu = "--gpu" in argv
+    argv = [a for a in argv if a != "--gpu"]
+    table = GPU_BENCHES if gpu else BENCHES
+    names = argv or list(table)
+    unknown = [n for n in names if n not in table]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}", file=sys.stderr)
+        print(f"unknown benchmark(s) {unknown}; choose from {list(table)}", file=sys.stderr)
+        return 2
+    mach = machine()
+    if gpu and "gpu" not in mach:
+        print("make bench-gpu needs a CUDA device (torch.cuda.is_available() is False here)", file=sys.stderr)
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
-    mach = machine()
     for name in names:
         print(f"[bench] {name} ...", flush=True)
-        result = {"benchmark": name, "machine": mach, **BENCHES[name]()}
+        result = {"benchmark": name, "machine": mach, **table[name]()}
         (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
     all_results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
