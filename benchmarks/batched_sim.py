@@ -7,6 +7,7 @@ including resets), and reports steps/s and their ratio, plus how the batched cos
 per scene and boundary segments per grid cell. Torch runs with 2 threads (and 1 for reference).
 
     python benchmarks/batched_sim.py [--quick]
+    python benchmarks/batched_sim.py --transfer [OUT]   # bench_batched_transfer(): PPO on batched, eval in both
 """
 
 from __future__ import annotations
@@ -116,5 +117,58 @@ def bench_batched_sim(quick: bool = False) -> dict:
     return res
 
 
+def bench_batched_transfer(budget_steps: int = 1_000_000, num_scenes: int = 128, held_out: int = 3,
+                           out: str | Path | None = None, seed: int = 0) -> dict:
+    """PPO trained on the batched simulator, evaluated in both simulators: does the policy transfer to MetaDrive?
+
+    Trains ``budget_steps`` (``configs/sim/ppo_batched.yaml`` settings, ``num_scenes`` slots) on the real
+    scenes' training split (``split_real``: ``held_out`` scenes held out, datasets round-robin), then
+    evaluates the final policy (deterministic, one episode per scene) on the held-out and on the training
+    scenes in the batched simulator and in MetaDrive's ScenarioEnv with the same ("scene") observation.
+    Target: MetaDrive route completion within 0.1 of the batched one.
+    """
+    import tempfile
+
+    from runkit.config import load_config
+    from sim_bridge.rl.evaluate import EvalConfig, evaluate
+    from sim_bridge.rl.experiment import split_real
+    from sim_bridge.rl.train import PPOTrainConfig, train
+
+    if not REAL_DIR.exists():
+        return {"skipped": f"{REAL_DIR} not found"}
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="batched_transfer_"))
+    train_dir, test_dir, test_names = split_real(REAL_DIR, out, held_out)
+    cfg = load_config(PPOTrainConfig, ROOT / "configs" / "sim" / "ppo_batched.yaml",
+                      [f"env.data={train_dir}", f"total_steps={budget_steps}", f"batched.num_scenes={num_scenes}",
+                       f"seed={seed}"])
+    run = out / "run"
+    result = train(cfg, run, resume=(run / "checkpoints" / "latest.pt").exists(), progress_bar=False)
+    res: dict = {"budget_steps": budget_steps, "num_scenes": num_scenes, "held_out": test_names,
+                 "train_steps_per_s": round(result.steps_per_second, 1), "train_seconds": round(result.seconds, 1),
+                 "train_episodes": len(result.episodes), "run_dir": str(run)}
+    keys = ("route_completion", "success_rate", "crash_rate", "out_of_road_rate", "episode_reward")
+    for split, data in (("held_out", test_dir), ("train", train_dir)):
+        res[split] = {}
+        for sim in ("batched", "metadrive"):
+            t0 = time.perf_counter()
+            m = evaluate(str(run), str(data), EvalConfig(simulator=sim, reference=False, seed=seed))
+            res[split][sim] = {**{k: m[k] for k in keys}, "episodes": m["num_episodes"],
+                               "eval_s": round(time.perf_counter() - t0, 1),
+                               "per_scenario": [{k: r[k] for k in ("scenario", "route_completion", "success",
+                                                                   "crash", "out_of_road", "steps")}
+                                                for r in m["per_scenario"]]}
+        b, md = res[split]["batched"], res[split]["metadrive"]
+        res[split]["metadrive_minus_batched"] = {k: round(md[k] - b[k], 4) for k in keys}
+    res["target"] = "|MetaDrive - batched route completion| <= 0.1 on held-out scenes"
+    res["target_met"] = abs(res["held_out"]["metadrive_minus_batched"]["route_completion"]) <= 0.1
+    (out / "transfer.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
 if __name__ == "__main__":
-    print(json.dumps(bench_batched_sim(quick="--quick" in sys.argv), indent=2))
+    if "--transfer" in sys.argv:
+        print(json.dumps(bench_batched_transfer(out=sys.argv[sys.argv.index("--transfer") + 1]
+                                                if len(sys.argv) > sys.argv.index("--transfer") + 1 else None),
+                         indent=2))
+    else:
+        print(json.dumps(bench_batched_sim(quick="--quick" in sys.argv), indent=2))

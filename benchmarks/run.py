@@ -430,6 +430,16 @@ def bench_batched_sim() -> dict:
     return run()
 
 
+def bench_batched_transfer() -> dict:
+    """PPO trained on the batched simulator (1M steps, 128 slots, 4 real scenes), evaluated in it and in MetaDrive."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from batched_sim import bench_batched_transfer as run
+
+    res = run(out=ROOT / "benchmarks" / "work" / "batched_transfer")
+    res.pop("run_dir", None)
+    return res
+
+
 def bench_traffic_paper() -> dict:
     """Like for like with the original TrafficGen: the paper preset, random weights, same scenes and threads."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -450,7 +460,8 @@ def bench_gpu_traffic() -> dict:
 
 
 BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load, "bad_input": bench_bad_input,
-           "rl_env": bench_rl_env, "batched_sim": bench_batched_sim, "rl_experiment": bench_rl_experiment,
+           "rl_env": bench_rl_env, "batched_sim": bench_batched_sim, "batched_transfer": bench_batched_transfer,
+           "rl_experiment": bench_rl_experiment,
            "traffic": bench_traffic, "traffic_paper": bench_traffic_paper, "views": bench_views,
            "scene3d": bench_scene3d, "export": bench_export}
 # Need a CUDA device: `make bench-gpu` (python benchmarks/run.py --gpu). Not part of `make bench`.
@@ -591,6 +602,14 @@ def _row_lines(results: dict) -> list[str]:
                      f"| {t2['scenes_128']} / {t2['scenes_256']} / {t2['scenes_512']}; best {bs['best_steps_per_s']} "
                      f"| MetaDrive ScenarioEnv same run {md['steps_per_s']}: **{bs['ratio_vs_metadrive']}x**; "
                      "target 20,000 and 50x |")
+    bt = results.get("batched_transfer", {})
+    if "held_out" in bt and "batched" in bt["held_out"]:
+        h, tr = bt["held_out"], bt["train"]
+        lines.append(f"| PPO on the batched simulator ({bt['budget_steps']:,} steps, {bt['num_scenes']} slots, "
+                     f"{bt['train_steps_per_s']} steps/s): route completion batched / MetaDrive, held-out / training "
+                     f"scenes | {h['batched']['route_completion']} / {h['metadrive']['route_completion']}; "
+                     f"{tr['batched']['route_completion']} / {tr['metadrive']['route_completion']} | target: within "
+                     f"0.1 on held-out scenes ({'met' if bt['target_met'] else 'not met'}) |")
     bi = results.get("bad_input", {})
     if "kinds_tried" in bi:
         cm, md = bi["command_matrix"], bi["metadrive_data_manager"]

@@ -1,4 +1,5 @@
-"""``bevgen sim``: train and evaluate driving agents (PPO) in MetaDrive on any scenario set (sim_bridge.rl).
+"""``bevgen sim``: train and evaluate driving agents (PPO) on any scenario set, in MetaDrive or the batched
+tensor simulator (sim_bridge.rl, sim_bridge.batched).
 
     bevgen sim train | eval | experiment | rollout
 """
@@ -15,7 +16,7 @@ from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 
-app = typer.Typer(help="Train and evaluate driving agents (PPO) in MetaDrive on any scenario set.",
+app = typer.Typer(help="Train and evaluate driving agents (PPO) in MetaDrive or the batched simulator.",
                   no_args_is_help=True)
 
 
@@ -27,19 +28,30 @@ def sim_train(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard logs, checkpoints)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Environment steps (config: total_steps)."),
     envs: Optional[int] = typer.Option(None, "--envs", help="Worker processes, one MetaDrive engine each."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="'metadrive' or 'batched' (tensor simulator, "
+                                          "scenario directories; observation 'scene'). Default: the config's."),
+    slots: Optional[int] = typer.Option(None, "--slots", help="Batched backend: scene slots stepping together "
+                                        "(config: batched.num_scenes)."),
     scenarios_n: Optional[int] = typer.Option(None, "--scenarios", help="Number of scenarios (0 = whole directory)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ):
-    """Train PPO (stable-baselines3) in MetaDrive; TensorBoard in OUT/tb, checkpoints in OUT/checkpoints."""
+    """Train PPO (stable-baselines3) in MetaDrive or the batched simulator; TensorBoard in OUT/tb, checkpoints in
+    OUT/checkpoints."""
     from runkit.config import ConfigError, load_config
     from runkit.rundir import run_config_file
     from sim_bridge.rl.train import PPOTrainConfig, train
 
-    overrides = [f"env.data={train_data}"] + list(set_ or [])
-    for key, val in (("total_steps", steps), ("num_envs", envs), ("env.num_scenarios", scenarios_n), ("seed", seed)):
+    if backend not in (None, "metadrive", "batched"):
+        _fail(f"--backend must be 'metadrive' or 'batched', got {backend!r}")
+    overrides = [f"env.data={train_data}"]
+    if backend is not None:  # the batched simulator observes 'scene'; MetaDrive keeps the config's observation
+        overrides += [f"backend={backend}"] + (["env.observation=scene"] if backend == "batched" else [])
+    overrides += list(set_ or [])
+    for key, val in (("total_steps", steps), ("num_envs", envs), ("env.num_scenarios", scenarios_n), ("seed", seed),
+                     ("batched.num_scenes", slots)):
         if val is not None:
             overrides.append(f"{key}={val}")
     config = run_config_file(out, resume, config)  # continue with the run's own settings; options still apply
@@ -63,7 +75,11 @@ def sim_eval(
     out: Path = typer.Option(..., "--out", "-o", help="Where metrics.json and metrics.md go."),
     episodes: int = typer.Option(0, "--episodes", help="Episodes in total (0 = one per scenario)."),
     workers: int = typer.Option(1, "--workers", "-j", help="Parallel shards, one MetaDrive engine each."),
-    backend: str = typer.Option("process", help="'process' (local pool) or 'ray' (local or RAY_ADDRESS cluster)."),
+    backend: str = typer.Option("metadrive", help="Simulator: 'metadrive' or 'batched' (the tensor simulator; "
+                                "policies trained with --backend batched, or 'random'). 'process' / 'ray' are "
+                                "accepted for --pool (older spelling)."),
+    pool: str = typer.Option("process", help="MetaDrive shards: 'process' (local pool) or 'ray' (local or "
+                             "RAY_ADDRESS cluster)."),
     reference: bool = typer.Option(True, help="Also evaluate the random and IDM policies (reference rows)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -73,10 +89,12 @@ def sim_eval(
     from sim_bridge.envs.factory import EnvConfig
     from sim_bridge.rl.evaluate import EvalConfig, evaluate, write_metrics
 
+    if backend in ("process", "ray"):
+        backend, pool = "metadrive", backend
     try:
         env_cfg = load_config(EnvConfig, config, [f"data={data}"] + list(set_ or []))
-        cfg = from_dict(EvalConfig, {"episodes": episodes, "workers": workers, "backend": backend,
-                                     "reference": reference}, "options")
+        cfg = from_dict(EvalConfig, {"episodes": episodes, "workers": workers, "backend": pool,
+                                     "simulator": backend, "reference": reference}, "options")
         result = evaluate(policy, data, cfg, env_cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         _fail(str(e))

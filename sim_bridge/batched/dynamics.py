@@ -7,12 +7,22 @@ Limits follow MetaDrive 0.4.3's DefaultVehicle (``component/vehicle/vehicle_type
 ``component/pg_space.py``): max steering 40 deg applied at once (no rate limit), front / rear axle
 1.05234 / 1.4166 m from the body centre (wheelbase 2.469 m), body 4.515 x 1.852 m, engine force
 750-850 N on each of 4 wheels for 1100 kg (about 2.9 m/s^2 at full throttle), no engine force above
-80 km/h. Bullet's brake and tyre model has no closed form; ``max_brake`` is an assumed full-brake
-deceleration (friction 0.9 caps it near 8.8 m/s^2).
+80 km/h. Bullet's brake and tyre model has no closed form, so the defaults of ``max_accel``,
+``rolling_decel``, ``max_brake``, ``understeer`` and ``max_lateral_accel`` were measured on MetaDrive
+0.4.3's ScenarioEnv ego (constant actions on an empty replayed map, 10 Hz): full throttle +2.96 m/s^2,
+no pedal -0.36 m/s^2, full brake -14 m/s^2; steady yaw rates 0.19 rad/s at 2.7 m/s and 10 deg of wheel,
+0.90 at 3.3 m/s and 40 deg, 0.46 at 13.5 m/s and 40 deg, 0.47 at 18 m/s and 20 deg. A kinematic bicycle
+turns up to 6x faster than that at speed (tyres slip): a policy trained on it steered off the road at
+once when moved to MetaDrive's car, and MetaDrive's sluggish car does not leave the road with the
+same actions. Hard turns also cost MetaDrive's car speed (1.5 m/s^2 at 19 m/s and 20 deg, 0.6 at 3.6 m/s
+and 40 deg): ``scrub`` x (kinematic - achieved yaw rate). Not modelled: its yaw rate's build-up over ~2
+steps.
 
-The bicycle integrates the rear-axle point exactly along a circular arc per step: with wheel angle
-delta the rear axle turns on radius ``wheelbase / tan(delta)``; the box centre sits ``rear_axle`` m
-ahead of it.
+The bicycle integrates the rear-axle point exactly along a circular arc per step: the rear axle turns
+with curvature ``tan(delta) / (wheelbase + understeer * v^2)`` (the understeer-gradient form), capped so
+that the lateral acceleration ``v^2 * curvature`` stays under ``max_lateral_accel``; the box centre sits
+``rear_axle`` m ahead of it. ``understeer=0``, ``max_lateral_accel=inf`` (``scrub`` then has no effect)
+give the kinematic bicycle.
 
 Einsum letters: b scene slot, a agent, c coordinate.
 """
@@ -40,14 +50,22 @@ class VehicleConfig:
     """m from the body centre to the front axle."""
     rear_axle: float = 1.4166
     """m from the body centre to the rear axle."""
-    max_accel: float = 2.9
-    """m/s^2 at full throttle: 4 wheels x 800 N / 1100 kg."""
-    max_brake: float = 6.0
-    """m/s^2 at full brake (assumed; see the module docstring)."""
+    max_accel: float = 2.96
+    """m/s^2 at full throttle (measured; 4 wheels x 800 N / 1100 kg = 2.9)."""
+    max_brake: float = 14.0
+    """m/s^2 at full brake (measured on MetaDrive's ego, see the module docstring)."""
     max_speed: float = 80 / 3.6
     """m/s above which the engine gives no force."""
-    rolling_decel: float = 0.0
-    """m/s^2 of drag while not braking (MetaDrive sets a small constant brake when throttle >= 0)."""
+    rolling_decel: float = 0.36
+    """m/s^2 of drag with no pedal, fading linearly to 0 at full throttle (MetaDrive sets a constant brake
+    of 2 on each wheel when throttle >= 0; measured)."""
+    understeer: float = 0.03
+    """s^2/m: curvature = tan(wheel angle) / (wheelbase + understeer * v^2) (fitted to MetaDrive)."""
+    max_lateral_accel: float = 7.5
+    """m/s^2: cap on v^2 x curvature (tyre grip; fitted to MetaDrive's yaw rates at 13-18 m/s)."""
+    scrub: float = 0.9
+    """m/s^2 of speed lost per rad/s of yaw rate asked for (kinematic) but not achieved (tyre scrub in
+    hard turns; fitted to MetaDrive: 0.65-1.4)."""
     dt: float = 0.1
     """s per step (MetaDrive: 5 physics sub-steps of 0.02 s)."""
 
@@ -56,9 +74,16 @@ class VehicleConfig:
         return self.front_axle + self.rear_axle
 
 
+def _curvature(steer: Tensor, v: Tensor, cfg: VehicleConfig) -> Tensor:
+    """[b] 1/m path curvature at wheel angle steer [b] and speed v [b]: understeer, then the grip cap."""
+    v2 = (v * v).clamp_min(1e-6)
+    curv = torch.tan(steer) / (cfg.wheelbase + cfg.understeer * v2)
+    return torch.maximum(torch.minimum(curv, cfg.max_lateral_accel / v2), -cfg.max_lateral_accel / v2)
+
+
 def bicycle_step(xy: Tensor, yaw: Tensor, speed: Tensor, action: Tensor, cfg: VehicleConfig
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One step of the kinematic bicycle.
+    """One step of the bicycle (kinematic with ``understeer=0`` and ``max_lateral_accel=inf``).
 
     Args:
         xy: [b, 2] box centre, m; yaw: [b] rad; speed: [b] m/s (>= 0).
@@ -70,11 +95,13 @@ def bicycle_step(xy: Tensor, yaw: Tensor, speed: Tensor, action: Tensor, cfg: Ve
     act = action.clamp(-1.0, 1.0)
     steer = act[:, 0] * math.radians(cfg.max_steering_deg)
     pedal = act[:, 1]
-    accel = torch.where(pedal >= 0, pedal * cfg.max_accel * (speed < cfg.max_speed) - cfg.rolling_decel,
+    accel = torch.where(pedal >= 0, pedal * cfg.max_accel * (speed < cfg.max_speed) - cfg.rolling_decel * (1 - pedal),
                         pedal * cfg.max_brake)
-    v = (speed + accel * cfg.dt).clamp_min(0.0)
+    # tyre scrub: speed lost in proportion to the yaw rate the wheels ask for but do not get
+    slip = speed * (torch.tan(steer) / cfg.wheelbase - _curvature(steer, speed, cfg)).abs()
+    v = (speed + (accel - cfg.scrub * slip) * cfg.dt).clamp_min(0.0)
     dist = 0.5 * (speed + v) * cfg.dt  # trapezoid: exact for constant acceleration without a stop
-    dyaw = dist * torch.tan(steer) / cfg.wheelbase
+    dyaw = dist * _curvature(steer, 0.5 * (speed + v), cfg)
     # rear axle moves along the chord of its arc: length dist * sinc(dyaw / 2), direction yaw + dyaw / 2
     chord = dist * torch.sinc(dyaw / (2 * math.pi))
     mid = yaw + 0.5 * dyaw

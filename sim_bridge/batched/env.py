@@ -37,11 +37,12 @@ from sim_bridge.batched.state import (AGENT_HUMAN, AGENT_OBJECT, AGENT_VEHICLE, 
 from sim_bridge.envs.factory import RewardConfig
 from sim_bridge.geometry import vectors_to_frame
 
-__all__ = ["BatchedEnvConfig", "reset", "step", "observe", "road_events", "obs_dim", "BatchedVecEnv",
+__all__ = ["BatchedEnvConfig", "reset", "ego_state", "step", "observe", "road_events", "obs_dim", "BatchedVecEnv",
            "DEFAULT_EGO_SIZE"]
 
 DEFAULT_EGO_SIZE = (4.515, 1.852)  # MetaDrive DefaultVehicle, m
 ROUTE_LOOKAHEAD = 32  # route segments searched for the observed route points
+_SENTINEL_DIST = 1e5  # m: a nearby segment this far is the padding sentinel (state._FAR)
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,24 @@ def reset(batch: BatchedScenarios, scenario: Tensor, cfg: BatchedEnvConfig) -> S
     """Start scenes: slot i plays ``scenario[i]`` (int64 [b]) from its first step, the ego on its log."""
     t = torch.zeros_like(scenario)
     xy, yaw, speed = log_pose(batch.frames, scenario, batch.ego[scenario], t)
+    return ego_state(batch, scenario, t, xy, yaw, speed, torch.zeros_like(yaw), t, cfg)
+
+
+def ego_state(batch: BatchedScenarios, scenario: Tensor, t: Tensor, xy: Tensor, yaw: Tensor, speed: Tensor,
+              steer: Tensor, route_index: Tensor, cfg: BatchedEnvConfig) -> SimState:
+    """The state of scenes whose ego stands at a given pose (another simulator's ego, or a reset).
+
+    Args:
+        scenario, t: int64 [b] scenario row and log step (others replay their log at t).
+        xy: [b, 2] m in the batch's frame; yaw: [b] rad; speed: [b] m/s; steer: [b] wheel angle, rad.
+        route_index: int64 [b] route segment to start the projection search from (0 after a reset).
+
+    Returns:
+        A :class:`SimState` with ``done`` False.
+    """
     agents, others, near = _scene(batch, scenario, t, xy, max(cfg.obs_agents, cfg.collision_candidates))
-    idx, progress, lateral, _ = project_on_route(batch, scenario, xy, t)
-    return SimState(scenario=scenario, t=t, ego_xy=xy, ego_yaw=yaw, ego_speed=speed, ego_steer=torch.zeros_like(yaw),
+    idx, progress, lateral, _ = project_on_route(batch, scenario, xy, route_index)
+    return SimState(scenario=scenario, t=t, ego_xy=xy, ego_yaw=yaw, ego_speed=speed, ego_steer=steer,
                     ego_size=_ego_size(batch, scenario, cfg), ego_index=batch.ego[scenario], agents=agents,
                     others=others, near=near, route_index=idx, progress=progress, lateral=lateral,
                     done=torch.zeros_like(scenario, dtype=torch.bool))
@@ -243,9 +259,11 @@ def observe(batch: BatchedScenarios, state: SimState, cfg: BatchedEnvConfig) -> 
     u = (((xy[:, None] - a) * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-12)).clamp(0.0, 1.0)
     foot = a + u[..., None] * d - xy[:, None]  # [b, k, 2]
     m = min(cfg.obs_edge_points, foot.shape[1])
-    nearest = foot.norm(dim=-1).topk(m, dim=-1, largest=False).indices
+    dist, nearest = foot.norm(dim=-1).topk(m, dim=-1, largest=False)
     edges = _to_ego(foot.gather(1, nearest[..., None].expand(-1, -1, 2)), yaw) / rng
-    edges = torch.cat([edges.clamp(-1.0, 1.0), edges.new_ones(b, cfg.obs_edge_points - m, 2)], 1)
+    # padding (the far sentinel, or fewer cell slots than points) reads (1, 1) whatever the batch's padding
+    edges = torch.where((dist > _SENTINEL_DIST)[..., None], 1.0, edges.clamp(-1.0, 1.0))
+    edges = torch.cat([edges, edges.new_ones(b, cfg.obs_edge_points - m, 2)], 1)
     return torch.cat([ego, agents, route.flatten(1), edges.flatten(1)], -1).float()
 
 
@@ -265,6 +283,8 @@ class BatchedVecEnv(VecEnv):
         device: "cpu" or "cuda" (or a torch.device).
         seed: first scenario index drawn (mod the number of scenarios).
     """
+
+    render_mode = None  # headless; SB3 asks every VecEnv
 
     def __init__(self, batch: BatchedScenarios, num_envs: int, cfg: BatchedEnvConfig = BatchedEnvConfig(),
                  device: str | torch.device = "cpu", seed: int = 0):

@@ -7,6 +7,9 @@ scenarios (MetaDrive allows one engine per process, so each vectorized worker is
 MetaDrive is imported only when an env is built.
 """
 
+# MetaDrive, the scene observation (torch) and the dataset reader are imported lazily: an EnvConfig is built
+# and checked by every command (and `--help`) without starting either simulator.
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,8 +58,11 @@ class EnvConfig:
     """First scenario index (directory order) or first seed (procedural)."""
     horizon: int = 500
     """Maximum steps per episode."""
-    observation: Literal["lidar_state"] = "lidar_state"
-    """Ego state + navigation + lidar (MetaDrive's LidarStateObservation); headless, no assets."""
+    observation: Literal["lidar_state", "scene"] = "lidar_state"
+    """"lidar_state": ego state + navigation + lidar (MetaDrive's LidarStateObservation), headless, no
+    assets. "scene": the batched simulator's observation (``sim_bridge.batched.env.observe``: ego vs
+    route, nearest agents, route points, road-edge points), so a policy trained on the batched backend
+    drives MetaDrive; scenario directories only."""
     lidar_lasers: int = 120
     """Lidar beams (50 m) in the observation; the same layout for procedural and replayed scenarios."""
     side_lasers: int = 12
@@ -179,6 +185,10 @@ def make_env(cfg: EnvConfig, worker: int = 0, num_workers: int = 1, ego: Literal
     """
     from sim_bridge.envs.metadrive import make_procedural_env, make_scenario_env
 
+    if cfg.observation == "scene" and cfg.procedural:
+        raise ValueError("observation='scene' needs a scenario directory (it reads the scenario's route, log and "
+                         "road edges); procedural MetaDriveEnv maps have no scenario file. Export them first "
+                         "(`bevgen scenarios procedural`) and pass that directory as data")
     mc = metadrive_config(cfg, worker, num_workers)
     if ego == "idm":
         from metadrive.policy.idm_policy import IDMPolicy
@@ -188,7 +198,12 @@ def make_env(cfg: EnvConfig, worker: int = 0, num_workers: int = 1, ego: Literal
     if cfg.procedural:
         return make_procedural_env(**mc)
     data = mc.pop("data_directory")
-    return make_scenario_env(data, **mc)
+    env = make_scenario_env(data, **mc)
+    if cfg.observation == "scene":
+        from sim_bridge.envs.scene_obs import SceneObservation
+
+        env = SceneObservation(env, data, cfg)
+    return env
 
 
 def env_fns(cfg: EnvConfig, num_workers: int, **overrides: Any) -> list[Callable[[], Any]]:

@@ -12,10 +12,18 @@ Definitions (per episode; rates are means over episodes):
     out_of_road       the ego left the drivable area / its route.
     episode_reward    sum of rewards with the env's reward settings.
 
+Simulators (``EvalConfig.simulator``): "metadrive" (ScenarioEnv / MetaDriveEnv) or "batched"
+(``sim_bridge.rl.evaluate_batched``: all episodes as one batch of tensor scene slots). A run trained
+on the batched backend reads the "scene" observation; in MetaDrive its evaluation env gets that
+observation (``SceneObservation``) from the run's saved config, whatever ``env.observation`` says.
+
 Scale: episodes are sharded over worker processes (one MetaDrive engine each). ``backend="ray"`` runs
 the same shards as Ray tasks, so a Ray cluster spreads evaluation over machines with no code change
 (``ray.init(address=...)`` before calling, or ``RAY_ADDRESS``); ``backend="process"`` uses a local pool.
 """
+
+# The policy builder (stable-baselines3, torch) and the batched evaluator are imported lazily: the batched
+# evaluator imports this module, and metric code must load without the RL stack.
 
 from __future__ import annotations
 
@@ -30,7 +38,8 @@ import numpy as np
 from runkit.config import to_dict
 from sim_bridge.envs.factory import EnvConfig, make_env, shard
 
-__all__ = ["EvalConfig", "evaluate", "write_metrics", "make_policy", "METRIC_KEYS", "summarize_episodes"]
+__all__ = ["EvalConfig", "evaluate", "write_metrics", "make_policy", "METRIC_KEYS", "summarize_episodes",
+           "policy_observation"]
 
 METRIC_KEYS = ("success_rate", "route_completion", "crash_rate", "out_of_road_rate", "episode_reward", "num_episodes")
 REFERENCE_POLICIES = ("random", "idm")
@@ -46,6 +55,9 @@ class EvalConfig:
     """Parallel shards (one MetaDrive engine each)."""
     backend: Literal["process", "ray"] = "process"
     """How shards run when workers > 1: a local process pool, or Ray tasks (local or a cluster)."""
+    simulator: Literal["metadrive", "batched"] = "metadrive"
+    """Where episodes run: MetaDrive, or the batched tensor simulator (scenario directories; policies
+    trained on the batched backend and "random" only)."""
     deterministic: bool = True
     """Use the policy's mean action instead of sampling."""
     reference: bool = True
@@ -80,6 +92,17 @@ def make_policy(spec: str, env, seed: int, deterministic: bool = True):
     return lambda obs: policy.predict(obs, deterministic=deterministic)[0]
 
 
+def policy_observation(spec: str) -> str | None:
+    """The observation a training run's policy reads ("lidar_state" / "scene"); None for random / idm."""
+    from runkit.checkpoint import load_checkpoint
+    from sim_bridge.rl.train import latest_checkpoint
+
+    ckpt = latest_checkpoint(spec) if spec not in REFERENCE_POLICIES else None
+    if ckpt is None:
+        return None
+    return str(load_checkpoint(ckpt)["config"]["env"].get("observation", "lidar_state"))
+
+
 def _episode_row(info: dict, total_reward: float, steps: int, scenario: str) -> dict:
     rc = float(np.clip(info.get("route_completion", 0.0), 0.0, 1.0))
     crash = any(bool(info.get(k)) for k in ("crash", "crash_vehicle", "crash_object", "crash_human",
@@ -91,7 +114,7 @@ def _episode_row(info: dict, total_reward: float, steps: int, scenario: str) -> 
 
 
 def _scenario_name(env, seed: int) -> str:
-    dm = getattr(env.engine, "data_manager", None)
+    dm = getattr(env.unwrapped.engine, "data_manager", None)
     if dm is not None and hasattr(dm, "current_scenario_summary"):
         summary = dm.current_scenario_summary
         return str(summary.get("scenario_id") or summary.get("id") or seed)
@@ -130,6 +153,10 @@ def _episodes_per_worker(total: int, workers: int) -> list[int]:
 
 def _run(spec: str, env_cfg: EnvConfig, cfg: EvalConfig) -> list[dict]:
     n_total = cfg.episodes or env_cfg.total_scenarios()
+    if cfg.simulator == "batched":
+        from sim_bridge.rl.evaluate_batched import run_batched
+
+        return run_batched(spec, env_cfg, n_total, cfg.seed, cfg.deterministic)
     workers = max(1, min(cfg.workers, env_cfg.total_scenarios(), n_total))
     if workers > 1 and env_cfg.total_scenarios() < workers:
         workers = 1
@@ -171,13 +198,20 @@ def evaluate(policy: str, data: str | Path, cfg: EvalConfig = EvalConfig(), env:
         A dict with METRIC_KEYS, ``per_scenario`` rows and ``reference`` rows (random, IDM).
     """
     env_cfg = replace(env or EnvConfig(data=str(data)), data=str(data))
+    obs = policy_observation(str(policy))
+    if obs is not None and obs != env_cfg.observation:  # the policy reads what it was trained on
+        env_cfg = replace(env_cfg, observation=obs)
+    if cfg.simulator == "batched" and obs not in (None, "scene"):
+        raise ValueError(f"{policy}: trained on MetaDrive's {obs!r} observation; the batched simulator gives "
+                         "'scene' observations only (train with --backend batched)")
     env_cfg.check_scenarios()  # every file through the safe loader before any engine starts
     rows = _run(str(policy), env_cfg, cfg)
     out = {"policy": str(policy), "data": str(data), **summarize_episodes(rows), "per_scenario": rows,
            "config": {"eval": to_dict(cfg), "env": to_dict(env_cfg)}}
-    if cfg.reference:
+    if cfg.reference:  # MetaDrive's IDM ego has no batched counterpart
+        refs = ("random",) if cfg.simulator == "batched" else REFERENCE_POLICIES
         out["reference"] = {ref: summarize_episodes(rows if ref == policy else _run(ref, env_cfg, cfg))
-                            for ref in REFERENCE_POLICIES}
+                            for ref in refs}
     return out
 
 

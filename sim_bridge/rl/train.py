@@ -1,7 +1,13 @@
-"""PPO (stable-baselines3) in MetaDrive on any scenario set: seed, envs, model, loop, checkpoints.
+"""PPO (stable-baselines3) on any scenario set, in MetaDrive or the batched simulator: seed, envs, model,
+loop, checkpoints.
 
 Reads top to bottom: config -> seeding -> vectorized envs -> PPO -> callback (episode log,
 TensorBoard scalars, atomic checkpoints) -> learn -> final checkpoint.
+
+Backends (``PPOTrainConfig.backend``) differ only in the ``VecEnv``: "metadrive" runs one MetaDrive
+engine per worker process (``sim_bridge.envs.vec``); "batched" steps ``batched.num_scenes`` scene slots
+as tensors in this process (``sim_bridge.batched.env.BatchedVecEnv``, observation "scene", which
+``SceneObservation`` also gives MetaDrive, so the policy can be evaluated in either simulator).
 
 Checkpoints are our own format, not SB3's ``.zip``: ``{model, optimizer, config, step, n_updates,
 best_metric}`` written atomically by ``runkit.checkpoint.save_checkpoint`` and read back with
@@ -11,6 +17,9 @@ cloudpickle, so loading someone else's zip can execute code; ours can only yield
 the step counter.
 """
 
+# Each backend's env is imported lazily in make_train_env: MetaDrive workers or the torch batched simulator,
+# only the one the run uses.
+
 from __future__ import annotations
 
 import csv
@@ -19,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -30,7 +39,7 @@ from runkit.rundir import check_resume
 from runkit.seeding import seed_everything
 from sim_bridge.envs.factory import EnvConfig
 
-__all__ = ["PPOConfig", "PPOTrainConfig", "TrainResult", "train", "latest_checkpoint", "build_policy",
+__all__ = ["PPOConfig", "BatchedConfig", "PPOTrainConfig", "TrainResult", "train", "latest_checkpoint", "build_policy",
            "read_episodes", "EPISODE_FIELDS"]
 
 EPISODE_FIELDS = ("step", "episode", "reward", "length", "route_completion", "success", "crash", "out_of_road")
@@ -56,16 +65,35 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
+class BatchedConfig:
+    """The batched simulator backend."""
+
+    num_scenes: int = 128
+    """Scene slots stepping together (the VecEnv's num_envs); scenarios are dealt round-robin."""
+    device: str = "cpu"
+    """torch device the simulator runs on ("cpu", "cuda")."""
+    threads: int = 1
+    """torch CPU threads of the training process (simulator + policy); 0 = one per core. Small tensor ops
+    gain little from threads, and on a loaded machine 2 threads ran 3-25x slower than 1 (OpenMP barriers
+    wait for descheduled threads)."""
+
+
+@dataclass(frozen=True)
 class PPOTrainConfig:
     """One PPO training run."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     """Training scenarios and env settings."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    backend: Literal["metadrive", "batched"] = "metadrive"
+    """Simulator: MetaDrive (num_envs worker processes) or the batched tensor simulator (batched.num_scenes
+    slots in-process; needs a scenario directory and env.observation=scene)."""
+    batched: BatchedConfig = field(default_factory=BatchedConfig)
+    """Batched backend settings."""
     total_steps: int = 100_000
     """Environment steps over all workers."""
     num_envs: int = 1
-    """Worker processes (one MetaDrive engine each); 1 = in-process."""
+    """MetaDrive backend: worker processes (one MetaDrive engine each); 1 = in-process."""
     seed: int = 0
     checkpoint_every: int = 4096
     """Save a checkpoint every this many steps (and at the end)."""
@@ -75,9 +103,20 @@ class PPOTrainConfig:
     def __post_init__(self):
         if self.total_steps < 1 or self.num_envs < 1 or self.checkpoint_every < 1:
             raise ValueError("total_steps, num_envs and checkpoint_every must be >= 1")
-        if (self.ppo.n_steps * self.num_envs) % self.ppo.batch_size:
-            raise ValueError(f"ppo.n_steps * num_envs ({self.ppo.n_steps * self.num_envs}) must be a multiple "
+        if self.backend == "batched" and self.env.observation != "scene":
+            raise ValueError("backend=batched observes 'scene' (the batched simulator's observation): set "
+                             "env.observation=scene (`bevgen sim train --backend batched` does)")
+        if self.batched.num_scenes < 1 or self.batched.threads < 0:
+            raise ValueError("batched.num_scenes must be >= 1 and batched.threads >= 0")
+        envs = "batched.num_scenes" if self.backend == "batched" else "num_envs"
+        if (self.ppo.n_steps * self.vec_envs) % self.ppo.batch_size:
+            raise ValueError(f"ppo.n_steps * {envs} ({self.ppo.n_steps * self.vec_envs}) must be a multiple "
                              f"of ppo.batch_size ({self.ppo.batch_size}); change one of them")
+
+    @property
+    def vec_envs(self) -> int:
+        """Envs of the VecEnv: worker processes (MetaDrive) or scene slots (batched)."""
+        return self.batched.num_scenes if self.backend == "batched" else self.num_envs
 
 
 @dataclass
@@ -189,6 +228,23 @@ def _callback(run_dir: Path, cfg: PPOTrainConfig, episodes: list[dict], state: d
     return _Cb()
 
 
+def make_train_env(cfg: PPOTrainConfig):
+    """The run's ``VecEnv`` (monitored: infos carry ``"episode"`` stats at episode ends), seeded with cfg.seed."""
+    if cfg.backend == "metadrive":
+        from sim_bridge.envs.vec import make_vec_env
+
+        return make_vec_env(cfg.env, cfg.num_envs, seed=cfg.seed)
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from sim_bridge.batched.env import BatchedVecEnv
+    from sim_bridge.envs.scene_obs import load_env_scenarios, scene_env_config
+
+    batch = load_env_scenarios(cfg.env, cfg.batched.device)
+    vec = VecMonitor(BatchedVecEnv(batch, cfg.batched.num_scenes, scene_env_config(cfg.env), cfg.batched.device))
+    vec.seed(cfg.seed)
+    return vec
+
+
 def train(cfg: PPOTrainConfig, run_dir: str | Path, resume: bool = False, progress_bar: bool = True,
           on_episode: Callable[[dict], Any] | None = None) -> TrainResult:
     """Train PPO; write config, TensorBoard logs, ``episodes.csv`` and checkpoints into ``run_dir``.
@@ -205,16 +261,17 @@ def train(cfg: PPOTrainConfig, run_dir: str | Path, resume: bool = False, progre
     """
     import torch
 
-    from sim_bridge.envs.vec import make_vec_env
-
     run_dir = Path(run_dir)
     ckpt = check_resume(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     seed_everything(cfg.seed)
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(cfg.num_envs, 1)))
+    if cfg.backend == "batched" and cfg.batched.threads:
+        torch.set_num_threads(cfg.batched.threads)
+    else:  # one share of the cores per MetaDrive worker process
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // (cfg.num_envs if cfg.backend == "metadrive" else 1)))
 
-    env = make_vec_env(cfg.env, cfg.num_envs, seed=cfg.seed)
+    env = make_train_env(cfg)
     episodes: list[dict] = []
     state = {"last_ckpt": 0, "best": -np.inf}
     try:

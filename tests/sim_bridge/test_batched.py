@@ -56,7 +56,7 @@ def test_log_playback_reproduces_the_log(real, real_dir):
 
 
 def test_bicycle_drives_the_hand_computed_circle():
-    cfg = VehicleConfig(rolling_decel=0.0)
+    cfg = VehicleConfig(rolling_decel=0.0, understeer=0.0, max_lateral_accel=math.inf)  # the kinematic bicycle
     steer = 0.5  # action -> wheel angle 20 deg
     delta = steer * math.radians(cfg.max_steering_deg)
     radius = cfg.wheelbase / math.tan(delta)
