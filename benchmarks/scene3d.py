@@ -32,7 +32,7 @@ def _images_per_second(cfg, data, device: str, batch: int, repeats: int) -> floa
     gen = Scene3DGenerator(cfg.model).to(device).eval()
     idx = np.arange(batch) % len(data)
     lay = data.layout_batch(idx, device)
-    z = [t.to(device) for t in sample_latents(batch, lay["boxes"].valid.shape[1], cfg.model.z_dim, torch.Generator())]
+    z = [t.to(device) for t in sample_latents(batch, lay.num_boxes, cfg.model.z_dim, torch.Generator())]
     with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16,
                                          enabled=device == "cuda" and cfg.precision == "bf16"):
         gen(lay, *z)  # warm-up

@@ -25,6 +25,8 @@ import numpy as np
 from sim_bridge import geometry
 from sim_bridge.boxes import Boxes3D
 
+# cv2 is imported lazily (draw_boxes only): a slow import that projection maths does not need.
+
 NUSCENES_CAMERAS: tuple[str, ...] = (
     "CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT")
 NUSCENES_IMAGE_SIZE: tuple[int, int] = (900, 1600)

@@ -24,6 +24,9 @@ from bevgen.sim_cli import app as sim_app
 from bevgen.traffic_cli import app as traffic_app
 from bevgen.views.cli import app as views_app
 
+# Command bodies import their implementation lazily: `bevgen --help` must not import torch, MetaDrive, pybullet,
+# cv2 or numpy, so only typer, rich, yaml and the command-line plumbing are imported here.
+
 
 class _Bevgen(TyperGroup):
     """The top-level group: an unsafe, oversized or corrupt file reaching any command (however deep) is

@@ -1,11 +1,20 @@
 """Shared pieces of the ``bevgen`` command and its sub-apps (views, scene3d): options, console, errors,
-the run-config record. Imports only typer at module level, so ``import bevgen.cli`` stays light."""
+the run-config record. Imports only typer, rich, yaml and runkit.atomic at module level, so ``import bevgen.cli``
+stays light."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from runkit.atomic import atomic_write_text
+
+# Command bodies import their implementation lazily: `bevgen --help` must not import torch, MetaDrive, pybullet,
+# cv2 or numpy, so only typer, rich, yaml and the command-line plumbing are imported here.
 
 __all__ = ["ConfigOpt", "SetOpt", "SCENARIOS", "SCENARIO", "LAYOUT", "SCENARIO_METAVARS", "console", "fail",
            "progress", "save_run_config"]
@@ -25,15 +34,12 @@ SetOpt = typer.Option(None, "--set", help="Override a config field: --set key=va
 
 def console():
     """A rich console on stderr (stdout stays free for JSON output)."""
-    from rich.console import Console
 
     return Console(stderr=True)
 
 
 def progress():
     """A rich progress bar (description, bar, done/total, elapsed, remaining) on the stderr console."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console(), transient=False)
@@ -47,8 +53,5 @@ def fail(msg: str, code: int = 2) -> None:
 
 def save_run_config(out: Path, command: str, config: dict) -> None:
     """Record the command and its resolved config as ``out/bevgen_run.yaml``."""
-    import yaml
-
-    from runkit.atomic import atomic_write_text
 
     atomic_write_text(out / "bevgen_run.yaml", yaml.safe_dump({"command": command, "config": config}, sort_keys=False))

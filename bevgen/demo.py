@@ -19,18 +19,29 @@ import json
 import platform
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from bevgen.demo_cameras import FAST as CAMERAS_FAST, CamerasDemoConfig
 from bevgen.layout import CHANNELS, BevConfig, BevRasterizer
 from bevgen.preview import preview_image
+from bevgen.rollout import record_rollout, save_animation
 from bevgen import demo_cameras as dc
 from bevgen import report as rp
 from runkit.config import save_config, to_dict
 from sim_bridge.dataset import ScenarioDataset
+from sim_bridge.envs.factory import EnvConfig, make_env
+from sim_bridge.rl.evaluate import EvalConfig, evaluate, make_policy, write_metrics
+from sim_bridge.rl.train import PPOConfig, PPOTrainConfig, read_episodes
+from sim_bridge.rl.train import train as train_ppo
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
+from traffic.generate import GenerateConfig, augment
+from traffic.train import TrafficTrainConfig, train
+
+# torch, matplotlib and traffic.metrics (shapely) are imported lazily: heavy, used by single stages.
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -69,9 +80,7 @@ def demo_config(fast: bool, workers: int) -> DemoConfig:
 
 def _stage_traffic(cfg: DemoConfig, data: Path, out: Path) -> dict:
     """Train (or reuse) the tiny traffic model on the scenarios and densify them x2."""
-    from traffic.generate import GenerateConfig, augment
     from traffic.metrics import evaluate_traffic
-    from traffic.train import TrafficTrainConfig, train
 
     run = out / "traffic"
     summary = run / "train_summary.json"
@@ -86,9 +95,6 @@ def _stage_traffic(cfg: DemoConfig, data: Path, out: Path) -> dict:
 
 
 def _train_ppo(cfg: DemoConfig, data: Path, run: Path) -> list[dict]:
-    from sim_bridge.envs.factory import EnvConfig
-    from sim_bridge.rl.train import PPOConfig, PPOTrainConfig, read_episodes, train
-
     summary = run / "train_summary.json"
     if not (summary.exists() and json.loads(summary.read_text())["final_step"] >= cfg.ppo_steps):
         small = cfg.ppo_steps < 4096
@@ -96,7 +102,7 @@ def _train_ppo(cfg: DemoConfig, data: Path, run: Path) -> list[dict]:
                             ppo=PPOConfig(n_steps=256 if small else 1024, batch_size=64 if small else 256,
                                           net_arch=(64, 64)),
                             total_steps=cfg.ppo_steps, num_envs=1, checkpoint_every=max(cfg.ppo_steps // 4, 256))
-        train(tc, run, resume=(run / "checkpoints" / "latest.pt").exists(), progress_bar=False)
+        train_ppo(tc, run, resume=(run / "checkpoints" / "latest.pt").exists(), progress_bar=False)
     return read_episodes(run)
 
 
@@ -105,7 +111,6 @@ def _curve_png(episodes: list[dict], path: Path) -> np.ndarray:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if episodes:
@@ -170,7 +175,6 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
                 img = preview_image(layout, title=f"{s.id} t={t / 10:.1f}s", scale=1, legend=False)
                 previews.append((img, f"{s.id}, t = {t / 10:.1f} s, {int(layout.valid.sum())} boxes"))
                 (out / "bev").mkdir(parents=True, exist_ok=True)
-                from PIL import Image
                 Image.fromarray(preview_image(layout, title=f"{s.id} t={t / 10:.1f}s")).save(
                     out / "bev" / f"{s.id}_t{int(t):04d}.png")
         anim_src = scenes[0]
@@ -203,17 +207,10 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
         (out / "rl").mkdir(parents=True, exist_ok=True)
         curve = _curve_png(episodes, out / "rl" / "learning_curve.png")
     with _stage(console, "evaluation", timings):
-        from sim_bridge.envs.factory import EnvConfig
-        from sim_bridge.rl.evaluate import EvalConfig, evaluate, write_metrics
-
         env_cfg = EnvConfig(data=str(heldout), horizon=200)
         result = evaluate(str(out / "ppo"), str(heldout), EvalConfig(workers=1), env_cfg)
         write_metrics(result, out / "rl")
     with _stage(console, "agent rollout", timings):
-        from bevgen.rollout import record_rollout, save_animation
-        from sim_bridge.envs.factory import make_env
-        from sim_bridge.rl.evaluate import make_policy
-
         # the trained agent in augmented (dense) traffic: its snapshots also drive the six-camera video
         env = make_env(EnvConfig(data=str(out / "augmented"), num_scenarios=1, horizon=cfg.rollout_steps))
         try:
@@ -310,8 +307,6 @@ def _camera_stages(cfg: DemoConfig, out: Path, console, timings: dict, snapshots
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for pkg in ("bevgen", "numpy", "metadrive-simulator", "opencv-python-headless", "torch", "stable-baselines3",
                 "pybullet"):

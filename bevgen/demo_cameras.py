@@ -21,7 +21,23 @@ from typing import Sequence
 import numpy as np
 
 from bevgen import report as rp
+from bevgen.pretrained import REPO, shipped
+from bevgen.render.dataset import load_frame, write_synthetic_dataset
 from bevgen.render.scene import SynthConfig
+from bevgen.rollout import MissingEncoderError, save_animation
+from bevgen.scene3d import edit as ed
+from bevgen.scene3d.data import load_scene3d_data
+from bevgen.scene3d.layout import layout_from_frame
+from bevgen.scene3d.metrics import DEFINITIONS as SCENE3D
+from bevgen.scene3d.metrics import evaluate_scene3d
+from bevgen.views.config import ViewsConfig
+from bevgen.views.drive import generate_drive_views, temporal_change
+from bevgen.views.figures import COND_KEYS, bev_image, views_figure
+from bevgen.views.train import train_views
+from runkit.config import load_config
+
+# torch and the torch-based modules (views.sample/metrics/bevseg*, scene3d.train) are imported lazily:
+# optional `ml` extra, loaded only by the stages that train or evaluate models.
 
 __all__ = ["CamerasDemoConfig", "camera_data", "views_model", "scene3d_model", "views_stage", "drive_stage",
            "scene3d_stage", "camera_sections"]
@@ -66,7 +82,6 @@ FAST = CamerasDemoConfig(frames_per_scenario=3, frame_stride=25, showcase_frames
 
 def camera_data(cfg: CamerasDemoConfig, scenarios: Path, out: Path, workers: int, first_frame: int = 10) -> dict:
     """Render the paired six-camera dataset of a scenario directory (resumes; returns the writer's summary)."""
-    from bevgen.render.dataset import write_synthetic_dataset
 
     return write_synthetic_dataset(scenarios, out, cfg.synth, frames_per_scenario=cfg.frames_per_scenario,
                                    frame_stride=cfg.frame_stride, first_frame=first_frame, workers=workers,
@@ -74,19 +89,13 @@ def camera_data(cfg: CamerasDemoConfig, scenarios: Path, out: Path, workers: int
 
 
 def _config(cls, name: str, overrides: list[str]):
-    from bevgen.pretrained import REPO
-    from runkit.config import load_config
-
     path = REPO / "configs" / name
     return load_config(cls, path if path.exists() else None, overrides)
 
 
 def views_model(cfg: CamerasDemoConfig, data: Path, run: Path):
     """(pipeline, where it came from): the shipped tiny checkpoint, a finished run in ``run``, or a new run."""
-    from bevgen.pretrained import shipped
-    from bevgen.views.config import ViewsConfig
     from bevgen.views.sample import load_views
-    from bevgen.views.train import train_views
 
     ship = shipped("views_tiny") if cfg.use_shipped else None
     if ship is not None:
@@ -100,7 +109,6 @@ def views_model(cfg: CamerasDemoConfig, data: Path, run: Path):
 
 def scene3d_model(cfg: CamerasDemoConfig, data: Path, run: Path):
     """(generator, where it came from), like :func:`views_model`."""
-    from bevgen.pretrained import shipped
     from bevgen.scene3d.train import Scene3DTrainConfig, load_scene3d, train_scene3d
 
     ship = shipped("scene3d_tiny") if cfg.use_shipped else None
@@ -116,9 +124,7 @@ def views_stage(cfg: CamerasDemoConfig, pipe, heldout: Path, train: Path, out: P
     """Showcase figures and metrics of the views model on held-out frames."""
     import torch
 
-    from bevgen.render.dataset import load_frame
     from bevgen.views.bevseg_train import train_bevseg
-    from bevgen.views.figures import COND_KEYS, bev_image, views_figure
     from bevgen.views.metrics import evaluate_views
 
     names = json.loads((heldout / "index.json").read_text())["frames"]
@@ -127,13 +133,13 @@ def views_stage(cfg: CamerasDemoConfig, pipe, heldout: Path, train: Path, out: P
     shown = sorted(loaded, key=lambda nf: -int(nf[1]["box_valid"].sum()))[:cfg.showcase_frames]
     batch = {k: torch.from_numpy(np.stack([f[k] for _, f in shown])) for k in COND_KEYS}
     rig_size = tuple(shown[0][1]["images"].shape[1:3])  # the stored K refer to the dataset's image size
-    generated = pipe(batch, seed=0, rig_size=rig_size).permute(0, 1, 3, 4, 2).cpu().numpy()
+    generated = pipe(batch, seed=0, rig_size=rig_size).numpy()
     range_m = pipe.config.data.bev_range_m
     showcase = [(views_figure(bev_image(f, range_m), gen, _resize_views(f["images"], pipe.image_size)),
                  f"{name}: BEV (left); generated views (top: front-left, front, front-right; below: back-left, back, "
                  f"back-right); synthetic ground truth underneath") for (name, f), gen in zip(shown, generated)]
     bevseg = train_bevseg(train, None, out / "bevseg", steps=cfg.bevseg_steps, resume=True, progress=False)
-    metrics = evaluate_views(lambda b: pipe(b, seed=0), heldout, names[:cfg.eval_frames], out / "eval",
+    metrics = evaluate_views(lambda b: pipe(b, seed=0).images, heldout, names[:cfg.eval_frames], out / "eval",
                              bevseg_ckpt=bevseg, progress=False)
     return {"showcase": showcase, "metrics": metrics}
 
@@ -150,11 +156,9 @@ def _resize_views(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 def drive_stage(cfg: CamerasDemoConfig, pipe, snapshots: Sequence, out: Path) -> dict:
     """Six generated views of every (subsampled) frame of the agent's drive; GIF, MP4 and temporal change."""
-    from bevgen.rollout import MissingEncoderError, save_animation
-    from bevgen.views.drive import generate_drive_views, temporal_change
 
     snaps = list(snapshots)[:cfg.drive_frames]
-    drive = generate_drive_views(snaps, lambda b, seed: pipe(b, seed=seed), pipe.image_size,
+    drive = generate_drive_views(snaps, lambda b, seed: pipe(b, seed=seed).images, pipe.image_size,
                                  pipe.config.data.bev_range_m)
     out.mkdir(parents=True, exist_ok=True)
     save_animation(drive.frames, out / "drive_views.gif", fps=4)
@@ -173,10 +177,6 @@ def drive_stage(cfg: CamerasDemoConfig, pipe, snapshots: Sequence, out: Path) ->
 
 def scene3d_stage(cfg: CamerasDemoConfig, gen, heldout: Path, out: Path) -> dict:
     """Edits of one held-out layout (a still per edit, an orbit GIF, a moving-car GIF) and the metrics."""
-    from bevgen.scene3d import edit as ed
-    from bevgen.scene3d.data import load_scene3d_data
-    from bevgen.scene3d.layout import layout_from_frame
-    from bevgen.scene3d.metrics import evaluate_scene3d
 
     tc = gen.train_config
     index = json.loads((heldout / "index.json").read_text())
@@ -219,7 +219,6 @@ def _up(img: np.ndarray, k: int = 3) -> np.ndarray:
 
 def metric_definitions() -> dict[str, str]:
     """Definitions of every camera metric in the report, from the modules that compute them."""
-    from bevgen.scene3d.metrics import DEFINITIONS as SCENE3D
     from bevgen.views.metrics import DEFINITIONS as VIEWS
 
     return {**{f"views {k}": v for k, v in VIEWS.items()},

@@ -21,6 +21,9 @@ import typer
 
 from bevgen.cli_common import console, fail, progress
 
+# Command bodies import their implementation lazily: `bevgen --help` must not import torch, MetaDrive, pybullet,
+# cv2 or numpy, so only typer, rich, yaml and the command-line plumbing are imported here.
+
 __all__ = ["export_cmd", "register"]
 
 

@@ -25,10 +25,13 @@ Letters: n image, c channel, h/w pixels, d feature.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+# torch and scipy are imported lazily (optional `ml` extra): importing this module stays light.
 
 __all__ = ["Extractor", "RandConvExtractor", "InceptionExtractor", "ExtractorWeightsError", "load_extractor",
            "fid", "kid", "fid_kid", "RANDCONV_NAME", "FID_WEIGHTS_SHA256_PREFIX"]
@@ -395,7 +398,6 @@ def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, full_rank: bool) -> floa
         from scipy.linalg import sqrtm
     except ImportError:
         return _trace_sqrt_product_eig(s1, s2)
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ill-conditioning is handled below

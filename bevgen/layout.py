@@ -23,6 +23,8 @@ from sim_bridge.boxes import Boxes3D
 from sim_bridge.geometry import box_footprints, to_frame, wrap_angle
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
 
+# cv2 and torch are imported lazily: heavy/optional, and rasterising needs neither at import time.
+
 __all__ = ["BevConfig", "BevLayout", "Boxes3D", "BevRasterizer", "CHANNELS", "DEFAULT_CHANNELS", "CLASS_NAMES",
            "rasterize", "agent_class_ids", "world_to_pixel"]
 

@@ -16,10 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+from bevgen.render.dataset import write_synthetic_dataset
+from bevgen.render.scene import SynthConfig
 from runkit.checkpoint import load_checkpoint, save_checkpoint
+from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
 __all__ = ["SHIPPED", "shipped", "build", "export_views", "export_scene3d"]
 
@@ -70,12 +75,6 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
     Returns:
         summary: seconds per stage and each training summary.
     """
-    import subprocess
-    import sys
-
-    from bevgen.render.dataset import write_synthetic_dataset
-    from bevgen.render.scene import SynthConfig
-    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
     work, out = Path(work), Path(out)
     times: dict = {}

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from bevgen.layout import CHANNELS, BevLayout
+
+# cv2 is imported lazily (one drawing helper): a slow import that previews mostly do not need.
 
 __all__ = ["colorize", "preview_image", "save_preview", "grid"]
 
@@ -45,7 +48,6 @@ def _draw_ego(img: np.ndarray, layout: BevLayout) -> None:
 
 def preview_image(layout: BevLayout, title: str | None = None, scale: int = 2, legend: bool = True) -> np.ndarray:
     """uint8 [H', W', 3]: the composite, a title bar and a legend column naming every channel."""
-    from PIL import Image, ImageDraw, ImageFont
 
     body = colorize(layout, scale)
     font = ImageFont.load_default(size=13)
@@ -82,7 +84,6 @@ def grid(images: Sequence[np.ndarray], cols: int, pad: int = 4) -> np.ndarray:
 
 def save_preview(layout: BevLayout, path: str | Path, title: str | None = None, scale: int = 2) -> Path:
     """Write :func:`preview_image` as a PNG; returns the path."""
-    from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 from runkit.atomic import atomic_write_text
 
@@ -30,8 +31,6 @@ pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto} .muted{color:#7
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -47,7 +46,6 @@ def image_tag(img: np.ndarray, caption: str = "", width: int | None = None) -> s
 
 def gif_bytes(frames: Sequence[np.ndarray], fps: float = 10.0) -> bytes:
     """Animated GIF of uint8 RGB frames."""
-    from PIL import Image
 
     ims = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
     buf = io.BytesIO()

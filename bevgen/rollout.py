@@ -23,9 +23,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from bevgen.layout import CHANNELS, DEFAULT_CHANNELS, BevConfig, BevLayout, BevRasterizer, world_to_pixel
 from bevgen.preview import colorize
+from bevgen.report import gif_bytes
+from sim_bridge.envs.snapshot import route_polyline, snapshot
+
+# cv2, imageio and imageio_ffmpeg are imported lazily: heavy or optional video writers.
 
 __all__ = ["RolloutResult", "record_rollout", "draw_route", "render_frame", "save_animation",
            "MissingEncoderError", "ROLLOUT_BEV", "ROUTE_COLOR"]
@@ -118,7 +123,6 @@ def draw_route(img: np.ndarray, layout: BevLayout, route: np.ndarray, scale: int
 @functools.lru_cache(maxsize=16)
 def _legend(channels: tuple[str, ...], range_m: float, height: int, top: int) -> np.ndarray:
     """uint8 [height, 170, 3] legend column (text rendering is the slow part, so it is drawn once)."""
-    from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=13)
     col = Image.new("RGB", (_LEGEND_W, height), (255, 255, 255))
@@ -147,7 +151,6 @@ def render_frame(layout: BevLayout, route: np.ndarray | None = None, title: str 
     Returns:
         uint8 [H', W', 3] RGB; H' = size*scale (+ 22 with a title), W' = size*scale (+ 170 with a legend).
     """
-    from PIL import Image, ImageDraw, ImageFont
 
     body = colorize(layout, scale)
     if route is not None:
@@ -184,7 +187,6 @@ def record_rollout(env, policy: Callable[[Any], Any], max_steps: int, bev_config
     Returns:
         A :class:`RolloutResult`; frames are uint8 [T, H', W', 3] (see :func:`render_frame`).
     """
-    from sim_bridge.envs.snapshot import route_polyline, snapshot
 
     if max_steps < 1 or every < 1:
         raise ValueError("max_steps and every must be >= 1")
@@ -248,7 +250,6 @@ def save_animation(frames: Sequence[np.ndarray] | np.ndarray, path: str | Path, 
         raise ValueError(f"unknown animation format {path.suffix!r}: use .gif or .mp4")
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".gif":
-        from bevgen.report import gif_bytes
 
         path.write_bytes(gif_bytes(frames, fps))
         return path

@@ -10,12 +10,17 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt, progress
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 from bevgen.cli_common import save_run_config as _save_run_config
 from bevgen.export_cli import register as _register_export
+
+# Command bodies import their implementation lazily: `bevgen --help` must not import torch, MetaDrive, pybullet,
+# cv2 or numpy, so only typer, rich, yaml and the command-line plumbing are imported here.
 
 app = typer.Typer(help="Make, convert, check and look at scenario datasets (ScenarioNet format, "
                        "loadable by MetaDrive's ScenarioEnv).", no_args_is_help=True)
@@ -179,8 +184,6 @@ def info_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Table of scenarios: length, agents by type, map features by type."""
-    from rich.console import Console
-    from rich.table import Table
 
     from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
     from sim_bridge.scenario import ScenarioError, load_scenario

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt, progress
 from bevgen.cli_common import console as _console
@@ -17,6 +19,9 @@ from bevgen.cli_common import fail as _fail
 from bevgen.cli_common import save_run_config as _save_run_config
 from bevgen.scenarios_cli import _report_conversion
 from runkit.rundir import run_config_file
+
+# Command bodies import their implementation lazily: `bevgen --help` must not import torch, MetaDrive, pybullet,
+# cv2 or numpy, so only typer, rich, yaml and the command-line plumbing are imported here.
 
 app = typer.Typer(help="Learned traffic (TrafficGen-style): place vehicles on HD maps, generate their "
                        "trajectories, densify real scenarios, evaluate against baselines.", no_args_is_help=True)
@@ -129,7 +134,6 @@ def traffic_eval(
         _fail(str(e))
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(m, indent=2, default=float))
-    from rich.table import Table
 
     table = Table(title=f"{generated} vs {reference}")
     table.add_column("metric")
@@ -138,6 +142,5 @@ def traffic_eval(
               "kinematic_violation_rate", "num_scenarios", "num_agents"):
         v = m[k]
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    from rich.console import Console
 
     Console().print(table)

@@ -12,6 +12,8 @@ from typing import Any
 
 from runkit.atomic import atomic_write
 
+# torch is imported lazily (optional `ml` extra): importing runkit stays light.
+
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
 

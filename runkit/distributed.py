@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+# torch is imported lazily (optional `ml` extra): importing runkit stays light.
+
 __all__ = ["setup_distributed"]
 
 

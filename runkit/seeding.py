@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
+# torch is imported lazily (optional `ml` extra): importing runkit stays light.
+
 __all__ = ["seed_everything", "stream_seed"]
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
     """Seed Python's and numpy's global generators with ``seed + rank`` and torch's with ``seed``
     (the same initial weights on every rank)."""
-    import numpy as np
     import torch
 
     random.seed(seed + rank)
@@ -28,6 +31,5 @@ def stream_seed(seed: int, rank: int = 0, start_step: int = 0) -> int:
     """
     if start_step == 0:
         return seed * 1000 + rank
-    import numpy as np
 
     return int(np.random.SeedSequence([seed, rank, start_step]).generate_state(1, np.uint64)[0]) >> 1

@@ -20,6 +20,8 @@ import numpy as np
 
 from sim_bridge import geometry
 
+# torch is imported lazily (tensor Boxes3D only): the numpy side works without the `ml` extra.
+
 __all__ = ["Boxes3D"]
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+# torch is imported lazily (only for torch inputs): the numpy side works without the `ml` extra.
+
 __all__ = ["wrap_angle", "rotate", "to_frame", "from_frame", "vectors_to_frame", "box_corners", "box_footprints",
            "boxes_overlap", "CORNER_SIGNS"]
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from numpy.core import multiarray, numeric  # numpy 1.x path; numpy 2 keeps a shim
 
 __all__ = ["UnsafePickleError", "ResourceLimitError", "CorruptFileError", "safe_load", "safe_loads",
            "ALLOWED_GLOBALS", "MAX_FILE_BYTES", "MAX_ARRAY_BYTES", "LOAD_ERRORS"]
@@ -91,8 +92,6 @@ def _check_array(shape: Any, dtype: Any) -> None:
 
 
 def _numpy_reconstruct() -> Callable:
-    from numpy.core import multiarray  # numpy 1.x path; numpy 2 keeps a shim
-
     def reconstruct(subtype, shape, dtype):
         # _reconstruct allocates np.empty(shape, dtype) before the BUILD step fills it.
         subtype = np.ndarray if subtype is _guarded_ndarray else subtype
@@ -105,8 +104,6 @@ def _numpy_reconstruct() -> Callable:
 
 
 def _numpy_frombuffer() -> Callable:
-    from numpy.core import numeric
-
     def frombuffer(buf, dtype, shape, order):
         _check_array(shape, dtype)
         return numeric._frombuffer(buf, dtype, shape, order)
@@ -115,8 +112,6 @@ def _numpy_frombuffer() -> Callable:
 
 
 def _numpy_scalar() -> Callable:
-    from numpy.core import multiarray
-
     def scalar(dtype, *args):
         _check_bytes(np.dtype(dtype).itemsize, f"a numpy scalar of dtype {dtype}")
         return multiarray.scalar(dtype, *args)

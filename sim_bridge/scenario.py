@@ -31,6 +31,7 @@ from sim_bridge.scenario_encoding import (CORE_STATE_KEYS, ROOT_PARSED, STEP_SEC
                                          LightSource, RootSource, ScenarioError, TrackSource, as_array,
                                          feature_to_dict, field_errors, light_to_dict, per_step, require,
                                          track_to_dict)
+from sim_bridge.scenario_edit import keep_tracks, track_of, with_tracks
 
 __all__ = [
     "ScenarioError", "AgentTracks", "MapFeature", "TrafficLight", "Scenario",
@@ -259,17 +260,14 @@ class Scenario:
     # ---- typed edits (sim_bridge.scenario_edit): new Scenarios, untouched parts written bit for bit ----
     def track(self, agent_id: str):
         """One agent as a :class:`~sim_bridge.scenario_edit.Track` (arrays [T, ...], its storage kept)."""
-        from sim_bridge.scenario_edit import track_of
         return track_of(self, agent_id)
 
     def with_tracks(self, tracks: Mapping) -> "Scenario":
         """A new Scenario with ``tracks`` (agent id -> Track) replacing agents of the same id or appended."""
-        from sim_bridge.scenario_edit import with_tracks
         return with_tracks(self, tracks)
 
     def keep_tracks(self, agent_ids) -> "Scenario":
         """A new Scenario holding only the agents ``agent_ids`` (in this scenario's order)."""
-        from sim_bridge.scenario_edit import keep_tracks
         return keep_tracks(self, agent_ids)
 
     # ---- dict conversion (the only place that knows the ScenarioNet layout) -------------

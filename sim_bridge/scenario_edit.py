@@ -22,7 +22,9 @@ import numpy as np
 
 from sim_bridge.scenario_encoding import STEP_SECONDS, ScenarioError, TrackSource, track_to_dict
 
-if TYPE_CHECKING:  # sim_bridge.scenario imports this module lazily, from its methods
+# sim_bridge.scenario is imported lazily (in _settle): it imports this module at its top (cycle).
+
+if TYPE_CHECKING:  # sim_bridge.scenario imports this module at its top: a cycle
     from sim_bridge.scenario import AgentTracks, Scenario
 
 __all__ = ["Track", "track_of", "with_tracks", "keep_tracks"]

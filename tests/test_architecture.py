@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +62,6 @@ _FRAME_MATHS = {
 
 @pytest.mark.parametrize("what", sorted(_FRAME_MATHS))
 def test_frame_maths_lives_in_the_geometry_module(what):
-    import re
-
     pattern = re.compile(_FRAME_MATHS[what])
     geometry = ROOT / "sim_bridge" / "geometry.py"
     allowed = {geometry, ROOT / "sim_bridge" / "boxes.py"}  # Boxes3D.corners / footprints call geometry
@@ -80,8 +79,6 @@ def test_boxes_cross_bevgen_as_boxes3d_not_packed_arrays():
     """Packages hand each other ``sim_bridge.boxes.Boxes3D``; the packed [..., 7] form is documented only in
     boxes.py / geometry.py and in the frame-file format (render/dataset.py), which converts at load/save.
     (traffic's [N, 7] agent-state rows are not boxes and sim_bridge/batched/ is a kernel: not scanned.)"""
-    import re
-
     pattern = re.compile(_PACKED_BOXES)
     allowed = {ROOT / "sim_bridge" / "boxes.py", ROOT / "sim_bridge" / "geometry.py",
                ROOT / "bevgen" / "render" / "dataset.py"}
@@ -122,3 +119,56 @@ def test_run_plumbing_lives_in_runkit():
     files = [p for pkg in ("bevgen", "traffic", "sim_bridge") for p in (ROOT / pkg).rglob("*.py")]
     offenders = [f for p in files for f in _plumbing(p)]
     assert not offenders, f"use runkit.checkpoint / runkit.seeding / runkit.atomic instead: {offenders}"
+
+
+# Imports sit at the module top. A function imports one of the project's own modules only in the CLI modules
+# (`bevgen --help` must not import torch, MetaDrive or pybullet) and in modules whose docstring or a module-level
+# comment says what is imported lazily and why (a heavy optional dependency such as torch, or an import cycle).
+_OWN_PACKAGES = ("bevgen", "traffic", "sim_bridge", "runkit")
+_LAZY_MARKER = re.compile(r"import(s|ed)? lazily|lazy import")
+_LAZY_PENDING: dict[str, str] = {}  # modules not audited yet (each with its reason); none left
+
+
+def _is_cli_module(path: Path) -> bool:
+    rel = path.relative_to(ROOT).as_posix()
+    return (rel in ("bevgen/cli.py", "bevgen/cli_common.py", "bevgen/views/cli.py", "bevgen/scene3d/cli.py")
+            or (path.parent == ROOT / "bevgen" and path.name.endswith("_cli.py")))
+
+
+def _local_own_imports(path: Path) -> list[int]:
+    """Lines of imports of bevgen/traffic/sim_bridge/runkit (or relative ones) inside functions."""
+    lines = set()
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom):
+                    own = node.level > 0 or (node.module or "").split(".")[0] in _OWN_PACKAGES
+                elif isinstance(node, ast.Import):
+                    own = any(a.name.split(".")[0] in _OWN_PACKAGES for a in node.names)
+                else:
+                    continue
+                if own:
+                    lines.add(node.lineno)
+    return sorted(lines)
+
+
+def _says_what_it_imports_lazily(path: Path) -> bool:
+    text = path.read_text()
+    said = [ast.get_docstring(ast.parse(text)) or ""] + [line for line in text.splitlines() if line.startswith("#")]
+    return any(_LAZY_MARKER.search(s) for s in said)
+
+
+def test_own_modules_are_imported_at_the_module_top():
+    files = [p for pkg in _OWN_PACKAGES for p in (ROOT / pkg).rglob("*.py")]
+    offenders = [f"{p.relative_to(ROOT).as_posix()}:{n}" for p in files
+                 if not (_is_cli_module(p) or p.relative_to(ROOT).as_posix() in _LAZY_PENDING
+                         or _says_what_it_imports_lazily(p))
+                 for n in _local_own_imports(p)]
+    assert not offenders, ("import these at the module top, or say in a module-level comment what is imported "
+                           f"lazily and why (a heavy optional dependency or a cycle): {offenders}")
+
+
+def test_lazy_import_exemptions_are_still_needed():
+    stale = [f for f in _LAZY_PENDING if not (ROOT / f).exists() or not _local_own_imports(ROOT / f)
+             or _says_what_it_imports_lazily(ROOT / f)]
+    assert not stale, f"drop these from _LAZY_PENDING in tests/test_architecture.py: {stale}"

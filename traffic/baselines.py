@@ -20,6 +20,7 @@ import numpy as np
 
 from sim_bridge.dataset import DatasetWriter, ScenarioDataset
 from sim_bridge.scenario import STEP_SECONDS, AgentTracks, Scenario
+from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural, scenario_filename
 
 __all__ = ["random_lane_traffic", "procedural_reference", "write_baseline_dataset", "VEHICLE_SIZE"]
 
@@ -167,7 +168,6 @@ def procedural_reference(num_scenarios: int, out_dir: str | Path, seed: int = 0,
     Returns:
         The dataset (ego id ``ego``); raises RuntimeError naming the seeds that failed.
     """
-    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural, scenario_filename
 
     cfg = ProceduralConfig(num_scenarios=num_scenarios, start_seed=seed, steps=steps, workers=workers,
                            traffic_density=traffic_density)

@@ -31,12 +31,18 @@ Cost: O(map points) resampling + O(A x M) lane assignment per scene, numpy-vecto
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
 from sim_bridge.geometry import from_frame, to_frame, vectors_to_frame
 from sim_bridge.geometry import wrap_angle as wrap
+
+# torch is imported lazily (tensor collation only): encoding works on numpy without the `ml` extra.
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["EncodingConfig", "encode_scene", "collate", "to_world", "to_scene", "agent_feature_rows", "MAP_TYPES",
            "AGENT_TYPES", "MAP_FEATURES", "AGENT_FEATURES", "wrap", "point_to_segments"]
@@ -160,7 +166,47 @@ def point_to_segments(p: np.ndarray, a: np.ndarray, b: np.ndarray):
     return t, lateral, np.linalg.norm(p[:, None, :] - closest, axis=-1)
 
 
-def encode_scene(sc: Scenario, t0: int = 0, cfg: EncodingConfig = EncodingConfig()) -> dict[str, np.ndarray]:
+class EncodedScene(TypedDict):
+    """One encoded scenario frame: what the traffic models read (shapes and units in the module docstring)."""
+
+    map_feats: np.ndarray
+    map_pts: np.ndarray
+    map_mask: np.ndarray
+    lane_mask: np.ndarray
+    speed_limit: np.ndarray
+    agent_feats: np.ndarray
+    agent_state: np.ndarray
+    agent_type: np.ndarray
+    agent_mask: np.ndarray
+    agent_index: np.ndarray
+    agent_lane: np.ndarray
+    lane_offset: np.ndarray
+    future: np.ndarray
+    future_mask: np.ndarray
+    origin: np.ndarray
+
+
+class SceneBatch(TypedDict):
+    """:class:`EncodedScene` s stacked by :func:`collate`: the same keys as torch tensors with a leading b."""
+
+    map_feats: Tensor
+    map_pts: Tensor
+    map_mask: Tensor
+    lane_mask: Tensor
+    speed_limit: Tensor
+    agent_feats: Tensor
+    agent_state: Tensor
+    agent_type: Tensor
+    agent_mask: Tensor
+    agent_index: Tensor
+    agent_lane: Tensor
+    lane_offset: Tensor
+    future: Tensor
+    future_mask: Tensor
+    origin: Tensor
+
+
+def encode_scene(sc: Scenario, t0: int = 0, cfg: EncodingConfig = EncodingConfig()) -> EncodedScene:
     """Encode frame ``t0`` of ``sc`` in the ego's frame (shapes in the module docstring)."""
     if not 0 <= t0 < sc.length:
         raise IndexError(f"{sc.id}: t0={t0} outside 0..{sc.length - 1}")
@@ -234,8 +280,8 @@ def encode_scene(sc: Scenario, t0: int = 0, cfg: EncodingConfig = EncodingConfig
     return out
 
 
-def collate(scenes: list[dict[str, np.ndarray]]):
-    """Stack encoded scenes into a dict of torch tensors with a leading batch dimension."""
+def collate(scenes: list[EncodedScene]) -> SceneBatch:
+    """Stack encoded scenes into a :class:`SceneBatch` (torch tensors with a leading batch dimension)."""
     import torch
 
     return {k: torch.from_numpy(np.stack([s[k] for s in scenes])) for k in scenes[0]}

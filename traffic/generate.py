@@ -26,6 +26,9 @@ from sim_bridge.dataset import ConversionReport, DatasetWriter, ScenarioDataset
 from sim_bridge.scenario import Scenario
 from sim_bridge.scenario_edit import Track
 from traffic.encoding import EncodingConfig, agent_feature_rows, collate, encode_scene, to_world
+from traffic.train import load_models
+
+# torch and traffic.metrics (shapely) are imported lazily: importing this module stays light.
 
 __all__ = ["GenerateConfig", "generate", "augment", "generate_scenes", "extend_logged", "yield_to_traffic"]
 
@@ -86,7 +89,7 @@ def generate_scenes(placement, trajectory, scenes: list, keep_logged: bool, num_
     batch = {k: v.to(device) for k, v in collate(encoded).items()}
     with torch.no_grad():
         placed = placement.sample(batch, torch.tensor(num_new, device=device), generator=generator)
-        new_state, new_valid = placed["agent_state"], placed["valid"]  # [B, N, 7], [B, N]
+        new_state, new_valid = placed.agent_state, placed.valid  # [B, N, 7], [B, N]
         # append the placed vehicles to the context rows and drive everybody jointly
         ctx = batch["agent_mask"]
         n_ctx = int(ctx.sum(1).max())
@@ -298,8 +301,6 @@ def _logged_vehicles_near_ego(sc, range_m: float) -> int:
 def _run(data: str | Path, run: str | Path, out: str | Path, cfg: GenerateConfig, keep_logged: bool,
          on_scene: Callable[[int, int], None] | None) -> tuple[ConversionReport, dict]:
     import torch
-
-    from traffic.train import load_models
 
     placement, trajectory, tcfg = load_models(run, cfg.device)
     ds = ScenarioDataset(data, repair=True)

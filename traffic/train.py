@@ -11,6 +11,7 @@ logs and checkpoints. Same code on CPU (gloo) and GPU (nccl).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
@@ -19,14 +20,17 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from runkit.checkpoint import load_checkpoint, save_checkpoint
-from runkit.config import from_dict, save_config, to_dict
+from runkit.config import from_dict, load_config, save_config, to_dict
 from runkit.distributed import setup_distributed
 from runkit.rundir import check_resume
 from runkit.seeding import seed_everything, stream_seed
 from sim_bridge.dataset import ScenarioDataset
 from traffic.encoding import EncodingConfig, collate, encode_scene
+
+# torch, tensorboard and traffic.model.* (torch) are imported lazily: configs load without the `ml` extra.
 
 __all__ = ["TrafficTrainConfig", "train", "load_models", "build_samples"]
 
@@ -169,7 +173,6 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
         writer = SummaryWriter(str(run_dir / "tb"))
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, desc="traffic train", unit="step")
     history, t0 = [], time.perf_counter()
@@ -215,9 +218,6 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m traffic.train --data DIR [DIR ...] --out RUN [--set k=v ...]`` (torchrun-friendly)."""
-    import argparse
-
-    from runkit.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", required=True)

@@ -19,15 +19,25 @@ Frames are written atomically (``runkit.atomic``: temp file + rename), so an int
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import time
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from bevgen.cameras import CameraRig, nuscenes_rig, project_boxes
+from bevgen.cameras import draw_boxes as draw
+from bevgen.layout import CHANNELS
+from bevgen.render.scene import SEMANTIC_CLASSES, SceneRenderer, SynthConfig
 from runkit.atomic import atomic_write, atomic_write_text
 from runkit.config import to_dict
+from sim_bridge.boxes import Boxes3D
+from sim_bridge.dataset import ScenarioDataset
+
+# cv2 and torch are imported lazily (previews, FrameDataset): heavy/optional for writing datasets.
 
 __all__ = ["write_synthetic_dataset", "FrameDataset", "split_frames", "load_frame", "frame_arrays",
            "write_frame", "write_index", "select_frames", "scenario_of", "view_mosaic", "FRAME_KEYS"]
@@ -89,7 +99,6 @@ def _atomic_json(obj: Any, path: Path) -> None:
 
 def write_index(out_dir: Path, frames: Sequence[str], rig, bev_config, source: str, config: dict) -> dict:
     """Write ``index.json`` atomically and return it."""
-    from bevgen.render.scene import SEMANTIC_CLASSES
 
     index = {"frames": sorted(frames), "rig": rig.to_dict(), "bev": to_dict(bev_config),
              "semantic_classes": list(SEMANTIC_CLASSES), "source": source, "config": config}
@@ -127,9 +136,6 @@ _WORKER: dict[str, Any] = {}
 def _render_scenario(job: tuple) -> dict:
     """Worker: render the selected frames of one scenario; never raises (errors are returned)."""
     root, name, out_dir, config, rig_dict, n, stride, first, resume = job
-    from bevgen.cameras import CameraRig
-    from bevgen.render.scene import SceneRenderer
-    from sim_bridge.dataset import ScenarioDataset
 
     result = {"scenario": name, "written": [], "kept": [], "error": None}
     try:
@@ -178,11 +184,6 @@ def write_synthetic_dataset(scenario_dir: str | Path, out_dir: str | Path, confi
         Summary dict: num_frames, written, kept, failed {scenario: error}, seconds, frames_per_second,
         out_dir. The same information is saved in ``conversion_report.json``.
     """
-    from tqdm import tqdm
-
-    from bevgen.cameras import nuscenes_rig
-    from bevgen.render.scene import SynthConfig
-    from sim_bridge.dataset import ScenarioDataset
 
     config = config or SynthConfig()
     rig = rig if rig is not None else nuscenes_rig(config.image_size)
@@ -203,7 +204,6 @@ def write_synthetic_dataset(scenario_dir: str | Path, out_dir: str | Path, confi
             results.append(_render_scenario(job))
             bar.update(1)
     else:
-        import multiprocessing as mp
 
         # fork: no __main__ guard needed by callers and no re-import cost; workers open their own
         # pybullet client lazily (the parent's, if any, is never used in a child).
@@ -279,7 +279,6 @@ class FrameDataset:
     @property
     def rig(self):
         """Nominal CameraRig of the dataset (per-frame K / T are in each item)."""
-        from bevgen.cameras import CameraRig
 
         return CameraRig.from_dict(self.index["rig"])
 
@@ -334,11 +333,6 @@ def frame_preview(frame: dict, channels: Sequence[str], draw_boxes: bool = True,
         semantic: add the semantic maps below the images.
     """
     import cv2
-
-    from bevgen.cameras import CameraRig, project_boxes
-    from bevgen.cameras import draw_boxes as draw
-    from bevgen.layout import CHANNELS
-    from sim_bridge.boxes import Boxes3D
 
     images, V = frame["images"], frame["images"].shape[0]
     H, W = images.shape[1:3]

@@ -17,6 +17,8 @@ import numpy as np
 
 from sim_bridge.boxes import Boxes3D
 
+# shapely and scipy are imported lazily (triangulation only): heavy, scipy is the optional `ml` extra.
+
 __all__ = ["Mesh", "box_meshes", "car_meshes", "triangulate", "line_quads", "crosswalk_stripes",
            "place_buildings", "split_tiles"]
 

@@ -21,18 +21,23 @@ Cost: O(samples x 6 x image decode + resize); the tables and the conversion are 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from bevgen.cameras import NUSCENES_CAMERAS, CameraRig, quaternion_to_matrix, rig_from_nuscenes_calibration
 from bevgen.layout import BevConfig, BevRasterizer
 from bevgen.render.dataset import (_atomic_json, _frame_ok, check_resumable, frame_name, write_frame,
                                    write_index)
 from runkit.config import to_dict
+from sim_bridge.sources.nuscenes import iter_nuscenes_scenarios, scenario_filename
+
+# cv2 and nuscenes (optional devkit) are imported lazily, in the functions that use them.
 
 __all__ = ["write_nuscenes_image_dataset", "cover_crop", "planar_pose_matrix", "KEYFRAME_STRIDE"]
 
@@ -129,9 +134,6 @@ def write_nuscenes_image_dataset(dataroot: str | Path, version: str, out_dir: st
         saved with per-scene detail in ``conversion_report.json``).
     """
     from nuscenes import NuScenes
-    from tqdm import tqdm
-
-    from sim_bridge.sources.nuscenes import iter_nuscenes_scenarios, scenario_filename
 
     dataroot, out_dir = Path(dataroot), Path(out_dir)
     image_size, bev = tuple(int(s) for s in image_size), bev or BevConfig()
@@ -196,7 +198,6 @@ def write_nuscenes_image_dataset(dataroot: str | Path, version: str, out_dir: st
     summary = {"out_dir": str(out_dir), "num_frames": len(frames), "written": written,
                "kept": len(frames) - written, "failed": failed, "seconds": round(seconds, 3)}
     if first_rig is None and frames:  # everything was kept: take the nominal rig from the old index
-        import json
 
         first_rig = CameraRig.from_dict(json.loads((out_dir / "index.json").read_text())["rig"])
     if first_rig is not None:

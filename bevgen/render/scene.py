@@ -44,6 +44,8 @@ from bevgen.render.meshes import (Mesh, box_meshes, car_meshes, crosswalk_stripe
 from sim_bridge.boxes import Boxes3D
 from sim_bridge.scenario import ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
 
+# pybullet (optional `render` extra) and shapely are imported lazily, when a renderer is built.
+
 __all__ = ["SEMANTIC_CLASSES", "SynthConfig", "SynthFrame", "SceneRenderer", "opengl_projection",
            "opengl_view", "sky_colors"]
 

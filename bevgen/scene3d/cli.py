@@ -15,6 +15,9 @@ from bevgen.cli_common import LAYOUT, ConfigOpt, SetOpt
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 
+# Command bodies import their implementation lazily: `bevgen --help` must not import torch, MetaDrive, pybullet,
+# cv2 or numpy, so only typer, rich, yaml and the command-line plumbing are imported here.
+
 __all__ = ["app"]
 
 app = typer.Typer(help="Compositional 3D-aware scene generator (NeRF-GAN driven by BEV boxes): train, render "

@@ -17,8 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from bevgen.render.dataset import load_frame
-from bevgen.scene3d.layout import SceneLayout, _require, layout_from_frame
+from bevgen.scene3d.layout import LayoutBatch, SceneLayout, _require, layout_from_frame
 from sim_bridge.boxes import Boxes3D
+
+# torch is imported lazily (batching only): loading layouts works without the `ml` extra.
 
 __all__ = ["Scene3DData", "load_scene3d_data"]
 
@@ -80,14 +82,13 @@ class Scene3DData:
         """The SceneLayout of frame i."""
         return SceneLayout(self.boxes[i], self.K[i], self.T_cam_from_ego[i], (self.resolution, self.resolution))
 
-    def layout_batch(self, idx: Sequence[int] | np.ndarray, device: Any = "cpu") -> dict:
-        """Inputs of ``Scene3DGenerator.forward`` for samples ``idx`` (B of them): ``boxes`` a torch
-        ``Boxes3D`` [B, N], K [B, 3, 3], T_cam_from_ego [B, 4, 4], plus ``windows`` [B, N, 4] tensors."""
+    def layout_batch(self, idx: Sequence[int] | np.ndarray, device: Any = "cpu") -> LayoutBatch:
+        """Inputs of ``Scene3DGenerator.forward`` for samples ``idx`` (B of them), windows included."""
         import torch
 
         idx = np.asarray(idx)
-        out = {k: torch.as_tensor(getattr(self, k)[idx], device=device) for k in ("K", "T_cam_from_ego", "windows")}
-        return {"boxes": self.boxes[idx].to(device), **out}
+        K, T, win = (torch.as_tensor(getattr(self, k)[idx], device=device) for k in ("K", "T_cam_from_ego", "windows"))
+        return LayoutBatch(self.boxes[idx].to(device), K, T, win)
 
     def image_batch(self, idx: Sequence[int] | np.ndarray, device: Any = "cpu"):
         """float32 [B, 3, R, R] in [-1, 1]."""

@@ -15,9 +15,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bevgen.scene3d.layout import SceneLayout, _require
+from bevgen.rollout import save_animation
+from bevgen.scene3d.layout import SceneLayout, _require, stack_layouts
+from bevgen.scene3d.metrics import to_uint8
 from sim_bridge.boxes import Boxes3D
 from sim_bridge.geometry import wrap_angle
+
+# torch and bevgen.scene3d.model (torch) are imported lazily: importing this module stays light.
 
 __all__ = ["SceneLatents", "RenderOutput", "render", "move_object", "rotate_object", "add_object", "delete_object",
            "restyle_object", "move_camera", "orbit_camera", "orbit_frames", "move_frames", "save_gif"]
@@ -83,9 +87,6 @@ def render(generator: Any, layout: SceneLayout, latents: SceneLatents | None = N
     """
     import torch
     import torch.nn.functional as F
-
-    from bevgen.scene3d.layout import stack_layouts
-    from bevgen.scene3d.metrics import to_uint8
 
     size = generator.cfg.image_size
     if camera is not None:
@@ -209,7 +210,6 @@ def move_frames(generator: Any, layout: SceneLayout, latents: SceneLatents, inde
 
 def save_gif(frames: np.ndarray, path: str | Path, fps: float = 8.0, scale: int = 1) -> Path:
     """Write uint8 [T, H, W, 3] frames as an animated GIF (optionally upscaled by ``scale``, nearest)."""
-    from bevgen.rollout import save_animation
 
     if scale > 1:
         frames = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2)

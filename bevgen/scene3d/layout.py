@@ -24,11 +24,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bevgen.cameras import CameraRig, nuscenes_rig, project_boxes
+from bevgen.cameras import NUSCENES_CAMERAS, CameraRig, nuscenes_rig, project_boxes
+from bevgen.layout import BevConfig, BevRasterizer
+from bevgen.render.dataset import load_frame
 from sim_bridge.boxes import Boxes3D
+from sim_bridge.scenario import load_scenario
+
+# cv2 and torch are imported lazily: layouts are usable without the `ml` extra.
 
 __all__ = ["SceneLayout", "square_camera", "select_boxes", "layout_from_frame", "layout_from_scenario",
-           "load_layout", "stack_layouts", "DEFAULT_CAMERA"]
+           "load_layout", "stack_layouts", "LayoutBatch", "DEFAULT_CAMERA"]
 
 DEFAULT_CAMERA = "CAM_FRONT"
 
@@ -237,9 +242,6 @@ def layout_from_frame(frame: str | Path | Mapping[str, np.ndarray], camera: str 
     Returns:
         (SceneLayout with image_size (R, R), image or None).
     """
-    from bevgen.cameras import NUSCENES_CAMERAS
-
-    from bevgen.render.dataset import load_frame
 
     f = load_frame(frame) if isinstance(frame, (str, Path)) else frame  # load_frame closes the file
     V, H, W = f["images"].shape[:3] if "images" in f else (len(f["K"]), *f["image_size"])
@@ -260,7 +262,6 @@ def layout_from_scenario(scenario: Any, t: int, camera: str | int = DEFAULT_CAME
                          rig: CameraRig | None = None) -> SceneLayout:
     """Layout of frame ``t`` of a ``sim_bridge.scenario.Scenario`` seen by one camera of ``rig``
     (default: the nuScenes rig at 900x1600), cropped square and resized to ``resolution``."""
-    from bevgen.layout import BevConfig, BevRasterizer
 
     bev = BevRasterizer(scenario, BevConfig(max_boxes=64))(int(t))
     rig = rig or nuscenes_rig()
@@ -284,19 +285,40 @@ def load_layout(path: str | Path, frame: int = 0, camera: str | int = DEFAULT_CA
             names = json.loads(index.read_text()).get("rig", {}).get("names")
         return layout_from_frame(path, camera, resolution, max_objects, class_filter, names=names,
                                  with_image=False)[0]
-    from sim_bridge.scenario import load_scenario
 
     return layout_from_scenario(load_scenario(path, repair=True), frame, camera, resolution, max_objects,
                                 class_filter)
 
 
-def stack_layouts(layouts: Sequence[SceneLayout], device: Any = "cpu") -> dict:
-    """Batch layouts (same N) for the generator: ``boxes`` a torch ``Boxes3D`` [B, N] (float32, int64 classes,
-    bool valid), K [B,3,3] f32, T_cam_from_ego [B,4,4] f32 tensors (imports torch lazily)."""
+@dataclass(frozen=True)
+class LayoutBatch:
+    """What ``Scene3DGenerator.forward`` renders: B layouts as tensors.
+
+    Attributes:
+        boxes: torch ``Boxes3D`` [B, N] (ego frame; float32, int64 classes, bool valid).
+        K: float32 [B, 3, 3] for image_size x image_size images; T_cam_from_ego: float32 [B, 4, 4].
+        windows: float32 [B, N, 4] projected box windows (x0, y0, x1, y1 px) where known (datasets), else None.
+    """
+
+    boxes: Boxes3D
+    K: Any
+    T_cam_from_ego: Any
+    windows: Any = None
+
+    def __len__(self) -> int:
+        return int(self.K.shape[0])
+
+    @property
+    def num_boxes(self) -> int:
+        return len(self.boxes)
+
+
+def stack_layouts(layouts: Sequence[SceneLayout], device: Any = "cpu") -> LayoutBatch:
+    """Batch layouts (same N) for the generator (imports torch lazily: layouts are usable without it)."""
     import torch
 
     if len({(lay.num_boxes, tuple(lay.image_size)) for lay in layouts}) != 1:
         raise ValueError("stack_layouts: layouts need the same number of boxes and image size")
-    out = {k: torch.as_tensor(np.stack([getattr(lay, k) for lay in layouts]), device=device)
-           for k in ("K", "T_cam_from_ego")}
-    return {"boxes": Boxes3D.stack([lay.boxes for lay in layouts]).to(device), **out}
+    K, T = (torch.as_tensor(np.stack([getattr(lay, k) for lay in layouts]), device=device)
+            for k in ("K", "T_cam_from_ego"))
+    return LayoutBatch(Boxes3D.stack([lay.boxes for lay in layouts]).to(device), K, T)

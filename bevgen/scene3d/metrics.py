@@ -20,6 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from bevgen.features import fid_kid, load_extractor
+
+# torch, cv2 and the torch modules (scene3d.model, .discriminators) are imported lazily:
+# DEFINITIONS and the box maths are read without the `ml` extra.
+
 __all__ = ["box_masks", "box_alpha_iou", "evaluate_scene3d", "render_layouts", "sample_grid", "to_uint8"]
 
 
@@ -87,7 +92,7 @@ def sample_grid(real: np.ndarray, out: Any, lay: dict) -> np.ndarray:
     over[..., 0] = over[..., 0] * (1 - alpha) + 255 * alpha
     over = over.clip(0, 255).astype(np.uint8)
     real = np.ascontiguousarray(real).copy()
-    win, valid = lay["windows"].cpu().numpy(), lay["boxes"].valid.cpu().numpy()
+    win, valid = lay.windows.cpu().numpy(), lay.boxes.valid.cpu().numpy()
     for b in range(len(fake)):
         for x0, y0, x1, y1 in win[b][valid[b]]:
             for img in (real[b], over[b]):
@@ -107,7 +112,7 @@ def render_layouts(generator, data, idx: np.ndarray, batch_size: int, seed: int)
     fakes, ious, seconds = [], [], 0.0
     for s in range(0, len(idx), batch_size):
         lay = data.layout_batch(idx[s:s + batch_size], dev)
-        boxes = lay["boxes"]  # torch Boxes3D [B, N]
+        boxes = lay.boxes  # torch Boxes3D [B, N]
         z_obj, z_bg = sample_latents(boxes.batch_shape[0], len(boxes), generator.cfg.z_dim, g)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -116,7 +121,7 @@ def render_layouts(generator, data, idx: np.ndarray, batch_size: int, seed: int)
             torch.cuda.synchronize(dev)
         seconds += time.perf_counter() - t0
         fakes.append(to_uint8(out.rgb))
-        ious.append(box_alpha_iou(out.object_alpha, lay["windows"], boxes.valid, generator.cfg.image_size,
+        ious.append(box_alpha_iou(out.object_alpha, lay.windows, boxes.valid, generator.cfg.image_size,
                                   per_image=True))
     return np.concatenate(fakes), np.concatenate(ious), seconds
 
@@ -129,7 +134,7 @@ def _crops_uint8(images: np.ndarray, data, idx: np.ndarray, size: int = 32) -> n
 
     x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     lay = data.layout_batch(idx)
-    crops, _ = crop_objects(x, square_windows(lay["windows"]), lay["boxes"].valid, size)
+    crops, _ = crop_objects(x, square_windows(lay.windows), lay.boxes.valid, size)
     return to_uint8(crops)
 
 
@@ -150,7 +155,6 @@ def evaluate_scene3d(generator, data, num_samples: int = 256, batch_size: int = 
         {"fid", "kid", "object_fid", "object_kid", "box_alpha_iou", "images_per_second", "resolution",
         "fid_extractor", "num_samples", "num_object_crops"}.
     """
-    from bevgen.features import fid_kid, load_extractor
 
     extractor = extractor or load_extractor()
     idx = np.arange(num_samples) % len(data)

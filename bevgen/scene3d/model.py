@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bevgen.scene3d.compositor import composite
+from bevgen.scene3d.layout import LayoutBatch
 from bevgen.scene3d.fields import OBJECT_FIELDS, BackgroundField, MappingNetwork
 from bevgen.scene3d.renderer import Upsampler
 from bevgen.scene3d.samplers import camera_rays, sample_background, sample_objects
@@ -145,23 +146,23 @@ class Scene3DGenerator(nn.Module):
                                                 cfg.bev_plane_channels, cfg.background_hidden, cfg.background_layers)
         self.upsampler = Upsampler(cfg.feature_dim, cfg.upsampler_channels, cfg.image_size // cfg.render_size)
 
-    def forward(self, layout: dict[str, Tensor], z_obj: Tensor, z_bg: Tensor,
+    def forward(self, layout: LayoutBatch, z_obj: Tensor, z_bg: Tensor,
                 generator: torch.Generator | None = None) -> GeneratorOutput:
         """Render a batch of layouts.
 
         Args:
-            layout: from ``layout.stack_layouts`` / ``Scene3DData.layout_batch``: ``boxes`` a torch ``Boxes3D``
-                [B, N], K [B,3,3] (for image_size x image_size), T_cam_from_ego [B,4,4] tensors.
+            layout: a ``LayoutBatch`` (``layout.stack_layouts`` / ``Scene3DData.layout_batch``): boxes [B, N],
+                K [B,3,3] (for image_size x image_size), T_cam_from_ego [B,4,4].
             z_obj: [B, N, z_dim] per-object latents; z_bg: [B, z_dim] background latent.
             generator: sample jitter (training); None renders deterministically at bin midpoints.
         Returns:
             GeneratorOutput. Cost O(B r^2 (S_b + k S_o) hidden^2) for the fields plus O(B H^2 C^2) upsampling.
         """
         cfg = self.cfg
-        boxes = layout["boxes"].to(dtype=torch.float32)
+        boxes = layout.boxes.to(dtype=torch.float32)
         B, N = *boxes.batch_shape, len(boxes)
         h = cfg.render_size
-        origins, dirs = camera_rays(layout["K"], layout["T_cam_from_ego"], cfg.image_size, h)
+        origins, dirs = camera_rays(layout.K, layout.T_cam_from_ego, cfg.image_size, h)
         w_obj = self.object_mapping(torch.cat([z_obj, box_condition(boxes, cfg.num_classes)], -1))
         w_bg = self.background_mapping(z_bg)  # [B, d]
 

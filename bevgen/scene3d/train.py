@@ -14,6 +14,7 @@ batches, gradients are all-reduced by hand (DDP's reducer does not support R1's 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import time
@@ -22,13 +23,22 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from bevgen.scene3d.model import Scene3DModelConfig
+from bevgen.scene3d.data import load_scene3d_data
+from bevgen.scene3d.discriminators import ResNetDiscriminator, crop_objects, square_windows
+from bevgen.scene3d.metrics import box_alpha_iou, sample_grid
+from bevgen.scene3d.model import Scene3DGenerator, Scene3DModelConfig, sample_latents
 from runkit.checkpoint import load_checkpoint, save_checkpoint
-from runkit.config import from_dict, save_config, to_dict
+from runkit.config import from_dict, load_config, save_config, to_dict
 from runkit.distributed import setup_distributed
 from runkit.rundir import check_resume
 from runkit.seeding import seed_everything, stream_seed
+
+# cv2 and tensorboard (optional `rl` extra) are imported lazily, where samples/logs are written.
 
 __all__ = ["Scene3DDataConfig", "Scene3DTrainConfig", "train_scene3d", "load_scene3d"]
 
@@ -102,8 +112,6 @@ def _allreduce(params, world: int) -> None:
     """Average gradients over ranks (one flat buffer)."""
     if world == 1:
         return
-    import torch
-    import torch.distributed as dist
 
     for p in params:  # a rank whose batch had no object crops has no object-D grads: same buffer size
         if p.grad is None:
@@ -120,8 +128,6 @@ def _allreduce(params, world: int) -> None:
 
 def build_modules(cfg: Scene3DTrainConfig):
     """(generator, scene discriminator, object discriminator) for a config."""
-    from bevgen.scene3d.discriminators import ResNetDiscriminator
-    from bevgen.scene3d.model import Scene3DGenerator
 
     m = cfg.model
     return (Scene3DGenerator(m), ResNetDiscriminator(m.image_size, cfg.d_channels, cfg.d_max_channels),
@@ -131,7 +137,6 @@ def build_modules(cfg: Scene3DTrainConfig):
 def load_scene3d(run_dir: str | Path, device: str = "cpu", ema: bool = True):
     """The (EMA) generator of a run, in eval mode, loaded strictly; its config is ``generator.cfg`` and
     the training config ``generator.train_config``."""
-    from bevgen.scene3d.model import Scene3DGenerator
 
     ckpt = load_checkpoint(run_dir, device, hint="train one with `bevgen scene3d train`")
     cfg = from_dict(Scene3DTrainConfig, ckpt["config"])
@@ -143,7 +148,6 @@ def load_scene3d(run_dir: str | Path, device: str = "cpu", ema: bool = True):
 
 def _r1(d, x, classes=None):
     """R1 penalty ||grad_x D(x)||^2 per sample, mean over the batch."""
-    import torch
 
     x = x.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(d(x, classes).sum(), x, create_graph=True)
@@ -152,17 +156,14 @@ def _r1(d, x, classes=None):
 
 def _crops(images, lay, crop_size):
     """Square crops [Q, 3, s, s] at the layout's projected boxes and their classes [Q]."""
-    from bevgen.scene3d.discriminators import crop_objects, square_windows
 
-    crops, idx = crop_objects(images, square_windows(lay["windows"]), lay["boxes"].valid, crop_size)
-    return crops, lay["boxes"].classes[idx[:, 0], idx[:, 1]]
+    crops, idx = crop_objects(images, square_windows(lay.windows), lay.boxes.valid, crop_size)
+    return crops, lay.boxes.classes[idx[:, 0], idx[:, 1]]
 
 
 def gan_step(step: int, cfg: Scene3DTrainConfig, G, D, Do, opt_g, opt_d, real, real_lay, fake_lay, z, gen,
              autocast, world: int = 1) -> dict:
     """One G update then one D update (with lazy R1). Returns float losses."""
-    import torch
-    import torch.nn.functional as F
 
     D.requires_grad_(False)
     Do.requires_grad_(False)
@@ -209,15 +210,12 @@ def _save(run_dir: Path, mods: dict, opts: dict, cfg: Scene3DTrainConfig, step: 
 def _write_samples(run_dir: Path, G_ema, data, idx, step: int, writer) -> float:
     """Render fixed layouts with the EMA generator; write a PNG grid (real | fake | opacity);
     return the box-alpha IoU of those renders."""
-    import torch
-
-    from bevgen.scene3d.metrics import box_alpha_iou, sample_grid
 
     dev = next(G_ema.parameters()).device
     lay = data.layout_batch(idx, dev)
     with torch.no_grad():
-        out = G_ema(lay, *_fixed_latents(len(idx), len(lay["boxes"]), G_ema.cfg.z_dim, dev))
-    iou = box_alpha_iou(out.object_alpha, lay["windows"], lay["boxes"].valid, G_ema.cfg.image_size)
+        out = G_ema(lay, *_fixed_latents(len(idx), len(lay.boxes), G_ema.cfg.z_dim, dev))
+    iou = box_alpha_iou(out.object_alpha, lay.windows, lay.boxes.valid, G_ema.cfg.image_size)
     grid = sample_grid(data.images[idx], out, lay)
     import cv2
 
@@ -228,10 +226,6 @@ def _write_samples(run_dir: Path, G_ema, data, idx, step: int, writer) -> float:
 
 
 def _fixed_latents(B: int, N: int, z_dim: int, device):
-    import torch
-
-    from bevgen.scene3d.model import sample_latents
-
     z_obj, z_bg = sample_latents(B, N, z_dim, torch.Generator().manual_seed(1234), "cpu")
     return z_obj.to(device), z_bg.to(device)
 
@@ -252,10 +246,6 @@ def train_scene3d(cfg: Scene3DTrainConfig, data_dir: str | Path, run_dir: str | 
     Writes ``config.yaml``, TensorBoard logs (``tb/``), ``samples/*.png``, ``losses.jsonl``,
     ``train_summary.json`` and ``checkpoints/latest.pt`` (generator, generator_ema, scene_d, object_d).
     """
-    import torch
-
-    from bevgen.scene3d.data import load_scene3d_data
-    from bevgen.scene3d.model import sample_latents
 
     run_dir = Path(run_dir)
     rank, world, device = setup_distributed(cfg.device)
@@ -292,7 +282,6 @@ def train_scene3d(cfg: Scene3DTrainConfig, data_dir: str | Path, run_dir: str | 
         writer = SummaryWriter(str(run_dir / "tb"))
         writer.add_text("hyperparameters", "\n".join(f"{k}: {v}" for k, v in to_dict(cfg).items()), start)
         if progress:
-            from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=start, desc="scene3d train", unit="step")
     with_boxes = np.flatnonzero(data.valid.any(1))  # preview layouts that have objects first
@@ -349,9 +338,6 @@ def train_scene3d(cfg: Scene3DTrainConfig, data_dir: str | Path, run_dir: str | 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bevgen.scene3d.train --data DIR --out RUN [--config FILE] [--set k=v ...]`` (torchrun-friendly)."""
-    import argparse
-
-    from runkit.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)

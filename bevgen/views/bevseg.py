@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from bevgen.render.dataset import FrameDataset
+
 
 __all__ = ["BevSegConfig", "BevSegNet", "predict", "iou", "bev_targets", "ego_cells", "load_split", "mean_map",
            "resize_views", "scale_intrinsics", "project", "channel_indices", "CLASSES"]
@@ -322,7 +324,6 @@ def load_split(data_root: str | Path, names: Sequence[str] | None, cfg: BevSegCo
         {"images": uint8 [n, v, 3, H, W] at cfg.image_size, "K": [n, v, 3, 3] (scaled), "T": [n, v, 4, 4],
          "target": bool [n, 2, out, out], "names": [n], "problems": [str]}.
     """
-    from bevgen.render.dataset import FrameDataset
 
     idx, _ = channel_indices(data_root, cfg)
     ds = FrameDataset(data_root, names=list(names) if names is not None else None)

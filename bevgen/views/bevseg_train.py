@@ -7,6 +7,7 @@ checkpoint with ``weights_only=True`` and strict keys; ``evaluate_bevseg`` score
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
@@ -18,11 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from bevgen.render.dataset import split_frames
 from bevgen.views.bevseg import BevSegConfig, BevSegNet, iou, load_split, mean_map
 from runkit.checkpoint import load_checkpoint, save_checkpoint
-from runkit.config import from_dict, save_config, to_dict
+from runkit.config import from_dict, load_config, save_config, to_dict
 from runkit.seeding import seed_everything
+
+# tensorboard (optional `rl` extra) is imported lazily, where logs are written.
 
 __all__ = ["train_bevseg", "load_bevseg", "evaluate_bevseg", "mirror", "main"]
 
@@ -118,7 +123,6 @@ def train_bevseg(data_root: str | Path, names: Sequence[str] | None, out_dir: st
         writer = SummaryWriter(str(out_dir / "tb"))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, desc="bevseg train", unit="step")
     pos_weight = torch.tensor(cfg.pos_weight, device=device)[:, None, None]
@@ -199,10 +203,6 @@ def evaluate_bevseg(ckpt: str | Path, data_root: str | Path, names: Sequence[str
 def main(argv: list[str] | None = None) -> None:
     """``python -m bevgen.views.bevseg_train --data ROOT --out RUN [--steps N] [--heldout 0.2] [--set k=v ...]``:
     train on the scenario-level train split, then write RUN/eval.json with held-out IoU and baseline."""
-    import argparse
-
-    from bevgen.render.dataset import split_frames
-    from runkit.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)

@@ -23,6 +23,9 @@ from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 from bevgen.cli_common import save_run_config as _save_run_config
 
+# Command bodies import their implementation lazily: `bevgen --help` must not import torch, MetaDrive, pybullet,
+# cv2 or numpy, so only typer, rich, yaml and the command-line plumbing are imported here.
+
 app = typer.Typer(help="Camera views from BEV layouts (BEVGen-style): paired datasets, tokenizer + cross-view "
                        "transformer training, sampling, evaluation.", no_args_is_help=True)
 
@@ -187,7 +190,7 @@ def sample_cmd(
     render = render_ground_truth if truth else layout_arrays
     arrays = render(sc, frame, pipe.image_size, pipe.config.data.bev_range_m)
     gen_s = time.perf_counter()
-    images = pipe(frame_batch(arrays), mode=mode, steps=steps, guidance=guidance, seed=seed)
+    images = pipe(frame_batch(arrays), mode=mode, steps=steps, guidance=guidance, seed=seed).images
     gen_s = time.perf_counter() - gen_s
     views = images[0].permute(0, 2, 3, 1).cpu().numpy()
     out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +241,7 @@ def eval_cmd(
         pipe = load_views(ckpt)
         if bevseg is None:
             bevseg = train_bevseg(data, split.get("train"), out / "bevseg", steps=bevseg_steps, resume=True)
-        metrics = evaluate_views(lambda b: pipe(b, mode=mode), data, heldout, out, bevseg_ckpt=bevseg,
+        metrics = evaluate_views(lambda b: pipe(b, mode=mode).images, data, heldout, out, bevseg_ckpt=bevseg,
                                  extractor_weights=fid_weights)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))

@@ -15,10 +15,20 @@ construction). Cost: O(frames x views x H x W).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+
+from bevgen.cameras import nuscenes_rig
+from bevgen.layout import BevConfig
+from bevgen.preview import colorize
+from bevgen.render.dataset import frame_arrays
+from bevgen.render.scene import SEMANTIC_CLASSES, SceneRenderer, SynthConfig
+from bevgen.views.figures import COND_KEYS, views_figure
+
+# torch is imported lazily (generation only): optional `ml` extra.
 
 __all__ = ["DriveViews", "generate_drive_views", "temporal_change", "STATIC_CLASSES"]
 
@@ -54,7 +64,6 @@ def temporal_change(images: np.ndarray, truth: np.ndarray, semantic: np.ndarray,
     Returns:
         the mean change, or nan when fewer than two frames or no still pixel.
     """
-    from bevgen.render.scene import SEMANTIC_CLASSES
 
     if len(images) < 2:
         return float("nan")
@@ -84,16 +93,8 @@ def generate_drive_views(snapshots: Sequence, generate: Callable, image_size: Se
     Returns:
         :class:`DriveViews`.
     """
-    import time
 
     import torch
-
-    from bevgen.cameras import nuscenes_rig
-    from bevgen.layout import BevConfig
-    from bevgen.preview import colorize
-    from bevgen.render.dataset import frame_arrays
-    from bevgen.render.scene import SceneRenderer, SynthConfig
-    from bevgen.views.figures import COND_KEYS, views_figure
 
     cfg = SynthConfig(image_size=tuple(image_size), bev=BevConfig(range_m=bev_range_m))
     arrays, bevs = [], []

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from bevgen.cameras import NUSCENES_CAMERAS
+from bevgen.layout import BevConfig, BevLayout, Boxes3D
+from bevgen.preview import colorize
 from bevgen.render.dataset import view_mosaic
+
+# cv2 and torch are imported lazily: figures of numpy arrays work without the `ml` extra.
 
 __all__ = ["frame_batch", "bev_image", "views_figure", "panorama", "pipe_names", "sample_grid", "view_mosaic"]
 
@@ -40,8 +45,6 @@ def bev_image(arrays: dict, range_m: float = 50.0) -> np.ndarray:
         arrays: one frame's arrays (``bev`` [C, S, S], ``boxes``, ``classes``, ``box_valid``, ``ego_pose``).
         range_m: the raster's half extent (its channels are the default ones).
     """
-    from bevgen.layout import BevConfig, BevLayout, Boxes3D
-    from bevgen.preview import colorize
 
     cfg = BevConfig(range_m=range_m)
     boxes = Boxes3D.from_array(arrays["boxes"], arrays["classes"], arrays["box_valid"])  # file form -> typed
@@ -75,7 +78,6 @@ def panorama(views: np.ndarray) -> np.ndarray:
 
 def pipe_names(arrays: dict) -> list[str]:
     """Camera names of a frame's views (nuScenes order, as many as the frame has K matrices)."""
-    from bevgen.cameras import NUSCENES_CAMERAS
 
     return list(NUSCENES_CAMERAS[: arrays["K"].shape[0]])
 

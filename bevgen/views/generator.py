@@ -26,6 +26,7 @@ k head / code, d feature.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,25 @@ __all__ = ["ViewsTransformer", "Context", "masked_token_loss", "batch_boxes"]
 
 CENTRE_SCALE_M = 4.0  # camera centres enter the Fourier features as c / 4 m
 HEIGHT_SCALE_M = 4.0  # box corner heights enter as z / 4 m
-Context = dict  # the per-frame quantities reused across decoding steps (see ViewsTransformer.context)
+
+
+@dataclass
+class Context:
+    """The per-frame quantities reused across decoding steps (built by :meth:`ViewsTransformer.context`).
+
+    Attributes:
+        cond_valid: bool [b, m], condition tokens that are keys (BEV cells, valid boxes).
+        cond: [b, m, d] condition tokens (m = g*g BEV cells + boxes); None while the condition blocks run.
+        cam: [b, n, d] ray and camera-centre embedding of each image token.
+        ray_cos: [b, n, n] cosine between the rays of image tokens (self-attention bias).
+        az_cos: [b, n, m] azimuth agreement of each image token's ray with each condition token (cross bias).
+    """
+
+    cond_valid: Tensor
+    cond: Tensor | None = None
+    cam: Tensor | None = None
+    ray_cos: Tensor | None = None
+    az_cos: Tensor | None = None
 
 
 class BevEncoder(nn.Module):
@@ -109,11 +128,11 @@ class Block(nn.Module):
         [b, m]) -> [b, n, d]."""
         dt = x.dtype if not torch.is_autocast_enabled() else torch.get_autocast_dtype(x.device.type)
         if self.cross is None:  # condition-token block: padding boxes masked out as keys
-            mask = _key_mask(ctx["cond_valid"], dt)
+            mask = _key_mask(ctx.cond_valid, dt)
             x = x + self.attn(self.n1(x), bias=mask)
         else:
-            x = x + self.attn(self.n1(x), bias=self.self_bias(ctx["ray_cos"], None, dt))
-            x = x + self.cross(self.n2(x), ctx["cond"], bias=self.cross_bias(ctx["az_cos"], ctx["cond_valid"], dt))
+            x = x + self.attn(self.n1(x), bias=self.self_bias(ctx.ray_cos, None, dt))
+            x = x + self.cross(self.n2(x), ctx.cond, bias=self.cross_bias(ctx.az_cos, ctx.cond_valid, dt))
         return x + self.mlp(self.n3(x))
 
 
@@ -175,7 +194,7 @@ class ViewsTransformer(nn.Module):
                 (model image size), T_cam_from_ego [b, v, 4, 4].
             null: [b] bool, True where the null (unconditional) condition is used.
         Returns:
-            dict: cond [b, g*g + m, d], cond_valid [b, g*g + m], cam [b, n, d], ray_cos [b, n, n],
+            :class:`Context`: cond [b, g*g + m, d], cond_valid [b, g*g + m], cam [b, n, d], ray_cos [b, n, n],
             az_cos [b, n, g*g + m]. O(b (n^2 + n m) + BEV convs).
         """
         bev_feat, bev_pos = self.bev(batch["bev"])
@@ -186,7 +205,7 @@ class ViewsTransformer(nn.Module):
         obj_valid = boxes.valid & ~null[:, None]
         cond = torch.cat([bev_feat, obj], 1)
         cond_valid = torch.cat([torch.ones(bev_feat.shape[:2], dtype=torch.bool, device=cond.device), obj_valid], 1)
-        ctx = {"cond_valid": cond_valid}
+        ctx = Context(cond_valid)
         for blk in self.cond_blocks:
             cond = blk(cond, ctx)
         rays, centres = token_rays(batch["K"], batch["T_cam_from_ego"], self.token_grid, self.stride)
@@ -196,13 +215,13 @@ class ViewsTransformer(nn.Module):
                             fourier_features(centres / CENTRE_SCALE_M, freqs)[:, :, None, None].expand(
                                 *rays.shape[:-1], -1)], -1)
         flat_rays = rearrange(rays, "b v h w c -> b (v h w) c")
-        ctx.update(cond=self.cond_norm(cond), cam=rearrange(self.cam(cam_in), "b v h w d -> b (v h w) d"),
-                   ray_cos=ray_cosine(flat_rays), az_cos=azimuth_cosine(rays, centres, key_xy))
-        return ctx
+        cam = rearrange(self.cam(cam_in), "b v h w d -> b (v h w) d")
+        return Context(cond_valid, cond=self.cond_norm(cond), cam=cam, ray_cos=ray_cosine(flat_rays),
+                       az_cos=azimuth_cosine(rays, centres, key_xy))
 
     def logits(self, tokens: Tensor, ctx: Context) -> Tensor:
         """Token indices [b, n] (mask_id = masked) -> logits [b, n, K]. O(layers b (n^2 + n m) d)."""
-        x = self.tok(tokens) + ctx["cam"]
+        x = self.tok(tokens) + ctx.cam
         for blk in self.blocks:
             x = blk(x, ctx)
         return self.head(x).float()

@@ -16,8 +16,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
+from bevgen.features import fid, kid, load_extractor
+from bevgen.render.dataset import FrameDataset, view_mosaic
+from bevgen.views.bevseg import BevSegConfig, bev_targets, channel_indices, iou, project, resize_views
+from bevgen.views.bevseg_train import load_bevseg
 from runkit.atomic import atomic_write, atomic_write_text
+
+# cv2 is imported lazily (preview images only): a slow import.
 
 __all__ = ["overlapping_pairs", "seam_consistency", "evaluate_views", "DEFINITIONS", "SeamConfig"]
 
@@ -83,7 +91,6 @@ def _project_ground(pts: torch.Tensor, K: torch.Tensor, T: torch.Tensor, hw: Seq
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground points [p, 3] through every camera (``bevseg.project`` with the seam border): grid [b, v, p, 2]
     (grid_sample coords), visible [b, v, p]."""
-    from bevgen.views.bevseg import project
 
     return project(pts, K, T, hw, border_px=cfg.border_px)
 
@@ -187,7 +194,6 @@ def _bev_rgb(target: np.ndarray, probs: np.ndarray | None, size: int) -> np.ndar
 
 def _views_grid(images: np.ndarray) -> np.ndarray:
     """[v, 3, h, w] uint8 -> the six-view mosaic [2h, 3w, 3] (front row FL F FR, back row BL B BR)."""
-    from bevgen.render.dataset import view_mosaic
 
     return view_mosaic(images.transpose(0, 2, 3, 1))
 
@@ -232,12 +238,6 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
     Returns:
         the metrics dict written to metrics.json (keys in ``DEFINITIONS`` plus ``definitions``).
     """
-    from torch.utils.data import DataLoader
-
-    from bevgen.features import fid, kid, load_extractor
-    from bevgen.render.dataset import FrameDataset
-    from bevgen.views.bevseg import BevSegConfig, bev_targets, channel_indices, iou, resize_views
-    from bevgen.views.bevseg_train import load_bevseg
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +251,6 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
     extractor = load_extractor(extractor_weights)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=len(ds), desc="evaluate views", unit="frame")
     acc: dict[str, list] = {k: [] for k in ("pred", "pred_gt", "target", "seam", "seam_gt", "f_gen", "f_gt")}

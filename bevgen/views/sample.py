@@ -1,5 +1,10 @@
 """Inference: ``load_views(run_dir) -> ViewsPipeline``; six camera views from a BEV layout.
 
+``pipe(layout, rig)`` (a :class:`~bevgen.layout.BevLayout` or a list of them, and a
+:class:`~bevgen.cameras.CameraRig`) or ``pipe(batch)`` (a collated ``FrameDataset`` dict) returns a
+:class:`ViewsOutput`: uint8 images [b, v, 3, H, W] and the camera names. Conditioning on a layout and a
+rig needs no renderer.
+
 Two decoders of the same masked-token model, both with classifier-free guidance
 (logits = (1 + w) cond - w uncond, the conditional and unconditional halves batched in one forward):
 
@@ -17,21 +22,27 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from runkit.checkpoint import load_checkpoint
+from bevgen.cameras import NUSCENES_CAMERAS, CameraRig
+from bevgen.layout import BevLayout
 from bevgen.views.bevseg import resize_views, scale_intrinsics
 from bevgen.views.config import ViewsConfig, config_differences
 from bevgen.views.generator import Context, ViewsTransformer
 from bevgen.views.tokenizer import VQAutoencoder
+from runkit.checkpoint import load_checkpoint
+from runkit.config import from_dict
 
-__all__ = ["ViewsPipeline", "load_views", "build_models", "fit_batch", "images_to_unit", "unit_to_uint8"]
+__all__ = ["ViewsPipeline", "ViewsOutput", "load_views", "build_models", "fit_batch", "layout_condition",
+           "images_to_unit", "unit_to_uint8"]
 
 COND_KEYS = ("bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego")
 
@@ -82,8 +93,42 @@ def _sample(logits: Tensor, temperature: float, generator: torch.Generator) -> t
     return idx, logp.gather(-1, idx[..., None])[..., 0]
 
 
+@dataclass(frozen=True)
+class ViewsOutput:
+    """What a :class:`ViewsPipeline` call returns."""
+
+    images: Tensor
+    """uint8 [b, v, 3, H, W] on the pipeline's device, views in ``camera_names`` order."""
+    camera_names: tuple[str, ...]
+
+    def numpy(self) -> np.ndarray:
+        """uint8 [b, v, H, W, 3] (channels last, for image files)."""
+        return self.images.permute(0, 1, 3, 4, 2).cpu().numpy()
+
+
+def layout_condition(layouts: BevLayout | Sequence[BevLayout], rig: CameraRig) -> dict[str, Tensor]:
+    """The model's condition for BEV layouts seen through one rig: a batch dict (``COND_KEYS``) of b = number
+    of layouts, K referring to ``rig.image_size``. Boxes are padded to the longest layout (invalid padding)."""
+    layouts = [layouts] if isinstance(layouts, BevLayout) else list(layouts)
+    if not layouts:
+        raise ValueError("no layouts given")
+    arrays = [lay.box_arrays() for lay in layouts]
+    n = max(len(a["boxes"]) for a in arrays)
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, np.zeros((n - len(a), *a.shape[1:]), a.dtype)])
+
+    b = len(layouts)
+    return {"bev": torch.from_numpy(np.stack([lay.raster for lay in layouts])),
+            "boxes": torch.from_numpy(np.stack([pad(a["boxes"]) for a in arrays])),
+            "classes": torch.from_numpy(np.stack([pad(a["classes"]) for a in arrays])),
+            "box_valid": torch.from_numpy(np.stack([pad(a["box_valid"]) for a in arrays])),
+            "K": torch.from_numpy(rig.K.astype(np.float32))[None].expand(b, -1, -1, -1),
+            "T_cam_from_ego": torch.from_numpy(rig.T_cam_from_ego.astype(np.float32))[None].expand(b, -1, -1, -1)}
+
+
 class ViewsPipeline:
-    """Tokenizer + generator; ``pipeline(batch)`` -> uint8 images [b, v, 3, H, W].
+    """Tokenizer + generator; ``pipeline(layout, rig)`` or ``pipeline(batch)`` -> :class:`ViewsOutput`.
 
     The constructor leaves the modules' train/eval modes alone (a training loop may hold a pipeline for
     its preview samples); every call runs them in eval mode and restores their previous modes.
@@ -182,26 +227,34 @@ class ViewsPipeline:
             return self.tokens_to_images(rearrange(idx, "(b v) h w -> b (v h w)", b=b))
 
     @torch.no_grad()
-    def __call__(self, batch: dict, mode: Literal["parallel", "autoregressive"] = "parallel",
+    def __call__(self, batch: dict | BevLayout | Sequence[BevLayout], rig: CameraRig | None = None,
+                 mode: Literal["parallel", "autoregressive"] = "parallel",
                  steps: int | None = None, guidance: float | None = None, temperature: float = 1.0,
-                 seed: int = 0, rig_size: tuple[int, int] | None = None) -> Tensor:
-        """Generate all views of each frame of a batch.
+                 seed: int = 0, rig_size: tuple[int, int] | None = None) -> ViewsOutput:
+        """Generate all views of each frame.
 
         Args:
-            batch: batched FrameDataset dict (tensors, ``bevgen.render.dataset`` keys): bev [b, c, Hb, Wb], the
-                boxes (``boxes`` / ``classes`` / ``box_valid``, read by ``generator.batch_boxes``), K [b, v, 3, 3],
-                T_cam_from_ego [b, v, 4, 4]; images (optional) only give the size K refers to (else
-                ``rig_size``, default ``image_size``).
+            batch: a ``BevLayout`` or a list of them (then ``rig`` is required), or a batched FrameDataset dict
+                (tensors, ``bevgen.render.dataset`` keys): bev [b, c, Hb, Wb], the boxes (``boxes`` / ``classes``
+                / ``box_valid``, read by ``generator.batch_boxes``), K [b, v, 3, 3], T_cam_from_ego [b, v, 4, 4];
+                images (optional) only give the size K refers to (else ``rig_size``, default ``image_size``).
+            rig: the cameras when ``batch`` holds layouts (any image size: K is rescaled to ``image_size``).
             mode: "parallel" (MaskGIT, ``steps`` forwards) or "autoregressive" (one token per forward).
             steps: parallel decoding steps (default config.train.sample_steps).
             guidance: classifier-free guidance weight w (default config.train.guidance; 0 = conditional only).
             temperature: sampling temperature of the token distribution (0 = greedy).
             seed: seed of the torch.Generator driving every random draw.
         Returns:
-            uint8 [b, v, 3, H, W] on the pipeline's device, (H, W) = ``image_size``.
+            :class:`ViewsOutput`: uint8 images [b, v, 3, H, W] on the pipeline's device, (H, W) =
+            ``image_size``; camera names from ``rig`` (else the nuScenes order the frame files use).
         """
         if mode not in ("parallel", "autoregressive"):
             raise ValueError(f"mode must be 'parallel' or 'autoregressive', got {mode!r}")
+        names = tuple(rig.names) if rig is not None else tuple(NUSCENES_CAMERAS)
+        if not isinstance(batch, dict):
+            if rig is None:
+                raise ValueError("a rig is needed to generate views of BEV layouts")
+            batch, rig_size, names = layout_condition(batch, rig), tuple(rig.image_size), tuple(rig.names)
         steps = int(steps or self.config.train.sample_steps)
         guidance = float(self.config.train.guidance if guidance is None else guidance)
         batch = fit_batch({k: v.to(self.device) for k, v in batch.items() if k in COND_KEYS + ("images",)},
@@ -216,7 +269,7 @@ class ViewsPipeline:
                 tokens = self.decode_parallel(ctx, b, steps, guidance, temperature, gen)
             else:
                 tokens = self.decode_autoregressive(ctx, b, guidance, temperature, gen)
-            return self.tokens_to_images(tokens)
+            return ViewsOutput(self.tokens_to_images(tokens), names)
 
 
 def load_views(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") -> ViewsPipeline:
@@ -236,7 +289,6 @@ def load_views(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") 
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise FileNotFoundError(f"no trained views model: missing {missing} (train with `bevgen views train`)")
-    from runkit.config import from_dict
 
     ckpts = {k: load_checkpoint(p, device) for k, p in files.items()}
     cfg = from_dict(ViewsConfig, ckpts["generator"]["config"])

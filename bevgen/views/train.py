@@ -22,12 +22,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import typer
+from tqdm.auto import tqdm
 
+from bevgen.render.dataset import FrameDataset, split_frames
 from bevgen.views.config import MODEL_FIELDS, ViewsConfig, config_differences
+from bevgen.views.figures import sample_grid
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from runkit.config import save_config, to_dict
 from runkit.distributed import setup_distributed
 from runkit.seeding import seed_everything, stream_seed
+
+# torch, cv2, tensorboard and the torch modules (views.sample, views.generator) are imported lazily:
+# optional `ml`/`rl` extras, and importing this module stays light.
 
 __all__ = ["train_views", "main", "STAGES"]
 
@@ -38,7 +45,6 @@ KEEP_KEYS = ("images", "bev", "boxes", "classes", "box_valid", "K", "T_cam_from_
 def _frames(cfg: ViewsConfig, data_dir: Path, split_file: Path | None) -> tuple[list[str], list[str]]:
     """(train, heldout) frame names: those of ``split_file`` (a resumed run's split.json) when given, else
     split by scenario; checks the dataset against the config."""
-    from bevgen.render.dataset import split_frames
 
     index = json.loads((data_dir / "index.json").read_text())
     bev, views = index.get("bev", {}), len(index["rig"]["names"])
@@ -64,7 +70,6 @@ def _load_items(data_dir: Path, names: list[str], cfg: ViewsConfig, problems: li
     """Load, resize (model image size, K scaled) and keep frames in memory; bad or missing frames are reported."""
     from torch.utils.data import default_collate
 
-    from bevgen.render.dataset import FrameDataset
     from bevgen.views.sample import fit_batch
 
     try:
@@ -149,9 +154,7 @@ def _write_samples(writer, run_dir: Path, pipe, preview: dict, step: int, tag: s
     """Real | reconstruction | generated grid of the preview frames, to TensorBoard and PNG."""
     import cv2
 
-    from bevgen.views.figures import sample_grid
-
-    gen = pipe(preview, steps=pipe.config.train.sample_steps, seed=0)
+    gen = pipe(preview, steps=pipe.config.train.sample_steps, seed=0).images
     recon = pipe.reconstruct(preview["images"])
     grid = sample_grid([[preview["images"][b], recon[b], gen[b]] for b in range(len(gen))])
     writer.add_image(f"samples/{tag}", grid, step)
@@ -165,7 +168,6 @@ def _loop(name: str, params, opt, base_lr: float, start: int, total: int, step_f
 
     bar = None
     if ctx["progress"] and ctx["rank"] == 0:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=start, desc=f"views {name}", unit="step")
     history, t0, last = [], time.perf_counter(), {}
@@ -334,7 +336,6 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
     if cfg.data.cache_in_memory:
         source = _load_items(data_dir, shard, cfg, problems)
     else:
-        from bevgen.render.dataset import FrameDataset
 
         source = FrameDataset(data_dir, names=shard)
         problems += [f"{name}: frame file missing" for name in source.missing]
@@ -391,9 +392,7 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bevgen.views.train`` (e.g. under torchrun): ``bevgen views train`` with the same options."""
-    import typer
-
-    from bevgen.views.cli import app
+    from bevgen.views.cli import app  # the command line lives in the CLI module, which imports this one lazily
 
     typer.main.get_command(app).commands["train"].main(argv, prog_name="python -m bevgen.views.train")
 

@@ -11,9 +11,12 @@ they are imported only inside :func:`check_file`, never at import of this module
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# qc_baselib (optional `export` extra) is imported lazily, when a file is checked.
 
 __all__ = ["CheckReport", "check_file", "checkers_available"]
 
@@ -46,7 +49,6 @@ class CheckReport:
 
 def checkers_available() -> str | None:
     """None when both bundles import, else the reason they cannot run."""
-    import importlib
 
     for module, _ in _BUNDLES.values():
         try:
@@ -63,7 +65,6 @@ def check_file(path: str | Path) -> CheckReport:
         ValueError: the suffix is neither .xodr nor .xosc.
         ImportError: the bundle is not installed.
     """
-    import importlib
 
     path = Path(path)
     if path.suffix not in _BUNDLES:

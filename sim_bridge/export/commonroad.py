@@ -21,6 +21,7 @@ invalid steps between the first and last valid one are filled by linear interpol
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from sim_bridge.export.common import ExportResult, count_note, file_stem
 from sim_bridge.export.opendrive import lane_centres, lane_width
 from sim_bridge.export.openscenario import _DEFAULT_SIZE
 from sim_bridge.scenario import STEP_SECONDS, Scenario
+
+# commonroad (optional `export` extra) is imported lazily, when a file is built or read.
 
 __all__ = ["export_commonroad", "read_commonroad"]
 
@@ -118,7 +121,6 @@ def export_commonroad(sc: Scenario, out_dir: str | Path, stem: str | None = None
         ``id_maps["obstacles"]`` agent ids to CommonRoad ids.
     """
     _import()
-    import warnings
 
     from commonroad.common.file_writer import CommonRoadFileWriter, OverwriteExistingFile
     from commonroad.planning.planning_problem import PlanningProblemSet

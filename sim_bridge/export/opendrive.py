@@ -30,6 +30,8 @@ from sim_bridge.scenario import MapFeature, Scenario
 # the point-to-polyline distance the Waymo reader uses for lane widths (one implementation)
 from sim_bridge.sources.waymo import _distance_to_polyline as distance_to_polyline
 
+# scenariogeneration (optional `export` extra) is imported lazily, when a file is built.
+
 __all__ = ["build_opendrive", "lane_centres", "simplify_polyline", "lane_width", "SIMPLIFY_M", "DEFAULT_LANE_WIDTH_M",
            "LINK_GAP_M"]
 

@@ -31,6 +31,8 @@ from sim_bridge.export.common import ExportResult, count_note, file_stem
 from sim_bridge.export.opendrive import build_opendrive
 from sim_bridge.scenario import STEP_SECONDS, Scenario
 
+# scenariogeneration (optional `export` extra) is imported lazily, when a file is built.
+
 __all__ = ["build_openscenario", "export_openscenario", "read_xosc_trajectories"]
 
 _DEFAULT_SIZE = {"VEHICLE": (4.5, 2.0, 1.6), "CYCLIST": (1.8, 0.6, 1.7), "PEDESTRIAN": (0.6, 0.6, 1.8)}

@@ -45,6 +45,8 @@ from sim_bridge.geometry import wrap_angle
 from sim_bridge.scenario import STEP_SECONDS, MapFeature, Scenario
 from sim_bridge.sources import waymo as source
 
+# waymo_open_dataset (optional `waymo` extra) is imported lazily, when a proto is built.
+
 __all__ = ["scenario_to_proto", "export_waymo", "read_waymo_export", "round_trip_errors", "DEFAULT_PREDICT"]
 
 DEFAULT_PREDICT = 8

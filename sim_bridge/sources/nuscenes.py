@@ -42,6 +42,8 @@ import numpy as np
 from sim_bridge.geometry import wrap_angle
 from sim_bridge.scenario import Scenario, ScenarioError
 
+# nuscenes (optional devkit) and shapely are imported lazily, when a dataset is read.
+
 __all__ = ["iter_nuscenes_scenarios", "scenario_filename", "track_type_for_category",
            "NuScenesConversionError", "EGO_ID"]
 

@@ -22,7 +22,10 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from sim_bridge.dataset import ConversionReport, DatasetWriter
+from sim_bridge.envs.metadrive import episode_dump_without_copy, make_procedural_env
 from sim_bridge.scenario import Scenario
+
+# metadrive (optional `sim` extra) is imported lazily, when an environment is made.
 
 __all__ = ["ProceduralConfig", "generate_procedural", "iter_procedural_scenarios", "scenario_filename"]
 
@@ -65,8 +68,6 @@ def scenario_filename(seed: int) -> str:
 # ---- worker side -------------------------------------------------------------------------------
 def _make_env(cfg: ProceduralConfig, seed: int):
     from metadrive.policy.idm_policy import IDMPolicy
-
-    from sim_bridge.envs.metadrive import make_procedural_env
 
     return make_procedural_env(
         num_scenarios=1, start_seed=seed, map=cfg.map_blocks, traffic_density=cfg.traffic_density,
@@ -125,7 +126,6 @@ def _export_one(job: tuple[ProceduralConfig, int]) -> tuple[int, Scenario | str]
     episode to episode (cm-level drift), so only a fresh engine makes a seed's output independent
     of the worker count and of which seeds ran before it.
     """
-    from sim_bridge.envs.metadrive import episode_dump_without_copy
 
     cfg, seed = job
     env = None

@@ -41,6 +41,8 @@ import numpy as np
 
 from sim_bridge.scenario import Scenario
 
+# crc32c and waymo_open_dataset (optional `waymo` extra) are imported lazily, when files are read.
+
 __all__ = ["TFRecordError", "iter_tfrecord", "write_tfrecord", "waymo_scenario_to_dict",
            "parse_scenario", "iter_waymo_scenarios", "scenario_filename"]
 

@@ -90,10 +90,10 @@ def test_composition_equals_background_render_where_the_box_is_empty(road_layout
         with_obj = gen(stack_layouts([road_layout]), *z).features
         bg_only = gen(stack_layouts([empty]), *z).features
     lay = stack_layouts([road_layout])
-    assert isinstance(lay["boxes"], Boxes3D) and lay["boxes"].batch_shape == (1,)
-    assert lay["boxes"].center.dtype == torch.float32 and lay["boxes"].valid.dtype == torch.bool
-    o, d = camera_rays(lay["K"], lay["T_cam_from_ego"], 32, 16)
-    hit = ray_box_intersect(o, d, lay["boxes"])[2].any(-1).reshape(16, 16)
+    assert isinstance(lay.boxes, Boxes3D) and lay.boxes.batch_shape == (1,)
+    assert lay.boxes.center.dtype == torch.float32 and lay.boxes.valid.dtype == torch.bool
+    o, d = camera_rays(lay.K, lay.T_cam_from_ego, 32, 16)
+    hit = ray_box_intersect(o, d, lay.boxes)[2].any(-1).reshape(16, 16)
     assert 2 < int(hit.sum()) < 100
     diff = (with_obj - bg_only).abs().amax(1)[0]  # [16, 16]
     assert diff[~hit].max() < 1e-6  # rays missing the box: the background render, exactly

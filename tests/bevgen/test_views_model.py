@@ -189,13 +189,37 @@ def test_sampling_parallel_and_autoregressive_give_six_views(trained, frames_dir
 
     pipe = load_views(trained[0])
     batch = default_collate([FrameDataset(frames_dir)[i] for i in (0, 5)])  # 32x56 frames
-    par = pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=3)
+    par = pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=3).images
     assert par.shape == (2, 6, 3, 32, 56) and par.dtype == torch.uint8
-    torch.testing.assert_close(par, pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=3))  # seeded
-    assert not torch.equal(par, pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=4))  # by the seed
-    ar = pipe({k: v[:1] for k, v in batch.items() if k != "name"}, mode="autoregressive", guidance=1.0, seed=3)
+    torch.testing.assert_close(par, pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=3).images)  # seeded
+    assert not torch.equal(par, pipe(batch, mode="parallel", steps=4, guidance=1.0, seed=4).images)  # by the seed
+    ar = pipe({k: v[:1] for k, v in batch.items() if k != "name"}, mode="autoregressive", guidance=1.0, seed=3).images
     assert ar.shape == (1, 6, 3, 32, 56) and ar.dtype == torch.uint8
     assert pipe.image_size == (32, 56) and pipe.num_views == 6
+
+
+def test_pipeline_takes_a_bev_layout_and_a_rig(trained):
+    """pipe(layout, rig) conditions exactly like the frame-file batch of the same layout and rig, at any rig
+    image size (K is rescaled once), and names the views after the rig's cameras."""
+    from bevgen.cameras import nuscenes_rig
+    from bevgen.layout import BevConfig, BevRasterizer
+    from bevgen.views.cli import layout_arrays
+    from bevgen.views.figures import frame_batch
+    from bevgen.views.sample import ViewsOutput, load_views
+    from sim_bridge.scenario import Scenario
+    from tests.conftest import make_varied_road_scenario
+
+    pipe = load_views(trained[0])
+    sc = Scenario.from_dict(make_varied_road_scenario(3))
+    layout = BevRasterizer(sc, BevConfig(range_m=pipe.config.data.bev_range_m))(4)
+    typed = pipe(layout, nuscenes_rig(pipe.image_size), steps=3, seed=5)
+    assert isinstance(typed, ViewsOutput) and typed.camera_names[1] == "CAM_FRONT"
+    from_batch = pipe(frame_batch(layout_arrays(sc, 4, pipe.image_size, pipe.config.data.bev_range_m)), steps=3, seed=5)
+    torch.testing.assert_close(typed.images, from_batch.images, rtol=0, atol=0)
+    two = pipe([layout, layout], nuscenes_rig((900, 1600)), steps=3, seed=5)  # full-size rig: K rescaled
+    assert two.images.shape == (2, 6, 3, 32, 56) and two.numpy().shape == (2, 6, 32, 56, 3)
+    with pytest.raises(ValueError, match="rig"):
+        pipe(layout)
 
 
 def test_checkpoint_resume_round_trip(trained, frames_dir, tmp_path):
@@ -257,7 +281,7 @@ def test_pipeline_samples_in_eval_mode_and_restores_training_mode():
     seen = []
     gen.blocks[0].register_forward_hook(lambda m, i, o: seen.append(m.training))
     out = pipe(_synthetic_batch(), steps=2, seed=0)
-    assert out.shape == (1, 6, 3, 32, 56) and seen and not any(seen)  # dropout off while sampling
+    assert out.images.shape == (1, 6, 3, 32, 56) and seen and not any(seen)  # dropout off while sampling
     assert all(m.training for m in gen.modules()) and all(m.training for m in tok.modules())  # restored
     pipe.reconstruct(_synthetic_batch()["images"])
     assert gen.training and tok.training

@@ -112,7 +112,7 @@ def test_placements_lie_on_lanes_without_overlaps(placement, batch):
     ego_only = torch.zeros_like(b["agent_mask"])
     ego_only[:, 0] = True
     out = model.sample(b, 24, generator=torch.Generator().manual_seed(0), context=ego_only)
-    state, valid, lane = out["agent_state"], out["valid"], out["lane"]
+    state, valid, lane = out.agent_state, out.valid, out.lane
     assert state.shape == (7, 24, 7) and valid.shape == lane.shape == (7, 24)
     assert valid.sum() >= 0.8 * valid.numel()
 
@@ -193,14 +193,14 @@ def test_sample_handles_per_scene_counts(placement, batch):
     b = _first(batch)
     num_new = torch.tensor([0, 3, 1, 5, 2, 4, 6])
     out = model.sample(b, num_new, generator=torch.Generator().manual_seed(3))
-    assert out["agent_state"].shape == (7, 6, 7)
-    counts = out["valid"].sum(1)
+    assert out.agent_state.shape == (7, 6, 7)
+    counts = out.valid.sum(1)
     assert bool((counts <= num_new).all()) and counts[0] == 0 and counts.sum() >= 0.8 * num_new.sum()
     beyond = torch.arange(6)[None] >= num_new[:, None]
-    assert not bool(out["valid"][beyond].any()) and bool((out["lane"][beyond] == -1).all())
+    assert not bool(out.valid[beyond].any()) and bool((out.lane[beyond] == -1).all())
     # new vehicles keep clear of every existing agent too
     for i in range(7):
-        new = out["agent_state"][i, out["valid"][i]]
+        new = out.agent_state[i, out.valid[i]]
         old = b["agent_state"][i, b["agent_mask"][i]]
         assert not bool(obb_overlap(new[:, None], old[None]).any())
 
@@ -210,9 +210,9 @@ def test_seeded_sampling_is_reproducible(placement, trajectory, batch):
     b = _first(batch)
     run = lambda seed: model.sample(b, 4, generator=torch.Generator(device="cpu").manual_seed(seed))  # noqa: E731
     a, again, other = run(11), run(11), run(12)
-    for k in a:
-        assert torch.equal(a[k], again[k]), k
-    assert not torch.equal(a["agent_state"], other["agent_state"])
+    for k in ("agent_state", "valid", "lane"):
+        assert torch.equal(getattr(a, k), getattr(again, k)), k
+    assert not torch.equal(a.agent_state, other.agent_state)
     losses = [model.loss(b, generator=torch.Generator().manual_seed(5))["total"].item() for _ in range(2)]
     assert losses[0] == losses[1]
     traj = trajectory[0]
@@ -226,7 +226,7 @@ def test_models_follow_the_input_device(placement, trajectory, batch):
     b = {k: v.to(dev) for k, v in _first(batch).items()}
     pm, tm = copy.deepcopy(placement[0]).to(dev), copy.deepcopy(trajectory[0]).to(dev)
     out = pm.sample(b, 3, generator=torch.Generator(device=dev).manual_seed(0))
-    assert out["agent_state"].device.type == "cuda" and bool(out["valid"].any())
+    assert out.agent_state.device.type == "cuda" and bool(out.valid.any())
     assert pm.loss(b, generator=torch.Generator(device=dev).manual_seed(0))["total"].isfinite()
     roll = tm.rollout(b, 30, generator=torch.Generator(device=dev).manual_seed(0), sample_modes=True)
     assert roll.device.type == "cuda" and bool(roll.isfinite().all())

@@ -11,6 +11,7 @@ Letters: b batch, m map vector, a agent, k mixture component, c attribute, n new
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +19,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from sim_bridge.geometry import wrap_angle
+from traffic.encoding import SceneBatch
 from traffic.model.encoder import TINY, ModelConfig, SceneEncoder, mlp
 
-__all__ = ["PlacementModel", "obb_overlap", "ATTRIBUTES"]
+__all__ = ["PlacementModel", "PlacedVehicles", "obb_overlap", "ATTRIBUTES"]
 
 ATTRIBUTES = ("s_logit", "lateral", "heading", "length", "width", "speed")
 # Attributes are modelled in normalized units (x - mean) / scale so one initialization fits all.
@@ -80,6 +82,18 @@ def _scatter_any(index: Tensor, flag: Tensor, m: int) -> Tensor:
     return out.scatter_reduce(1, index.clamp(min=0), src, "amax") > 0
 
 
+@dataclass(frozen=True)
+class PlacedVehicles:
+    """What :meth:`PlacementModel.sample` places, n rows per scene (padding where ``valid`` is False)."""
+
+    agent_state: Tensor
+    """[b, n, 7] x, y, heading, vx, vy, length, width in the scene frame (``traffic.encoding`` rows)."""
+    valid: Tensor
+    """bool [b, n], a vehicle was placed in this row."""
+    lane: Tensor
+    """long [b, n], the lane vector it was placed on, -1 where not placed."""
+
+
 class PlacementModel(nn.Module):
     """Occupancy + attribute mixture per lane vector, on top of ``SceneEncoder``."""
 
@@ -96,7 +110,7 @@ class PlacementModel(nn.Module):
         self.register_buffer("attr_mean", torch.tensor(_ATTR_MEAN), persistent=False)
         self.register_buffer("attr_scale", torch.tensor(_ATTR_SCALE), persistent=False)
 
-    def forward(self, batch: dict[str, Tensor], agent_state: Tensor, agent_type: Tensor,
+    def forward(self, batch: SceneBatch, agent_state: Tensor, agent_type: Tensor,
                 context: Tensor) -> dict[str, Tensor]:
         """Per-lane-vector predictions given the context agents.
 
@@ -115,14 +129,14 @@ class PlacementModel(nn.Module):
         return {"occupancy": self.occupancy_head(map_tok).squeeze(-1), "mix_logits": mix[..., 0],
                 "mean": mix[..., 1:1 + c], "log_std": log_std}
 
-    def attributes(self, batch: dict[str, Tensor]) -> Tensor:
+    def attributes(self, batch: SceneBatch) -> Tensor:
         """Targets of every agent slot: [b, a, c] normalized attributes (garbage where agent_lane < 0)."""
         off, st = batch["lane_offset"], batch["agent_state"]
         s = off[..., 0].clamp(S_EPS, 1 - S_EPS).logit()
         raw = torch.stack([s, off[..., 1], off[..., 2], st[..., 5], st[..., 6], st[..., 3:5].norm(dim=-1)], -1)
         return (raw - self.attr_mean) / self.attr_scale
 
-    def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def loss(self, batch: SceneBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """TrafficGen's initializer loss on a random split of each scene into context and targets.
 
         Per scene a number k is drawn uniformly in [0, number of non-ego agents]; k random non-ego
@@ -163,8 +177,8 @@ class PlacementModel(nn.Module):
         return {"total": occupancy + attributes, "occupancy": occupancy, "attributes": attributes}
 
     @torch.no_grad()
-    def sample(self, batch: dict[str, Tensor], num_new: int | Tensor, generator: torch.Generator | None = None,
-               max_tries: int = 10, context: Tensor | None = None) -> dict[str, Tensor]:
+    def sample(self, batch: SceneBatch, num_new: int | Tensor, generator: torch.Generator | None = None,
+               max_tries: int = 10, context: Tensor | None = None) -> PlacedVehicles:
         """Place new vehicles autoregressively, one per scene per step, all scenes at once.
 
         Each step: one encoder pass; a free lane vector ~ softmax(occupancy logits) (free = a lane
@@ -184,9 +198,7 @@ class PlacementModel(nn.Module):
             context: bool [b, a] subset of existing agents to keep (default agent_mask; the ego
                 should stay in).
         Returns:
-            dict with agent_state [b, n, 7] (x, y, heading, vx, vy, length, width; scene frame),
-            valid bool [b, n] and lane long [b, n] (chosen lane vector, -1 where not placed),
-            n = max(num_new).
+            :class:`PlacedVehicles` with n = max(num_new) rows per scene.
         """
         state0, mask = batch["agent_state"], batch["agent_mask"]
         b, a = mask.shape
@@ -221,9 +233,9 @@ class PlacementModel(nn.Module):
                 free[torch.arange(b, device=dev), vec] &= ~(pending & hit)
             ctx[:, a + n] = placed
             occupied[torch.arange(b, device=dev), out_lane[:, n].clamp(min=0)] |= placed
-        return {"agent_state": state[:, a:], "valid": ctx[:, a:], "lane": out_lane}
+        return PlacedVehicles(agent_state=state[:, a:], valid=ctx[:, a:], lane=out_lane)
 
-    def _box(self, batch: dict[str, Tensor], pred: dict[str, Tensor], vec: Tensor,
+    def _box(self, batch: SceneBatch, pred: dict[str, Tensor], vec: Tensor,
              generator: torch.Generator | None) -> Tensor:
         """Sample attributes on lane vector vec [b] and build agent_state rows [b, 7] (scene frame)."""
         b, dev = vec.shape[0], vec.device

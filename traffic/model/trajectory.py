@@ -18,6 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from sim_bridge.geometry import wrap_angle
+from traffic.encoding import SceneBatch
 from traffic.model.encoder import TINY, ModelConfig, SceneEncoder, mlp
 
 __all__ = ["TrajectoryModel", "integrate_unicycle"]
@@ -58,7 +59,7 @@ class TrajectoryModel(nn.Module):
         self.control_head = mlp(d, d, cfg.modes * cfg.horizon * 2)
         self.score_head = mlp(d, d, cfg.modes)
 
-    def predict(self, batch: dict[str, Tensor], agent_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def predict(self, batch: SceneBatch, agent_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Full predicted states.
 
         Args:
@@ -75,12 +76,12 @@ class TrajectoryModel(nn.Module):
         states = integrate_unicycle(start, u[..., 0] * cfg.max_accel, u[..., 1] * cfg.max_yaw_rate, cfg.dt)
         return states, self.score_head(tok)
 
-    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, batch: SceneBatch) -> tuple[Tensor, Tensor]:
         """batch -> (traj [b, a, k, h, 3] (x, y, heading; scene frame, steps t0+1..t0+h), logits [b, a, k])."""
         states, logits = self.predict(batch)
         return states[..., :3], logits
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def loss(self, batch: SceneBatch) -> dict[str, Tensor]:
         """Winner-takes-all regression + mode classification.
 
         Per agent and mode: the Huber (smooth L1, 1 m) xy error summed over x and y, averaged over
@@ -105,7 +106,7 @@ class TrajectoryModel(nn.Module):
         return {"total": regression + classification, "regression": regression, "classification": classification}
 
     @torch.no_grad()
-    def rollout(self, batch: dict[str, Tensor], steps: int, generator: torch.Generator | None = None,
+    def rollout(self, batch: SceneBatch, steps: int, generator: torch.Generator | None = None,
                 sample_modes: bool = False) -> Tensor:
         """Long-horizon rollout: re-predict all agents jointly every ``horizon`` steps.
 
