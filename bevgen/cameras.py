@@ -101,6 +101,18 @@ def invert_rigid(T: np.ndarray) -> np.ndarray:
     return out
 
 
+def scale_intrinsics(K, src_hw: Sequence[int], dst_hw: Sequence[int]):
+    """THE rescale of intrinsics: K [..., 3, 3] (numpy or torch) for images of ``src_hw`` = (H, W) -> K for the
+    same images resized to ``dst_hw`` = (h, w): rows 0 and 1 scaled by w / W and h / H, axes independent.
+    ``CameraRig.resized``, ``SceneLayout.resized`` and the views batches (``resize_views``, ``fit_batch``) use it."""
+    (H, W), (h, w) = src_hw, dst_hw
+    if (int(H), int(W)) == (int(h), int(w)):
+        return K
+    factors = [w / W, h / H, 1.0]
+    scale = np.asarray(factors, K.dtype) if isinstance(K, np.ndarray) else K.new_tensor(factors)
+    return K * scale[:, None]
+
+
 @dataclass(frozen=True, eq=False)
 class CameraRig:
     """V pinhole cameras rigidly mounted on the ego vehicle (arrays are stored read-only).
@@ -174,9 +186,8 @@ class CameraRig:
 
     def resized(self, new_hw: Sequence[int]) -> CameraRig:
         """Rig for images resized from ``image_size`` to ``new_hw`` = (H', W'), axes scaled independently."""
-        (H, W), (h, w) = self.image_size, (int(new_hw[0]), int(new_hw[1]))
-        scale = np.diag([w / W, h / H, 1.0])
-        return CameraRig(self.names, scale @ self.K, self.T_cam_from_ego, (h, w))
+        hw = (int(new_hw[0]), int(new_hw[1]))
+        return CameraRig(self.names, scale_intrinsics(self.K, self.image_size, hw), self.T_cam_from_ego, hw)
 
     def cropped(self, top: int, left: int, new_hw: Sequence[int]) -> CameraRig:
         """Rig for the crop ``image[top:top+H', left:left+W']`` (negative offsets mean padding)."""

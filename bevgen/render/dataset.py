@@ -6,8 +6,8 @@ On-disk format (shared by the synthetic writer and :mod:`bevgen.render.nuscenes_
         images [V,H,W,3] uint8 RGB; depth [V,H,W] float16 metres along the optical axis (0 = sky or
         unknown); semantic [V,H,W] uint8 (SEMANTIC_CLASSES; all 0 where unknown); bev [C,Hb,Wb] uint8;
         boxes [N,7] float32 (x, y, z_centre, l, w, h, yaw; ego frame); classes [N] int64; box_valid [N]
-        bool; K [V,3,3] float32; T_cam_from_ego [V,4,4] float32; ego_pose [3] float64 (world x, y, yaw);
-        scenario (str); frame (int).
+        bool; K [V,3,3] float32; T_cam_from_ego [V,4,4] float32; camera_names [V] str; ego_pose [3]
+        float64 (world x, y, yaw); scenario (str); frame (int).
     out_dir/index.json             {"frames": [names], "rig": CameraRig.to_dict() (nominal, first frame),
                                     "bev": BevConfig fields, "semantic_classes": [...],
                                     "source": "synthetic" | "nuscenes", "config": {...}}
@@ -62,7 +62,7 @@ def frame_arrays(frame, scenario: str) -> dict[str, np.ndarray]:
     lay, rig = frame.layout, frame.rig
     return {"images": frame.images, "depth": frame.depth.astype(np.float16), "semantic": frame.semantic,
             "bev": lay.raster, **lay.box_arrays(), "K": rig.K.astype(np.float32),
-            "T_cam_from_ego": rig.T_cam_from_ego.astype(np.float32),
+            "T_cam_from_ego": rig.T_cam_from_ego.astype(np.float32), "camera_names": np.array(rig.names),
             "ego_pose": np.asarray(lay.ego_pose, np.float64), "scenario": np.array(scenario.removesuffix(".pkl")),
             "frame": np.array(int(lay.frame), np.int64)}
 
@@ -81,6 +81,8 @@ def load_frame(path: str | Path) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as z:
         out = {k: z[k] for k in z.files}
     out["scenario"], out["frame"] = str(out["scenario"]), int(out["frame"])
+    if "camera_names" in out:  # frames written before camera names were stored have none (see index.json)
+        out["camera_names"] = tuple(str(n) for n in out["camera_names"])
     return out
 
 

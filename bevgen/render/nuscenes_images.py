@@ -185,7 +185,7 @@ def write_nuscenes_image_dataset(dataroot: str | Path, version: str, out_dir: st
                     "images": images, "depth": np.zeros((V, H, W), np.float16),
                     "semantic": np.zeros((V, H, W), np.uint8), "bev": layout.raster,
                     **layout.box_arrays(), "K": rig.K.astype(np.float32),
-                    "T_cam_from_ego": rig.T_cam_from_ego.astype(np.float32),
+                    "T_cam_from_ego": rig.T_cam_from_ego.astype(np.float32), "camera_names": np.array(rig.names),
                     "ego_pose": np.asarray(layout.ego_pose, np.float64), "scenario": np.array(stem),
                     "frame": np.array(t, np.int64)})
                 frames.append(name)

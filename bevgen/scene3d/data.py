@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bevgen.render.dataset import load_frame
-from bevgen.scene3d.layout import LayoutBatch, SceneLayout, _require, layout_from_frame
+from bevgen.scene3d.layout import LayoutBatch, SceneLayout, _one_camera, _require, layout_from_frame
 from sim_bridge.boxes import Boxes3D
 
 # torch is imported lazily (batching only): loading layouts works without the `ml` extra.
@@ -80,7 +80,9 @@ class Scene3DData:
 
     def layout(self, i: int) -> SceneLayout:
         """The SceneLayout of frame i."""
-        return SceneLayout(self.boxes[i], self.K[i], self.T_cam_from_ego[i], (self.resolution, self.resolution))
+        camera = self.names[i].rsplit(":", 1)[-1]  # samples are named "<frame>:<camera>"
+        return SceneLayout(self.boxes[i], _one_camera(self.K[i], self.T_cam_from_ego[i],
+                                                      (self.resolution, self.resolution), camera))
 
     def layout_batch(self, idx: Sequence[int] | np.ndarray, device: Any = "cpu") -> LayoutBatch:
         """Inputs of ``Scene3DGenerator.forward`` for samples ``idx`` (B of them), windows included."""

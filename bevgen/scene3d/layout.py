@@ -51,15 +51,26 @@ class SceneLayout:
     Attributes:
         boxes: ``Boxes3D`` [N], float32, ego frame, m / rad; classes int64 index into
             ``bevgen.layout.CLASS_NAMES``; valid False on padded rows (their boxes are ignored everywhere).
-        K: float32 [3, 3] intrinsics in pixels of ``image_size``.
-        T_cam_from_ego: float32 [4, 4] rigid transform ego -> OpenCV camera frame.
-        image_size: (H, W) pixels that ``K`` refers to.
+        camera: a one-view ``CameraRig`` (its name, K, T_cam_from_ego and image size); ``K`` (float32
+            [3, 3]), ``T_cam_from_ego`` (float32 [4, 4]) and ``image_size`` (H, W) read it.
     """
 
     boxes: Boxes3D
-    K: np.ndarray
-    T_cam_from_ego: np.ndarray
-    image_size: tuple[int, int]
+    camera: CameraRig
+
+    @property
+    def K(self) -> np.ndarray:
+        """float32 [3, 3] intrinsics in pixels of ``image_size``."""
+        return self.camera.K[0].astype(np.float32)
+
+    @property
+    def T_cam_from_ego(self) -> np.ndarray:
+        """float32 [4, 4] rigid transform ego -> OpenCV camera frame."""
+        return self.camera.T_cam_from_ego[0].astype(np.float32)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.camera.image_size)
 
     def validate(self) -> "SceneLayout":
         """Check shapes, dtypes and a rigid camera transform; returns self. Raises ValueError otherwise."""
@@ -69,9 +80,8 @@ class SceneLayout:
         _require(b.center.dtype == np.float32 and b.size.dtype == np.float32 and b.yaw.dtype == np.float32,
                  f"SceneLayout.boxes must be float32, got {b.center.dtype}")
         _require(b.classes.dtype == np.int64, f"SceneLayout.boxes.classes must be int64, got {b.classes.dtype}")
-        _require(self.K.shape == (3, 3), f"SceneLayout.K must be [3, 3], got {self.K.shape}")
-        _require(self.T_cam_from_ego.shape == (4, 4),
-                 f"SceneLayout.T_cam_from_ego must be [4, 4], got {self.T_cam_from_ego.shape}")
+        _require(isinstance(self.camera, CameraRig) and self.camera.num_views == 1,
+                 f"SceneLayout.camera must be a one-view CameraRig, got {self.camera!r:.80}")
         _require(np.isfinite(b.select(b.valid).as_array()).all(), "SceneLayout: valid boxes must be finite")
         _require((b.size[b.valid] > 0).all(),
                  "SceneLayout: valid boxes need positive sizes (length, width, height)")
@@ -97,12 +107,6 @@ class SceneLayout:
         return self.boxes.valid
 
     @property
-    def rig(self) -> CameraRig:
-        """Single-view CameraRig for projection helpers."""
-        return CameraRig(("cam",), self.K[None].astype(np.float64), self.T_cam_from_ego[None].astype(np.float64),
-                         tuple(self.image_size))
-
-    @property
     def corners(self) -> np.ndarray:
         """float64 [N, 8, 3] box corners in the ego frame (``Boxes3D.corners`` order)."""
         return self.boxes.to(dtype=np.float64).corners()
@@ -110,13 +114,13 @@ class SceneLayout:
     @property
     def boxes_2d(self) -> np.ndarray:
         """float64 [N, 4] (x0, y0, x1, y1) projected, image-clipped 2D boxes; NaN where invisible or invalid."""
-        b = project_boxes(self.rig, self.boxes).boxes_2d[0]
+        b = project_boxes(self.camera, self.boxes).boxes_2d[0]
         return np.where(self.valid[:, None], b, np.nan)
 
     @property
     def visible(self) -> np.ndarray:
         """bool [N]: valid and overlapping the image."""
-        return self.valid & project_boxes(self.rig, self.boxes).visible[0]
+        return self.valid & project_boxes(self.camera, self.boxes).visible[0]
 
     @property
     def camera_center(self) -> np.ndarray:
@@ -125,24 +129,29 @@ class SceneLayout:
         return -T[:3, :3].T @ T[:3, 3]
 
     def replace(self, **changes: Any) -> "SceneLayout":
-        """A copy with fields replaced (dtypes normalised); ``classes`` / ``valid`` replace those of the boxes."""
+        """A copy with fields replaced (dtypes normalised); ``classes`` / ``valid`` replace those of the boxes,
+        ``K`` / ``T_cam_from_ego`` / ``image_size`` those of the camera."""
         box_changes = {k: changes.pop(k) for k in ("classes", "valid") if k in changes}
         if box_changes:
             changes["boxes"] = changes.get("boxes", self.boxes).replace(**box_changes)
+        cam_changes = {k: changes.pop(k) for k in ("K", "T_cam_from_ego", "image_size") if k in changes}
+        if cam_changes:
+            cam = changes.get("camera", self.camera)
+            changes["camera"] = _one_camera(cam_changes.get("K", cam.K[0]),
+                                            cam_changes.get("T_cam_from_ego", cam.T_cam_from_ego[0]),
+                                            cam_changes.get("image_size", cam.image_size), cam.names[0])
         return _normalised(dataclasses.replace(self, **changes))
 
     def resized(self, size: Sequence[int]) -> "SceneLayout":
-        """The same camera for images resized to ``size`` = (H', W') (K scaled per axis)."""
-        (H, W), (h, w) = self.image_size, (int(size[0]), int(size[1]))
-        K = np.diag([w / W, h / H, 1.0]) @ self.K.astype(np.float64)
-        return self.replace(K=K, image_size=(h, w))
+        """The same camera for images resized to ``size`` = (H', W') (``CameraRig.resized``)."""
+        return self.replace(camera=self.camera.resized(size))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (only valid boxes are written)."""
         kept = self.boxes.select(self.valid)
         return {"boxes": kept.as_array().tolist(), "classes": kept.classes.tolist(), "K": self.K.tolist(),
                 "T_cam_from_ego": self.T_cam_from_ego.tolist(), "image_size": list(self.image_size),
-                "max_boxes": self.num_boxes}
+                "camera": self.camera.names[0], "max_boxes": self.num_boxes}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SceneLayout":
@@ -152,8 +161,8 @@ class SceneLayout:
         classes = np.asarray(d.get("classes", [0] * len(boxes)), dtype=np.int64).reshape(-1)
         if len(classes) != len(boxes):
             raise ValueError(f"layout: {len(boxes)} boxes but {len(classes)} classes")
-        return _padded(Boxes3D.from_array(boxes, classes), n, np.asarray(d["K"]), np.asarray(d["T_cam_from_ego"]),
-                       tuple(d["image_size"])).validate()
+        camera = _one_camera(d["K"], d["T_cam_from_ego"], d["image_size"], str(d.get("camera", "cam")))
+        return _padded(Boxes3D.from_array(boxes, classes), n, camera).validate()
 
     def save_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as JSON."""
@@ -163,25 +172,29 @@ class SceneLayout:
         return path
 
 
+def _one_camera(K: Any, T: Any, image_size: Sequence[int], name: str = "cam") -> CameraRig:
+    """A one-view rig; K and T are kept at float32 precision (what layouts store and the generator reads)."""
+    return CameraRig((name,), np.asarray(K, np.float32)[None].astype(np.float64),
+                     np.asarray(T, np.float32)[None].astype(np.float64), (int(image_size[0]), int(image_size[1])))
+
+
 def _normalised(layout: SceneLayout) -> SceneLayout:
-    b = layout.boxes
+    b, cam = layout.boxes, layout.camera
     boxes = Boxes3D(*(np.array(a, np.float32) for a in (b.center, b.size, b.yaw)), np.asarray(b.classes, np.int64),
                     np.asarray(b.valid, bool))
-    return SceneLayout(boxes, np.asarray(layout.K, np.float32),
-                       np.asarray(layout.T_cam_from_ego, np.float32),
-                       (int(layout.image_size[0]), int(layout.image_size[1])))
+    return SceneLayout(boxes, _one_camera(cam.K[0], cam.T_cam_from_ego[0], cam.image_size, cam.names[0]))
 
 
-def _padded(boxes: Boxes3D, n: int, K: np.ndarray, T: np.ndarray, image_size: tuple[int, int]) -> SceneLayout:
+def _padded(boxes: Boxes3D, n: int, camera: CameraRig) -> SceneLayout:
     """Pad k <= n boxes (all taken as valid) to n rows (valid=False on the padding)."""
     k, n = len(boxes), max(n, 1)  # at least one (padding) row keeps batched shapes non-empty
     pad = Boxes3D.empty(n - k)
     pad.size[:] = 1.0  # harmless sizes on padding rows
     out = Boxes3D.concat([boxes.to(dtype=np.float32).replace(valid=np.ones(k, bool)), pad])
-    return _normalised(SceneLayout(out, K, T, image_size))
+    return _normalised(SceneLayout(out, camera))
 
 
-def square_camera(rig: CameraRig, camera: str | int, resolution: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+def square_camera(rig: CameraRig, camera: str | int, resolution: int) -> tuple[CameraRig, tuple]:
     """Geometry of a centred square crop of one view, resized to ``resolution``.
 
     Args:
@@ -189,18 +202,18 @@ def square_camera(rig: CameraRig, camera: str | int, resolution: int) -> tuple[n
         camera: view name or index.
         resolution: output side R in pixels.
     Returns:
-        K float64 [3, 3] for the R x R image, T_cam_from_ego [4, 4], crop (top, left, side) in source pixels.
+        (the view as a one-view rig for the R x R image, crop (top, left, side) in source pixels).
     """
     v = rig.names.index(camera) if isinstance(camera, str) else int(camera)
     H, W = rig.image_size
     side = min(H, W)
     top, left = (H - side) // 2, (W - side) // 2
     sq = rig.cropped(top, left, (side, side)).resized((resolution, resolution))
-    return sq.K[v], sq.T_cam_from_ego[v], (top, left, side)
+    return CameraRig((sq.names[v],), sq.K[v:v + 1], sq.T_cam_from_ego[v:v + 1], sq.image_size), (top, left, side)
 
 
-def select_boxes(boxes: Boxes3D, K: np.ndarray, T: np.ndarray, image_size: Sequence[int], max_objects: int,
-                 class_filter: Sequence[int] = (0,), max_depth: float = 60.0) -> SceneLayout:
+def select_boxes(boxes: Boxes3D, camera: CameraRig, max_objects: int, class_filter: Sequence[int] = (0,),
+                 max_depth: float = 60.0) -> SceneLayout:
     """Keep boxes of ``class_filter`` seen by the camera, nearest first, padded to ``max_objects``.
 
     A box is kept when it is valid, its projection overlaps the image and its centre depth lies in
@@ -208,13 +221,13 @@ def select_boxes(boxes: Boxes3D, K: np.ndarray, T: np.ndarray, image_size: Seque
     """
     boxes = boxes.numpy().to(dtype=np.float32)
     classes, valid = np.asarray(boxes.classes, np.int64), np.asarray(boxes.valid, bool)
-    rig = CameraRig(("cam",), np.asarray(K, np.float64)[None], np.asarray(T, np.float64)[None], tuple(image_size))
+    rig = camera
     vis = project_boxes(rig, boxes).visible[0] if len(boxes) else np.zeros(0, bool)
     depth = (boxes.center.astype(np.float64) @ rig.T_cam_from_ego[0, :3, :3].T + rig.T_cam_from_ego[0, :3, 3])[:, 2]
     keep = valid & vis & np.isin(classes, list(class_filter)) & (depth > 0.5) & (depth <= max_depth)
     idx = np.flatnonzero(keep)
     idx = idx[np.argsort(depth[idx], kind="stable")][:max_objects]
-    return _padded(boxes[idx].replace(classes=classes[idx]), max_objects, K, T, tuple(image_size))
+    return _padded(boxes[idx].replace(classes=classes[idx]), max_objects, rig)
 
 
 def _square_image(image: np.ndarray, crop: tuple, resolution: int) -> np.ndarray:
@@ -237,7 +250,7 @@ def layout_from_frame(frame: str | Path | Mapping[str, np.ndarray], camera: str 
         camera: view name (needs ``names``, else the nuScenes order is assumed) or index.
         resolution: square output side R.
         max_objects, class_filter, max_depth: see :func:`select_boxes`.
-        names: camera names of the frame's views (from the dataset's index.json rig).
+        names: camera names of the frame's views (default: the frame file's ``camera_names``).
         with_image: also return the cropped, resized image uint8 [R, R, 3].
     Returns:
         (SceneLayout with image_size (R, R), image or None).
@@ -245,13 +258,14 @@ def layout_from_frame(frame: str | Path | Mapping[str, np.ndarray], camera: str 
 
     f = load_frame(frame) if isinstance(frame, (str, Path)) else frame  # load_frame closes the file
     V, H, W = f["images"].shape[:3] if "images" in f else (len(f["K"]), *f["image_size"])
-    names = tuple(names) if names is not None else tuple(NUSCENES_CAMERAS[:V]) if V == 6 else \
-        tuple(f"cam{i}" for i in range(V))
+    if names is None:  # the frame's own names; frames from before they were stored: the nuScenes order
+        names = f.get("camera_names") or (NUSCENES_CAMERAS[:V] if V == 6 else [f"cam{i}" for i in range(V)])
+    names = tuple(names)
     rig = CameraRig(names, np.asarray(f["K"], np.float64), np.asarray(f["T_cam_from_ego"], np.float64), (H, W))
-    K, T, crop = square_camera(rig, camera, resolution)
+    view, crop = square_camera(rig, camera, resolution)
     boxes = Boxes3D.from_array(np.asarray(f["boxes"]).reshape(-1, 7), np.asarray(f["classes"], np.int64),
                                np.asarray(f["box_valid"], bool))  # the frame file's packed form -> typed
-    layout = select_boxes(boxes, K, T, (resolution, resolution), max_objects, class_filter, max_depth)
+    layout = select_boxes(boxes, view, max_objects, class_filter, max_depth)
     v = rig.names.index(camera) if isinstance(camera, str) else int(camera)
     image = _square_image(np.asarray(f["images"][v]), crop, resolution) if with_image else None
     return layout, image
@@ -265,8 +279,8 @@ def layout_from_scenario(scenario: Any, t: int, camera: str | int = DEFAULT_CAME
 
     bev = BevRasterizer(scenario, BevConfig(max_boxes=64))(int(t))
     rig = rig or nuscenes_rig()
-    K, T, _ = square_camera(rig, camera, resolution)
-    return select_boxes(bev.boxes, K, T, (resolution, resolution), max_objects, class_filter, max_depth)
+    view, _ = square_camera(rig, camera, resolution)
+    return select_boxes(bev.boxes, view, max_objects, class_filter, max_depth)
 
 
 def load_layout(path: str | Path, frame: int = 0, camera: str | int = DEFAULT_CAMERA, resolution: int = 64,

@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from bevgen.cameras import scale_intrinsics
 from bevgen.render.dataset import FrameDataset
 
 
 __all__ = ["BevSegConfig", "BevSegNet", "predict", "iou", "bev_targets", "ego_cells", "load_split", "mean_map",
-           "resize_views", "scale_intrinsics", "project", "channel_indices", "CLASSES"]
+           "resize_views", "project", "channel_indices", "CLASSES"]
 
 CLASSES = ("road", "vehicle")
 NEAR = 0.1  # m: points closer to the camera plane than this count as not visible
@@ -138,16 +139,6 @@ def project(pts: Tensor, K: Tensor, T: Tensor, image_size: Sequence[int], border
     else:
         inside = (grid.abs() <= 1).all(-1)
     return grid, (depth > NEAR) & inside
-
-
-def scale_intrinsics(K: Tensor, src_hw: Sequence[int], dst_hw: Sequence[int]) -> Tensor:
-    """K [..., 3, 3] for images of ``src_hw`` = (H, W) -> K for the same images resized to ``dst_hw``
-    = (h, w): rows 0 and 1 scaled by w / W and h / H (``CameraRig.resized`` math, axes independent)."""
-    (H, W), (h, w) = src_hw, dst_hw
-    if (int(H), int(W)) == (int(h), int(w)):
-        return K
-    scale = torch.tensor([w / W, h / H, 1.0], dtype=K.dtype, device=K.device)
-    return K * scale[:, None]
 
 
 def resize_views(images: Tensor, K: Tensor | None, size: Sequence[int]) -> tuple[Tensor, Tensor | None]:

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from bevgen.cameras import NUSCENES_CAMERAS, CameraRig
+from bevgen.cameras import NUSCENES_CAMERAS, CameraRig, scale_intrinsics
 from bevgen.layout import BevLayout
-from bevgen.views.bevseg import resize_views, scale_intrinsics
+from bevgen.views.bevseg import resize_views
 from bevgen.views.config import ViewsConfig, config_differences
 from bevgen.views.generator import Context, ViewsTransformer
 from bevgen.views.tokenizer import VQAutoencoder

@@ -49,6 +49,7 @@ def test_writes_every_keyframe_in_dataset_format(written):
     f = load_frame(out / "frames" / f"{index['frames'][0]}.npz")
     assert f["images"].shape == (6, *SIZE, 3) and f["images"].dtype == np.uint8
     assert f["K"].shape == (6, 3, 3) and f["bev"].shape == (8, 200, 200) and f["box_valid"].sum() >= 4
+    assert f["camera_names"] == tuple(index["rig"]["names"])
     item = FrameDataset(out)[0]
     assert tuple(item["images"].shape) == (6, 3, *SIZE)
 

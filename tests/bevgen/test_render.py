@@ -198,6 +198,7 @@ def test_write_resume_and_bad_scenario(scenario_dir, tmp_path):
     f = load_frame(out / "frames" / f"{index['frames'][0]}.npz")
     assert f["images"].shape == (6, 64, 112, 3) and f["bev"].shape == (8, 100, 100)
     assert f["depth"].dtype == np.float16 and f["scenario"] == scenario_of(index["frames"][0])
+    assert f["camera_names"] == tuple(index["rig"]["names"])  # each frame names its views
 
     victim = out / "frames" / f"{index['frames'][1]}.npz"
     victim.unlink()
