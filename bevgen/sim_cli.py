@@ -28,8 +28,8 @@ def sim_train(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard logs, checkpoints)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Environment steps (config: total_steps)."),
     envs: Optional[int] = typer.Option(None, "--envs", help="Worker processes, one MetaDrive engine each."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="'metadrive' or 'batched' (tensor simulator, "
-                                          "scenario directories; observation 'scene'). Default: the config's."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="'metadrive' or 'batched' (the tensor simulator: "
+                                          "replays the --train data, observation 'scene'). Default: the config's."),
     slots: Optional[int] = typer.Option(None, "--slots", help="Batched backend: scene slots stepping together "
                                         "(config: batched.num_scenes)."),
     scenarios_n: Optional[int] = typer.Option(None, "--scenarios", help="Number of scenarios (0 = whole directory)."),
