@@ -35,8 +35,9 @@ from runkit.config import save_config, to_dict
 from sim_bridge.dataset import ScenarioDataset
 from sim_bridge.envs.factory import EnvConfig, make_env
 from sim_bridge.rl.evaluate import EvalConfig, evaluate, make_policy, write_metrics
-from sim_bridge.rl.train import PPOConfig, PPOTrainConfig, read_episodes
+from sim_bridge.rl.train import BatchedConfig, PPOConfig, PPOTrainConfig, read_episodes
 from sim_bridge.rl.train import train as train_ppo
+from sim_bridge.rl.warmstart import WarmStartConfig
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 from traffic.generate import GenerateConfig, augment
 from traffic.train import TrafficTrainConfig, train
@@ -60,8 +61,9 @@ class DemoConfig:
     """Every n-th frame goes into the top-down animation."""
     traffic_steps: int = 300
     """Training steps of the tiny traffic model."""
-    ppo_steps: int = 20_000
-    """PPO environment steps on the augmented scenarios."""
+    ppo_steps: int = 300_000
+    """PPO environment steps on the augmented scenarios (batched simulator, after a behaviour-cloning warm start
+    from the scenarios' logged egos)."""
     heldout_scenarios: int = 4
     """Procedural scenarios (other seeds) the agent is evaluated on."""
     rollout_steps: int = 200
@@ -95,13 +97,17 @@ def _stage_traffic(cfg: DemoConfig, data: Path, out: Path) -> dict:
 
 
 def _train_ppo(cfg: DemoConfig, data: Path, run: Path) -> list[dict]:
+    """PPO on the batched simulator (observation "scene", which MetaDrive evaluation and the rollout read
+    through ``SceneObservation``), warm-started by cloning the scenarios' logged egos."""
     summary = run / "train_summary.json"
     if not (summary.exists() and json.loads(summary.read_text())["final_step"] >= cfg.ppo_steps):
-        small = cfg.ppo_steps < 4096
-        tc = PPOTrainConfig(env=EnvConfig(data=str(data), horizon=200),
-                            ppo=PPOConfig(n_steps=256 if small else 1024, batch_size=64 if small else 256,
-                                          net_arch=(64, 64)),
-                            total_steps=cfg.ppo_steps, num_envs=1, checkpoint_every=max(cfg.ppo_steps // 4, 256))
+        small = cfg.ppo_steps < 16_384
+        tc = PPOTrainConfig(env=EnvConfig(data=str(data), horizon=200, observation="scene"), backend="batched",
+                            batched=BatchedConfig(num_scenes=8 if small else 64),
+                            ppo=PPOConfig(n_steps=64 if small else 128, batch_size=128 if small else 2048, n_epochs=5,
+                                          net_arch=(64, 64) if small else (256, 256)),
+                            warm_start=WarmStartConfig(demonstrations="log", steps=50 if small else 2000),
+                            total_steps=cfg.ppo_steps, checkpoint_every=max(cfg.ppo_steps // 4, 512))
         train_ppo(tc, run, resume=(run / "checkpoints" / "latest.pt").exists(), progress_bar=False)
     return read_episodes(run)
 
@@ -207,12 +213,13 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
         (out / "rl").mkdir(parents=True, exist_ok=True)
         curve = _curve_png(episodes, out / "rl" / "learning_curve.png")
     with _stage(console, "evaluation", timings):
-        env_cfg = EnvConfig(data=str(heldout), horizon=200)
+        env_cfg = EnvConfig(data=str(heldout), horizon=200, observation="scene")
         result = evaluate(str(out / "ppo"), str(heldout), EvalConfig(workers=1), env_cfg)
         write_metrics(result, out / "rl")
     with _stage(console, "agent rollout", timings):
         # the trained agent in augmented (dense) traffic: its snapshots also drive the six-camera video
-        env = make_env(EnvConfig(data=str(out / "augmented"), num_scenarios=1, horizon=cfg.rollout_steps))
+        env = make_env(EnvConfig(data=str(out / "augmented"), num_scenarios=1, horizon=cfg.rollout_steps,
+                                 observation="scene"))
         try:
             roll = record_rollout(env, make_policy(str(out / "ppo"), env, seed=0), max_steps=cfg.rollout_steps,
                                   every=2, seed=0, scale=1, keep_snapshots=True)
@@ -230,8 +237,9 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
              "procedural driving scenarios (MetaDrive procedural maps with IDM traffic, generated offline, "
              "ScenarioNet format) are validated and rasterized into ego-centric bird's-eye-view layouts; "
              "<b>dense traffic</b>: a TrafficGen-style model learns from them and inserts vehicles; "
-             "<b>RL</b>: a PPO agent trains in MetaDrive on the augmented scenarios and is evaluated on held-out "
-             "ones; <b>camera views</b>: BEV layouts (including the agent's own drive) become six surrounding "
+             "<b>RL</b>: a PPO agent, warm-started by cloning the scenarios' logged drivers, trains on the "
+             "augmented scenarios in the batched simulator and is evaluated in MetaDrive on held-out ones; "
+             "<b>camera views</b>: BEV layouts (including the agent's own drive) become six surrounding "
              "camera images, and a compositional 3D-aware generator renders and edits box layouts.</p>"),
             ("Scenarios", rp.table(rows) + f"<p class='muted'>{len(scenes)} valid, {len(bad)} bad; "
              f"generation wrote {len(gen.written)}, reused {len(gen.reused)}, failed {len(gen.failed)}.</p>"
@@ -249,7 +257,7 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
                f"training loss {traffic['losses'][0]['total']:.2f} -> {traffic['losses'][-1]['total']:.2f}.</p>"),
             ("Generated traffic", rp.gif_tag(traffic_frames, f"{a0.id}: logged + generated vehicles",
                                              fps=10 / cfg.animation_stride)),
-            ("RL: learning curve", rp.image_tag(curve, "PPO (stable-baselines3) in MetaDrive ScenarioEnv")),
+            ("RL: learning curve", rp.image_tag(curve, "PPO (stable-baselines3) on the batched simulator")),
             ("RL: evaluation on held-out scenarios",
              rp.table([{"policy": name, **{k: m[k] for k in ("success_rate", "route_completion", "crash_rate",
                                                              "out_of_road_rate", "episode_reward", "num_episodes")}}

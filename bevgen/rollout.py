@@ -192,7 +192,7 @@ def record_rollout(env, policy: Callable[[Any], Any], max_steps: int, bev_config
         raise ValueError("max_steps and every must be >= 1")
     cfg = bev_config or ROLLOUT_BEV
     obs, _ = env.reset(seed=seed)
-    route = route_polyline(env)
+    route = route_polyline(env.unwrapped)  # a wrapper (the scene observation) does not forward MetaDrive attributes
     frames, frame_steps, poses, rewards, infos, snaps = [], [], [], [], [], []
     raster: BevRasterizer | None = None
     terminated = truncated = False
@@ -202,7 +202,7 @@ def record_rollout(env, policy: Callable[[Any], Any], max_steps: int, bev_config
         infos.append(info)
         done = bool(terminated or truncated)
         if i % every == 0 or done or i == max_steps - 1:
-            snap = snapshot(env)
+            snap = snapshot(env.unwrapped)
             # snapshots of one map share its cached features: flatten the map once, not per frame
             raster = BevRasterizer(snap, cfg) if raster is None else raster.with_scenario(snap)
             layout = raster(0)

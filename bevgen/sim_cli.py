@@ -23,8 +23,10 @@ app = typer.Typer(help="Train and evaluate driving agents (PPO) in MetaDrive or 
 # ---- sim ----------------------------------------------------------------------------------------
 @app.command("train")
 def sim_train(
-    train_data: str = typer.Option(..., "--train", metavar=SCENARIOS,
-                                   help="Dataset directory to train on, or 'procedural'."),
+    train_data: List[str] = typer.Option(..., "--train", metavar=SCENARIOS,
+                                         help="Dataset directory to train on, or 'procedural'. Repeat to train on "
+                                              "several directories in one run (procedural, real and augmented "
+                                              "scenario folders): they are indexed together in OUT/train_data."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard logs, checkpoints)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Environment steps (config: total_steps)."),
     envs: Optional[int] = typer.Option(None, "--envs", help="Worker processes, one MetaDrive engine each."),
@@ -46,7 +48,19 @@ def sim_train(
 
     if backend not in (None, "metadrive", "batched"):
         _fail(f"--backend must be 'metadrive' or 'batched', got {backend!r}")
-    overrides = [f"env.data={train_data}"]
+    data = train_data[0]
+    if len(train_data) > 1:
+        from sim_bridge.dataset import merge_datasets
+        from sim_bridge.scenario import ScenarioError
+
+        if "procedural" in train_data:
+            _fail("'procedural' maps have no scenario files to index with other --train folders: export them first "
+                  "(`bevgen scenarios procedural --out DIR`) and pass that DIR")
+        try:
+            data = str(merge_datasets(train_data, out / "train_data"))
+        except ScenarioError as e:
+            _fail(str(e))
+    overrides = [f"env.data={data}"]
     if backend is not None:  # the batched simulator observes 'scene'; MetaDrive keeps the config's observation
         overrides += [f"backend={backend}"] + (["env.observation=scene"] if backend == "batched" else [])
     overrides += list(set_ or [])
@@ -113,28 +127,42 @@ def sim_experiment(
     augmented: Optional[Path] = typer.Option(None, "--augmented", metavar=SCENARIOS,
                                              help="Traffic-augmented dataset (third arm)."),
     envs: int = typer.Option(2, "--envs", help="Worker processes per training run."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Training runs per arm, for the 95% intervals "
+                                        "(config: seeds, default 3)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Training simulator: 'metadrive' or 'batched' "
+                                          "(observation 'scene'); evaluation is MetaDrive's either way."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
-    """Same PPO budget on procedural / real / augmented scenarios, tested on held-out real scenes; plot + JSON."""
+    """Same RL budget on procedural / real / augmented (and augmented + procedural) scenarios, several seeds per
+    arm, tested on held-out real scenes in MetaDrive; results.json with 95% intervals and experiment.png."""
     from runkit.config import ConfigError, load_config
     from sim_bridge.rl.evaluate import EvalConfig
     from sim_bridge.rl.experiment import ExperimentConfig, run_experiment
 
     overrides = [f"real_data={real}", f"budget_steps={budget}", f"held_out={held_out}", f"num_envs={envs}"]
-    overrides += ([f"augmented={augmented}"] if augmented else []) + list(set_ or [])
+    overrides += ([f"augmented={augmented}"] if augmented else []) + ([f"seeds={seeds}"] if seeds else [])
+    if backend not in (None, "metadrive", "batched"):
+        _fail(f"--backend must be 'metadrive' or 'batched', got {backend!r}")
+    if backend is not None:
+        overrides += [f"train.backend={backend}"] + (["train.env.observation=scene"] if backend == "batched" else [])
+    overrides += list(set_ or [])
     try:
         cfg = load_config(ExperimentConfig, config, overrides)
         res = run_experiment(cfg, out, EvalConfig(workers=envs))
     except (ConfigError, ValueError) as e:
         _fail(str(e))
+    def cell(s: dict) -> str:
+        return f"{s['mean']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"
+
+    typer.echo(f"held-out real scenes, mean [95% interval] over {len(res['seeds'])} seed(s) per arm:")
     for arm, r in res["arms"].items():
-        m = r["held_out"]
-        typer.echo(f"{arm:>11}: success {m['success_rate']:.2f}  route completion {m['route_completion']:.2f}  "
-                   f"crash {m['crash_rate']:.2f}  reward {m['episode_reward']:.1f}")
+        m = r["summary"]
+        typer.echo(f"{arm:>20}: success {cell(m['success_rate'])}  route completion {cell(m['route_completion'])}  "
+                   f"crash {cell(m['crash_rate'])}")
     for ref, m in res["reference"].items():
-        typer.echo(f"{ref:>11}: success {m['success_rate']:.2f}  route completion {m['route_completion']:.2f}  "
-                   f"crash {m['crash_rate']:.2f}  reward {m['episode_reward']:.1f}")
+        typer.echo(f"{ref:>20}: success {m['success_rate']:.2f}  route completion {m['route_completion']:.2f}  "
+                   f"crash {m['crash_rate']:.2f}")
     _console().print(f"results in {out / 'results.json'}, plot {out / 'experiment.png'}")
 
 

@@ -3,12 +3,13 @@
 ``ScenarioDataset`` opens a directory (the index read through the safe loader, every named file
 checked to exist); ``DatasetWriter`` writes one scenario at a time, atomically and resumably, and
 reports bad items without losing the good ones; ``summarize`` and ``write_index`` produce the index
-MetaDrive's ``ScenarioEnv`` reads.
+MetaDrive's ``ScenarioEnv`` reads; ``merge_datasets`` indexes several directories as one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError, safe_loa
 from sim_bridge.scenario import (MAPPING_FILE, SUMMARY_FILE, Scenario, ScenarioError, atomic_pickle,
                                  load_scenario)
 
-__all__ = ["ScenarioDataset", "DatasetWriter", "ConversionReport", "write_index", "summarize"]
+__all__ = ["ScenarioDataset", "DatasetWriter", "ConversionReport", "write_index", "summarize", "merge_datasets"]
 
 
 def summarize(d: Mapping) -> dict:
@@ -121,6 +122,41 @@ def write_index(root: str | Path, summaries: Mapping[str, dict], mapping: Mappin
     root = Path(root)
     atomic_pickle(dict(summaries), root / SUMMARY_FILE)
     atomic_pickle({k: (mapping or {}).get(k, "") for k in summaries}, root / MAPPING_FILE)
+
+
+def merge_datasets(roots: list[str | Path], out: str | Path) -> Path:
+    """One dataset directory that indexes several (ScenarioNet's merged-database layout): ``out`` holds only
+    ``dataset_summary.pkl`` and ``dataset_mapping.pkl``, whose mapping points each file name at the folder
+    that holds it (relative to ``out``), so MetaDrive and :class:`ScenarioDataset` read the union without a
+    copy. A file name that two sources share (an augmented copy of a real scene keeps its name) is indexed
+    under ``sd_<source folder>__<name without sd_>`` (MetaDrive reads only names that start with ``sd_``)
+    through a symbolic link in ``out``.
+
+    Every source is opened (and so checked) first; ``out`` is rewritten only when all of them open.
+    """
+    out = Path(out)
+    sources = [ScenarioDataset(r) for r in roots]
+    out.mkdir(parents=True, exist_ok=True)
+    summaries: dict[str, dict] = {}
+    mapping: dict[str, str] = {}
+    for ds in sources:
+        for name in ds.names:
+            target = ds.path_of(name).resolve()
+            key = name if name not in summaries else \
+                f"sd_{ds.root.resolve().name}__{name[3:] if name.startswith('sd_') else name}"
+            if key in summaries:
+                raise ScenarioError(str(ds.root), name, f"indexed twice in the merge into {out}")
+            if key == name:
+                mapping[key] = os.path.relpath(target.parent, out.resolve())
+            else:
+                link = out / key
+                if link.is_symlink() or link.exists():
+                    link.unlink()
+                link.symlink_to(target)
+                mapping[key] = ""
+            summaries[key] = ds.summary.get(name, {})
+    write_index(out, summaries, mapping)
+    return out
 
 
 @dataclass

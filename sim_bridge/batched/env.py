@@ -96,9 +96,9 @@ def _ego_size(batch: BatchedScenarios, scenario: Tensor, cfg: BatchedEnvConfig) 
     return batch.ego_size.new_tensor(DEFAULT_EGO_SIZE).expand(scenario.shape[0], 2)
 
 
-def _scene(batch: BatchedScenarios, scenario: Tensor, t: Tensor, xy: Tensor, k: int
+def _scene(batch: BatchedScenarios, scenario: Tensor, t: Tensor, xy: Tensor, k: int, kept: Tensor
            ) -> tuple[Tensor, Tensor, Tensor]:
-    """Logged agents at step t and the k nearest to xy [b, 2].
+    """Logged agents at step t and the k nearest to xy [b, 2] among the ``kept`` ones (bool [b, a]).
 
     Returns:
         (agents [b, a, 9] frames channels, others bool [b, a] present and not the ego,
@@ -107,7 +107,8 @@ def _scene(batch: BatchedScenarios, scenario: Tensor, t: Tensor, xy: Tensor, k: 
     n, steps, a, ch = batch.frames.shape
     row = scenario * steps + torch.minimum(t, batch.length[scenario] - 1)  # rows are contiguous: index_select copies
     is_ego = torch.arange(a, device=t.device) == batch.ego[scenario][:, None]
-    others = batch.frame_valid.view(n * steps, a).index_select(0, row) & (t < batch.length[scenario])[:, None] & ~is_ego
+    others = (batch.frame_valid.view(n * steps, a).index_select(0, row) & (t < batch.length[scenario])[:, None]
+              & ~is_ego & kept)
     agents = batch.frames.view(n * steps, a, ch).index_select(0, row)
     dx, dy = agents[..., 0] - xy[:, 0:1], agents[..., 1] - xy[:, 1:2]
     dist = torch.where(others, dx * dx + dy * dy, torch.inf)
@@ -115,30 +116,38 @@ def _scene(batch: BatchedScenarios, scenario: Tensor, t: Tensor, xy: Tensor, k: 
     return agents, others, near
 
 
-def reset(batch: BatchedScenarios, scenario: Tensor, cfg: BatchedEnvConfig) -> SimState:
-    """Start scenes: slot i plays ``scenario[i]`` (int64 [b]) from its first step, the ego on its log."""
+def reset(batch: BatchedScenarios, scenario: Tensor, cfg: BatchedEnvConfig, kept: Tensor | None = None) -> SimState:
+    """Start scenes: slot i plays ``scenario[i]`` (int64 [b]) from its first step, the ego on its log, with
+    the agents ``kept`` (bool [b, a]; default all)."""
     t = torch.zeros_like(scenario)
     xy, yaw, speed = log_pose(batch.frames, scenario, batch.ego[scenario], t)
-    return ego_state(batch, scenario, t, xy, yaw, speed, torch.zeros_like(yaw), t, cfg)
+    return ego_state(batch, scenario, t, xy, yaw, speed, torch.zeros_like(yaw), t, cfg, kept=kept)
+
 
 
 def ego_state(batch: BatchedScenarios, scenario: Tensor, t: Tensor, xy: Tensor, yaw: Tensor, speed: Tensor,
-              steer: Tensor, route_index: Tensor, cfg: BatchedEnvConfig) -> SimState:
+              steer: Tensor, route_index: Tensor, cfg: BatchedEnvConfig, yaw_rate: Tensor | None = None,
+              kept: Tensor | None = None) -> SimState:
     """The state of scenes whose ego stands at a given pose (another simulator's ego, or a reset).
 
     Args:
         scenario, t: int64 [b] scenario row and log step (others replay their log at t).
         xy: [b, 2] m in the batch's frame; yaw: [b] rad; speed: [b] m/s; steer: [b] wheel angle, rad.
         route_index: int64 [b] route segment to start the projection search from (0 after a reset).
+        yaw_rate: [b] rad/s (default 0: MetaDrive spawns its ego without angular velocity).
+        kept: bool [b, a] agents the episode plays (default all).
 
     Returns:
         A :class:`SimState` with ``done`` False.
     """
-    agents, others, near = _scene(batch, scenario, t, xy, max(cfg.obs_agents, cfg.collision_candidates))
+    if kept is None:
+        kept = torch.ones(scenario.shape[0], batch.frames.shape[2], dtype=torch.bool, device=scenario.device)
+    agents, others, near = _scene(batch, scenario, t, xy, max(cfg.obs_agents, cfg.collision_candidates), kept)
     idx, progress, lateral, _ = project_on_route(batch, scenario, xy, route_index)
     return SimState(scenario=scenario, t=t, ego_xy=xy, ego_yaw=yaw, ego_speed=speed, ego_steer=steer,
+                    ego_yaw_rate=torch.zeros_like(yaw) if yaw_rate is None else yaw_rate,
                     ego_size=_ego_size(batch, scenario, cfg), ego_index=batch.ego[scenario], agents=agents,
-                    others=others, near=near, route_index=idx, progress=progress, lateral=lateral,
+                    others=others, kept=kept, near=near, route_index=idx, progress=progress, lateral=lateral,
                     done=torch.zeros_like(scenario, dtype=torch.bool))
 
 
@@ -178,11 +187,12 @@ def step(batch: BatchedScenarios, state: SimState, action: Tensor, cfg: BatchedE
     sc, t = state.scenario, state.t + 1
     if cfg.ego_control == "log":
         xy, yaw, speed = log_pose(batch.frames, sc, state.ego_index, torch.minimum(t, batch.length[sc] - 1))
-        steer = torch.zeros_like(yaw)
+        steer, rate = torch.zeros_like(yaw), torch.zeros_like(yaw)
     else:
-        xy, yaw, speed, steer = bicycle_step(state.ego_xy, state.ego_yaw, state.ego_speed, action, cfg.vehicle)
+        xy, yaw, speed, rate, steer = bicycle_step(state.ego_xy, state.ego_yaw, state.ego_speed, state.ego_yaw_rate,
+                                                   action, cfg.vehicle)
     ego = torch.cat([xy, yaw[:, None], state.ego_size], -1)
-    agents, others, near = _scene(batch, sc, t, xy, max(cfg.obs_agents, cfg.collision_candidates))
+    agents, others, near = _scene(batch, sc, t, xy, max(cfg.obs_agents, cfg.collision_candidates), state.kept)
     cand = near[:, :cfg.collision_candidates]
     cand_f = agents.gather(1, cand[..., None].expand(-1, -1, agents.shape[-1]))  # [b, c, 9]
     hit = boxes_overlap(ego, cand_f[..., :5], cand_f[..., F_COS:F_SIN + 1]) & others.gather(1, cand)
@@ -203,8 +213,9 @@ def step(batch: BatchedScenarios, state: SimState, action: Tensor, cfg: BatchedE
     terminated = (arrive | (out_of_road & r.out_of_road_done) | (crash_vehicle & r.crash_vehicle_done)
                   | (crash_object & r.crash_object_done))
     truncated = ~terminated & ((t >= cfg.horizon) | (cfg.end_with_log & (t >= batch.length[sc] - 1)))
-    new = SimState(scenario=sc, t=t, ego_xy=xy, ego_yaw=yaw, ego_speed=speed, ego_steer=steer,
-                   ego_size=state.ego_size, ego_index=state.ego_index, agents=agents, others=others, near=near,
+    new = SimState(scenario=sc, t=t, ego_xy=xy, ego_yaw=yaw, ego_speed=speed, ego_steer=steer, ego_yaw_rate=rate,
+                   ego_size=state.ego_size, ego_index=state.ego_index, agents=agents, others=others,
+                   kept=state.kept, near=near,
                    route_index=idx,
                    progress=progress, lateral=lateral, done=terminated | truncated)
     info = dict(crash_vehicle=crash_vehicle, crash_object=crash_object, crash_human=crash_human, off_route=off_route,
@@ -297,6 +308,16 @@ class BatchedVecEnv(VecEnv):
         self.state: SimState | None = None
         self._ret = torch.zeros(num_envs, device=self.device)
         self._len = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.traffic_fraction = 1.0
+        """Share of the logged agents each new episode keeps (a traffic curriculum raises it to 1 with
+        ``set_attr``); each agent is kept with this probability, independently."""
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
+
+    def _kept(self, m: int) -> Tensor | None:
+        if self.traffic_fraction >= 1.0:
+            return None
+        a = self.batch.frames.shape[2]
+        return torch.rand(m, a, generator=self._gen, device=self.device) < self.traffic_fraction
 
     def _draw(self, m: int) -> Tensor:
         idx = (self._next + torch.arange(m, device=self.device)) % self.batch.num_scenarios
@@ -306,8 +327,9 @@ class BatchedVecEnv(VecEnv):
     def reset(self) -> np.ndarray:
         if self._seeds[0] is not None:
             self._next = int(self._seeds[0]) % self.batch.num_scenarios
+            self._gen.manual_seed(int(self._seeds[0]))
         self._reset_seeds()
-        self.state = reset(self.batch, self._draw(self.num_envs), self.cfg)
+        self.state = reset(self.batch, self._draw(self.num_envs), self.cfg, self._kept(self.num_envs))
         self._ret.zero_()
         self._len.zero_()
         return observe(self.batch, self.state, self.cfg).cpu().numpy()
@@ -324,7 +346,7 @@ class BatchedVecEnv(VecEnv):
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if bool(done.any()):
             idx = done.nonzero().squeeze(-1)
-            fresh = reset(self.batch, self._draw(int(idx.numel())), self.cfg)
+            fresh = reset(self.batch, self._draw(int(idx.numel())), self.cfg, self._kept(int(idx.numel())))
             final = {k: v[idx].cpu().numpy() for k, v in info.items()}
             term_obs, ret, length = obs[idx].cpu().numpy(), self._ret[idx].cpu().numpy(), self._len[idx].cpu().numpy()
             truncs = trunc[idx].cpu().numpy()

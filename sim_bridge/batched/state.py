@@ -186,11 +186,12 @@ class SimState:
         scenario: int64 [b], row of :class:`BatchedScenarios` each slot plays.
         t: int64 [b], log step the scene is at (0 after reset).
         ego_xy: [b, 2] m, the ego's box centre; ego_yaw: [b] rad; ego_speed: [b] m/s (>= 0);
-        ego_steer: [b] rad, front wheel angle.
+        ego_steer: [b] rad, front wheel angle; ego_yaw_rate: [b] rad/s (the bicycle's lagged yaw rate).
         agents: [b, a, 9] logged state of every agent now (``BatchedScenarios.frames`` channels; the
             ego's slot holds its log, not the simulated ego); others: bool [b, a], agents present
-            now, the ego excluded. ``boxes`` gives [b, a, 5] (x, y, yaw, length, width) with the
-            simulated ego in its slot (``ego_size`` [b, 2] its length and width).
+            now, the ego excluded; kept: bool [b, a], agents this episode plays at all (a traffic
+            curriculum drops some at the reset; all True otherwise). ``boxes`` gives [b, a, 5] (x, y,
+            yaw, length, width) with the simulated ego in its slot (``ego_size`` [b, 2] its length and width).
         near: int64 [b, m], indices of the agents with the nearest centres, nearest first (padding
             and absent agents sort last).
         route_index: int64 [b], route segment the ego was last projected on.
@@ -204,10 +205,12 @@ class SimState:
     ego_yaw: Tensor
     ego_speed: Tensor
     ego_steer: Tensor
+    ego_yaw_rate: Tensor
     ego_size: Tensor
     ego_index: Tensor
     agents: Tensor
     others: Tensor
+    kept: Tensor
     near: Tensor
     route_index: Tensor
     progress: Tensor

@@ -79,8 +79,9 @@ def make_policy(spec: str, env, seed: int, deterministic: bool = True):
     if ckpt is None:
         raise FileNotFoundError(f"{spec}: not 'random', 'idm' or a training run with checkpoints/latest.pt")
     saved = load_checkpoint(ckpt)
-    want = tuple(saved["model"]["mlp_extractor.policy_net.0.weight"].shape[1:]) if \
-        "mlp_extractor.policy_net.0.weight" in saved["model"] else env.observation_space.shape
+    first = next((k for k in ("mlp_extractor.policy_net.0.weight", "actor.latent_pi.0.weight") if k in saved["model"]),
+                 None)  # the first layer of PPO's or SAC's actor
+    want = tuple(saved["model"][first].shape[1:]) if first else env.observation_space.shape
     if tuple(want) != tuple(env.observation_space.shape):
         trained_on = saved["config"]["env"]["data"]
         raise ValueError(

@@ -5,6 +5,12 @@ by line. Episode i plays scenario ``start_index + i mod total`` (the order MetaD
 slots step together until each has finished its first episode. Only policies that read the "scene"
 observation (runs trained on the batched backend) and ``"random"`` can drive it; MetaDrive's IDM ego
 has no batched counterpart.
+
+Episodes end as in MetaDrive's ScenarioEnv (``relax_out_of_road_done``): out of road means more than
+``max_lateral_dist`` off the route; touching a road edge does not end an evaluation episode, though
+training may end on it (``BatchedEnvConfig.edge_out_of_road``, a stricter training signal). Judged by
+different rules, the same trajectory would score differently in the two simulators and the comparison
+would measure the rules, not the simulators.
 """
 
 # Its dependencies are imported lazily inside run_batched: evaluate.py imports this module on demand and this
@@ -40,7 +46,7 @@ def run_batched(spec: str, env_cfg: EnvConfig, episodes: int, seed: int = 0, det
         raise ValueError("the IDM ego is MetaDrive's; the batched simulator evaluates 'random' or a training run")
     batch = load_env_scenarios(env_cfg, device)
     n = episodes or batch.num_scenarios
-    env = BatchedVecEnv(batch, n, scene_env_config(env_cfg), device)
+    env = BatchedVecEnv(batch, n, scene_env_config(env_cfg, edge_out_of_road=False), device)
     summary = ScenarioDataset(env_cfg.data).summary
     rng = np.random.default_rng(seed)
     act = None if spec == "random" else make_policy(spec, env, seed, deterministic)

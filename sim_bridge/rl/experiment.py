@@ -1,18 +1,24 @@
-"""The TrafficGen experiment: same PPO budget on different training sets, tested on held-out real scenes.
+"""The TrafficGen experiment: same RL budget on different training sets, tested on held-out real scenes.
 
-Arms (each trained with identical PPO settings and step budget, then evaluated on the same held-out
-real scenarios, next to the random and IDM references):
-    procedural  MetaDrive procedural maps with IDM traffic (no data needed)
-    real        the real scenarios that are not held out
-    augmented   a traffic-generated or density-augmented dataset directory (``augmented=DIR``)
+Arms (each trained with identical settings and step budget, ``seeds`` runs per arm, then evaluated on
+the same held-out real scenarios, next to the random and IDM references):
+    procedural            MetaDrive procedural maps with IDM traffic (no data needed)
+    real                  the real scenarios that are not held out
+    augmented             a traffic-generated or density-augmented dataset directory (``augmented=DIR``)
+    augmented+procedural  both of the above, indexed together (``merge_datasets``)
 
-Every arm replays scenario files in MetaDrive's ScenarioEnv (procedural ones are exported first, as
-``bevgen scenarios procedural`` does), so all arms share one observation layout and the test set is
-unseen by all of them.
+Every arm replays scenario files (procedural ones are exported first, as ``bevgen scenarios
+procedural`` does), so all arms share one observation layout and the test set is unseen by all of them.
+Training runs on the backend ``train.backend`` names (MetaDrive workers or the batched simulator);
+evaluation is always MetaDrive's ScenarioEnv, the reference.
 
-Outputs in ``out``: one training run per arm, ``results.json`` (learning curves + held-out metrics)
-and ``experiment.png`` (learning curves and held-out success / route completion). The budget is an
-argument, so the paper-scale version is the same command with a larger ``budget_steps`` on a GPU box.
+Each arm reports, per held-out metric (success, route completion, crash, out of road), the mean over its
+seeds and a 95% Student-t interval of that mean (each seed's value is its mean over the held-out scenes).
+
+Outputs in ``out``: one training run per arm and seed, ``results.json`` (learning curves, per-seed and
+summarised held-out metrics) and ``experiment.png`` (learning curves and the held-out metrics with their
+intervals). The budget is an argument, so the paper-scale version is the same command with a larger
+``budget_steps`` on a GPU box.
 """
 
 from __future__ import annotations
@@ -27,16 +33,18 @@ from runkit.config import save_config, to_dict
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 from sim_bridge.rl.evaluate import EvalConfig, evaluate, summarize_episodes
 from sim_bridge.rl.train import PPOTrainConfig, read_episodes, train
-from sim_bridge.dataset import ScenarioDataset
+from sim_bridge.dataset import ScenarioDataset, merge_datasets
 from sim_bridge.scenario import load_scenario_dict
 from sim_bridge.sources.convert import write_items
 
-__all__ = ["ExperimentConfig", "run_experiment", "split_real", "plot_experiment"]
+__all__ = ["ExperimentConfig", "run_experiment", "split_real", "plot_experiment", "interval", "ARM_METRICS"]
+
+ARM_METRICS = ("success_rate", "route_completion", "crash_rate", "out_of_road_rate")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Settings of the three-way experiment."""
+    """Settings of the experiment."""
 
     real_data: str = ""
     """Real scenario directory; part of it is held out for testing."""
@@ -48,10 +56,21 @@ class ExperimentConfig:
     """Environment steps per arm."""
     procedural_scenarios: int = 20
     """Procedural scenarios (maps with IDM traffic, 200 steps each) for the procedural arm."""
+    procedural_data: str = ""
+    """An existing procedural scenario directory for the procedural arms (``bevgen scenarios procedural``);
+    empty = generate ``procedural_scenarios`` of them into the experiment directory."""
     num_envs: int = 2
+    """MetaDrive worker processes (training with the MetaDrive backend, procedural export, evaluation)."""
     seed: int = 0
+    """First seed; run k of every arm uses seed + k."""
+    seeds: int = 3
+    """Training runs per arm (the interval needs at least 2)."""
     train: PPOTrainConfig = field(default_factory=PPOTrainConfig)
-    """PPO and env settings shared by all arms (env.data, total_steps, num_envs and seed are set per arm)."""
+    """RL and env settings shared by all arms (env.data, total_steps, num_envs and seed are set per run)."""
+
+    def __post_init__(self):
+        if self.seeds < 1 or self.budget_steps < 1:
+            raise ValueError("seeds and budget_steps must be >= 1")
 
 
 def split_real(real_dir: str | Path, out: Path, held_out: int) -> tuple[Path, Path, list[str]]:
@@ -78,39 +97,67 @@ def split_real(real_dir: str | Path, out: Path, held_out: int) -> tuple[Path, Pa
     return dirs["train"], dirs["test"], test
 
 
+def interval(values: list[float], level: float = 0.95) -> dict:
+    """Mean of ``values`` and the Student-t ``level`` interval of that mean (low = high = mean for one value)."""
+    from scipy import stats
+
+    x = np.asarray(values, float)
+    mean = float(x.mean())
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+    return {"mean": round(mean, 4), "low": round(mean - half, 4), "high": round(mean + half, 4), "n": len(x)}
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | Path, eval_cfg: EvalConfig = EvalConfig()) -> dict:
-    """Train every arm for ``cfg.budget_steps`` and evaluate on the held-out real scenes; returns results."""
+    """Train every arm ``cfg.seeds`` times for ``cfg.budget_steps`` and evaluate on the held-out real scenes.
+
+    Finished runs (``train_summary.json`` at the budget) are not retrained and unfinished ones resume, so
+    an interrupted experiment continues where it stopped.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     train_dir, test_dir, test_names = split_real(cfg.real_data, out, cfg.held_out)
-    proc_dir = out / "procedural_data"
-    report = generate_procedural(ProceduralConfig(num_scenarios=cfg.procedural_scenarios, start_seed=cfg.seed * 10_000,
-                                                  workers=cfg.num_envs), proc_dir)
-    if report.failed:
-        raise RuntimeError(f"procedural generation failed for {report.failed}")
-    arms = {"procedural": replace(cfg.train.env, data=str(proc_dir), num_scenarios=0),
-            "real": replace(cfg.train.env, data=str(train_dir), num_scenarios=0)}
+    if cfg.procedural_data:
+        proc_dir = Path(cfg.procedural_data)
+        ScenarioDataset(proc_dir)  # fails early, naming the problem, if it is not a dataset directory
+    else:
+        proc_dir = out / "procedural_data"
+        report = generate_procedural(ProceduralConfig(num_scenarios=cfg.procedural_scenarios,
+                                                      start_seed=cfg.seed * 10_000, workers=cfg.num_envs), proc_dir)
+        if report.failed:
+            raise RuntimeError(f"procedural generation failed for {report.failed}")
+    arms = {"procedural": str(proc_dir), "real": str(train_dir)}
     if cfg.augmented:
-        arms["augmented"] = replace(cfg.train.env, data=str(cfg.augmented), num_scenarios=0)
-    results: dict = {"budget_steps": cfg.budget_steps, "held_out": test_names, "arms": {},
-                     "skipped": {} if cfg.augmented else {"augmented": "no augmented dataset given (augmented=DIR)"}}
+        arms["augmented"] = str(cfg.augmented)
+        arms["augmented+procedural"] = str(merge_datasets([cfg.augmented, proc_dir], out / "augmented+procedural_data"))
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    results: dict = {"budget_steps": cfg.budget_steps, "seeds": seeds, "backend": cfg.train.backend,
+                     "held_out": test_names, "arms": {},
+                     "skipped": {} if cfg.augmented else
+                     {"augmented": "no augmented dataset given (augmented=DIR)",
+                      "augmented+procedural": "no augmented dataset given (augmented=DIR)"}}
     test_env = replace(cfg.train.env, data=str(test_dir), num_scenarios=0)
-    for arm, env_cfg in arms.items():
-        run_cfg = replace(cfg.train, env=env_cfg, total_steps=cfg.budget_steps, num_envs=cfg.num_envs, seed=cfg.seed)
-        run_dir = out / f"run_{arm}"
-        done = run_dir / "train_summary.json"
-        if done.exists() and json.loads(done.read_text())["final_step"] >= cfg.budget_steps:
-            episodes = read_episodes(run_dir)
-        else:
-            resume = (run_dir / "checkpoints" / "latest.pt").exists()
-            episodes = train(run_cfg, run_dir, resume=resume, progress_bar=False).episodes
-        metrics = evaluate(str(run_dir), str(test_dir), replace(eval_cfg, reference=False), test_env)
-        results["arms"][arm] = {
-            "train_data": env_cfg.data, "curve": [[int(e["step"]), float(e["reward"])] for e in episodes],
-            "train_episodes": len(episodes), "held_out": {k: metrics[k] for k in metrics if k not in ("config",)}}
-    results["reference"] = {ref: summarize_episodes(evaluate(ref, str(test_dir), replace(eval_cfg, reference=False),
-                                                             test_env)["per_scenario"]) for ref in ("random", "idm")}
+    eval_cfg = replace(eval_cfg, reference=False, simulator="metadrive")
+    for arm, data in arms.items():
+        runs = []
+        for seed in seeds:
+            run_cfg = replace(cfg.train, env=replace(cfg.train.env, data=data, num_scenarios=0),
+                              total_steps=cfg.budget_steps, num_envs=cfg.num_envs, seed=seed)
+            run_dir = out / f"run_{arm}" / f"seed{seed}"
+            done = run_dir / "train_summary.json"
+            if done.exists() and json.loads(done.read_text())["final_step"] >= cfg.budget_steps:
+                episodes = read_episodes(run_dir)
+            else:
+                resume = (run_dir / "checkpoints" / "latest.pt").exists()
+                episodes = train(run_cfg, run_dir, resume=resume, progress_bar=False).episodes
+            metrics = evaluate(str(run_dir), str(test_dir), replace(eval_cfg, seed=seed), test_env)
+            runs.append({"seed": seed, "curve": [[int(e["step"]), float(e["reward"])] for e in episodes],
+                         "train_episodes": len(episodes),
+                         "held_out": {k: metrics[k] for k in metrics if k not in ("config",)}})
+        results["arms"][arm] = {"train_data": data, "runs": runs,
+                                "summary": {m: interval([r["held_out"][m] for r in runs]) for m in ARM_METRICS}}
+    results["reference"] = {ref: summarize_episodes(evaluate(ref, str(test_dir), eval_cfg, test_env)["per_scenario"])
+                            for ref in ("random", "idm")}
     results["config"] = to_dict(cfg)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_experiment(results, out / "experiment.png")
@@ -118,38 +165,52 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, eval_cfg: EvalConfig 
 
 
 def plot_experiment(results: dict, path: str | Path) -> Path:
-    """Learning curves (episode reward vs steps, smoothed) and held-out success / route completion."""
+    """Learning curves (episode reward vs steps, mean over seeds) and held-out success / route completion /
+    crash rate per arm with their 95% intervals, beside the random and IDM references."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
-    colors = {"procedural": "#4c72b0", "real": "#dd8452", "augmented": "#55a868"}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.3]})
+    colors = {"procedural": "#4c72b0", "real": "#dd8452", "augmented": "#55a868", "augmented+procedural": "#8172b3"}
     budget = results["budget_steps"]
     window = budget / 5
     grid = np.linspace(window, budget, 40)
     for arm, r in results["arms"].items():
-        curve = np.asarray(r["curve"], float).reshape(-1, 2)
-        if len(curve):
+        per_seed = []
+        for run in r["runs"]:
+            curve = np.asarray(run["curve"], float).reshape(-1, 2)
             # mean reward of the episodes that ended in the last `window` steps: comparable across arms whose
             # episodes have very different lengths
             means = [curve[(curve[:, 0] > g - window) & (curve[:, 0] <= g), 1] for g in grid]
-            y = np.array([m.mean() if len(m) else np.nan for m in means])
-            ax1.plot(grid, y, label=arm, color=colors.get(arm), marker=".")
+            per_seed.append([m.mean() if len(m) else np.nan for m in means])
+        if per_seed:
+            curves = np.array(per_seed)
+            seen = np.isfinite(curves).any(0)  # windows where some seed finished an episode
+            mean = np.where(seen, np.nansum(curves, 0) / np.maximum(np.isfinite(curves).sum(0), 1), np.nan)
+            ax1.plot(grid, mean, label=f"{arm} ({len(per_seed)} seeds)", color=colors.get(arm), marker=".")
     ax1.set_xlabel("environment steps")
     ax1.set_ylabel(f"episode reward (mean over last {int(window):,} steps)")
-    ax1.set_title(f"PPO learning curves, budget {results['budget_steps']:,} steps")
-    ax1.legend()
+    ax1.set_title(f"learning curves ({results.get('backend', 'metadrive')}), budget {budget:,} steps")
+    ax1.legend(fontsize=8)
     names = list(results["arms"]) + list(results["reference"])
-    rows = [results["arms"][n]["held_out"] for n in results["arms"]] + list(results["reference"].values())
+    metrics = (("success_rate", "success"), ("route_completion", "route completion"), ("crash_rate", "crash"))
     x = np.arange(len(names))
-    ax2.bar(x - 0.2, [m["success_rate"] for m in rows], 0.4, label="success rate")
-    ax2.bar(x + 0.2, [m["route_completion"] for m in rows], 0.4, label="route completion")
-    ax2.set_xticks(x, names, rotation=20)
-    ax2.set_ylim(0, 1)
-    ax2.set_title(f"held-out real scenarios ({len(results['held_out'])})")
-    ax2.legend()
+    width = 0.27
+    for k, (key, label) in enumerate(metrics):
+        means, lo, hi = [], [], []
+        for n in names:
+            if n in results["arms"]:
+                s = results["arms"][n]["summary"][key]
+                means.append(s["mean"]), lo.append(s["mean"] - s["low"]), hi.append(s["high"] - s["mean"])
+            else:
+                means.append(results["reference"][n][key]), lo.append(0.0), hi.append(0.0)
+        ax2.bar(x + (k - 1) * width, means, width, yerr=[lo, hi], capsize=3, label=label)
+    ax2.set_xticks(x, names, rotation=15, fontsize=8)
+    ax2.set_ylim(0, 1.05)
+    ax2.set_title(f"held-out real scenarios ({len(results['held_out'])}), MetaDrive; bars: 95% interval over seeds")
+    ax2.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -17,8 +17,8 @@ cloudpickle, so loading someone else's zip can execute code; ours can only yield
 the step counter.
 """
 
-# Each backend's env is imported lazily in make_train_env: MetaDrive workers or the torch batched simulator,
-# only the one the run uses.
+# Each backend's env is imported lazily in make_train_env (and the scene observation's loader in _warm_start):
+# MetaDrive workers or the torch batched simulator, only the one the run uses.
 
 from __future__ import annotations
 
@@ -32,14 +32,16 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from runkit.atomic import atomic_write
+from runkit.atomic import atomic_write, atomic_write_text
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from runkit.config import from_dict, save_config, to_dict
 from runkit.rundir import check_resume
 from runkit.seeding import seed_everything
 from sim_bridge.envs.factory import EnvConfig
+from sim_bridge.rl.warmstart import WarmStartConfig, behaviour_clone, demonstrations
 
-__all__ = ["PPOConfig", "BatchedConfig", "PPOTrainConfig", "TrainResult", "train", "latest_checkpoint", "build_policy",
+__all__ = ["PPOConfig", "SACConfig", "BatchedConfig", "CurriculumConfig", "PPOTrainConfig", "TrainResult", "train",
+           "latest_checkpoint", "build_policy",
            "read_episodes", "EPISODE_FIELDS"]
 
 EPISODE_FIELDS = ("step", "episode", "reward", "length", "route_completion", "success", "crash", "out_of_road")
@@ -65,6 +67,27 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
+class SACConfig:
+    """SAC hyper-parameters (stable-baselines3 names), for ``algorithm: sac``."""
+
+    learning_rate: float = 3e-4
+    buffer_size: int = 1_000_000
+    """Replay buffer transitions (not saved in checkpoints: a resumed run refills it)."""
+    learning_starts: int = 10_000
+    """Environment steps of random actions before the first update."""
+    batch_size: int = 256
+    tau: float = 0.005
+    gamma: float = 0.99
+    train_freq: int = 1
+    """Vectorised steps between updates (each collects one transition per env or slot)."""
+    gradient_steps: int = 16
+    """Gradient steps per update: with 128 scene slots, 16 steps of 256 samples replay each transition
+    about 32 times over its life in a full buffer, as 1 step per transition does in the one-env default."""
+    ent_coef: str = "auto"
+    net_arch: tuple[int, ...] = (256, 256)
+
+
+@dataclass(frozen=True)
 class BatchedConfig:
     """The batched simulator backend."""
 
@@ -79,17 +102,44 @@ class BatchedConfig:
 
 
 @dataclass(frozen=True)
+class CurriculumConfig:
+    """Traffic-density curriculum (batched backend): each new episode keeps every logged agent with
+    probability ``traffic_start``, rising linearly to 1 over the first ``steps`` environment steps. The
+    default (1.0, 0) is no curriculum: full logged traffic from the start."""
+
+    traffic_start: float = 1.0
+    steps: int = 0
+
+    def fraction(self, step: int) -> float:
+        """Share of the logged traffic kept at ``step``."""
+        if self.steps <= 0:
+            return 1.0
+        return min(1.0, self.traffic_start + (1.0 - self.traffic_start) * step / self.steps)
+
+    @property
+    def active(self) -> bool:
+        return self.steps > 0 and self.traffic_start < 1.0
+
+
+@dataclass(frozen=True)
 class PPOTrainConfig:
     """One PPO training run."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     """Training scenarios and env settings."""
+    algorithm: Literal["ppo", "sac"] = "ppo"
+    """The learner: PPO (on-policy, ``ppo``) or SAC (off-policy with a replay buffer, ``sac``)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
     backend: Literal["metadrive", "batched"] = "metadrive"
     """Simulator: MetaDrive (num_envs worker processes) or the batched tensor simulator (batched.num_scenes
     slots in-process; needs a scenario directory and env.observation=scene)."""
     batched: BatchedConfig = field(default_factory=BatchedConfig)
     """Batched backend settings."""
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """Behaviour cloning of the training scenarios' logged egos before RL (``sim_bridge.rl.warmstart``)."""
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    """Traffic-density curriculum (batched backend)."""
     total_steps: int = 100_000
     """Environment steps over all workers."""
     num_envs: int = 1
@@ -97,6 +147,10 @@ class PPOTrainConfig:
     seed: int = 0
     checkpoint_every: int = 4096
     """Save a checkpoint every this many steps (and at the end)."""
+    time_limit_minutes: float = 0.0
+    """Stop (with a final checkpoint) once this much wall time has passed in this invocation (environment
+    setup and warm start included), even before total_steps; 0 = no limit. For budgets stated in time
+    ("trained within 60 minutes")."""
     device: str = "cpu"
     """torch device for the policy ("cpu", "cuda", "auto")."""
 
@@ -106,10 +160,19 @@ class PPOTrainConfig:
         if self.backend == "batched" and self.env.observation != "scene":
             raise ValueError("backend=batched observes 'scene' (the batched simulator's observation): set "
                              "env.observation=scene (`bevgen sim train --backend batched` does)")
+        if self.warm_start.demonstrations != "none" and self.algorithm != "ppo":
+            raise ValueError("warm_start clones into PPO's actor-critic policy: use algorithm=ppo")
+        if self.warm_start.demonstrations != "none" and self.env.observation != "scene":
+            raise ValueError("warm_start.demonstrations=log clones the 'scene' observation: set env.observation=scene "
+                             "(or train with --backend batched)")
+        if not 0.0 <= self.curriculum.traffic_start <= 1.0:
+            raise ValueError("curriculum.traffic_start must be in [0, 1]")
+        if self.curriculum.active and self.backend != "batched":
+            raise ValueError("the traffic curriculum drops logged agents in the batched simulator: use backend=batched")
         if self.batched.num_scenes < 1 or self.batched.threads < 0:
             raise ValueError("batched.num_scenes must be >= 1 and batched.threads >= 0")
         envs = "batched.num_scenes" if self.backend == "batched" else "num_envs"
-        if (self.ppo.n_steps * self.vec_envs) % self.ppo.batch_size:
+        if self.algorithm == "ppo" and (self.ppo.n_steps * self.vec_envs) % self.ppo.batch_size:
             raise ValueError(f"ppo.n_steps * {envs} ({self.ppo.n_steps * self.vec_envs}) must be a multiple "
                              f"of ppo.batch_size ({self.ppo.batch_size}); change one of them")
 
@@ -132,7 +195,17 @@ class TrainResult:
         return (self.final_step - self.start_step) / max(self.seconds, 1e-9)
 
 
-def _ppo(cfg: PPOTrainConfig, env, tb_dir: str | None):
+def _model(cfg: PPOTrainConfig, env, tb_dir: str | None):
+    """The SB3 learner ``cfg.algorithm`` names, on ``env``."""
+    if cfg.algorithm == "sac":
+        from stable_baselines3 import SAC
+
+        p = cfg.sac
+        return SAC("MlpPolicy", env, learning_rate=p.learning_rate, buffer_size=p.buffer_size,
+                   learning_starts=p.learning_starts, batch_size=p.batch_size, tau=p.tau, gamma=p.gamma,
+                   train_freq=p.train_freq, gradient_steps=p.gradient_steps, ent_coef=p.ent_coef,
+                   policy_kwargs=dict(net_arch=list(p.net_arch)), tensorboard_log=tb_dir, seed=cfg.seed,
+                   device=cfg.device, verbose=0)
     from stable_baselines3 import PPO
 
     p = cfg.ppo
@@ -143,6 +216,16 @@ def _ppo(cfg: PPOTrainConfig, env, tb_dir: str | None):
                device=cfg.device, verbose=0)
 
 
+def _optimizers(model) -> dict:
+    """Every optimizer of the learner by name (PPO: one; SAC: actor, critic and the entropy coefficient's)."""
+    if hasattr(model, "actor"):  # SAC
+        opts = {"actor": model.actor.optimizer, "critic": model.critic.optimizer}
+        if model.ent_coef_optimizer is not None:
+            opts["ent_coef"] = model.ent_coef_optimizer
+        return opts
+    return {"policy": model.policy.optimizer}
+
+
 # ---- checkpoints ----------------------------------------------------------------------------------
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     p = Path(run_dir) / "checkpoints" / "latest.pt"
@@ -151,18 +234,29 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def _save_checkpoint(model, cfg: PPOTrainConfig, run_dir: Path, best: float) -> Path:
     ckpt_dir = run_dir / "checkpoints"
-    state = {"model": model.policy.state_dict(), "optimizer": model.policy.optimizer.state_dict(),
+    state = {"model": model.policy.state_dict(),
+             "optimizer": {k: o.state_dict() for k, o in _optimizers(model).items()},
              "config": to_dict(cfg), "step": int(model.num_timesteps), "n_updates": int(model._n_updates),
              "best_metric": float(best)}
+    if getattr(model, "log_ent_coef", None) is not None:  # SAC's learned entropy coefficient (not in the policy)
+        state["log_ent_coef"] = model.log_ent_coef.detach().cpu()
     for name in (f"step_{model.num_timesteps:09d}.pt", "latest.pt"):
         save_checkpoint(ckpt_dir / name, **state)
     return ckpt_dir / "latest.pt"
 
 
 def build_policy(checkpoint: dict, observation_space, action_space):
-    """A stand-alone SB3 ``ActorCriticPolicy`` with the checkpoint's weights (strict), for evaluation."""
+    """A stand-alone SB3 policy (PPO's ``ActorCriticPolicy`` or SAC's ``SACPolicy``) with the checkpoint's
+    weights (strict), for evaluation."""
     from stable_baselines3.common.policies import ActorCriticPolicy
 
+    if checkpoint["config"].get("algorithm", "ppo") == "sac":
+        from stable_baselines3.sac.policies import SACPolicy
+
+        sac = from_dict(SACConfig, checkpoint["config"]["sac"])
+        policy = SACPolicy(observation_space, action_space, lr_schedule=lambda _: 0.0, net_arch=list(sac.net_arch))
+        policy.load_state_dict(checkpoint["model"], strict=True)
+        return policy.eval()
     ppo = from_dict(PPOConfig, checkpoint["config"]["ppo"])
     policy = ActorCriticPolicy(observation_space, action_space, lr_schedule=lambda _: 0.0,
                                net_arch=list(ppo.net_arch))
@@ -206,6 +300,9 @@ def _callback(run_dir: Path, cfg: PPOTrainConfig, episodes: list[dict], state: d
                     on_episode(row)
             if self.num_timesteps - state["last_ckpt"] >= cfg.checkpoint_every:
                 self._checkpoint()
+            if cfg.time_limit_minutes and time.perf_counter() - state["t_start"] >= 60 * cfg.time_limit_minutes:
+                state["stopped"] = "time_limit"
+                return False
             return True
 
         def _checkpoint(self) -> None:
@@ -216,6 +313,12 @@ def _callback(run_dir: Path, cfg: PPOTrainConfig, episodes: list[dict], state: d
             state["last_ckpt"] = self.num_timesteps
             sps = (self.num_timesteps - self._s0) / max(time.perf_counter() - self._t0, 1e-9)
             self.logger.record("charts/steps_per_second", sps)
+
+        def _on_rollout_start(self) -> None:
+            if cfg.curriculum.active:
+                frac = cfg.curriculum.fraction(self.num_timesteps)
+                self.training_env.set_attr("traffic_fraction", frac)
+                self.logger.record("charts/traffic_fraction", frac)
 
         def _on_rollout_end(self) -> None:
             sps = (self.num_timesteps - self._s0) / max(time.perf_counter() - self._t0, 1e-9)
@@ -261,6 +364,7 @@ def train(cfg: PPOTrainConfig, run_dir: str | Path, resume: bool = False, progre
     """
     import torch
 
+    t_start = time.perf_counter()
     run_dir = Path(run_dir)
     ckpt = check_resume(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -273,32 +377,55 @@ def train(cfg: PPOTrainConfig, run_dir: str | Path, resume: bool = False, progre
 
     env = make_train_env(cfg)
     episodes: list[dict] = []
-    state = {"last_ckpt": 0, "best": -np.inf}
+    state = {"last_ckpt": 0, "best": -np.inf, "t_start": t_start}  # the time limit counts setup and warm start
     try:
-        model = _ppo(cfg, env, str(run_dir / "tb"))
+        model = _model(cfg, env, str(run_dir / "tb"))
         start = 0
         if ckpt is not None:
             saved = load_checkpoint(ckpt)
             model.policy.load_state_dict(saved["model"], strict=True)
-            model.policy.optimizer.load_state_dict(saved["optimizer"])
+            opts = saved["optimizer"] if "policy" in saved["optimizer"] or "actor" in saved["optimizer"] \
+                else {"policy": saved["optimizer"]}  # checkpoints before SAC held PPO's one optimizer
+            for name, opt in _optimizers(model).items():
+                opt.load_state_dict(opts[name])
+            if "log_ent_coef" in saved:
+                with torch.no_grad():
+                    model.log_ent_coef.copy_(saved["log_ent_coef"])
             model.num_timesteps, model._n_updates = int(saved["step"]), int(saved["n_updates"])
             start = state["last_ckpt"] = model.num_timesteps
             state["best"] = float(saved["best_metric"])
             episodes.extend(read_episodes(run_dir, upto_step=start))  # later rows belong to lost work
             _rewrite_episodes(run_dir / "episodes.csv", episodes)
+        elif cfg.warm_start.demonstrations == "log":
+            _warm_start(model, cfg, run_dir)
+        if cfg.curriculum.active:  # before learn() resets the env: its first episodes follow the schedule too
+            env.set_attr("traffic_fraction", cfg.curriculum.fraction(start))
         t0 = time.perf_counter()
         remaining = max(cfg.total_steps - start, 0)
         if remaining:
             model.learn(total_timesteps=remaining, callback=_callback(run_dir, cfg, episodes, state, on_episode),
-                        reset_num_timesteps=ckpt is None, tb_log_name="ppo", progress_bar=progress_bar)
+                        reset_num_timesteps=ckpt is None, tb_log_name=cfg.algorithm, progress_bar=progress_bar)
         seconds = time.perf_counter() - t0
         result = TrainResult(run_dir, start, int(model.num_timesteps), episodes, seconds)
         (run_dir / "train_summary.json").write_text(json.dumps(
             {"start_step": start, "final_step": result.final_step, "episodes": len(episodes),
+             "stopped": state.get("stopped", "total_steps"),
              "seconds": round(seconds, 2), "steps_per_second": round(result.steps_per_second, 1)}, indent=2))
         return result
     finally:
         env.close()
+
+
+def _warm_start(model, cfg: PPOTrainConfig, run_dir: Path) -> dict:
+    """Clone the training scenarios' logged egos into the fresh policy; the figures go to warm_start.json."""
+    from sim_bridge.envs.scene_obs import load_env_scenarios, scene_env_config
+
+    t0 = time.perf_counter()
+    demos = demonstrations(load_env_scenarios(cfg.env), scene_env_config(cfg.env), model.gamma)
+    stats = behaviour_clone(model.policy, demos, cfg.warm_start, cfg.seed)
+    stats["seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_text(run_dir / "warm_start.json", json.dumps(stats, indent=2))
+    return stats
 
 
 def read_episodes(run_dir: str | Path, upto_step: float = float("inf")) -> list[dict]:

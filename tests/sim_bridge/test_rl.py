@@ -164,24 +164,39 @@ def test_ray_backend_matches_local_processes(procedural_dir, monkeypatch):
     assert local["num_episodes"] == dist["num_episodes"] == 2
 
 
+def test_interval_is_the_student_t_interval_of_the_mean():
+    from sim_bridge.rl.experiment import interval
+
+    s = interval([0.2, 0.4, 0.6])  # sd 0.2, t(0.975, 2) = 4.3027
+    assert s["n"] == 3 and s["mean"] == 0.4 and abs(s["high"] - (0.4 + 4.3027 * 0.2 / 3 ** 0.5)) < 1e-3
+    assert abs((s["mean"] - s["low"]) - (s["high"] - s["mean"])) < 1e-4
+    assert interval([0.7]) == {"mean": 0.7, "low": 0.7, "high": 0.7, "n": 1}
+
+
 def test_experiment_command_smoke(real_dir, tmp_path):
-    """Tiny budget: the plumbing (split, three arms where given, held-out eval, JSON + plot) works end to end."""
+    """Tiny budget: the plumbing (split, arms, seeds, held-out eval, intervals, JSON + plot) works end to end."""
     out = tmp_path / "exp"
     res = CliRunner().invoke(app, [
         "sim", "experiment", "--real", str(real_dir), "--out", str(out), "--budget", "256", "--held-out", "2",
-        "--envs", "1", "--set", "procedural_scenarios=2", "--set", "train.ppo.n_steps=128",
+        "--envs", "1", "--seeds", "2", "--backend", "batched", "--set", "train.batched.num_scenes=2",
+        "--set", "procedural_scenarios=2", "--set", "train.ppo.n_steps=128",
         "--set", "train.ppo.batch_size=64", "--set", "train.ppo.net_arch=[32, 32]",
         "--set", "train.env.horizon=60", "--set", "train.checkpoint_every=256"])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert set(results["arms"]) == {"procedural", "real"} and "augmented" in results["skipped"]
+    assert results["seeds"] == [0, 1] and "95% interval" in res.output
     assert len(results["held_out"]) == 2 and len({n.split("_")[1] for n in results["held_out"]}) == 2, \
         "held-out scenes mix datasets"
     held_out = set(results["held_out"])
     train_names = {p.name for p in (out / "real_train").glob("sd_*.pkl")}
     assert train_names and not (train_names & held_out), "no held-out scene is trained on"
     for arm in results["arms"].values():
-        assert arm["held_out"]["num_episodes"] == 2 and arm["curve"]
+        assert [r["seed"] for r in arm["runs"]] == [0, 1]
+        assert all(r["held_out"]["num_episodes"] == 2 and r["curve"] for r in arm["runs"])
+        rc = [r["held_out"]["route_completion"] for r in arm["runs"]]
+        s = arm["summary"]["route_completion"]
+        assert s["n"] == 2 and abs(s["mean"] - np.mean(rc)) < 1e-3 and s["low"] <= s["mean"] <= s["high"]
     assert set(results["reference"]) == {"random", "idm"}
     from PIL import Image
 

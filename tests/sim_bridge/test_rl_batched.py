@@ -14,6 +14,7 @@ from runkit.checkpoint import load_checkpoint
 from sim_bridge.envs.factory import EnvConfig
 from sim_bridge.rl.evaluate import METRIC_KEYS
 from sim_bridge.rl.train import BatchedConfig, PPOConfig, PPOTrainConfig
+from sim_bridge.rl.warmstart import WarmStartConfig
 
 TINY = ["--set", "ppo.n_steps=64", "--set", "ppo.batch_size=256", "--set", "ppo.n_epochs=2",
         "--set", "ppo.net_arch=[32, 32]", "--set", "checkpoint_every=512"]
@@ -63,3 +64,125 @@ def test_sim_eval_runs_the_batched_policy_in_both_simulators(batched_run, real_d
     assert all(r["steps"] <= 40 for r in m["per_scenario"])
     assert m["config"]["env"]["observation"] == "scene"  # taken from the run, not the CLI default
     assert {r["scenario"] for r in m["per_scenario"]} == {"scene-0061", "scene-0103"}
+
+
+def test_sim_train_on_several_directories(real_dir, tmp_path):
+    """Several --train folders are indexed together (no copy): a name two folders share stays apart under its
+    folder's prefix, the run trains on all of them, and MetaDrive's ScenarioEnv reads the merged index."""
+    from sim_bridge.dataset import ScenarioDataset
+    from sim_bridge.rl.experiment import split_real
+
+    _, test_dir, test_names = split_real(real_dir, tmp_path, 2)  # copies of two real scenes: same file names
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["sim", "train", "--train", str(real_dir), "--train", str(test_dir), "--out",
+                                   str(run), "--backend", "batched", "--slots", "4", "--steps", "256"] + TINY)
+    assert res.exit_code == 0, res.output
+    merged = ScenarioDataset(run / "train_data")
+    real = ScenarioDataset(real_dir)
+    assert len(merged) == len(real) + 2
+    assert set(real.names) <= set(merged.names)
+    copies = {f"sd_real_test__{n[3:]}" for n in ScenarioDataset(test_dir).names}
+    assert copies <= set(merged.names)
+    assert all(merged.load(n).id for n in copies)
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["config"]["env"]["data"] == str(run / "train_data")
+    res = CliRunner().invoke(app, ["sim", "train", "--train", str(real_dir), "--train", "procedural", "--out",
+                                   str(tmp_path / "bad")])
+    assert res.exit_code != 0 and "bevgen scenarios procedural" in res.output
+
+
+@pytest.mark.metadrive
+def test_metadrive_reads_a_merged_index(real_dir, tmp_path):
+    from sim_bridge.dataset import ScenarioDataset, merge_datasets
+    from sim_bridge.envs.factory import make_env
+    from sim_bridge.rl.experiment import split_real
+
+    _, test_dir, _ = split_real(real_dir, tmp_path, 1)
+    merged = ScenarioDataset(merge_datasets([real_dir, test_dir], tmp_path / "merged"))
+    last = len(merged) - 1  # the prefixed copy, read through its link
+    assert merged.names[last].startswith("sd_real_test__")
+    env = make_env(EnvConfig(data=str(merged.root), horizon=5))
+    try:
+        env.reset(seed=last)
+        summary = env.unwrapped.engine.data_manager.current_scenario_summary
+        assert summary["id"] == merged.summary[merged.names[last]]["id"]
+    finally:
+        env.close()
+
+
+def test_traffic_curriculum_keeps_a_share_of_the_logged_agents(real_dir):
+    from sim_bridge.batched.env import BatchedEnvConfig, BatchedVecEnv
+    from sim_bridge.batched.state import load_batched
+    from sim_bridge.rl.train import CurriculumConfig
+
+    batch = load_batched(real_dir)
+    counts = {}
+    for frac in (1.0, 0.5, 0.0):
+        env = BatchedVecEnv(batch, 64, BatchedEnvConfig())
+        env.set_attr("traffic_fraction", frac)
+        env.reset()
+        counts[frac] = float(env.state.others.sum())
+    assert counts[0.0] == 0 and 0.35 * counts[1.0] < counts[0.5] < 0.65 * counts[1.0], counts
+    ramp = CurriculumConfig(traffic_start=0.2, steps=1000)
+    assert ramp.fraction(0) == 0.2 and abs(ramp.fraction(500) - 0.6) < 1e-9 and ramp.fraction(5000) == 1.0
+    assert CurriculumConfig().fraction(0) == 1.0 and not CurriculumConfig().active
+    with pytest.raises(ValueError, match="backend=batched"):
+        PPOTrainConfig(curriculum=ramp)
+
+
+def test_warm_start_and_curriculum_run_and_resume(real_dir, tmp_path):
+    """Both are config fields of a run: the clone happens once (not again on --resume) and the traffic share
+    follows the step counter across the resume."""
+    run = tmp_path / "run"
+    extra = TINY + ["--set", "warm_start.demonstrations=log", "--set", "warm_start.steps=20",
+                    "--set", "curriculum.traffic_start=0.2", "--set", "curriculum.steps=1024"]
+    res = CliRunner().invoke(app, ["sim", "train", "--train", str(real_dir), "--out", str(run), "--backend", "batched",
+                                   "--slots", "4", "--steps", "512", "--scenarios", "3"] + extra)
+    assert res.exit_code == 0, res.output
+    stats = json.loads((run / "warm_start.json").read_text())
+    assert stats["steps"] == 20 and stats["rows"] > 100
+    first = (run / "warm_start.json").stat().st_mtime_ns
+    res = CliRunner().invoke(app, ["sim", "train", "--train", str(real_dir), "--out", str(run), "--resume",
+                                   "--steps", "1024"])
+    assert res.exit_code == 0, res.output
+    assert (run / "warm_start.json").stat().st_mtime_ns == first
+    cfg = load_checkpoint(run / "checkpoints" / "latest.pt")["config"]
+    assert cfg["warm_start"]["demonstrations"] == "log" and cfg["curriculum"]["traffic_start"] == 0.2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fracs = []
+    for events in sorted((run / "tb").rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "charts/traffic_fraction" in acc.Tags()["scalars"]:
+            fracs += [(e.step, e.value) for e in acc.Scalars("charts/traffic_fraction")]
+    fracs.sort()
+    assert fracs and fracs[0][1] < 0.5 and all(b[1] >= a[1] for a, b in zip(fracs, fracs[1:]))
+    assert any(step > 512 for step, _ in fracs)  # the resumed part continues the ramp
+
+
+def test_sac_trains_resumes_and_evaluates(real_dir, tmp_path):
+    """algorithm=sac: the same run directory, checkpoints (every optimizer and the entropy coefficient) and
+    --resume; the saved actor drives `sim eval`."""
+    run = tmp_path / "sac"
+    sac = ["--set", "algorithm=sac", "--set", "sac.learning_starts=128", "--set", "sac.gradient_steps=2",
+           "--set", "sac.batch_size=64", "--set", "sac.net_arch=[32, 32]", "--set", "sac.buffer_size=4096",
+           "--set", "checkpoint_every=256"]
+    res = CliRunner().invoke(app, ["sim", "train", "--train", str(real_dir), "--out", str(run), "--backend", "batched",
+                                   "--slots", "8", "--steps", "512", "--scenarios", "2"] + sac)
+    assert res.exit_code == 0, res.output
+    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert ckpt["config"]["algorithm"] == "sac" and set(ckpt["optimizer"]) == {"actor", "critic", "ent_coef"}
+    assert ckpt["n_updates"] > 0 and ckpt["log_ent_coef"].numel() == 1
+    res = CliRunner().invoke(app, ["sim", "train", "--train", str(real_dir), "--out", str(run), "--resume",
+                                   "--steps", "768"])
+    assert res.exit_code == 0, res.output
+    assert "trained steps 512 -> 768" in res.output.replace("\n", " ")
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(app, ["sim", "eval", "--policy", str(run), "--data", str(real_dir), "--out", str(out),
+                                   "--backend", "batched", "--episodes", "2", "--no-reference",
+                                   "--set", "num_scenarios=2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metrics.json").read_text())["num_episodes"] == 2
+    with pytest.raises(ValueError, match="algorithm=ppo"):
+        PPOTrainConfig(algorithm="sac", env=EnvConfig(observation="scene"),
+                       warm_start=WarmStartConfig(demonstrations="log"))
