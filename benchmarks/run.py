@@ -249,6 +249,93 @@ def bench_rl_experiment() -> dict:
             "reference": res["reference"], "skipped": res["skipped"], "plot": "benchmarks/results/rl_experiment.png"}
 
 
+RL_TARGETS = {"success_rate": (">=", 0.5), "route_completion": (">=", 0.75), "crash_rate": ("<=", 0.15)}
+
+
+def _rl_run(work: Path, name: str, data: list[Path], config: str, overrides: list[str]) -> tuple[Path, dict]:
+    """Train (or reuse, when its train_summary.json exists) one run on the batched simulator; its summary."""
+    from runkit.config import load_config
+    from sim_bridge.dataset import merge_datasets
+    from sim_bridge.rl.train import PPOTrainConfig, train
+
+    run = work / name
+    summary = run / "train_summary.json"
+    if not summary.exists():
+        env_data = data[0] if len(data) == 1 else merge_datasets(data, run / "train_data")
+        cfg = load_config(PPOTrainConfig, ROOT / "configs" / "sim" / config, [f"env.data={env_data}", *overrides])
+        train(cfg, run, resume=(run / "checkpoints" / "latest.pt").exists(), progress_bar=False)
+    return run, json.loads(summary.read_text())
+
+
+def _held_out(run: Path, test_dir: Path, reference: bool = False) -> dict:
+    from sim_bridge.rl.evaluate import EvalConfig, evaluate
+
+    m = evaluate(str(run), str(test_dir), EvalConfig(simulator="metadrive", reference=reference, workers=2))
+    out = {k: m[k] for k in ("success_rate", "route_completion", "crash_rate", "out_of_road_rate")}
+    out["per_scenario"] = [{k: r[k] for k in ("scenario", "route_completion", "success", "crash", "steps")}
+                           for r in m["per_scenario"]]
+    if reference:
+        out["reference"] = {k: {m_: v[m_] for m_ in ("success_rate", "route_completion", "crash_rate")}
+                            for k, v in m["reference"].items()}
+    return out
+
+
+def bench_rl_60min() -> dict:
+    """The 60-minute agent (configs/sim/ppo_60min.yaml): PPO on the batched simulator over the real training split
+    and 100 procedural scenes, warm-started from their logged egos, stopped after 58 min of wall time; then
+    evaluated in MetaDrive on the 3 held-out real scenes (nuScenes and Waymo) beside random and IDM. A finished
+    run in benchmarks/work/rl_60min/run is evaluated again, not retrained."""
+    from sim_bridge.rl.experiment import plot_learning_curve, split_real
+    from sim_bridge.rl.train import read_episodes
+    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
+
+    if not REAL_DIR.exists():
+        return {"skipped": f"{REAL_DIR} not found"}
+    work = ROOT / "benchmarks" / "work" / "rl_60min"
+    train_real, test_real, held = split_real(REAL_DIR, work, held_out=3)
+    proc = ROOT / "benchmarks" / "work" / "rl_experiment" / "procedural_100"
+    generate_procedural(ProceduralConfig(num_scenarios=100, start_seed=20_000, workers=2), proc)
+    run, summary = _rl_run(work, "run", [train_real, proc], "ppo_60min.yaml", [])
+    res = _held_out(run, test_real, reference=True)
+    plot_learning_curve(read_episodes(run), RESULTS / "rl_60min_curve.png",
+                        f"PPO, batched simulator, {summary['final_step']:,} steps in "
+                        f"{summary['seconds'] / 60:.0f} min (+ warm start): training episodes")
+    met = {k: (res[k] >= v if op == ">=" else res[k] <= v) for k, (op, v) in RL_TARGETS.items()}
+    return {"what": "configs/sim/ppo_60min.yaml on 4 real + 100 procedural scenes; MetaDrive on 3 held-out real "
+                    "scenes", "held_out": held, "train_steps": summary["final_step"],
+            "train_minutes": round(summary["seconds"] / 60, 1), "steps_per_s": summary["steps_per_second"],
+            "stopped": summary.get("stopped", "?"),
+            "warm_start": json.loads((run / "warm_start.json").read_text()) if (run / "warm_start.json").exists()
+            else None, **res, "targets": {k: f"{op} {v}" for k, (op, v) in RL_TARGETS.items()}, "targets_met": met,
+            "curve": "benchmarks/results/rl_60min_curve.png"}
+
+
+def bench_rl_ablation() -> dict:
+    """What makes the agent drive: the same 1M-step PPO run (configs/sim/ppo_batched.yaml, seed 0) on real data
+    alone or with 100 procedural scenes, each without and with the behaviour-cloning warm start; MetaDrive on the 3
+    held-out real scenes. Finished runs in benchmarks/work/rl_ablation are evaluated again, not retrained."""
+    from sim_bridge.rl.experiment import split_real
+    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
+
+    if not REAL_DIR.exists():
+        return {"skipped": f"{REAL_DIR} not found"}
+    work = ROOT / "benchmarks" / "work" / "rl_ablation"
+    train_real, test_real, held = split_real(REAL_DIR, work, held_out=3)
+    proc = ROOT / "benchmarks" / "work" / "rl_experiment" / "procedural_100"
+    generate_procedural(ProceduralConfig(num_scenarios=100, start_seed=20_000, workers=2), proc)
+    arms = {"real": ([train_real], []), "real + warm start": ([train_real], ["warm_start.demonstrations=log"]),
+            "real + procedural": ([train_real, proc], []),
+            "real + procedural + warm start": ([train_real, proc], ["warm_start.demonstrations=log"])}
+    out: dict = {"what": "PPO 1,000,000 steps (configs/sim/ppo_batched.yaml, seed 0) on the batched simulator; "
+                         "MetaDrive on 3 held-out real scenes", "held_out": held, "arms": {}}
+    for name, (data, extra) in arms.items():
+        run, summary = _rl_run(work, name.replace(" + ", "_").replace(" ", "_"), data, "ppo_batched.yaml",
+                               ["total_steps=1000000", "seed=0", *extra])
+        out["arms"][name] = {"train_steps": summary["final_step"], "train_minutes": round(summary["seconds"] / 60, 1),
+                             **_held_out(run, test_real)}
+    return out
+
+
 def _traffic_model() -> Path:
     """The tiny traffic model of the traffic and RL benchmarks, trained once (BEVGEN_TRAFFIC_STEPS steps) on 24
     procedural scenes and the 4 real training scenes (3 real scenes held out)."""
@@ -481,7 +568,7 @@ def bench_gpu_traffic() -> dict:
 
 BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load, "bad_input": bench_bad_input,
            "rl_env": bench_rl_env, "batched_sim": bench_batched_sim, "batched_transfer": bench_batched_transfer,
-           "rl_experiment": bench_rl_experiment,
+           "rl_experiment": bench_rl_experiment, "rl_60min": bench_rl_60min, "rl_ablation": bench_rl_ablation,
            "traffic": bench_traffic, "traffic_paper": bench_traffic_paper, "views": bench_views,
            "scene3d": bench_scene3d, "export": bench_export}
 # Need a CUDA device: `make bench-gpu` (python benchmarks/run.py --gpu). Not part of `make bench`.
@@ -529,6 +616,21 @@ def _row_lines(results: dict) -> list[str]:
                          for k, v in x["reference"].items())
         lines.append(f"| RL experiment ({x.get('what', '')}): held-out success / route completion / crash | {arms} | "
                      f"{refs} |")
+    r60 = results.get("rl_60min", {})
+    if "route_completion" in r60:
+        ref = r60.get("reference", {})
+        refs = ", ".join(f"{k} {v['success_rate']:.2f} / {v['route_completion']:.2f} / {v['crash_rate']:.2f}"
+                         for k, v in ref.items())
+        met = ", ".join(f"{k.replace('_rate', '')} {'met' if v else 'not met'}" for k, v in r60["targets_met"].items())
+        lines.append(f"| RL agent trained within 60 min ({r60['train_steps']:,} steps in {r60['train_minutes']} min, "
+                     f"{r60['steps_per_s']} steps/s, `configs/sim/ppo_60min.yaml`): held-out real success / route "
+                     f"completion / crash (MetaDrive) | {r60['success_rate']:.2f} / {r60['route_completion']:.2f} / "
+                     f"{r60['crash_rate']:.2f} | targets >= 0.5 / >= 0.75 / <= 0.15 ({met}); {refs} |")
+    ab = results.get("rl_ablation", {})
+    if "arms" in ab:
+        arms = "; ".join(f"{k}: {v['success_rate']:.2f} / {v['route_completion']:.2f} / {v['crash_rate']:.2f}"
+                         for k, v in ab["arms"].items())
+        lines.append(f"| RL ablation ({ab['what']}): success / route completion / crash | {arms} | |")
     tg = results.get("traffic", {})
     if "realism" in tg:
         lines.append(f"| Traffic generation, tiny preset (trained), 32 vehicles + 190 frames per scene, batched over "

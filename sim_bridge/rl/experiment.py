@@ -37,7 +37,8 @@ from sim_bridge.dataset import ScenarioDataset, merge_datasets
 from sim_bridge.scenario import load_scenario_dict
 from sim_bridge.sources.convert import write_items
 
-__all__ = ["ExperimentConfig", "run_experiment", "split_real", "plot_experiment", "interval", "ARM_METRICS"]
+__all__ = ["ExperimentConfig", "run_experiment", "split_real", "plot_experiment", "plot_learning_curve", "interval",
+           "ARM_METRICS"]
 
 ARM_METRICS = ("success_rate", "route_completion", "crash_rate", "out_of_road_rate")
 
@@ -211,6 +212,45 @@ def plot_experiment(results: dict, path: str | Path) -> Path:
     ax2.set_ylim(0, 1.05)
     ax2.set_title(f"held-out real scenarios ({len(results['held_out'])}), MetaDrive; bars: 95% interval over seeds")
     ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curve(episodes: list[dict], path: str | Path, title: str, bins: int = 40) -> Path:
+    """A run's training episodes (``read_episodes``) in ``bins`` step windows: mean episode reward (left axis)
+    and route completion, success and crash rates (right axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([e["step"] for e in episodes], float)
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    if len(steps):
+        edges = np.linspace(0, steps.max(), bins + 1)
+        idx = np.clip(np.digitize(steps, edges[1:-1]), 0, bins - 1)
+        mid = 0.5 * (edges[1:] + edges[:-1])
+
+        def mean(key: str, clip: bool = False) -> np.ndarray:
+            v = np.array([e[key] for e in episodes], float)
+            v = np.clip(v, 0, 1) if clip else v
+            return np.array([v[idx == b].mean() if (idx == b).any() else np.nan for b in range(bins)])
+
+        ax.plot(mid, mean("reward"), color="black", marker=".", label="episode reward")
+        ax.set_ylabel("episode reward")
+        ax2 = ax.twinx()
+        for key, color, clip in (("route_completion", "#4c72b0", True), ("success", "#55a868", False),
+                                 ("crash", "#c44e52", False)):
+            ax2.plot(mid, mean(key, clip), color=color, label=key.replace("_", " "))
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("rate (training episodes)")
+        lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax2.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="lower right")
+    ax.set_xlabel("environment steps")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

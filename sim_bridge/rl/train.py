@@ -285,7 +285,7 @@ def _callback(run_dir: Path, cfg: PPOTrainConfig, episodes: list[dict], state: d
                 ep = info.get("episode")
                 if ep is None:
                     continue
-                rc = float(info.get("route_completion", 0.0))
+                rc = min(max(float(info.get("route_completion", 0.0)), 0.0), 1.0)  # as evaluation reports it
                 crash = bool(info.get("crash") or info.get("crash_vehicle") or info.get("crash_object"))
                 off = bool(info.get("out_of_road"))
                 row = {"step": self.num_timesteps, "episode": len(episodes), "reward": round(float(ep["r"]), 4),
