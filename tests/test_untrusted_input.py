@@ -40,7 +40,7 @@ INVOCATIONS: dict[str, list[str]] = {
                   "--set", "ppo.n_steps=32", "--set", "ppo.batch_size=32", "--set", "env.horizon=20"],
     "sim eval": ["--policy", "idm", "--data", "{DATA}", "--out", "{OUT}", "--no-reference", "--set", "horizon=20"],
     "sim experiment": ["--real", "{DATA}", "--out", "{OUT}", "--budget", "32", "--held-out", "1", "--envs", "1",
-                       "--set", "procedural_scenarios=1", "--set", "train.ppo.n_steps=32",
+                       "--seeds", "1", "--set", "procedural_scenarios=1", "--set", "train.ppo.n_steps=32",
                        "--set", "train.ppo.batch_size=32", "--set", "train.env.horizon=20"],
     "sim rollout": ["--policy", "idm", "--data", "{DATA}", "--out", "{OUT}", "--steps", "5"],
     "traffic train": ["--data", "{DATA}", "--out", "{OUT}", "--preset", "tiny", "--steps", "2"],
