@@ -212,7 +212,6 @@ def bench_rl_experiment() -> dict:
     from sim_bridge.rl.evaluate import EvalConfig
     from sim_bridge.rl.experiment import ExperimentConfig, run_experiment, split_real
     from sim_bridge.rl.train import PPOTrainConfig
-    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
     from traffic.generate import GenerateConfig, augment
 
     if not REAL_DIR.exists():
@@ -225,8 +224,7 @@ def bench_rl_experiment() -> dict:
     train_real, _, _ = split_real(REAL_DIR, work, held_out=3)
     if not (work / "augmented_train" / "dataset_summary.pkl").exists():
         augment(train_real, traffic_run, work / "augmented_train", GenerateConfig(density=2.0))
-    proc = work / "procedural_100"  # seeds 20000-20099: the maps of no other benchmark
-    generate_procedural(ProceduralConfig(num_scenarios=100, start_seed=20_000, workers=2), proc)
+    proc = _procedural_100()
     # every arm warm-starts from its own scenarios' logged egos (the ablation in the issue notes: +0.07 to +0.08
     # held-out route completion on real and real + procedural data)
     train_cfg = load_config(PPOTrainConfig, ROOT / "configs" / "sim" / "ppo_batched.yaml",
@@ -247,6 +245,16 @@ def bench_rl_experiment() -> dict:
                          "per_seed_route_completion": [r["held_out"]["route_completion"] for r in v["runs"]]}
                      for k, v in res["arms"].items()},
             "reference": res["reference"], "skipped": res["skipped"], "plot": "benchmarks/results/rl_experiment.png"}
+
+
+def _procedural_100() -> Path:
+    """The 100 procedural scenes (seeds 20000-20099, maps of no other benchmark) every RL benchmark trains on,
+    generated once (resumable)."""
+    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
+
+    proc = ROOT / "benchmarks" / "work" / "rl_experiment" / "procedural_100"
+    generate_procedural(ProceduralConfig(num_scenarios=100, start_seed=20_000, workers=2), proc)
+    return proc
 
 
 RL_TARGETS = {"success_rate": (">=", 0.5), "route_completion": (">=", 0.75), "crash_rate": ("<=", 0.15)}
@@ -288,14 +296,12 @@ def bench_rl_60min() -> dict:
     retrained. Targets are judged on the mean over seeds."""
     from sim_bridge.rl.experiment import interval, plot_learning_curve, split_real
     from sim_bridge.rl.train import read_episodes
-    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
     if not REAL_DIR.exists():
         return {"skipped": f"{REAL_DIR} not found"}
     work = ROOT / "benchmarks" / "work" / "rl_60min"
     train_real, test_real, held = split_real(REAL_DIR, work, held_out=3)
-    proc = ROOT / "benchmarks" / "work" / "rl_experiment" / "procedural_100"
-    generate_procedural(ProceduralConfig(num_scenarios=100, start_seed=20_000, workers=2), proc)
+    proc = _procedural_100()
     seeds = [int(x) for x in os.environ.get("BEVGEN_RL60_SEEDS", "0,1,2").split(",")]
     runs: dict = {}
     for seed in seeds:
@@ -327,14 +333,12 @@ def bench_rl_ablation() -> dict:
     alone or with 100 procedural scenes, each without and with the behaviour-cloning warm start; MetaDrive on the 3
     held-out real scenes. Finished runs in benchmarks/work/rl_ablation are evaluated again, not retrained."""
     from sim_bridge.rl.experiment import split_real
-    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
     if not REAL_DIR.exists():
         return {"skipped": f"{REAL_DIR} not found"}
     work = ROOT / "benchmarks" / "work" / "rl_ablation"
     train_real, test_real, held = split_real(REAL_DIR, work, held_out=3)
-    proc = ROOT / "benchmarks" / "work" / "rl_experiment" / "procedural_100"
-    generate_procedural(ProceduralConfig(num_scenarios=100, start_seed=20_000, workers=2), proc)
+    proc = _procedural_100()
     arms = {"real": ([train_real], []), "real + warm start": ([train_real], ["warm_start.demonstrations=log"]),
             "real + procedural": ([train_real, proc], []),
             "real + procedural + warm start": ([train_real, proc], ["warm_start.demonstrations=log"]),
