@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = ROOT.parent / "shared" / "data" / "real-scenarios"
 
 
-def _vec_steps_per_s(batch, num_envs: int, steps: int, warmup: int = 5, seed: int = 0) -> float:
+def _vec_steps_per_s(batch, num_envs: int, steps: int, warmup: int = 5, seed: int = 0, traffic: str = "log") -> float:
     from sim_bridge.batched.env import BatchedEnvConfig, BatchedVecEnv
 
-    env = BatchedVecEnv(batch, num_envs, BatchedEnvConfig())
+    env = BatchedVecEnv(batch, num_envs, BatchedEnvConfig(traffic=traffic))
     env.reset()
     acts = np.random.default_rng(seed).uniform(-1, 1, (warmup + steps, num_envs, 2)).astype(np.float32)
     for i in range(warmup):
@@ -48,7 +48,7 @@ def _more_agents(batch, factor: int):
     is_ego = torch.arange(a) == batch.ego[:, None]
     valid = [batch.frame_valid] + [batch.frame_valid & ~is_ego[:, None, :] for _ in range(factor - 1)]
     return dataclasses.replace(batch, frames=torch.cat(frames, 2), frame_valid=torch.cat(valid, 2),
-                               agent_type=batch.agent_type.repeat(1, factor),
+                               path_s=batch.path_s.repeat(1, 1, factor), agent_type=batch.agent_type.repeat(1, factor),
                                agent_mask=batch.agent_mask.repeat(1, factor))
 
 
@@ -106,6 +106,9 @@ def bench_batched_sim(quick: bool = False) -> dict:
         "agents_x1": res["threads_1"]["scenes_256"],
         **{f"agents_x{f}": round(_vec_steps_per_s(_more_agents(batch, f), 256, steps), 1) for f in (2, 4)},
         **{f"segments_per_cell_x{f}": round(_vec_steps_per_s(_more_segments(batch, f), 256, steps), 1) for f in (2, 4)}}
+    # IDM traffic (logged vehicles yield to the ego): same scenes, 1 thread
+    res["idm_traffic_1_thread"] = {f"scenes_{b}": round(_vec_steps_per_s(batch, b, steps, traffic="idm"), 1)
+                                   for b in (128, 256)}
     torch.set_num_threads(2)
     md = _metadrive_steps_per_s(100 if quick else 300)
     res["metadrive_scenario_env"] = md

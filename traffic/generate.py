@@ -26,11 +26,12 @@ from sim_bridge.dataset import ConversionReport, DatasetWriter, ScenarioDataset
 from sim_bridge.scenario import Scenario
 from sim_bridge.scenario_edit import Track
 from traffic.encoding import EncodingConfig, agent_feature_rows, collate, encode_scene, to_world
+from traffic.lanes import FollowConfig, LaneGraph, Routes, build_routes, follow_routes, route_stops
 from traffic.train import load_models
 
 # torch and traffic.metrics (shapely) are imported lazily: importing this module stays light.
 
-__all__ = ["GenerateConfig", "generate", "augment", "generate_scenes", "extend_logged", "yield_to_traffic"]
+__all__ = ["GenerateConfig", "generate", "augment", "generate_scenes", "extend_logged"]
 
 VEHICLE_HEIGHT_M = 1.6
 # placements asked per vehicle wanted: some are dropped by the yield check (augment loses more: replayed
@@ -113,72 +114,6 @@ def generate_scenes(placement, trajectory, scenes: list, keep_logged: bool, num_
     return out
 
 
-YIELD_MARGIN_M = 0.3  # boxes are inflated by this much in the yield check
-
-
-def yield_to_traffic(paths_xy: np.ndarray, paths_h: np.ndarray, sizes: np.ndarray, others_xy: np.ndarray,
-                     others_h: np.ndarray, others_size: np.ndarray, others_valid: np.ndarray):
-    """Let generated vehicles wait instead of driving into anybody; flag the ones others still run into.
-
-    Each generated vehicle follows its predicted path but only advances to its next pose when that pose is
-    free: not overlapping any other agent at that step (replayed agents cannot yield), nor another generated
-    vehicle's current pose or (for lower-index vehicles, which have priority) its next pose. Vectorized per
-    step with a bounding-circle broad phase: O(T x N x (A + N)).
-
-    Args:
-        paths_xy [N, T, 2], paths_h [N, T]: predicted poses per step (world frame); sizes [N, 2] (length, width).
-        others_xy [A, T, 2], others_h [A, T], others_size [A, T, 2], others_valid [A, T]: agents that do not yield.
-
-    Returns:
-        (xy [N, T, 2], heading [N, T], hit [N]): the timed paths and whether a vehicle is still hit (by an agent
-        that cannot yield) at some step; such vehicles should be dropped.
-    """
-    from traffic.metrics import boxes_overlap
-
-    n, T = paths_h.shape
-    if n == 0:
-        return paths_xy, paths_h, np.zeros(0, bool)
-    size = sizes + YIELD_MARGIN_M
-    rad = np.linalg.norm(size, axis=-1) / 2
-    o_rad = np.linalg.norm(others_size, axis=-1) / 2  # [A, T]
-    prog = np.zeros(n, int)
-    out_xy, out_h = np.empty_like(paths_xy), np.empty_like(paths_h)
-    out_xy[:, 0], out_h[:, 0] = paths_xy[:, 0], paths_h[:, 0]
-    hit = np.zeros(n, bool)
-    idx = np.arange(n)
-
-    def against_others(xy, h, t):  # [N] overlap of poses (xy [N,2], h [N]) with non-yielding agents at t
-        if others_xy.shape[0] == 0:
-            return np.zeros(len(xy), bool)
-        near = (np.linalg.norm(xy[:, None] - others_xy[None, :, t], axis=-1) <= rad[:, None] + o_rad[None, :, t]) \
-            & others_valid[None, :, t]
-        i, j = np.nonzero(near)
-        res = np.zeros(len(xy), bool)
-        ov = boxes_overlap(xy[i], h[i], size[i], others_xy[j, t], others_h[j, t], others_size[j, t])
-        res[i[ov]] = True
-        return res
-
-    for t in range(1, T):
-        nxt = np.minimum(prog + 1, T - 1)
-        cxy, ch = paths_xy[idx, nxt], paths_h[idx, nxt]
-        pxy, ph = out_xy[:, t - 1], out_h[:, t - 1]
-        blocked = against_others(cxy, ch, t)
-        # generated vs generated: candidate i against current j (j != i) and against candidate j < i
-        d = np.linalg.norm(cxy[:, None] - pxy[None], axis=-1) <= rad[:, None] + rad[None]
-        np.fill_diagonal(d, False)
-        i, j = np.nonzero(d)
-        ov = boxes_overlap(cxy[i], ch[i], size[i], pxy[j], ph[j], size[j])
-        blocked[i[ov]] = True
-        d = np.triu(np.linalg.norm(cxy[:, None] - cxy[None], axis=-1) <= rad[:, None] + rad[None], k=1)
-        i, j = np.nonzero(d)  # i < j: j yields to i
-        ov = boxes_overlap(cxy[i], ch[i], size[i], cxy[j], ch[j], size[j])
-        blocked[j[ov & ~blocked[i]]] = True
-        prog = np.where(blocked, prog, nxt)
-        out_xy[:, t], out_h[:, t] = paths_xy[idx, prog], paths_h[idx, prog]
-        hit |= against_others(out_xy[:, t], out_h[:, t], t) & blocked
-    return out_xy, out_h, hit
-
-
 def extend_logged(trajectory, sc: Scenario, enc: EncodingConfig, generator, device: str = "cpu",
                   min_missing: int = 5) -> tuple[Scenario, dict[str, int]]:
     """Continue logged vehicles whose track ends at least ``min_missing`` steps before the scenario does.
@@ -219,7 +154,7 @@ def _new_track(state: np.ndarray, traj: np.ndarray, origin: np.ndarray, length: 
                run: str, timed: tuple[np.ndarray, np.ndarray] | None = None) -> Track:
     """One generated vehicle (world frame) with its float state written in ``dtype``; ``state`` [7] and ``traj``
     [T-1, 3] in the scene frame of ``origin`` [3]; ``timed`` = (xy [T, 2], heading [T]) world poses from
-    :func:`yield_to_traffic` replacing the raw prediction."""
+    :func:`_time_paths` replacing the raw prediction."""
     xy = np.concatenate([state[None, :2], traj[: length - 1, :2]])
     head = np.concatenate([[state[2]], traj[: length - 1, 2]])
     wxy, whead = to_world(xy, head, origin) if timed is None else timed
@@ -233,20 +168,73 @@ def _new_track(state: np.ndarray, traj: np.ndarray, origin: np.ndarray, length: 
         metadata={"type": "VEHICLE", "track_length": length, "object_id": oid, "generated_by": run})
 
 
-def _time_paths(sc: Scenario, placed: dict, keep_logged: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Time the generated paths of one scene with :func:`yield_to_traffic` against the agents that stay in it.
+def _time_paths(scenes: list[Scenario], placed: list[dict], keep_logged: bool,
+                seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Drive the placed vehicles of a batch of scenes along their lane graphs (:mod:`traffic.lanes`).
+
+    Each vehicle is snapped to its lane (offset clipped to ``FollowConfig.max_lateral``), routed along connected
+    lanes following the trajectory model's predicted path at every branch, and driven with IDM gap keeping to
+    the agents that stay in the scene (replayed, they do not react), to the vehicles placed before it, to red
+    lights and to the end of the mapped lanes, wanting the model's predicted speed (capped at the lane's limit).
+    The scenes step together in one :func:`follow_routes` call (O(T) numpy steps for the batch).
 
     Returns:
-        (xy [N, T, 2], heading [N, T], hit bool [N]) in the world frame.
+        Per scene (xy [N, T, 2], heading [N, T], hit bool [N]) in the world frame; hit = not on a lane at
+        placement, or overlapping somebody at some step (such vehicles are dropped).
     """
-    tr, T = sc.tracks, sc.length
-    kept_rows = list(range(tr.num_agents)) if keep_logged else [sc.ego_index]
-    n = len(placed["state"])
-    xy = np.concatenate([placed["state"][:, None, :2], placed["traj"][:, : T - 1, :2]], 1) if n else np.zeros((0, T, 2))
-    h = np.concatenate([placed["state"][:, None, 2], placed["traj"][:, : T - 1, 2]], 1) if n else np.zeros((0, T))
-    wxy, wh = to_world(xy, h, placed["origin"])
-    return yield_to_traffic(wxy, wh, placed["state"][:, 5:7], tr.xy[kept_rows], tr.heading[kept_rows],
-                            tr.size[kept_rows][..., :2], tr.valid[kept_rows])
+    T_max = max(sc.length for sc in scenes)
+    pad_t = lambda x, fill=0: np.concatenate(  # noqa: E731
+        [x, np.full((*x.shape[:1], T_max - x.shape[1], *x.shape[2:]), fill, x.dtype)], 1)
+    rng = np.random.default_rng(seed)
+    out, parts = [], []
+    for g, (sc, p) in enumerate(zip(scenes, placed)):
+        tr, T = sc.tracks, sc.length
+        n = len(p["state"])
+        path = np.concatenate([p["state"][:, None, :3], p["traj"][:, : T - 1, :3]], 1) if n else np.zeros((0, T, 3))
+        path = np.concatenate([path, np.repeat(path[:, -1:], T - path.shape[1], 1)], 1)  # a short prediction waits
+        wxy, wh = to_world(path[..., :2], path[..., 2], p["origin"])
+        graph = LaneGraph.from_scenario(sc)
+        lane, s, lat = graph.snap(wxy[:, 0], wh[:, 0])
+        ok = np.flatnonzero(lane >= 0)
+        out.append((wxy.copy(), wh.copy(), lane < 0))
+        if not len(ok):
+            continue
+        speed = np.zeros((n, T))
+        speed[:, 1:] = np.linalg.norm(np.diff(wxy, axis=1), axis=-1) / 0.1
+        speed[:, 0] = np.linalg.norm(p["state"][:, 3:5], axis=-1)
+        limit = graph.limit[np.maximum(lane, 0)]
+        desired = np.where(limit[:, None] > 0, np.minimum(speed, 1.1 * limit[:, None] + 0.5), speed)
+        length = float(min(desired.sum(1).max() * 0.1 + 30.0, 400.0))
+        routes = build_routes(graph, lane[ok], s[ok], length, guides=[wxy[i] for i in ok], rng=rng)
+        (stop_s, stop_light), red = route_stops(routes, graph, sc)
+        kept = list(range(tr.num_agents)) if keep_logged else [sc.ego_index]
+        lat = np.clip(lat, -FollowConfig.max_lateral, FollowConfig.max_lateral)
+        parts.append(dict(scene=g, ok=ok, routes=routes, speed0=speed[ok, 0], lat=lat[ok], size=p["state"][ok, 5:7],
+                          desired=pad_t(desired[ok], 0.0), red=pad_t(red, False), stop_s=stop_s, stop_light=stop_light,
+                          o_xy=pad_t(tr.xy[kept]), o_h=pad_t(tr.heading[kept]), o_size=pad_t(tr.size[kept][..., :2]),
+                          o_valid=pad_t(tr.valid[kept], False), o_speed=pad_t(tr.speed[kept])))
+    if not parts:
+        return out
+    cat = lambda k: np.concatenate([q[k] for q in parts])  # noqa: E731
+    k_max = max(q["stop_s"].shape[1] for q in parts)
+    offsets = np.cumsum([0] + [len(q["red"]) for q in parts])[:-1]
+    stop_s = np.concatenate([np.pad(q["stop_s"], ((0, 0), (0, k_max - q["stop_s"].shape[1])), constant_values=np.inf)
+                             for q in parts])
+    stop_light = np.concatenate([np.pad(np.where(q["stop_light"] >= 0, q["stop_light"] + o, -1),
+                                        ((0, 0), (0, k_max - q["stop_light"].shape[1])), constant_values=-1)
+                                 for q, o in zip(parts, offsets)])
+    fxy, fh, _, fhit = follow_routes(
+        Routes.concat([q["routes"] for q in parts]), cat("speed0"), cat("lat"), cat("size"), cat("desired"),
+        cat("o_xy"), cat("o_h"), cat("o_size"), cat("o_valid"), cat("o_speed"), red=cat("red"),
+        stops=(stop_s, stop_light), group=np.concatenate([np.full(len(q["ok"]), q["scene"]) for q in parts]),
+        others_group=np.concatenate([np.full(len(q["o_xy"]), q["scene"]) for q in parts]))
+    start = 0
+    for q in parts:
+        m, T = len(q["ok"]), scenes[q["scene"]].length
+        xy, h, hit = out[q["scene"]]
+        xy[q["ok"]], h[q["ok"]], hit[q["ok"]] = fxy[start:start + m, :T], fh[start:start + m, :T], fhit[start:start + m]
+        start += m
+    return out
 
 
 def _write_scene(writer: DatasetWriter, name: str, sc: Scenario, placed: dict, timed: tuple, keep_logged: bool,
@@ -285,8 +273,7 @@ def _refill(placement, trajectory, scenes, want, ask, placed, timed, keep_logged
             ask[i] *= 2
         again = generate_scenes(placement, trajectory, [scenes[i] for i in short], keep_logged, [ask[i] for i in short],
                                 tcfg.encoding, gen, cfg.device)
-        for i, p in zip(short, again):
-            tm = _time_paths(scenes[i], p, keep_logged)
+        for i, p, tm in zip(short, again, _time_paths([scenes[i] for i in short], again, keep_logged, cfg.seed)):
             if int((~tm[2]).sum()) > int((~timed[i][2]).sum()):
                 placed[i], timed[i] = p, tm
 
@@ -339,7 +326,7 @@ def _run(data: str | Path, run: str | Path, out: str | Path, cfg: GenerateConfig
                     s, ext = extend_logged(trajectory, s, tcfg.encoding, gen, cfg.device)
                     stats["extended"] = stats.get("extended", 0) + len(ext)
                 scenes.append(s)
-            timed = [_time_paths(s, p, keep_logged) for s, p in zip(scenes, placed)]
+            timed = _time_paths(scenes, placed, keep_logged, cfg.seed)
             _refill(placement, trajectory, scenes, want, ask, placed, timed, keep_logged, tcfg, gen, cfg)
             for (n, _), s, p, tm, w in zip(chunk, scenes, placed, timed, want):
                 kept, dropped = _write_scene(writer, n, s, p, tm, keep_logged, str(run), w)

@@ -64,11 +64,11 @@ class MapConfig:
 class BatchedScenarios:
     """A scenario set as padded tensors (read-only; shared by every scene slot).
 
-    Memory per scenario (float32 unless noted): 37 * A * T bytes of logs (``frames`` + ``frame_valid``)
+    Memory per scenario (float32 unless noted): 41 * A * T bytes of logs (``frames``, ``frame_valid``, ``path_s``)
     + 24 * G * K of map index (``grid_segments`` + int64 ``grid``) + 16 * S (segments) + 12 * R
     (route). The 7 shared real scenes pad to A=225, T=201, G=440, K=34, S=527, R=102: 1.7 MB of logs
     and 0.36 MB of map index each, 14.3 MB for the set (``nbytes``); scenes share it, a scene slot
-    in flight costs only its :class:`SimState` (~8 KB).
+    in flight costs only its :class:`SimState` (~8 KB, ~16 KB with IDM traffic).
 
     Attributes:
         names: scenario file names, length n.
@@ -78,6 +78,8 @@ class BatchedScenarios:
             in m, rad, m/s; time-major so one step of a scene is one contiguous read. Properties give
             the [n, a, t, ...] views ``xy``, ``heading``, ``size``, ``velocity``, ``valid``.
         frame_valid: bool [n, t, a].
+        path_s: [n, t, a] arc length (m) along each agent's logged path at each step: the distance between
+            consecutive valid steps, accumulated (flat over invalid steps). IDM traffic moves along it.
         Agents never within ``MapConfig.margin`` of the ego's route are dropped at load.
         agent_type: int64 [n, a], AGENT_* codes (AGENT_PAD for padding).
         agent_mask: bool [n, a], a real agent.
@@ -101,6 +103,7 @@ class BatchedScenarios:
     length: Tensor
     frames: Tensor
     frame_valid: Tensor
+    path_s: Tensor
     agent_type: Tensor
     agent_mask: Tensor
     ego: Tensor
@@ -164,7 +167,8 @@ class BatchedScenarios:
     def validate(self) -> "BatchedScenarios":
         n, a, t = self.valid.shape
         s, g, k, r = self.segments.shape[1], self.grid.shape[1], self.grid.shape[2], self.route.shape[1]
-        want = {"origin": (n, 2), "length": (n,), "frames": (n, t, a, 9), "agent_type": (n, a), "agent_mask": (n, a),
+        want = {"origin": (n, 2), "length": (n,), "frames": (n, t, a, 9), "path_s": (n, t, a), "agent_type": (n, a),
+                "agent_mask": (n, a),
                 "ego": (n,), "ego_size": (n, 2), "segments": (n, s, 2, 2), "grid": (n, g, k),
                 "grid_segments": (n, g, k, 2, 2),
                 "grid_origin": (n, 2), "grid_shape": (n, 2), "route": (n, r, 2), "route_s": (n, r),
@@ -194,6 +198,9 @@ class SimState:
             yaw, length, width) with the simulated ego in its slot (``ego_size`` [b, 2] its length and width).
         near: int64 [b, m], indices of the agents with the nearest centres, nearest first (padding
             and absent agents sort last).
+        agent_tau: [b, a] the (fractional) log step each agent's pose is taken from: t when replaying; IDM
+            traffic (``BatchedEnvConfig.traffic``) lets a vehicle fall behind its log (tau < t) and catch up;
+            agent_speed: [b, a] m/s along its logged path.
         route_index: int64 [b], route segment the ego was last projected on.
         progress: [b] m along the route (MetaDrive's "longitude"); lateral: [b] m, signed, left +.
         done: bool [b], the episode ended at the last step (the slot waits for a reset).
@@ -212,6 +219,8 @@ class SimState:
     others: Tensor
     kept: Tensor
     near: Tensor
+    agent_tau: Tensor
+    agent_speed: Tensor
     route_index: Tensor
     progress: Tensor
     lateral: Tensor
@@ -299,6 +308,9 @@ def stack_scenarios(scenarios: Sequence[Scenario], names: Sequence[str] | None =
         route_count=np.array([len(p["route"]) for p in per]),
         route_length=np.array([p["route_s"][-1] for p in per], np.float32))
     tens["grid_segments"] = tens["segments"][np.arange(n)[:, None, None], tens["grid"]]
+    fr, fv = tens["frames"], tens["frame_valid"]
+    step = np.where(fv[:, 1:] & fv[:, :-1], np.linalg.norm(fr[:, 1:, :, :2] - fr[:, :-1, :, :2], axis=-1), 0.0)
+    tens["path_s"] = np.concatenate([np.zeros((n, 1, a), np.float32), np.cumsum(step, 1, dtype=np.float32)], 1)
     tens = {kk: torch.as_tensor(v).to(device) for kk, v in tens.items()}
     return BatchedScenarios(names=names, cell=map_cfg.cell, **tens).validate()
 

@@ -74,7 +74,8 @@ class EnvConfig:
     procedural_traffic_density: float = 0.1
     """Procedural only: traffic density."""
     reactive_traffic: bool = False
-    """Scenario replay only: traffic follows IDM instead of replaying the log exactly."""
+    """Scenario replay only: traffic follows IDM instead of replaying the log exactly (MetaDrive's ScenarioEnv
+    option; the batched simulator's ``traffic="idm"``: logged vehicles yield to the ego)."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward and termination."""
 

@@ -38,14 +38,17 @@ __all__ = ["SceneObservation", "scene_env_config", "load_env_scenarios"]
 
 
 def scene_env_config(cfg: EnvConfig, **overrides: Any):
-    """The ``BatchedEnvConfig`` matching an ``EnvConfig`` (horizon, reward; observation layout defaults).
+    """The ``BatchedEnvConfig`` matching an ``EnvConfig`` (horizon, reward, reactive traffic; observation layout
+    defaults).
 
     Both backends build their observation and episode settings from here, so a policy trained on one
-    reads the same layout in the other.
+    reads the same layout in the other. ``reactive_traffic`` is MetaDrive's IDM traffic in ScenarioEnv and
+    the batched simulator's ``traffic="idm"``.
     """
     from sim_bridge.batched.env import BatchedEnvConfig
 
-    return replace(BatchedEnvConfig(horizon=cfg.horizon, reward=cfg.reward), **overrides)
+    traffic = "idm" if cfg.reactive_traffic else "log"
+    return replace(BatchedEnvConfig(horizon=cfg.horizon, reward=cfg.reward, traffic=traffic), **overrides)
 
 
 def load_env_scenarios(cfg: EnvConfig, device: str | torch.device = "cpu"):

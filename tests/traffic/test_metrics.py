@@ -183,3 +183,40 @@ def test_procedural_reference(tmp_path, road):
     r = evaluate_traffic(ds, [random_lane_traffic(road, 10, 30, np.random.default_rng(0))], t0=5)
     assert r["pairing"] == "pooled" and r["num_scenarios"] == 2
     assert r["offroad_rate_all"] < 0.05 and r["collision_rate"] < 0.05  # IDM traffic stays on lanes
+
+
+# ---- sim-agent realism (WOSAC-style) ----------------------------------------------------------
+def test_realism_ranks_logged_above_constant_velocity_above_random(real):
+    """On real scenes the meta-metric orders the logged future > constant velocity > random controls, and a log
+    shifted 3 m sideways (the same motion, off its lane) loses its map and interactive likelihoods."""
+    from traffic.metrics import REALISM_WEIGHTS, sim_agent_realism
+    from traffic.sim_agents import rollouts
+
+    scores = {m: [] for m in ("logged", "constant_velocity", "random", "shifted")}
+    for sc in real[4:6]:  # one nuScenes and one Waymo scene
+        for m in ("logged", "constant_velocity", "random"):
+            agents, xy, h = rollouts(sc, m, n=8, steps=60)
+            r = sim_agent_realism(sc, agents, xy, h)
+            scores[m].append(r["meta_metric"])
+            assert set(r["likelihoods"]) == set(REALISM_WEIGHTS) and r["num_agents"] > 10
+        agents, xy, h = rollouts(sc, "logged", n=8, steps=60)
+        shift = 3.0 * np.stack([-np.sin(h), np.cos(h)], -1)
+        scores["shifted"].append(sim_agent_realism(sc, agents, xy + shift, h)["meta_metric"])
+    mean = {k: float(np.mean(v)) for k, v in scores.items()}
+    assert mean["logged"] > mean["constant_velocity"] + 0.02 > mean["random"] + 0.04, mean
+    assert mean["shifted"] < mean["logged"] - 0.02, mean
+
+
+def test_agent_count_distance_and_sample_diversity(real):
+    """Two identical samples per scene: no diversity, counts matched; two random draws differ from each other,
+    and half the vehicles count as a 0.5 count distance."""
+    scenes = real[4:6]
+    same = evaluate_traffic(scenes + scenes, scenes)
+    assert same["diversity_position"] == 0.0 and same["agent_count_distance"] == 0.0
+    rng = np.random.default_rng(0)
+    counts = [len(scene_attributes(sc)["speed"]) for sc in scenes]
+    draws = [random_lane_traffic(sc, n, 20, rng) for _ in range(2) for sc, n in zip(scenes, counts)]
+    r = evaluate_traffic(draws, scenes)
+    assert r["diversity_position"] > 0.1 and math.isnan(evaluate_traffic(draws[:2], scenes)["diversity_position"])
+    half = [random_lane_traffic(sc, n // 2, 20, rng) for sc, n in zip(scenes, counts)]
+    assert abs(evaluate_traffic(half, scenes)["agent_count_distance"] - 0.5) < 0.05

@@ -21,14 +21,18 @@ from sim_bridge.geometry import wrap_angle
 from traffic.encoding import SceneBatch
 from traffic.model.encoder import TINY, ModelConfig, SceneEncoder, mlp
 
-__all__ = ["TrajectoryModel", "integrate_unicycle"]
+__all__ = ["TrajectoryModel", "integrate_unicycle", "TURN_SPEED"]
+
+TURN_SPEED = 1.0  # m/s: below it the yaw rate scales down with the speed
 
 
 def integrate_unicycle(start: Tensor, accel: Tensor, yaw_rate: Tensor, dt: float) -> Tensor:
     """Integrate controls from a start state.
 
     The speed is kept >= 0 (v <- max(0, v + a dt), so |dv/dt| <= |a|); the position moves along the
-    new heading with the new speed, so atan2 of each step's displacement is that step's heading.
+    new heading with the new speed, so atan2 of each step's displacement is that step's heading. A car does
+    not turn on the spot: below ``TURN_SPEED`` the yaw rate scales down with the speed (heading change =
+    yaw_rate x min(1, v / TURN_SPEED) x dt), so a standing vehicle keeps its heading.
 
     Args:
         start: float [..., 4] (x, y, heading, speed >= 0).
@@ -42,7 +46,7 @@ def integrate_unicycle(start: Tensor, accel: Tensor, yaw_rate: Tensor, dt: float
         v = (v + accel[..., i] * dt).clamp(min=0.0)
         speeds.append(v)
     speed = torch.stack(speeds, -1)  # [..., h]
-    heading = start[..., 2:3] + torch.cumsum(yaw_rate * dt, -1)
+    heading = start[..., 2:3] + torch.cumsum(yaw_rate * (speed / TURN_SPEED).clamp(max=1.0) * dt, -1)
     x = start[..., 0:1] + torch.cumsum(speed * heading.cos() * dt, -1)
     y = start[..., 1:2] + torch.cumsum(speed * heading.sin() * dt, -1)
     return torch.stack([x, y, wrap_angle(heading), speed], -1)

@@ -1,0 +1,480 @@
+"""The lane graph of a scenario and lane-relative motion: routes along connected lanes, IDM gap keeping.
+
+Generated vehicles do not integrate free controls in the plane (which drifts off the road, and which
+the old yield check could only stop dead). Instead each vehicle gets
+
+* a **route**: a sequence of connected lanes from the lane it was placed on, chosen at every branch to
+  follow the trajectory model's predicted path (the model decides turn/straight and the speed profile);
+* **longitudinal motion** along the route with IDM-style gap keeping (Treiber et al. 2000) to whatever
+  stands in its corridor ahead (logged agents, the ego, other generated vehicles, a red light's stop
+  line, the end of the mapped lanes), acceleration bounded to [-``max_brake``, ``max_accel``];
+* a **bounded lateral offset** from the lane centre that decays over ``lateral_decay_s``.
+
+So a rollout stays on the lane surfaces by construction: its centre is never farther than
+``max_lateral`` from a lane centre line.
+
+Connectivity: the maps' own ``exit_lanes`` links (Waymo, MetaDrive) plus geometric ones (a lane whose
+start lies within ``link_m`` of another's end with a heading change under 60 degrees), because
+nuScenes scenarios carry no lane links. Lanes are resampled every ``ds`` m.
+
+Costs: building the graph is O(L^2) endpoint distances for L lanes (L <= 500 here: 0.25M) plus
+O(points); a route is a walk over its few lanes; :func:`follow_routes` is O(T x (N x (N + A)) x W) for N
+followers, A other agents and W corridor points per follower (pairs beyond the look-ahead are culled
+first), vectorised over followers and agents per step.
+
+Letters: n follower, a other agent, r route point, t step, w window point, k stop line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim_bridge.geometry import boxes_overlap, wrap_angle
+from sim_bridge.scenario import Scenario
+
+__all__ = ["LaneGraph", "FollowConfig", "Routes", "build_routes", "follow_routes", "route_stops", "RED_STATES"]
+
+DT = 0.1
+RED_STATES = frozenset({"LANE_STATE_STOP", "LANE_STATE_ARROW_STOP", "LANE_STATE_FLASHING_STOP"})
+
+
+def _resample(pts: np.ndarray, ds: float) -> np.ndarray:
+    seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+    keep = np.concatenate([[True], seg > 1e-6])
+    pts = pts[keep]
+    if len(pts) < 2:
+        return pts
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+    q = np.linspace(0.0, s[-1], max(int(np.ceil(s[-1] / ds)), 1) + 1)
+    return np.stack([np.interp(q, s, pts[:, 0]), np.interp(q, s, pts[:, 1])], -1)
+
+
+@dataclass
+class LaneGraph:
+    """Vehicle lanes of one scenario, resampled, with successor links.
+
+    Attributes:
+        ids: lane feature ids [L]; pts: per lane float [n_l, 2] points every ~ds m (world);
+        succ: per lane the indices of its successors; limit: float [L] speed limit m/s (0 = unknown);
+        seg_a, seg_b: float [S, 2] all lane segments; seg_lane: int [S]; seg_s: float [S] arc length of
+        each segment's start along its lane.
+    """
+
+    ids: list[str]
+    pts: list[np.ndarray]
+    succ: list[list[int]]
+    limit: np.ndarray
+    seg_a: np.ndarray
+    seg_b: np.ndarray
+    seg_lane: np.ndarray
+    seg_s: np.ndarray
+
+    @classmethod
+    def from_scenario(cls, sc: Scenario, ds: float = 1.0, link_m: float = 1.5) -> "LaneGraph":
+        feats = [(k, f) for k, f in sc.map_features.items()
+                 if f.is_lane and f.type != "LANE_BIKE_LANE" and f.polyline is not None and len(f.polyline) >= 2]
+        ids, pts, limit = [], [], []
+        for k, f in feats:
+            p = _resample(np.asarray(f.polyline[:, :2], np.float64), ds)  # nuScenes: third column is yaw
+            if len(p) >= 2:
+                ids.append(str(k))
+                pts.append(p)
+                lim = f.speed_limit_kmh or 0.0
+                limit.append(lim / 3.6 if 0 < lim / 3.6 <= 60 else 0.0)
+        index = {k: i for i, k in enumerate(ids)}
+        n = len(ids)
+        succ: list[list[int]] = [[] for _ in range(n)]
+        if n:
+            start = np.stack([p[0] for p in pts])
+            end = np.stack([p[-1] for p in pts])
+            h_start = np.array([np.arctan2(*(p[1] - p[0])[::-1]) for p in pts])
+            h_end = np.array([np.arctan2(*(p[-1] - p[-2])[::-1]) for p in pts])
+            near = np.linalg.norm(end[:, None] - start[None], axis=-1) <= link_m            # [L, L]
+            near &= np.abs(wrap_angle(h_start[None] - h_end[:, None])) < np.pi / 3
+            np.fill_diagonal(near, False)
+            for i, j in zip(*np.nonzero(near)):
+                succ[i].append(int(j))
+            for (k, f) in feats:
+                if str(k) in index:
+                    for e in f.extras.get("exit_lanes", None) or ():
+                        j = index.get(str(e))
+                        if j is not None and j not in succ[index[str(k)]] and j != index[str(k)]:
+                            succ[index[str(k)]].append(j)
+        a = np.concatenate([p[:-1] for p in pts]) if n else np.zeros((0, 2))
+        b = np.concatenate([p[1:] for p in pts]) if n else np.zeros((0, 2))
+        lane = np.concatenate([np.full(len(p) - 1, i) for i, p in enumerate(pts)]) if n else np.zeros(0, int)
+        s0 = np.concatenate([np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])[:-1]
+                             for p in pts]) if n else np.zeros(0)
+        return cls(ids, pts, succ, np.asarray(limit, np.float64), a, b, lane, s0)
+
+    def snap(self, xy: np.ndarray, heading: np.ndarray, max_dist: float = 3.0,
+             max_angle: float = np.pi / 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Nearest lane of each pose with a compatible heading.
+
+        Args:
+            xy [N, 2] world m, heading [N] rad.
+        Returns:
+            lane int [N] (-1 where no lane lies within max_dist with |heading difference| < max_angle),
+            s [N] arc length along that lane (m), lateral [N] signed offset (left +, m).
+        """
+        n = len(xy)
+        lane, s, lat = np.full(n, -1), np.zeros(n), np.zeros(n)
+        if n == 0 or len(self.seg_a) == 0:
+            return lane, s, lat
+        d = self.seg_b - self.seg_a
+        L = np.maximum(np.linalg.norm(d, axis=-1), 1e-9)
+        seg_h = np.arctan2(d[:, 1], d[:, 0])
+        step = max(1, 2_000_000 // len(self.seg_a))
+        for c in range(0, n, step):  # [n, S] blocks
+            p = xy[c:c + step]
+            rel = p[:, None] - self.seg_a[None]
+            u = np.clip((rel * d[None]).sum(-1) / L ** 2, 0, 1)
+            dist = np.linalg.norm(rel - u[..., None] * d[None], axis=-1)
+            ok = np.abs(wrap_angle(heading[c:c + step, None] - seg_h[None])) < max_angle
+            cost = np.where(ok & (dist <= max_dist), dist, np.inf)
+            best = np.argmin(cost, 1)
+            r = np.arange(len(p))
+            found = np.isfinite(cost[r, best])
+            lane[c:c + step] = np.where(found, self.seg_lane[best], -1)
+            s[c:c + step] = self.seg_s[best] + u[r, best] * L[best]
+            lat[c:c + step] = (d[best, 0] * rel[r, best, 1] - d[best, 1] * rel[r, best, 0]) / L[best]
+        return lane, s, lat
+
+
+@dataclass
+class Routes:
+    """Padded routes of N followers, resampled every ``ds`` m from each follower's start.
+
+    Attributes:
+        xy: float [N, R, 2] route points (world), padded by repeating the end; heading: [N, R] smoothed
+        tangent; length: [N] m; lanes: per follower the lane indices it passes; lane_s: per follower the
+        route arc length at which each of those lanes starts (m, may be negative for the first).
+    """
+
+    xy: np.ndarray
+    heading: np.ndarray
+    length: np.ndarray
+    lanes: list[list[int]]
+    lane_s: list[list[float]]
+    ds: float
+    speed_cap: np.ndarray
+    """[N, R] m/s: sqrt(max_lateral_accel / curvature), lowered so that the next caps are reachable braking at
+    comfort_brake (a backward pass)."""
+
+    @staticmethod
+    def concat(parts: list["Routes"]) -> "Routes":
+        """The routes of several scenes as one (padded to the longest; same ds)."""
+        r = max(p.xy.shape[1] for p in parts)
+        pad = lambda x: np.concatenate([x, np.repeat(x[:, -1:], r - x.shape[1], 1)], 1)  # noqa: E731
+        return Routes(np.concatenate([pad(p.xy) for p in parts]), np.concatenate([pad(p.heading) for p in parts]),
+                      np.concatenate([p.length for p in parts]), sum((p.lanes for p in parts), []),
+                      sum((p.lane_s for p in parts), []), parts[0].ds,
+                      np.concatenate([pad(p.speed_cap) for p in parts]))
+
+    def pose(self, s: np.ndarray, lateral: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """World (xy [N, 2], heading [N]) at arc length s [N] (clipped to the route) and lateral offset [N]."""
+        n, r = self.heading.shape
+        f = np.clip(s / self.ds, 0, r - 1)
+        i0 = np.minimum(np.floor(f).astype(int), r - 2) if r > 1 else np.zeros(n, int)
+        w = (f - i0)[:, None] if r > 1 else np.zeros((n, 1))
+        rows = np.arange(n)
+        i1 = np.minimum(i0 + 1, r - 1)
+        xy = self.xy[rows, i0] * (1 - w) + self.xy[rows, i1] * w
+        h = self.heading[rows, i0] + wrap_angle(self.heading[rows, i1] - self.heading[rows, i0]) * w[:, 0]
+        if lateral is not None:
+            xy = xy + lateral[:, None] * np.stack([-np.sin(h), np.cos(h)], -1)
+        return xy, wrap_angle(h)
+
+
+def _route_points(graph: LaneGraph, lane: int, s: float, length: float, guide: np.ndarray | None,
+                  rng: np.random.Generator) -> tuple[np.ndarray, list[int], list[float]]:
+    """Walk the graph from (lane, s) for ``length`` m; at each branch take the successor nearest the guide
+    path [G, 2] beyond the branch point (a random one when the guide ends before it)."""
+    pts, lanes, starts = [graph.pts[lane]], [lane], [-s]
+    covered = _polyline_length(graph.pts[lane]) - s
+    visited = {lane}
+    while covered < length and len(lanes) < 32:
+        cands = [c for c in graph.succ[lanes[-1]] if c not in visited]
+        if not cands:
+            break
+        nxt = cands[0]
+        if len(cands) > 1:
+            end = pts[-1][-1]
+            ahead = None
+            if guide is not None and len(guide):
+                k = int(np.argmin(np.linalg.norm(guide - end, axis=-1)))
+                ahead = guide[k + 1: k + 31]
+                if len(ahead) and np.linalg.norm(ahead[-1] - end) < 2.0:
+                    ahead = None  # the guide stops at the branch: no preference
+            if ahead is None or not len(ahead):
+                nxt = cands[int(rng.integers(len(cands)))]
+            else:
+                score = [np.min(np.linalg.norm(ahead[:, None] - graph.pts[c][None], axis=-1), 1).mean() for c in cands]
+                nxt = cands[int(np.argmin(score))]
+        starts.append(starts[-1] + _polyline_length(pts[-1]))
+        pts.append(graph.pts[nxt])
+        lanes.append(nxt)
+        visited.add(nxt)
+        covered += _polyline_length(graph.pts[nxt])
+    return np.concatenate([pts[0]] + [p[1:] if np.allclose(p[0], q[-1]) else p for p, q in zip(pts[1:], pts)]), \
+        lanes, starts
+
+
+def _polyline_length(p: np.ndarray) -> float:
+    return float(np.linalg.norm(np.diff(p, axis=0), axis=1).sum())
+
+
+def build_routes(graph: LaneGraph, lane: np.ndarray, s: np.ndarray, length: float,
+                 guides: list[np.ndarray | None] | None = None, rng: np.random.Generator | None = None,
+                 ds: float = 0.5, smooth_m: float = 2.0, max_lateral_accel: float = 3.0,
+                 comfort_brake: float = 2.0) -> Routes:
+    """Routes of ``length`` m (or to the end of the mapped lanes) from (lane [N], s [N]), resampled every ds
+    from the start pose; points and tangent headings box-smoothed over +-smooth_m so that lane joints do not spin
+    a car, with a curvature speed cap (lateral acceleration at most max_lateral_accel m/s^2)."""
+    rng = rng or np.random.default_rng(0)
+    guides = guides or [None] * len(lane)
+    xs, lanes, lane_s = [], [], []
+    for i in range(len(lane)):
+        p, ls, st = _route_points(graph, int(lane[i]), float(s[i]), length, guides[i], rng)
+        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
+        q = np.arange(s[i], max(cum[-1], s[i] + ds) + 1e-9, ds)
+        q = np.minimum(q, cum[-1])
+        xs.append(np.stack([np.interp(q, cum, p[:, 0]), np.interp(q, cum, p[:, 1])], -1))
+        lanes.append(ls)
+        lane_s.append(st)
+    r = max((len(x) for x in xs), default=1)
+    n = len(xs)
+    xy = np.zeros((n, max(r, 2), 2))
+    length_m = np.zeros(n)
+    for i, x in enumerate(xs):
+        xy[i, :len(x)] = x
+        xy[i, len(x):] = x[-1]
+        length_m[i] = (len(x) - 1) * ds
+    # tangent from central differences, box-smoothed on the unit circle; padding keeps the last heading
+    d = np.gradient(xy, axis=1) if xy.shape[1] > 1 else np.zeros_like(xy)
+    norm = np.linalg.norm(d, axis=-1, keepdims=True)
+    u = np.where(norm > 1e-9, d / np.maximum(norm, 1e-9), np.nan)
+    for i, x in enumerate(xs):  # padded tail and zero-length steps take the last real direction
+        last = max(len(x) - 1, 1)
+        seg = u[i, :last + 1]
+        good = np.isfinite(seg[:, 0])
+        if not good.any():
+            u[i] = [1.0, 0.0]
+            continue
+        idx = np.maximum.accumulate(np.where(good, np.arange(len(seg)), 0))
+        first = np.argmax(good)
+        idx[:first] = first
+        u[i, :last + 1] = seg[idx]
+        u[i, last + 1:] = seg[idx[-1]]
+    k = max(int(round(smooth_m / ds)), 0)
+    if k:
+        box = lambda x: (lambda c: (c[:, 2 * k + 1:] - c[:, :-2 * k - 1]) / (2 * k + 1))(  # noqa: E731
+            np.cumsum(np.pad(x, ((0, 0), (k + 1, k), (0, 0)), mode="edge"), axis=1))
+        u = box(u)
+        # positions too: a polyline kink would otherwise turn the velocity within one step
+        xy = np.where(np.arange(xy.shape[1])[None, :, None] < np.maximum(length_m / ds, 1)[:, None, None],
+                      box(xy), xy)
+    heading = np.arctan2(u[..., 1], u[..., 0])
+    curv = np.zeros_like(heading)
+    curv[:, 1:] = np.abs(wrap_angle(np.diff(heading, axis=1))) / ds
+    cap = np.sqrt(max_lateral_accel / np.maximum(curv, 1e-4))
+    for r in range(cap.shape[1] - 2, -1, -1):  # O(R) passes vectorised over routes
+        cap[:, r] = np.minimum(cap[:, r], np.sqrt(cap[:, r + 1] ** 2 + 2 * comfort_brake * ds))
+    return Routes(xy, heading, length_m, lanes, lane_s, ds, cap)
+
+
+@dataclass(frozen=True)
+class FollowConfig:
+    """Longitudinal control along a route (IDM terms) and the lateral bound."""
+
+    max_accel: float = 2.0
+    """m/s^2, IDM's a."""
+    comfort_brake: float = 2.0
+    """m/s^2, IDM's b."""
+    max_brake: float = 6.0
+    """m/s^2: the deceleration bound (an emergency stop still stays under it; see the module docstring)."""
+    headway_s: float = 1.2
+    """IDM's time headway T."""
+    min_gap_m: float = 2.0
+    """IDM's jam distance s0 (bumper to bumper)."""
+    lookahead_m: float = 40.0
+    """Corridor length searched for a leader (plus 3 s of travel)."""
+    corridor_margin_m: float = 0.3
+    """An agent is in the corridor when its centre is within (own half width + its half width + margin) of the
+    route."""
+    max_lateral: float = 0.5
+    """m: bound on the offset from the lane centre."""
+    lateral_decay_s: float = 3.0
+    heading_decay_s: float = 1.0
+
+
+def route_stops(routes: Routes, graph: LaneGraph, sc: Scenario) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The signals on each route: ((stop_s [N, K] route arc length where a controlled lane starts, padded with
+    inf; light [N, K] index into ``red``, -1 for padding), red bool [K_lights, T] (stop states per step))."""
+    lights = list(sc.traffic_lights.values())
+    light_lane = {str(tl.lane): i for i, tl in enumerate(lights)}
+    red = np.zeros((max(len(lights), 1), sc.length), bool)
+    for i, tl in enumerate(lights):
+        st = [x in RED_STATES for x in tl.states][: sc.length]
+        red[i, :len(st)] = st
+    rows = []
+    for lanes, starts in zip(routes.lanes, routes.lane_s):
+        rows.append([(st, light_lane[graph.ids[ln]]) for ln, st in zip(lanes, starts)
+                     if graph.ids[ln] in light_lane and st > 0])
+    k = max((len(r) for r in rows), default=0)
+    s = np.full((len(rows), max(k, 1)), np.inf)
+    idx = np.full((len(rows), max(k, 1)), -1)
+    for i, r in enumerate(rows):
+        for j, (st, li) in enumerate(r):
+            s[i, j], idx[i, j] = st, li
+    return (s, idx), red
+
+
+def follow_routes(routes: Routes, speed0: np.ndarray, lateral0: np.ndarray, size: np.ndarray,
+                  desired_speed: np.ndarray, others_xy: np.ndarray, others_h: np.ndarray, others_size: np.ndarray,
+                  others_valid: np.ndarray, others_speed: np.ndarray | None = None,
+                  red: np.ndarray | None = None, stops: tuple[np.ndarray, np.ndarray] | None = None,
+                  cfg: FollowConfig = FollowConfig(), group: np.ndarray | None = None,
+                  others_group: np.ndarray | None = None, heading0: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Drive N followers along their routes for T steps (step 0 = the start pose), keeping gaps.
+
+    Several scenes go in one call (their followers and agents concatenated, ``group`` / ``others_group``
+    naming each one's scene): bodies only interact within a scene, and the per-step numpy work is shared.
+
+    Each step, per follower: the leader is the nearest agent ahead whose centre lies in the corridor (the
+    route widened by both half widths) within the look-ahead: replayed agents at that step, other
+    followers at their previous pose, a red light's stop line (``red`` [K_lights, T] with ``stops`` from the
+    routes' controlled lanes), or the end of the route. Acceleration = min(desired, IDM interaction)
+    clipped to [-max_brake, max_accel], with desired = (desired_speed - v) / 1 s.
+
+    Args:
+        routes: from :func:`build_routes`; speed0 [N] m/s; lateral0 [N] m, the start's offset from the lane
+        centre (callers placing new vehicles clip it to ``cfg.max_lateral``), decaying over lateral_decay_s;
+        size [N, 2] (length, width); desired_speed [N, T] m/s; others_* [A, T, ...] agents that do not react
+        (world); others_speed [A, T] (default: from positions); group [N], others_group [A] int scene
+        indices (default: one scene); heading0 [N] the start heading (default: the lane's), whose difference
+        from the lane's decays over heading_decay_s.
+    Returns:
+        xy [N, T, 2], heading [N, T], speed [N, T], hit bool [N]: whether the follower's box overlaps another
+        agent's (or a higher-priority follower's, i.e. one of lower index) at some step.
+    """
+    n, T = len(speed0), desired_speed.shape[1]
+    xy_out, h_out, v_out = np.zeros((n, T, 2)), np.zeros((n, T)), np.zeros((n, T))
+    hit = np.zeros(n, bool)
+    if n == 0:
+        return xy_out, h_out, v_out, hit
+    a_cnt = len(others_xy)
+    if others_speed is None:
+        others_speed = np.zeros(others_valid.shape)
+        if others_xy.shape[1] > 1:
+            others_speed[:, 1:] = np.linalg.norm(np.diff(others_xy, axis=1), axis=-1) / DT
+            others_speed[:, 0] = others_speed[:, 1]
+    lat0 = np.asarray(lateral0, np.float64)
+    dh0 = np.zeros(n) if heading0 is None else wrap_angle(heading0 - routes.heading[:, 0])
+    s, v = np.zeros(n), np.maximum(speed0, 0.0)
+    half_w, rad = size[:, 1] / 2, np.sqrt((size ** 2).sum(-1)) / 2
+    o_rad = np.sqrt((others_size ** 2).sum(-1)) / 2                                        # [a, T]
+    stride = max(int(round(4.0 / routes.ds)), 1)  # corridor window points 4 m apart, refined on their segments
+    rows = np.arange(n)
+    group = np.zeros(n, int) if group is None else np.asarray(group)
+    others_group = np.zeros(a_cnt, int) if others_group is None else np.asarray(others_group)
+    # the (follower, body) pairs that can interact: same scene, not itself; bodies = replayed agents then
+    # followers. Fixed for the whole rollout, so every step works on flat pair lists: O(sum over scenes of
+    # n_s (a_s + n_s)) instead of the full [n, a + n] block of a multi-scene batch.
+    pi, pj = np.nonzero(group[:, None] == np.concatenate([others_group, group])[None])
+    keep = pj != a_cnt + pi
+    pi, pj = pi[keep], pj[keep]
+    prio = (pj < a_cnt) | (pj - a_cnt < pi)  # collisions count against replayed agents and higher-priority followers
+    n_r = routes.xy.shape[1]
+    rxy, rh = routes.xy.reshape(-1, 2), routes.heading.reshape(-1)
+    stop_s, stop_light = stops if stops is not None else (np.full((n, 1), np.inf), np.full((n, 1), -1))
+    for t in range(T):
+        lat = lat0 * np.exp(-t * DT / cfg.lateral_decay_s)
+        xy, h = routes.pose(s, lat)
+        h = wrap_angle(h + dh0 * np.exp(-t * DT / cfg.heading_decay_s))
+        xy_out[:, t], h_out[:, t], v_out[:, t] = xy, h, v
+        # every body at this step: replayed agents, then the followers
+        ob_xy = np.concatenate([others_xy[:, t], xy])
+        ob_h = np.concatenate([others_h[:, t], h])
+        ob_len = np.concatenate([others_size[:, t, 0], size[:, 0]])
+        ob_hw = np.concatenate([others_size[:, t, 1], size[:, 1]]) / 2
+        ob_rad = np.concatenate([o_rad[:, t], rad])
+        ob_ok = np.concatenate([others_valid[:, t], np.ones(n, bool)])
+        rel = ob_xy[pj] - xy[pi]                                                           # [P, 2]
+        d2 = (rel ** 2).sum(-1)
+        ok = ob_ok[pj]
+        # collisions: with replayed agents, and with followers of lower index (they have priority)
+        near = np.flatnonzero(ok & prio & (d2 <= (rad[pi] + ob_rad[pj]) ** 2))
+        if len(near):
+            i, j = pi[near], pj[near]
+            ov = boxes_overlap(xy[i], h[i], size[i], ob_xy[j], ob_h[j], np.stack([ob_len[j], 2 * ob_hw[j]], -1))
+            hit[i[ov]] = True
+        if t == T - 1:
+            break
+        # leaders: bodies near and not behind, projected on each follower's route ahead
+        ob_v = np.concatenate([others_speed[:, t], v])
+        look = cfg.lookahead_m + 3.0 * v                                                   # [n]
+        # a cone ahead (lateral <= 4 m + 0.7 x longitudinal) holds every point a route reaches without a U-turn
+        lon = rel[:, 0] * np.cos(h)[pi] + rel[:, 1] * np.sin(h)[pi]
+        lat_ = np.abs(rel[:, 1] * np.cos(h)[pi] - rel[:, 0] * np.sin(h)[pi])
+        c = np.flatnonzero(ok & (d2 <= (look[pi] + 5.0) ** 2) & (lon > -5.0) & (lat_ <= 4.0 + 0.7 * np.maximum(lon, 0)))
+        gap = np.full(n, np.inf)
+        lead_v = np.zeros(n)
+        if len(c):
+            fi, oj = pi[c], pj[c]
+            p_ = np.arange(len(fi))
+            # the route's arc length to a point is at least the straight distance (less 3 m of slack) and, in
+            # the cone, at most 1.6x it: search that stretch only
+            d = np.sqrt(d2[c])
+            base = np.floor(s[fi] / routes.ds).astype(int) + stride * np.floor(np.maximum(d - 3.0, 0) / (
+                stride * routes.ds)).astype(int)
+            w_win = int(np.ceil((0.6 * d.max() + 8.0) / (stride * routes.ds))) + 2
+            widx = np.minimum(base[:, None] + stride * np.arange(w_win)[None], n_r - 1)        # [P, W]
+            flat = fi[:, None] * n_r + widx
+            q = ob_xy[oj]
+            wd = ((rxy[flat] - q[:, None]) ** 2).sum(-1)                                      # [P, W]
+            k = np.argmin(wd, 1)
+            # refine on the two coarse segments around the nearest coarse point
+            a_i, b_i = widx[p_, np.maximum(k - 1, 0)], widx[p_, np.minimum(k + 1, w_win - 1)]
+            a_pt, b_pt = rxy[fi * n_r + a_i], rxy[fi * n_r + b_i]
+            ab = b_pt - a_pt
+            u = np.clip(((q - a_pt) * ab).sum(-1) / np.maximum((ab ** 2).sum(-1), 1e-9), 0, 1)
+            dist = np.sqrt(((a_pt + u[:, None] * ab - q) ** 2).sum(-1))
+            r_ob = a_i + u * (b_i - a_i)
+            s_ob = r_ob * routes.ds
+            rel_h = np.abs(wrap_angle(ob_h[oj] - rh[fi * n_r + np.round(r_ob).astype(int)]))
+            aligned = (rel_h < np.pi / 4) | (rel_h > 3 * np.pi / 4)
+            inside = (dist <= half_w[fi] + np.where(aligned, ob_hw[oj], ob_rad[oj]) + cfg.corridor_margin_m) \
+                & (s_ob > s[fi]) & (s_ob - s[fi] <= look[fi]) & (s_ob < routes.length[fi] + 1e-6)
+            g = s_ob - s[fi] - size[fi, 0] / 2 - np.where(aligned, ob_len[oj] / 2, ob_rad[oj])
+            g = np.where(inside, g, np.inf)
+            np.minimum.at(gap, fi, g)
+            is_lead = inside & (g <= gap[fi])
+            lead_v[fi[is_lead]] = np.maximum(ob_v[oj[is_lead]] * np.cos(rel_h[is_lead]), 0.0)
+        # the end of the mapped route and red lights are standing obstacles
+        end_gap = routes.length - s - size[:, 0] / 2
+        use = end_gap < gap
+        gap, lead_v = np.where(use, end_gap, gap), np.where(use, 0.0, lead_v)
+        if red is not None:
+            is_red = np.where(stop_light >= 0, red[np.maximum(stop_light, 0), min(t + 1, red.shape[1] - 1)], False)
+            sg = np.where(is_red & (stop_s - s[:, None] > size[:, :1] / 2), stop_s - s[:, None] - size[:, :1] / 2,
+                          np.inf).min(1)
+            use = sg < gap
+            gap, lead_v = np.where(use, sg, gap), np.where(use, 0.0, lead_v)
+        # the curvature cap here and 1 s ahead (the speed follows its target with a 1 s time constant)
+        last_r = routes.speed_cap.shape[1] - 1
+        f0 = np.clip(s / routes.ds, 0, last_r).astype(int)
+        f1 = np.clip((s + v * 1.0) / routes.ds, 0, last_r).astype(int)
+        cap = np.minimum(routes.speed_cap[rows, f0], routes.speed_cap[rows, f1])
+        want = (np.minimum(np.maximum(desired_speed[:, t + 1], 0.0), cap) - v) / 1.0
+        s_star = cfg.min_gap_m + np.maximum(0.0, v * cfg.headway_s
+                                            + v * (v - lead_v) / (2 * np.sqrt(cfg.max_accel * cfg.comfort_brake)))
+        inter = cfg.max_accel * (1 - (s_star / np.maximum(gap, 0.1)) ** 2)
+        acc = np.clip(np.minimum(want, np.where(np.isfinite(gap), inter, np.inf)), -cfg.max_brake, cfg.max_accel)
+        v_new = np.maximum(v + acc * DT, 0.0)
+        s = np.minimum(s + (v + v_new) / 2 * DT, np.maximum(routes.length - size[:, 0] / 2, s))
+        v = v_new
+    return xy_out, h_out, v_out, hit
