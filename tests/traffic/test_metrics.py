@@ -210,13 +210,13 @@ def test_realism_ranks_logged_above_constant_velocity_above_random(real):
 def test_agent_count_distance_and_sample_diversity(real):
     """Two identical samples per scene: no diversity, counts matched; two random draws differ from each other,
     and half the vehicles count as a 0.5 count distance."""
-    scenes = real[4:6]
+    scenes = real[5:6]  # one Waymo scene (91 frames): the rates are computed for every agent and step
     same = evaluate_traffic(scenes + scenes, scenes)
     assert same["diversity_position"] == 0.0 and same["agent_count_distance"] == 0.0
     rng = np.random.default_rng(0)
     counts = [len(scene_attributes(sc)["speed"]) for sc in scenes]
     draws = [random_lane_traffic(sc, n, 20, rng) for _ in range(2) for sc, n in zip(scenes, counts)]
     r = evaluate_traffic(draws, scenes)
-    assert r["diversity_position"] > 0.1 and math.isnan(evaluate_traffic(draws[:2], scenes)["diversity_position"])
+    assert r["diversity_position"] > 0.1 and math.isnan(evaluate_traffic(draws[:1], scenes)["diversity_position"])
     half = [random_lane_traffic(sc, n // 2, 20, rng) for sc, n in zip(scenes, counts)]
     assert abs(evaluate_traffic(half, scenes)["agent_count_distance"] - 0.5) < 0.05
