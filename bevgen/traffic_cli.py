@@ -138,7 +138,8 @@ def traffic_eval(
     (2025 weights) and minADE. metrics.json holds every figure with its definition."""
     from sim_bridge.dataset import ScenarioDataset
     from sim_bridge.scenario import ScenarioError
-    from traffic.metrics import REALISM_BINS, REALISM_WEIGHTS, evaluate_traffic
+    from traffic.metrics import evaluate_traffic
+    from traffic.realism import REALISM_BINS, REALISM_WEIGHTS
     from traffic.sim_agents import ROLLOUT_METHODS, evaluate_realism
 
     if generated is None and not realism:

@@ -8,7 +8,8 @@ the old yield check could only stop dead). Instead each vehicle gets
 * **longitudinal motion** along the route with IDM-style gap keeping (Treiber et al. 2000) to whatever
   stands in its corridor ahead (logged agents, the ego, other generated vehicles, a red light's stop
   line, the end of the mapped lanes), acceleration bounded to [-``max_brake``, ``max_accel``];
-* a **bounded lateral offset** from the lane centre that decays over ``lateral_decay_s``.
+* a **bounded lateral offset** from the lane centre that decays over ``lateral_decay_m`` of travel (a car only
+  moves sideways, or turns, by driving: a standing one keeps its pose).
 
 So a rollout stays on the lane surfaces by construction: its centre is never farther than
 ``max_lateral`` from a lane centre line.
@@ -306,8 +307,10 @@ class FollowConfig:
     route."""
     max_lateral: float = 0.5
     """m: bound on the offset from the lane centre."""
-    lateral_decay_s: float = 3.0
-    heading_decay_s: float = 1.0
+    lateral_decay_m: float = 15.0
+    """m travelled over which the start's offset from the lane centre decays (by 1/e)."""
+    heading_decay_m: float = 5.0
+    """m travelled over which the start's heading difference from the lane decays (by 1/e)."""
 
 
 def route_stops(routes: Routes, graph: LaneGraph, sc: Scenario) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
@@ -352,11 +355,11 @@ def follow_routes(routes: Routes, speed0: np.ndarray, lateral0: np.ndarray, size
 
     Args:
         routes: from :func:`build_routes`; speed0 [N] m/s; lateral0 [N] m, the start's offset from the lane
-        centre (callers placing new vehicles clip it to ``cfg.max_lateral``), decaying over lateral_decay_s;
+        centre (callers placing new vehicles clip it to ``cfg.max_lateral``), decaying over lateral_decay_m;
         size [N, 2] (length, width); desired_speed [N, T] m/s; others_* [A, T, ...] agents that do not react
         (world); others_speed [A, T] (default: from positions); group [N], others_group [A] int scene
         indices (default: one scene); heading0 [N] the start heading (default: the lane's), whose difference
-        from the lane's decays over heading_decay_s.
+        from the lane's decays over heading_decay_m.
     Returns:
         xy [N, T, 2], heading [N, T], speed [N, T], hit bool [N]: whether the follower's box overlaps another
         agent's (or a higher-priority follower's, i.e. one of lower index) at some step.
@@ -392,9 +395,9 @@ def follow_routes(routes: Routes, speed0: np.ndarray, lateral0: np.ndarray, size
     rxy, rh = routes.xy.reshape(-1, 2), routes.heading.reshape(-1)
     stop_s, stop_light = stops if stops is not None else (np.full((n, 1), np.inf), np.full((n, 1), -1))
     for t in range(T):
-        lat = lat0 * np.exp(-t * DT / cfg.lateral_decay_s)
+        lat = lat0 * np.exp(-s / cfg.lateral_decay_m)
         xy, h = routes.pose(s, lat)
-        h = wrap_angle(h + dh0 * np.exp(-t * DT / cfg.heading_decay_s))
+        h = wrap_angle(h + dh0 * np.exp(-s / cfg.heading_decay_m))
         xy_out[:, t], h_out[:, t], v_out[:, t] = xy, h, v
         # every body at this step: replayed agents, then the followers
         ob_xy = np.concatenate([others_xy[:, t], xy])

@@ -1,4 +1,4 @@
-"""Sim-agent rollouts for the realism meta-metric (:func:`traffic.metrics.sim_agent_realism`).
+"""Sim-agent rollouts for the realism meta-metric (:func:`traffic.realism.sim_agent_realism`).
 
 From ``current`` (1 s of logged history: frames 0..10) every agent the traffic models encode (valid at the
 current frame, a vehicle, pedestrian or cyclist, within ``EncodingConfig.range_m`` of the ego, the ego first;
@@ -11,8 +11,8 @@ at most ``max_agents``) is rolled out for ``steps`` (8 s) ``rollouts`` times by 
 * ``constant_velocity``: each agent keeps its current velocity and heading (deterministic);
 * ``random``: controls drawn uniformly every step (acceleration in [-4, 4] m/s^2, yaw rate in [-0.5, 0.5]
   rad/s) and integrated from the current state;
-* ``logged``: the logged future itself, every rollout identical (the upper bound; agents whose log ends
-  stand still at their last pose).
+* ``logged``: the logged future itself, every rollout identical (the upper bound; an agent exists where its
+  log does, :func:`logged_validity`; its pose is held where the log has none).
 
 Letters: r rollout, a agent, f future step.
 """
@@ -27,9 +27,11 @@ import numpy as np
 from sim_bridge.scenario import Scenario
 from traffic.encoding import EncodingConfig, collate, encode_scene, to_world
 from traffic.lanes import LaneGraph, Routes, build_routes, follow_routes, route_stops
-from traffic.metrics import DT, sim_agent_realism
+from traffic.metrics import DT
+from traffic.realism import sim_agent_realism
+from traffic.train import load_models
 
-__all__ = ["ROLLOUT_METHODS", "sim_agents", "rollouts", "evaluate_realism"]
+__all__ = ["ROLLOUT_METHODS", "sim_agents", "rollouts", "logged_validity", "evaluate_realism"]
 
 ROLLOUT_METHODS = ("model", "constant_velocity", "random", "logged")
 ON_LANE_M = 1.5  # m: a vehicle this close to a lane centre (heading within 60 degrees) drives along the lane graph
@@ -131,6 +133,11 @@ def _model(sc: Scenario, current: int, steps: int, n: int, models, enc: Encoding
     return agents, xy, h
 
 
+def logged_validity(sc: Scenario, agents: np.ndarray, current: int = 10, steps: int = 80) -> np.ndarray:
+    """bool [A, steps]: where the ``logged`` rollouts' agents exist (the log's own validity)."""
+    return sc.tracks.valid[agents][:, current + 1: current + 1 + steps]
+
+
 def rollouts(sc: Scenario, method: str, current: int = 10, steps: int = 80, n: int = 32, models=None,
              enc: EncodingConfig = EncodingConfig(), seed: int = 0, lanes: bool = True):
     """(agents [A] track indices, xy [n, A, steps, 2], heading [n, A, steps]) for one scene by ``method``."""
@@ -155,8 +162,6 @@ def evaluate_realism(scenes: list[Scenario], run: str | Path | None = None, meth
     weighs the same, as in WOSAC). ``run``: a traffic training run directory (needed for ``model``)."""
     models, enc = None, EncodingConfig()
     if "model" in methods:
-        from traffic.train import load_models
-
         placement, trajectory, tcfg = load_models(run, device)
         models, enc = (placement, trajectory), tcfg.encoding
     out = {}
@@ -164,7 +169,8 @@ def evaluate_realism(scenes: list[Scenario], run: str | Path | None = None, meth
         rows, t0 = [], time.perf_counter()
         for sc in scenes:
             agents, xy, h = rollouts(sc, m, current, steps, n, models, enc, seed)
-            rows.append({"scene": sc.id, **sim_agent_realism(sc, agents, xy, h, current)})
+            valid = logged_validity(sc, agents, current, steps) if m == "logged" else None
+            rows.append({"scene": sc.id, **sim_agent_realism(sc, agents, xy, h, current, valid)})
         lik = {k: float(np.nanmean([r["likelihoods"][k] for r in rows])) for k in rows[0]["likelihoods"]}
         out[m] = {"meta_metric": float(np.mean([r["meta_metric"] for r in rows])), "likelihoods": lik,
                   "min_ade": float(np.mean([r["min_ade"] for r in rows])),

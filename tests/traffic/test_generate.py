@@ -126,11 +126,13 @@ def test_augment_doubles_traffic_and_keeps_logged_agents(traffic_run, real_dir, 
         assert added == raw["metadata"]["bevgen_traffic"]["generated_vehicles"] <= wanted, (name, added, wanted)
         added_total += added
         wanted_total += wanted
-    # the vehicle count near the ego (nearly) doubles. Measured with this 40-step model and two refill rounds:
-    # 118 of 137 (86%); crowded nuScenes scenes have little free lane left. The bar is 80% here; placing
-    # every requested vehicle is a target of the traffic-realism work, not met yet.
+    # the vehicle count near the ego (nearly) doubles. Inserted vehicles now drive the lane graph and keep their
+    # gaps, and replayed traffic cannot brake for them: of the vehicles dropped because something still hits
+    # them, 2 in 3 are run into from behind by a logged car that followed its own logged leader (measured).
+    # With this 40-step model and two refill rounds 103-105 of 137 are placed (75-77%; a third round: 106, at
+    # 3x the time); the benchmark's trained model places 117 of 137 (85%). The bar here is 72%.
     assert stats["requested"] == wanted_total and stats["placed"] == added_total, (stats, wanted_total)
-    assert added_total >= 0.8 * wanted_total and added_total > 10, (added_total, wanted_total)
+    assert added_total >= 0.72 * wanted_total and added_total > 10, (added_total, wanted_total)
     from traffic.metrics import collision_hits
 
     for sc in ds:  # inserted vehicles wait rather than drive into anybody; ones still hit were dropped

@@ -189,19 +189,21 @@ def test_procedural_reference(tmp_path, road):
 def test_realism_ranks_logged_above_constant_velocity_above_random(real):
     """On real scenes the meta-metric orders the logged future > constant velocity > random controls, and a log
     shifted 3 m sideways (the same motion, off its lane) loses its map and interactive likelihoods."""
-    from traffic.metrics import REALISM_WEIGHTS, sim_agent_realism
-    from traffic.sim_agents import rollouts
+    from traffic.realism import REALISM_WEIGHTS, sim_agent_realism
+    from traffic.sim_agents import logged_validity, rollouts
 
     scores = {m: [] for m in ("logged", "constant_velocity", "random", "shifted")}
     for sc in real[4:6]:  # one nuScenes and one Waymo scene
         for m in ("logged", "constant_velocity", "random"):
             agents, xy, h = rollouts(sc, m, n=8, steps=60)
-            r = sim_agent_realism(sc, agents, xy, h)
+            r = sim_agent_realism(sc, agents, xy, h, sim_valid=logged_validity(sc, agents, steps=60)
+                                  if m == "logged" else None)
             scores[m].append(r["meta_metric"])
             assert set(r["likelihoods"]) == set(REALISM_WEIGHTS) and r["num_agents"] > 10
         agents, xy, h = rollouts(sc, "logged", n=8, steps=60)
         shift = 3.0 * np.stack([-np.sin(h), np.cos(h)], -1)
-        scores["shifted"].append(sim_agent_realism(sc, agents, xy + shift, h)["meta_metric"])
+        scores["shifted"].append(sim_agent_realism(sc, agents, xy + shift, h,
+                                                   sim_valid=logged_validity(sc, agents, steps=60))["meta_metric"])
     mean = {k: float(np.mean(v)) for k, v in scores.items()}
     assert mean["logged"] > mean["constant_velocity"] + 0.02 > mean["random"] + 0.04, mean
     assert mean["shifted"] < mean["logged"] - 0.02, mean
