@@ -47,7 +47,7 @@ INVOCATIONS: dict[str, list[str]] = {
     "traffic generate": ["--data", "{DATA}", "--ckpt", "{TRAFFIC}", "--out", "{OUT}", "-n", "2"],
     "traffic augment": ["--data", "{DATA}", "--ckpt", "{TRAFFIC}", "--out", "{OUT}", "--density", "1.2"],
     "traffic eval": ["--generated", "{DATA}", "--reference", "{DATA}", "--out", "{OUT}", "--ckpt", "{TRAFFIC}",
-                     "--rollouts", "4"],
+                     "--rollouts", "2"],
     "views dataset": ["--scenarios", "{DATA}", "--out", "{OUT}", "-n", "1", "-j", "1"],
     "views sample": ["--ckpt", str(REPO / "checkpoints" / "views_tiny"), "--scenario", "{FILE}", "--out", "{OUT}",
                      "--no-truth", "--steps", "2"],
