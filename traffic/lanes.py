@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim_bridge.envs.factory import IDMConfig
 from sim_bridge.geometry import boxes_overlap, wrap_angle
 from sim_bridge.scenario import Scenario
 
@@ -287,24 +288,11 @@ def build_routes(graph: LaneGraph, lane: np.ndarray, s: np.ndarray, length: floa
 
 
 @dataclass(frozen=True)
-class FollowConfig:
-    """Longitudinal control along a route (IDM terms) and the lateral bound."""
+class FollowConfig(IDMConfig):
+    """Longitudinal control along a route: the IDM terms of the batched simulator's traffic
+    (:class:`sim_bridge.envs.factory.IDMConfig`: a, b, braking bound, headway, jam gap, look-ahead, corridor
+    margin; here the corridor follows the route) plus the lateral bound."""
 
-    max_accel: float = 2.0
-    """m/s^2, IDM's a."""
-    comfort_brake: float = 2.0
-    """m/s^2, IDM's b."""
-    max_brake: float = 6.0
-    """m/s^2: the deceleration bound (an emergency stop still stays under it; see the module docstring)."""
-    headway_s: float = 1.2
-    """IDM's time headway T."""
-    min_gap_m: float = 2.0
-    """IDM's jam distance s0 (bumper to bumper)."""
-    lookahead_m: float = 40.0
-    """Corridor length searched for a leader (plus 3 s of travel)."""
-    corridor_margin_m: float = 0.3
-    """An agent is in the corridor when its centre is within (own half width + its half width + margin) of the
-    route."""
     max_lateral: float = 0.5
     """m: bound on the offset from the lane centre."""
     lateral_decay_m: float = 15.0

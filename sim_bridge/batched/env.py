@@ -36,10 +36,10 @@ from torch import Tensor
 
 from sim_bridge.batched.dynamics import VehicleConfig, bicycle_step, log_pose
 from sim_bridge.batched.events import box_crosses_segments, boxes_overlap, nearby_segments, project_on_route
-from sim_bridge.batched.idm import IDMConfig, idm_advance, scene_at
+from sim_bridge.batched.idm import idm_advance, scene_at
 from sim_bridge.batched.state import (AGENT_HUMAN, AGENT_OBJECT, AGENT_VEHICLE, F_COS, F_SIN, F_VX, F_VY,
                                       BatchedScenarios, SimState)
-from sim_bridge.envs.factory import RewardConfig
+from sim_bridge.envs.factory import IDMConfig, RewardConfig
 from sim_bridge.geometry import vectors_to_frame
 
 __all__ = ["BatchedEnvConfig", "IDMConfig", "reset", "ego_state", "step", "observe", "road_events", "obs_dim",

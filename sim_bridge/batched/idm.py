@@ -12,35 +12,15 @@ Letters: b scene slot, a agent, k nearby agent, W log steps searched.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from sim_bridge.batched.state import AGENT_VEHICLE, F_COS, F_SIN, F_VX, F_VY, BatchedScenarios, SimState
+from sim_bridge.envs.factory import IDMConfig
 
-__all__ = ["IDMConfig", "idm_advance", "scene_at", "IDM_WINDOW"]
+__all__ = ["idm_advance", "scene_at", "IDM_WINDOW"]
 
 IDM_WINDOW = 8  # log steps searched ahead of an IDM vehicle's current one per step
-
-
-@dataclass(frozen=True)
-class IDMConfig:
-    """Gap keeping of IDM traffic (Treiber et al. 2000; the same terms as ``traffic.lanes.FollowConfig``)."""
-
-    max_accel: float = 2.0
-    """m/s^2: IDM's a, also the catch-up acceleration of a vehicle behind its log."""
-    comfort_brake: float = 2.0
-    """m/s^2: IDM's b."""
-    max_brake: float = 6.0
-    """m/s^2: the deceleration bound."""
-    headway_s: float = 1.2
-    min_gap_m: float = 2.0
-    lookahead_m: float = 40.0
-    corridor_margin_m: float = 0.3
-    """A leader is in the corridor when its centre is within (both half widths + margin) of the follower's
-    heading line."""
-
 
 
 def scene_at(batch: BatchedScenarios, scenario: Tensor, tau: Tensor, t: Tensor, speed: Tensor, exact: Tensor,

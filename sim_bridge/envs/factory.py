@@ -16,10 +16,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-__all__ = ["EnvConfig", "RewardConfig", "make_env", "env_fns", "shard", "PROCEDURAL"]
+__all__ = ["IDMConfig", "EnvConfig", "RewardConfig", "make_env", "env_fns", "shard", "PROCEDURAL"]
 
 PROCEDURAL = "procedural"
 DEFAULT_PROCEDURAL_MAPS = 100
+
+
+@dataclass(frozen=True)
+class IDMConfig:
+    """Gap keeping of IDM traffic (Treiber et al. 2000); ``traffic.lanes.FollowConfig`` extends it."""
+
+    max_accel: float = 2.0
+    """m/s^2: IDM's a, also the catch-up acceleration of a vehicle behind its log."""
+    comfort_brake: float = 2.0
+    """m/s^2: IDM's b."""
+    max_brake: float = 6.0
+    """m/s^2: the deceleration bound."""
+    headway_s: float = 1.2
+    min_gap_m: float = 2.0
+    lookahead_m: float = 40.0
+    corridor_margin_m: float = 0.3
+    """A leader is in the corridor when its centre is within (both half widths + margin) of the follower's
+    heading line."""
 
 
 @dataclass(frozen=True)
