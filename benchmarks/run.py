@@ -716,19 +716,22 @@ def _row_lines(results: dict) -> list[str]:
                      f"{tg['s_per_scene_32_vehicles_9s_one_at_a_time']} s one at a time | not like for like with "
                      f"TrafficGen (paper widths): see the paper-preset row |")
         mm = tg["mean_mmd"]
-        lines.append(f"| Traffic realism on held-out real scenes: mean MMD (pos, heading, size, speed) | "
+        preset = f"tiny preset, {tg['train_steps']} training steps"
+        lines.append(f"| Traffic realism ({preset}) on held-out real scenes: mean MMD (pos, heading, size, speed) | "
                      f"model {mm['model']}"
                      f" | random-on-lanes {mm['random_lanes_const_velocity']}, "
                      f"MetaDrive procedural {mm['metadrive_procedural']} |")
         r = tg["realism"]["model"]
-        lines.append(f"| Generated traffic: collision / off-road / kinematic violation rate | {r['collision_rate']} / "
+        lines.append(f"| Generated traffic ({preset}): collision / off-road / kinematic violation rate | "
+                     f"{r['collision_rate']} / "
                      f"{r['offroad_rate']} / {r['kinematic_violation_rate']} | logged: "
                      f"{tg['realism']['logged (reference)']['collision_rate']} / "
                      f"{tg['realism']['logged (reference)']['offroad_rate']} / "
                      f"{tg['realism']['logged (reference)']['kinematic_violation_rate']} |")
         if "sim_agent_realism" in tg:
             sr = tg["sim_agent_realism"]
-            lines.append(f"| Sim-agent realism (WOSAC-style meta-metric, 2025 weights; 1 s history, 8 s x 32 rollouts) "
+            lines.append(f"| Sim-agent realism ({preset}; WOSAC-style meta-metric, 2025 weights; 1 s history, 8 s x 32 "
+                         f"rollouts) "
                          f"on held-out real scenes / minADE | model {sr['model']['meta_metric']} / "
                          f"{sr['model']['min_ade']} m (closes {tg['realism_gap_closed']:.0%} of the constant-velocity "
                          f"to logged gap) | constant velocity {sr['constant_velocity']['meta_metric']} / "
@@ -739,8 +742,8 @@ def _row_lines(results: dict) -> list[str]:
                          f"{sum(met.values())} of {len(met)} met | "
                          + "; ".join(f"{k}: {'met' if v else 'not met'}" for k, v in met.items()) + " |")
         a = tg["augment_density_2"]
-        lines.append(f"| `augment --density 2` on the real scenes | vehicles x{a['ratio']}, inserted collision rate "
-                     f"{a['inserted_collision_rate']} | target < 0.05 |")
+        lines.append(f"| `augment --density 2` on the real scenes ({preset}) | vehicles x{a['ratio']}, inserted "
+                     f"collision rate {a['inserted_collision_rate']} | target < 0.05 |")
         lines.append(f"| Traffic model training (tiny, {tg['train_steps']} steps, 2-core CPU) | {tg['train_s']} s | "
                      f"{tg.get('train_note', '')} |")
     tp = results.get("traffic_paper", {})

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +35,17 @@ def trained_run(tmp_path_factory) -> Path:
     return run
 
 
-def test_ppo_beats_random_policy(trained_run):
+def test_ppo_beats_random_policy_on_held_out_maps(trained_run):
     with open(trained_run / "episodes.csv") as f:
         rewards = [float(r["reward"]) for r in csv.DictReader(f)]
-    random_rows = evaluate("random", "procedural", EvalConfig(episodes=10, reference=False), EASY)["per_scenario"]
-    random_mean = float(np.mean([r["episode_reward"] for r in random_rows]))
-    last = float(np.mean(rewards[-5:]))
-    assert last > 2 * random_mean + 3, f"PPO last-5 mean {last:.2f} vs random {random_mean:.2f}"
     assert np.mean(rewards[-5:]) > np.mean(rewards[:5]), "training reward rises"
-    greedy = evaluate(str(trained_run), "procedural", EvalConfig(episodes=10, reference=False), EASY)
-    assert greedy["route_completion"] > 2 * float(np.mean([r["route_completion"] for r in random_rows]))
+    # scored on 10 maps it never trained on (seeds 1000-1009; training used 0-19), greedy, against random actions
+    held_out = replace(EASY, start_index=1000, num_scenarios=10)
+    random_rows = evaluate("random", "procedural", EvalConfig(episodes=10, reference=False), held_out)["per_scenario"]
+    random_rc = float(np.mean([r["route_completion"] for r in random_rows]))
+    greedy = evaluate(str(trained_run), "procedural", EvalConfig(episodes=10, reference=False), held_out)
+    assert greedy["route_completion"] > 2 * random_rc + 0.05, (greedy["route_completion"], random_rc)
+    assert greedy["episode_reward"] > 2 * float(np.mean([r["episode_reward"] for r in random_rows])) + 3
     # run directory contents: resolved config, TensorBoard events, checkpoints loadable with weights_only
     assert "total_steps: 4096" in (trained_run / "config.yaml").read_text()
     assert list((trained_run / "tb").rglob("events.out.tfevents.*"))

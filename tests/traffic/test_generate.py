@@ -17,12 +17,36 @@ pytestmark = pytest.mark.metadrive
 
 
 @pytest.fixture(scope="module")
-def traffic_run(tmp_path_factory, procedural_dir, real_dir) -> tuple[Path, dict]:
+def real_split(tmp_path_factory, real_dir) -> tuple[Path, Path]:
+    """The benchmark's split of the real scenes: 4 to train on, 3 held out (nuScenes 0916 and 0655, one Waymo)."""
+    from sim_bridge.rl.experiment import split_real
+
+    train_dir, test_dir, _ = split_real(real_dir, tmp_path_factory.mktemp("split"), held_out=3)
+    return train_dir, test_dir
+
+
+@pytest.fixture(scope="module")
+def traffic_run(tmp_path_factory, procedural_dir, real_split) -> tuple[Path, dict]:
+    """The tiny models after 40 steps on the procedural scenes and the 4 real training scenes."""
     run = tmp_path_factory.mktemp("traffic") / "run"
-    cfg = TrafficTrainConfig(data=(str(procedural_dir), str(real_dir)), steps=40, batch_size=6,
+    cfg = TrafficTrainConfig(data=(str(procedural_dir), str(real_split[0])), steps=40, batch_size=6,
                              start_frames=(0, 20), checkpoint_every=20, seed=0)
     summary = train(cfg, run, progress=False)
     return run, summary
+
+
+def _subset(real_dir: Path, names: list[str], out: Path) -> Path:
+    """A dataset directory holding byte-identical copies of some real scenes."""
+    import shutil
+
+    from sim_bridge.dataset import write_index
+
+    out.mkdir()
+    ds = ScenarioDataset(real_dir)
+    for name in names:
+        shutil.copy(ds.path_of(name), out / name)
+    write_index(out, {n: ds.summary[n] for n in names})
+    return out
 
 
 def test_training_loss_falls_and_run_is_complete(traffic_run):
@@ -100,16 +124,44 @@ def test_generate_keeps_sizes_limits_and_replays(traffic_run, real_dir, tmp_path
         env.close()
 
 
+def test_generated_traffic_beats_random_on_lanes_on_held_out_scenes(traffic_run, real_split, tmp_path):
+    """On the 3 real scenes the model never saw, 12 generated vehicles per scene against 12 random-on-lanes ones
+    (uniform on lane centre lines, speed uniform up to the limit, straight constant-velocity motion), both
+    scored against the logged traffic. Measured (seed 0): off-road 0.0 vs 0.35, collisions 0.0 vs 0.78, size +
+    speed MMD 0.81 vs 1.02. Each broken generator fails here: motion that ignores the lane graph (off-road 0.31),
+    placement that ignores the lanes (19 of 36 placed; size + speed MMD 0.98), random weights (0.98)."""
+    from traffic.baselines import random_lane_traffic
+    from traffic.metrics import evaluate_traffic
+
+    run, _ = traffic_run
+    test_dir = real_split[1]
+    report, stats = generate(test_dir, run, tmp_path / "gen", GenerateConfig(num_vehicles=12, batch_size=4))
+    assert not report.failed and stats["placed"] >= 0.9 * stats["requested"] == 0.9 * 36, stats
+    ref = list(ScenarioDataset(test_dir))
+    rng = np.random.default_rng(0)
+    model = evaluate_traffic(ScenarioDataset(tmp_path / "gen"), ref)
+    rand = evaluate_traffic([random_lane_traffic(sc, 12, sc.length, rng) for sc in ref], ref)
+    assert model["offroad_rate"] <= 0.02 and rand["offroad_rate"] >= model["offroad_rate"] + 0.1, (model, rand)
+    assert model["collision_rate"] <= 0.02 and rand["collision_rate"] >= model["collision_rate"] + 0.2
+    learned = lambda m: m["mmd_size"] + m["mmd_speed"]  # noqa: E731  (what the placement model samples)
+    assert learned(model) <= learned(rand) - 0.12, (learned(model), learned(rand))
+
+
 def test_augment_doubles_traffic_and_keeps_logged_agents(traffic_run, real_dir, tmp_path):
     run, _ = traffic_run
+    # four nuScenes scenes and one Waymo scene (the two densest real scenes cost 3/4 of the time of all seven)
+    names = [n for n in ScenarioDataset(real_dir).names if n.endswith(("0061.pkl", "0103.pkl", "0553.pkl",
+                                                                          "0916.pkl", "8a346109094cd5aa.pkl"))]
+    assert len(names) == 5, names
+    data = _subset(real_dir, names, tmp_path / "subset")
     out = tmp_path / "aug"
-    report, stats = augment(real_dir, run, out, GenerateConfig(density=2.0, batch_size=4))
+    report, stats = augment(data, run, out, GenerateConfig(density=2.0, batch_size=4))
     assert not report.failed
     ds = ScenarioDataset(out)
     range_m = load_models(run)[2].encoding.range_m
     added_total, wanted_total = 0, 0
     for name in ds.names:
-        raw, src = load_scenario_dict(ds.path_of(name)), load_scenario_dict(Path(real_dir) / name)
+        raw, src = load_scenario_dict(ds.path_of(name)), load_scenario_dict(data / name)
         # density 2: as many new vehicles as were logged near the ego at frame 0 (at least one)
         log = Scenario.from_dict(src, repair=True)
         tr, ego = log.tracks, log.ego_index
@@ -126,13 +178,12 @@ def test_augment_doubles_traffic_and_keeps_logged_agents(traffic_run, real_dir, 
         assert added == raw["metadata"]["bevgen_traffic"]["generated_vehicles"] <= wanted, (name, added, wanted)
         added_total += added
         wanted_total += wanted
-    # the vehicle count near the ego (nearly) doubles. Inserted vehicles now drive the lane graph and keep their
-    # gaps, and replayed traffic cannot brake for them: of the vehicles dropped because something still hits
-    # them, 2 in 3 are run into from behind by a logged car that followed its own logged leader (measured).
-    # With this 40-step model and two refill rounds 103-105 of 137 are placed (75-77%; a third round: 106, at
-    # 3x the time); the benchmark's trained model places 117 of 137 (85%). The bar here is 72%.
+    # the vehicle count near the ego (nearly) doubles: inserted vehicles drive the lane graph and keep their gaps,
+    # but replayed traffic cannot brake for them, and vehicles a logged car would still run into are dropped. With
+    # this 40-step model and two refill rounds 64 of the 65 asked for are placed on these five scenes (measured);
+    # the bar is 90%. The benchmark's model places 116 of 137 on all seven.
     assert stats["requested"] == wanted_total and stats["placed"] == added_total, (stats, wanted_total)
-    assert added_total >= 0.72 * wanted_total and added_total > 10, (added_total, wanted_total)
+    assert added_total >= 0.9 * wanted_total and added_total > 10, (added_total, wanted_total)
     from traffic.metrics import collision_hits
 
     for sc in ds:  # inserted vehicles wait rather than drive into anybody; ones still hit were dropped
@@ -185,22 +236,12 @@ def test_augment_extend_continues_short_tracks(traffic_run, real_dir, tmp_path):
 
 def test_traffic_eval_writes_the_realism_metric(traffic_run, real_dir, tmp_path):
     """`bevgen traffic eval --ckpt`: the realism meta-metric of the model and the baselines, with definitions."""
-    import shutil
-
     from typer.testing import CliRunner
 
     from bevgen.cli import app
 
     run, _ = traffic_run
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    ds = ScenarioDataset(real_dir)
-    from sim_bridge.dataset import write_index
-
-    names = ds.names[5:6]  # one Waymo scene (9.1 s)
-    for name in names:
-        shutil.copy(ds.path_of(name), ref / name)
-    write_index(ref, {n: ds.summary[n] for n in names})
+    ref = _subset(real_dir, ScenarioDataset(real_dir).names[5:6], tmp_path / "ref")  # one Waymo scene (9.1 s)
     res = CliRunner().invoke(app, ["traffic", "eval", "--reference", str(ref), "--ckpt", str(run), "--rollouts", "4",
                                    "--out", str(tmp_path / "eval")], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
