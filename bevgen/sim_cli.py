@@ -178,12 +178,12 @@ def sim_rollout(
     """Drive one episode and write an animated top-down view: the agent, the traffic and its route."""
     from bevgen.rollout import record_rollout, save_animation
     from sim_bridge.envs.factory import EnvConfig, make_env
-    from sim_bridge.rl.evaluate import make_policy, policy_observation
+    from sim_bridge.rl.evaluate import make_policy, policy_env
 
     try:
-        # a run's policy reads the observation it was trained on ("scene" for batched runs)
-        obs_kind = (policy_observation(policy) if Path(policy).is_dir() else None) or "lidar_state"
-        env_cfg = EnvConfig(data=data, start_index=scenario, num_scenarios=1, observation=obs_kind)
+        # a run's policy reads the observation it was trained on ("scene" for batched runs, with its layout)
+        env_cfg = EnvConfig(data=data, start_index=scenario, num_scenarios=1)
+        env_cfg = policy_env(policy, env_cfg) if Path(policy).is_dir() else env_cfg
         env_cfg.check_scenarios()
     except ValueError as e:
         _fail(str(e))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-__all__ = ["IDMConfig", "EnvConfig", "RewardConfig", "make_env", "env_fns", "shard", "PROCEDURAL"]
+__all__ = ["IDMConfig", "SceneObsConfig", "EnvConfig", "RewardConfig", "make_env", "env_fns", "shard", "PROCEDURAL"]
 
 PROCEDURAL = "procedural"
 DEFAULT_PROCEDURAL_MAPS = 100
@@ -38,6 +38,27 @@ class IDMConfig:
     corridor_margin_m: float = 0.3
     """A leader is in the corridor when its centre is within (both half widths + margin) of the follower's
     heading line."""
+
+
+@dataclass(frozen=True)
+class SceneObsConfig:
+    """Layout of the "scene" observation (``sim_bridge.batched.env.observe``), the same in both simulators.
+
+    Size: 6 ego values + 7 per agent + 2 per route point + 2 per edge point (defaults: 6 + 56 + 20 + 16 = 98).
+    A run saves it with its config; evaluation and rollouts read the layout the policy was trained on.
+    """
+
+    agents: int = 8
+    """Nearest agents observed (relative position and velocity, heading, presence)."""
+    route_points: int = 10
+    """Points of the route ahead."""
+    route_spacing_m: float = 2.0
+    """m between route points (MetaDrive's TrajectoryNavigation uses 2 m); route_points * route_spacing_m is at
+    most the route look-ahead (20 m)."""
+    edge_points: int = 8
+    """Closest points of the nearest road-edge segments."""
+    range_m: float = 50.0
+    """m; positions and velocities are divided by this."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,8 @@ class EnvConfig:
     option; the batched simulator's ``traffic="idm"``: logged vehicles yield to the ego)."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward and termination."""
+    scene_obs: SceneObsConfig = field(default_factory=SceneObsConfig)
+    """Layout of the "scene" observation (ignored by "lidar_state")."""
 
     def __post_init__(self):
         if self.data != PROCEDURAL and not Path(self.data).is_dir():

@@ -38,8 +38,8 @@ __all__ = ["SceneObservation", "scene_env_config", "load_env_scenarios"]
 
 
 def scene_env_config(cfg: EnvConfig, **overrides: Any):
-    """The ``BatchedEnvConfig`` matching an ``EnvConfig`` (horizon, reward, reactive traffic; observation layout
-    defaults).
+    """The ``BatchedEnvConfig`` matching an ``EnvConfig`` (horizon, reward, reactive traffic, observation layout
+    ``scene_obs``).
 
     Both backends build their observation and episode settings from here, so a policy trained on one
     reads the same layout in the other. ``reactive_traffic`` is MetaDrive's IDM traffic in ScenarioEnv and
@@ -48,7 +48,10 @@ def scene_env_config(cfg: EnvConfig, **overrides: Any):
     from sim_bridge.batched.env import BatchedEnvConfig
 
     traffic = "idm" if cfg.reactive_traffic else "log"
-    return replace(BatchedEnvConfig(horizon=cfg.horizon, reward=cfg.reward, traffic=traffic), **overrides)
+    o = cfg.scene_obs
+    return replace(BatchedEnvConfig(horizon=cfg.horizon, reward=cfg.reward, traffic=traffic, obs_agents=o.agents,
+                                    obs_route_points=o.route_points, obs_route_spacing=o.route_spacing_m,
+                                    obs_edge_points=o.edge_points, obs_range=o.range_m), **overrides)
 
 
 def load_env_scenarios(cfg: EnvConfig, device: str | torch.device = "cpu"):

@@ -33,7 +33,8 @@ def batched_run(real_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("ppo_batched") / "run"
     runner = CliRunner()
     res = runner.invoke(app, ["sim", "train", "--train", str(real_dir), "--out", str(run), "--backend", "batched",
-                              "--slots", "8", "--steps", "1024", "--scenarios", "2"] + TINY)
+                              "--slots", "8", "--steps", "1024", "--scenarios", "2",
+                              "--set", "env.scene_obs.agents=4", "--set", "env.scene_obs.route_points=5"] + TINY)
     assert res.exit_code == 0, res.output
     assert "trained steps 0 -> 1024" in res.output.replace("\n", " ")
     res = runner.invoke(app, ["sim", "train", "--train", str(real_dir), "--out", str(run), "--resume",
@@ -47,6 +48,11 @@ def test_sim_train_batched_checkpoints_and_resumes(batched_run):
     ckpt = load_checkpoint(batched_run / "checkpoints" / "latest.pt")
     assert ckpt["step"] == 1536 and ckpt["config"]["backend"] == "batched"
     assert ckpt["config"]["env"]["observation"] == "scene" and ckpt["config"]["batched"]["num_scenes"] == 8
+    # the observation layout is a config field: 6 ego values + 7 x 4 agents + 2 x 5 route points + 2 x 8 edge points
+    assert ckpt["config"]["env"]["scene_obs"] == {"agents": 4, "route_points": 5, "route_spacing_m": 2.0,
+                                                  "edge_points": 8, "range_m": 50.0}
+    first = next(v for k, v in ckpt["model"].items() if k.endswith("weight") and v.dim() == 2)
+    assert first.shape[1] == 6 + 28 + 10 + 16
     assert (batched_run / "checkpoints" / "step_000001024.pt").exists()
     assert list((batched_run / "tb").rglob("events.out.tfevents.*"))
     assert "backend: batched" in (batched_run / "config.yaml").read_text()  # the resume kept the run's settings
@@ -63,6 +69,7 @@ def test_sim_eval_runs_the_batched_policy_in_both_simulators(batched_run, real_d
     assert set(METRIC_KEYS) <= set(m) and m["num_episodes"] == 2
     assert all(r["steps"] <= 40 for r in m["per_scenario"])
     assert m["config"]["env"]["observation"] == "scene"  # taken from the run, not the CLI default
+    assert m["config"]["env"]["scene_obs"]["agents"] == 4 and m["config"]["env"]["scene_obs"]["route_points"] == 5
     assert {r["scenario"] for r in m["per_scenario"]} == {"scene-0061", "scene-0103"}
 
 
