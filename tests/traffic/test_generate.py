@@ -147,13 +147,17 @@ def test_generated_traffic_beats_random_on_lanes_on_held_out_scenes(traffic_run,
     assert learned(model) <= learned(rand) - 0.12, (learned(model), learned(rand))
 
 
-def test_augment_doubles_traffic_and_keeps_logged_agents(traffic_run, real_dir, tmp_path):
-    run, _ = traffic_run
-    # four nuScenes scenes and one Waymo scene (the two densest real scenes cost 3/4 of the time of all seven)
+def _five_real(real_dir: Path, out: Path) -> Path:
+    """Four nuScenes scenes and one Waymo scene (the two densest real scenes take 3/4 of augment's time)."""
     names = [n for n in ScenarioDataset(real_dir).names if n.endswith(("0061.pkl", "0103.pkl", "0553.pkl",
                                                                           "0916.pkl", "8a346109094cd5aa.pkl"))]
     assert len(names) == 5, names
-    data = _subset(real_dir, names, tmp_path / "subset")
+    return _subset(real_dir, names, out)
+
+
+def test_augment_doubles_traffic_and_keeps_logged_agents(traffic_run, real_dir, tmp_path):
+    run, _ = traffic_run
+    data = _five_real(real_dir, tmp_path / "subset")
     out = tmp_path / "aug"
     report, stats = augment(data, run, out, GenerateConfig(density=2.0, batch_size=4))
     assert not report.failed
@@ -213,11 +217,12 @@ def test_torchrun_ddp_two_ranks_on_cpu(procedural_dir, tmp_path):
 def test_augment_extend_continues_short_tracks(traffic_run, real_dir, tmp_path):
     run, _ = traffic_run
     out = tmp_path / "ext"
-    report, stats = augment(real_dir, run, out, GenerateConfig(density=1.0, batch_size=4, extend=True))
+    data = _five_real(real_dir, tmp_path / "subset")
+    report, stats = augment(data, run, out, GenerateConfig(density=1.0, batch_size=4, extend=True))
     assert not report.failed and stats.get("extended", 0) > 0
     checked = 0
     for name in ScenarioDataset(out).names:
-        raw, src = load_scenario_dict(Path(out) / name), load_scenario_dict(Path(real_dir) / name)
+        raw, src = load_scenario_dict(Path(out) / name), load_scenario_dict(data / name)
         for aid, t in src["tracks"].items():
             mine = raw["tracks"][aid]["state"]
             logged = np.asarray(t["state"]["valid"]).astype(bool).reshape(-1)
