@@ -817,9 +817,10 @@ def _row_lines(results: dict) -> list[str]:
                      f"(plain pickle {lo['plain_pickle_ms']} ms) | |")
     bs = results.get("batched_sim", {})
     if "best_steps_per_s" in bs:
-        t2, md = bs["threads_2"], bs["metadrive_scenario_env"]
-        lines.append(f"| Batched simulator (torch, CPU), env steps/s at 128 / 256 / 512 scenes, 2 threads; real scenes "
-                     f"| {t2['scenes_128']} / {t2['scenes_256']} / {t2['scenes_512']}; best {bs['best_steps_per_s']} "
+        t2, t1, md = bs["threads_2"], bs["threads_1"], bs["metadrive_scenario_env"]
+        lines.append(f"| Batched simulator (torch, CPU), env steps/s at 128 / 256 / 512 scenes; real scenes "
+                     f"| 1 thread: {t1['scenes_128']} / {t1['scenes_256']} / {t1['scenes_512']}; 2 threads: "
+                     f"{t2['scenes_128']} / {t2['scenes_256']} / {t2['scenes_512']}; best {bs['best_steps_per_s']} "
                      f"| MetaDrive ScenarioEnv same run {md['steps_per_s']}: **{bs['ratio_vs_metadrive']}x**; "
                      "target 20,000 and 50x |")
         if "idm_traffic_1_thread" in bs:
