@@ -795,7 +795,8 @@ def _row_lines(results: dict) -> list[str]:
                      f"target < 30 min |")
     s3 = results.get("scene3d", {})
     if "images_per_second_64_cpu" in s3:
-        lines.append(f"| scene3d renders at 64x64 (CPU, batch 8) | {s3['images_per_second_64_cpu']} images/s | "
+        lines.append(f"| scene3d renders, tiny preset (configs/scene3d/tiny.yaml), 64x64, CPU, batch 8 | "
+                     f"{s3['images_per_second_64_cpu']} images/s | "
                      f"DisCoScene ~10 images/s at 256x256 on a V100 |")
         lines.append(f"| scene3d tiny training / box_alpha_iou | {s3.get('tiny_train_minutes_measured')} min; "
                      f"IoU {s3.get('box_alpha_iou_trained')} trained | {s3.get('box_alpha_iou_untrained')} "
