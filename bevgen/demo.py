@@ -99,8 +99,9 @@ def _stage_traffic(cfg: DemoConfig, data: Path, out: Path) -> dict:
 def _train_ppo(cfg: DemoConfig, data: Path, run: Path) -> list[dict]:
     """PPO on the batched simulator (observation "scene", which MetaDrive evaluation and the rollout read
     through ``SceneObservation``), warm-started by cloning the scenarios' logged egos, collisions costing 20 as in
-    configs/sim/ppo_60min.yaml (at ScenarioEnv's default 5 the demo's agent covered its route but crashed on the way:
-    route completion 0.70, crash rate 1.0 on the held-out procedural scenes)."""
+    configs/sim/ppo_60min.yaml. On the 4 held-out procedural scenes the agent covers most of its route but runs
+    into a slower car ahead: route completion 0.70 / 0.63, crash rate 1.0 at collision costs 5 / 20 (measured in
+    MetaDrive; docs/batched_sim.md lists what was tried)."""
     summary = run / "train_summary.json"
     if not (summary.exists() and json.loads(summary.read_text())["final_step"] >= cfg.ppo_steps):
         small = cfg.ppo_steps < 16_384
