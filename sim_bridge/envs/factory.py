@@ -53,12 +53,18 @@ class SceneObsConfig:
     route_points: int = 10
     """Points of the route ahead."""
     route_spacing_m: float = 2.0
-    """m between route points (MetaDrive's TrajectoryNavigation uses 2 m); route_points * route_spacing_m is at
-    most the route look-ahead (20 m)."""
+    """m between route points (MetaDrive's TrajectoryNavigation uses 2 m); route_points * route_spacing_m must
+    stay within the simulator's route look-ahead (``sim_bridge.batched.env.ROUTE_LOOKAHEAD``, 32 m)."""
     edge_points: int = 8
     """Closest points of the nearest road-edge segments."""
     range_m: float = 50.0
     """m; positions and velocities are divided by this."""
+
+    def __post_init__(self):
+        if min(self.agents, self.route_points, self.edge_points) < 1:
+            raise ValueError(f"scene_obs: agents, route_points and edge_points must be >= 1, got {self}")
+        if self.route_spacing_m <= 0 or self.range_m <= 0:
+            raise ValueError(f"scene_obs: route_spacing_m and range_m must be > 0, got {self}")
 
 
 @dataclass(frozen=True)

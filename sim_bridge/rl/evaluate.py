@@ -39,7 +39,7 @@ from runkit.config import to_dict
 from sim_bridge.envs.factory import EnvConfig, make_env, shard
 
 __all__ = ["EvalConfig", "evaluate", "write_metrics", "make_policy", "METRIC_KEYS", "summarize_episodes",
-           "policy_observation", "policy_env"]
+           "policy_env"]
 
 METRIC_KEYS = ("success_rate", "route_completion", "crash_rate", "out_of_road_rate", "episode_reward", "num_episodes")
 REFERENCE_POLICIES = ("random", "idm")
@@ -102,22 +102,19 @@ def _trained_env(spec: str) -> dict | None:
     return None if ckpt is None else load_checkpoint(ckpt)["config"]["env"]
 
 
-def policy_observation(spec: str) -> str | None:
-    """The observation a training run's policy reads ("lidar_state" / "scene"); None for random / idm."""
-    env = _trained_env(spec)
-    return None if env is None else str(env.get("observation", "lidar_state"))
+def _with_trained_observation(env_cfg: EnvConfig, trained: dict | None) -> EnvConfig:
+    from sim_bridge.envs.factory import SceneObsConfig
+
+    if trained is None:
+        return env_cfg
+    return replace(env_cfg, observation=str(trained.get("observation", "lidar_state")),
+                   scene_obs=SceneObsConfig(**trained.get("scene_obs", {})))
 
 
 def policy_env(spec: str, env_cfg: EnvConfig) -> EnvConfig:
     """``env_cfg`` with the observation (kind and scene layout) the run ``spec`` was trained on; unchanged for
     random / idm. Runs saved before the layout was configurable read the default layout."""
-    from sim_bridge.envs.factory import SceneObsConfig
-
-    env = _trained_env(spec)
-    if env is None:
-        return env_cfg
-    return replace(env_cfg, observation=str(env.get("observation", "lidar_state")),
-                   scene_obs=SceneObsConfig(**env.get("scene_obs", {})))
+    return _with_trained_observation(env_cfg, _trained_env(spec))
 
 
 def _episode_row(info: dict, total_reward: float, steps: int, scenario: str) -> dict:
@@ -215,8 +212,9 @@ def evaluate(policy: str, data: str | Path, cfg: EvalConfig = EvalConfig(), env:
         A dict with METRIC_KEYS, ``per_scenario`` rows and ``reference`` rows (random, IDM).
     """
     env_cfg = replace(env or EnvConfig(data=str(data)), data=str(data))
-    obs = policy_observation(str(policy))
-    env_cfg = policy_env(str(policy), env_cfg)  # the policy reads what it was trained on
+    trained = _trained_env(str(policy))  # one checkpoint read: the policy reads what it was trained on
+    env_cfg = _with_trained_observation(env_cfg, trained)
+    obs = None if trained is None else env_cfg.observation
     if cfg.simulator == "batched" and obs not in (None, "scene"):
         raise ValueError(f"{policy}: trained on MetaDrive's {obs!r} observation; the batched simulator gives "
                          "'scene' observations only (train with --backend batched)")

@@ -26,6 +26,10 @@ def test_batched_backend_config_checks():
     with pytest.raises(ValueError, match="batched.num_scenes"):  # rollout = n_steps x scene slots
         PPOTrainConfig(backend="batched", env=EnvConfig(observation="scene"), batched=BatchedConfig(num_scenes=3),
                        ppo=PPOConfig(n_steps=10, batch_size=64))
+    # a bad observation layout is refused with the field named, before anything trains
+    res = CliRunner().invoke(app, ["sim", "train", "--train", "procedural", "--out", "/nonexistent/run",
+                                   "--backend", "batched", "--set", "env.scene_obs.agents=0"])
+    assert res.exit_code == 2 and "scene_obs" in res.output, res.output
 
 
 @pytest.fixture(scope="module")
