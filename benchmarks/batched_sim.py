@@ -3,8 +3,9 @@
 ``bench_batched_sim()`` steps 128 / 256 / 512 scenes together (the 7 shared real scenes repeated; the
 ego driven by uniform random actions, everyone else replayed, finished scenes auto-reset through the
 SB3 ``VecEnv``), then MetaDrive's ScenarioEnv on the same scenes (a constant action, ~300 steps
-including resets), and reports steps/s and their ratio, plus how the batched cost grows with agents
-per scene and boundary segments per grid cell. Torch runs with 2 threads (and 1 for reference).
+including resets), and reports steps/s (median of 3 timing windows) and their ratio, plus how the
+batched cost grows with agents per scene and boundary segments per grid cell, IDM traffic and self-play
+(every moving vehicle driven). Torch runs with 2 threads (and 1 for reference).
 
     python benchmarks/batched_sim.py [--quick]
     python benchmarks/batched_sim.py --transfer [OUT]   # bench_batched_transfer(): PPO on batched, eval in both
@@ -26,6 +27,7 @@ REAL_DIR = ROOT.parent / "shared" / "data" / "real-scenarios"
 
 
 def _vec_steps_per_s(batch, num_envs: int, steps: int, warmup: int = 5, seed: int = 0, traffic: str = "log") -> float:
+    """Env steps/s of ``BatchedVecEnv`` (median of 3 windows of ``steps`` steps)."""
     from sim_bridge.batched.env import BatchedEnvConfig, BatchedVecEnv
 
     env = BatchedVecEnv(batch, num_envs, BatchedEnvConfig(traffic=traffic))
@@ -33,10 +35,38 @@ def _vec_steps_per_s(batch, num_envs: int, steps: int, warmup: int = 5, seed: in
     acts = np.random.default_rng(seed).uniform(-1, 1, (warmup + steps, num_envs, 2)).astype(np.float32)
     for i in range(warmup):
         env.step(acts[i])
-    t0 = time.perf_counter()
-    for i in range(warmup, warmup + steps):
+    return _median_rate(lambda i: env.step(acts[warmup + i % steps]), steps) * num_envs
+
+
+def _median_rate(step, steps: int, windows: int = 3) -> float:
+    """Median over ``windows`` timing windows of ``steps`` calls of step(i): calls per second. The 2-core VM
+    this runs on is shared; one window moved by up to 30% between runs, the median of three by much less."""
+    rates = []
+    for w in range(windows):
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(w * steps + i)
+        rates.append(steps / (time.perf_counter() - t0))
+    return float(np.median(rates))
+
+
+def _self_play_steps_per_s(num_scenes: int, steps: int, warmup: int = 5, seed: int = 0) -> dict:
+    """Self-play on the 7 real scenes: every driven vehicle acts (uniform random actions); slot steps/s
+    (the VecEnv's num_envs per step, waiting slots included) and agent steps/s (driven vehicles only)."""
+    from sim_bridge.batched.env import BatchedEnvConfig
+    from sim_bridge.batched.selfplay import SelfPlayVecEnv
+    from sim_bridge.batched.state import SelfPlayConfig, load_batched
+
+    env = SelfPlayVecEnv(load_batched(REAL_DIR, self_play=SelfPlayConfig()), num_scenes, BatchedEnvConfig())
+    env.reset()
+    acts = np.random.default_rng(seed).uniform(-1, 1, (warmup + steps, env.num_envs, 2)).astype(np.float32)
+    for i in range(warmup):
         env.step(acts[i])
-    return num_envs * steps / (time.perf_counter() - t0)
+    agent0 = env.active_agent_steps
+    rate = _median_rate(lambda i: env.step(acts[warmup + i % steps]), steps)
+    active = (env.active_agent_steps - agent0) / (3 * steps * env.num_envs)  # share of slots driving
+    return {"slots": env.num_envs, "slot_steps_per_s": round(env.num_envs * rate, 1),
+            "agent_steps_per_s": round(env.num_envs * rate * active, 1)}
 
 
 def _more_agents(batch, factor: int):
@@ -106,6 +136,8 @@ def bench_batched_sim(quick: bool = False) -> dict:
         "agents_x1": res["threads_1"]["scenes_256"],
         **{f"agents_x{f}": round(_vec_steps_per_s(_more_agents(batch, f), 256, steps), 1) for f in (2, 4)},
         **{f"segments_per_cell_x{f}": round(_vec_steps_per_s(_more_segments(batch, f), 256, steps), 1) for f in (2, 4)}}
+    # self-play (the policy drives up to 8 vehicles per scene, each an agent): same scenes, 1 thread
+    res["self_play_1_thread"] = {f"scenes_{b}": _self_play_steps_per_s(b, steps) for b in (16, 64)}
     # IDM traffic (logged vehicles yield to the ego): same scenes, 1 thread
     res["idm_traffic_1_thread"] = {f"scenes_{b}": round(_vec_steps_per_s(batch, b, steps, traffic="idm"), 1)
                                    for b in (128, 256)}

@@ -829,6 +829,12 @@ def _row_lines(results: dict) -> list[str]:
             lines.append(f"| Same with IDM traffic (logged vehicles yield to the ego), 1 thread, 128 / 256 scenes | "
                          f"{it['scenes_128']} / {it['scenes_256']} | replayed traffic, 1 thread: "
                          f"{t1['scenes_128']} / {t1['scenes_256']} |")
+        if "self_play_1_thread" in bs:
+            sp = bs["self_play_1_thread"]
+            lines.append("| Self-play (every moving vehicle driven, up to 8 per scene), 1 thread, 16 / 64 scenes: "
+                         f"agent steps/s (slot steps/s) | {sp['scenes_16']['agent_steps_per_s']} "
+                         f"({sp['scenes_16']['slot_steps_per_s']}) / {sp['scenes_64']['agent_steps_per_s']} "
+                         f"({sp['scenes_64']['slot_steps_per_s']}) | {sp['scenes_64']['slots']} slots at 64 scenes |")
     bt = results.get("batched_transfer", {})
     if "held_out" in bt and "batched" in bt["held_out"]:
         h, tr = bt["held_out"], bt["train"]

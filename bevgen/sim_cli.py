@@ -34,6 +34,10 @@ def sim_train(
                                           "replays the --train data, observation 'scene'). Default: the config's."),
     slots: Optional[int] = typer.Option(None, "--slots", help="Batched backend: scene slots stepping together "
                                         "(config: batched.num_scenes)."),
+    self_play: Optional[bool] = typer.Option(None, "--self-play/--no-self-play", help="Batched backend: the policy "
+                                             "drives every moving vehicle of each scene (up to "
+                                             "batched.self_play_agents), each an agent of its own (config: "
+                                             "batched.self_play)."),
     scenarios_n: Optional[int] = typer.Option(None, "--scenarios", help="Number of scenarios (0 = whole directory)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     config: Optional[Path] = ConfigOpt,
@@ -65,7 +69,7 @@ def sim_train(
         overrides += [f"backend={backend}"] + (["env.observation=scene"] if backend == "batched" else [])
     overrides += list(set_ or [])
     for key, val in (("total_steps", steps), ("num_envs", envs), ("env.num_scenarios", scenarios_n), ("seed", seed),
-                     ("batched.num_scenes", slots)):
+                     ("batched.num_scenes", slots), ("batched.self_play", self_play)):
         if val is not None:
             overrides.append(f"{key}={val}")
     config = run_config_file(out, resume, config)  # continue with the run's own settings; options still apply
@@ -95,6 +99,8 @@ def sim_eval(
     pool: str = typer.Option("process", help="MetaDrive shards: 'process' (local pool) or 'ray' (local or "
                              "RAY_ADDRESS cluster)."),
     reference: bool = typer.Option(True, help="Also evaluate the random and IDM policies (reference rows)."),
+    self_play: bool = typer.Option(False, "--self-play", help="Batched backend: the policy drives every moving "
+                                   "vehicle of each scene at once; one row per driven vehicle."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
@@ -108,7 +114,8 @@ def sim_eval(
     try:
         env_cfg = load_config(EnvConfig, config, [f"data={data}"] + list(set_ or []))
         cfg = from_dict(EvalConfig, {"episodes": episodes, "workers": workers, "backend": pool,
-                                     "simulator": backend, "reference": reference}, "options")
+                                     "simulator": backend, "reference": reference, "self_play": self_play},
+                        "options")
         result = evaluate(policy, data, cfg, env_cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         _fail(str(e))

@@ -25,7 +25,8 @@ Einsum letters: b scene slot, a agent, k nearby segment, r route point, c coordi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Sequence
 
 import gymnasium as gym
@@ -42,7 +43,8 @@ from sim_bridge.batched.state import (AGENT_HUMAN, AGENT_OBJECT, AGENT_VEHICLE, 
 from sim_bridge.envs.factory import IDMConfig, RewardConfig
 from sim_bridge.geometry import vectors_to_frame
 
-__all__ = ["BatchedEnvConfig", "IDMConfig", "reset", "ego_state", "step", "observe", "road_events", "obs_dim",
+__all__ = ["BatchedEnvConfig", "IDMConfig", "reset", "ego_state", "step", "ego_motion", "judge", "observe",
+           "road_events", "obs_dim", "TensorVecEnv",
            "BatchedVecEnv",
            "DEFAULT_EGO_SIZE"]
 
@@ -118,9 +120,10 @@ def _scene(batch: BatchedScenarios, scenario: Tensor, t: Tensor, xy: Tensor, k: 
         near int64 [b, k'] agent indices by increasing centre distance, k' = min(k, a)).
     """
     n, steps, a, ch = batch.frames.shape
-    row = scenario * steps + torch.minimum(t, batch.length[scenario] - 1)  # rows are contiguous: index_select copies
+    log = batch.scene[scenario]
+    row = log * steps + torch.minimum(t, batch.length[log] - 1)  # rows are contiguous: index_select copies
     is_ego = torch.arange(a, device=t.device) == batch.ego[scenario][:, None]
-    others = (batch.frame_valid.view(n * steps, a).index_select(0, row) & (t < batch.length[scenario])[:, None]
+    others = (batch.frame_valid.view(n * steps, a).index_select(0, row) & (t < batch.length[log])[:, None]
               & ~is_ego & kept)
     agents = batch.frames.view(n * steps, a, ch).index_select(0, row)
     dx, dy = agents[..., 0] - xy[:, 0:1], agents[..., 1] - xy[:, 1:2]
@@ -133,7 +136,7 @@ def reset(batch: BatchedScenarios, scenario: Tensor, cfg: BatchedEnvConfig, kept
     """Start scenes: slot i plays ``scenario[i]`` (int64 [b]) from its first step, the ego on its log, with
     the agents ``kept`` (bool [b, a]; default all)."""
     t = torch.zeros_like(scenario)
-    xy, yaw, speed = log_pose(batch.frames, scenario, batch.ego[scenario], t)
+    xy, yaw, speed = log_pose(batch.frames, batch.scene[scenario], batch.ego[scenario], t)
     return ego_state(batch, scenario, t, xy, yaw, speed, torch.zeros_like(yaw), t, cfg, kept=kept)
 
 
@@ -198,46 +201,60 @@ def step(batch: BatchedScenarios, state: SimState, action: Tensor, cfg: BatchedE
         crash_vehicle, crash_object (objects, pedestrians, cyclists), crash_human (pedestrians,
         cyclists), off_route, on_edge, out_of_road, arrive_dest, route_completion, lateral.
     """
-    sc, t = state.scenario, state.t + 1
-    if cfg.ego_control == "log":
-        xy, yaw, speed = log_pose(batch.frames, sc, state.ego_index, torch.minimum(t, batch.length[sc] - 1))
-        steer, rate = torch.zeros_like(yaw), torch.zeros_like(yaw)
-    else:
-        xy, yaw, speed, rate, steer = bicycle_step(state.ego_xy, state.ego_yaw, state.ego_speed, state.ego_yaw_rate,
-                                                   action, cfg.vehicle)
-    ego = torch.cat([xy, yaw[:, None], state.ego_size], -1)
+    t = state.t + 1
+    xy, yaw, speed, rate, steer = ego_motion(batch, state, action, cfg)
     k_near = max(cfg.obs_agents, cfg.collision_candidates)
     if cfg.traffic == "idm":
+        ego = torch.cat([xy, yaw[:, None], state.ego_size], -1)
         tau, a_speed, exact = idm_advance(batch, state, ego, speed, cfg.idm, cfg.collision_candidates)
-        agents, others, near = scene_at(batch, sc, tau, t, a_speed, exact, xy, k_near, state.kept)
+        agents, others, near = scene_at(batch, state.scenario, tau, t, a_speed, exact, xy, k_near, state.kept)
     else:
-        agents, others, near = _scene(batch, sc, t, xy, k_near, state.kept)
+        agents, others, near = _scene(batch, state.scenario, t, xy, k_near, state.kept)
         tau, a_speed = t[:, None].float().expand_as(others), state.agent_speed
+    moved = replace(state, t=t, ego_xy=xy, ego_yaw=yaw, ego_speed=speed, ego_steer=steer, ego_yaw_rate=rate,
+                    agents=agents, others=others, near=near, agent_tau=tau, agent_speed=a_speed)
+    return judge(batch, state, moved, cfg)
+
+
+def ego_motion(batch: BatchedScenarios, state: SimState, action: Tensor, cfg: BatchedEnvConfig
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The controlled vehicle's next (xy [b, 2], yaw, speed, yaw rate, wheel angle [b]): the bicycle driven by
+    ``action`` [b, 2], or its log (``ego_control="log"``)."""
+    if cfg.ego_control == "log":
+        log, t = batch.scene[state.scenario], state.t + 1
+        xy, yaw, speed = log_pose(batch.frames, log, state.ego_index, torch.minimum(t, batch.length[log] - 1))
+        return xy, yaw, speed, torch.zeros_like(yaw), torch.zeros_like(yaw)
+    return bicycle_step(state.ego_xy, state.ego_yaw, state.ego_speed, state.ego_yaw_rate, action, cfg.vehicle)
+
+
+def judge(batch: BatchedScenarios, before: SimState, moved: SimState, cfg: BatchedEnvConfig
+          ) -> tuple[SimState, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """Events, reward and termination of a step from ``before`` to ``moved`` (the controlled vehicle and the
+    scene at the new step; its route fields are still ``before``'s). Returns what :func:`step` returns."""
+    sc, t, agents, others, near = moved.scenario, moved.t, moved.agents, moved.others, moved.near
+    log = batch.scene[sc]
+    ego = moved.ego_box
     cand = near[:, :cfg.collision_candidates]
     cand_f = agents.gather(1, cand[..., None].expand(-1, -1, agents.shape[-1]))  # [b, c, 9]
     hit = boxes_overlap(ego, cand_f[..., :5], cand_f[..., F_COS:F_SIN + 1]) & others.gather(1, cand)
-    kind = batch.agent_type[sc].gather(1, cand)
+    kind = batch.agent_type[log].gather(1, cand)
     crash_vehicle = (hit & (kind == AGENT_VEHICLE)).any(-1)
     crash_human = (hit & (kind == AGENT_HUMAN)).any(-1)
     crash_object = crash_human | (hit & (kind == AGENT_OBJECT)).any(-1)
-    road = road_events(batch, sc, ego, state.route_index, cfg)
+    road = road_events(batch, sc, ego, before.route_index, cfg)
     idx, progress, lateral = road["route_index"], road["progress"], road["lateral"]
     on_edge, off_route, out_of_road, arrive = (road[k] for k in ("on_edge", "off_route", "out_of_road", "arrive_dest"))
     completion = road["route_completion"]
 
     r = cfg.reward
-    reward = r.driving_reward * (progress - state.progress)
+    reward = r.driving_reward * (progress - before.progress)
     reward = torch.where(crash_vehicle, -r.crash_vehicle_penalty, reward)
     reward = torch.where(crash_object, -r.crash_object_penalty, reward)
     reward = torch.where(arrive, r.success_reward, torch.where(out_of_road, -r.out_of_road_penalty, reward))
     terminated = (arrive | (out_of_road & r.out_of_road_done) | (crash_vehicle & r.crash_vehicle_done)
                   | (crash_object & r.crash_object_done))
-    truncated = ~terminated & ((t >= cfg.horizon) | (cfg.end_with_log & (t >= batch.length[sc] - 1)))
-    new = SimState(scenario=sc, t=t, ego_xy=xy, ego_yaw=yaw, ego_speed=speed, ego_steer=steer, ego_yaw_rate=rate,
-                   ego_size=state.ego_size, ego_index=state.ego_index, agents=agents, others=others,
-                   kept=state.kept, near=near, agent_tau=tau, agent_speed=a_speed,
-                   route_index=idx,
-                   progress=progress, lateral=lateral, done=terminated | truncated)
+    truncated = ~terminated & ((t >= cfg.horizon) | (cfg.end_with_log & (t >= batch.length[log] - 1)))
+    new = replace(moved, route_index=idx, progress=progress, lateral=lateral, done=terminated | truncated)
     info = dict(crash_vehicle=crash_vehicle, crash_object=crash_object, crash_human=crash_human, off_route=off_route,
                 on_edge=on_edge, out_of_road=out_of_road, arrive_dest=arrive, route_completion=completion,
                 lateral=lateral)
@@ -298,14 +315,68 @@ def observe(batch: BatchedScenarios, state: SimState, cfg: BatchedEnvConfig) -> 
     return torch.cat([ego, agents, route.flatten(1), edges.flatten(1)], -1).float()
 
 
-class BatchedVecEnv(VecEnv):
+class TensorVecEnv(VecEnv):
+    """What the batched simulator's VecEnvs share: one in-process batch (no per-index sub-envs), actions
+    as a tensor, per-slot episode return and length, and the infos of finished episodes."""
+
+    render_mode = None  # headless; SB3 asks every VecEnv
+
+    def _init_episodes(self) -> None:
+        self._actions = torch.zeros(self.num_envs, 2, device=self.device)
+        self._ret = torch.zeros(self.num_envs, device=self.device)
+        self._len = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self._t0 = time.time()
+
+    def _final_infos(self, infos: list[dict], idx: Tensor, info: dict[str, Tensor], obs: Tensor, trunc: Tensor) -> None:
+        """Fill ``infos[i]`` for the slots idx [m] whose episode ended at this step (and zero their counters):
+        terminal observation, truncation, outcome flags, return and length (also as SB3's ``episode``)."""
+        final = {k: v[idx].cpu().numpy() for k, v in info.items()}
+        term_obs, ret, length = obs[idx].cpu().numpy(), self._ret[idx].cpu().numpy(), self._len[idx].cpu().numpy()
+        truncs = trunc[idx].cpu().numpy()
+        now = round(time.time() - self._t0, 6)
+        for j, i in enumerate(idx.tolist()):
+            crash_v, crash_o = bool(final["crash_vehicle"][j]), bool(final["crash_object"][j])
+            infos[i] = {"terminal_observation": term_obs[j], "TimeLimit.truncated": bool(truncs[j]),
+                        "route_completion": float(final["route_completion"][j]), "crash": crash_v or crash_o,
+                        "crash_vehicle": crash_v, "crash_object": crash_o,
+                        "out_of_road": bool(final["out_of_road"][j]), "arrive_dest": bool(final["arrive_dest"][j]),
+                        "episode_reward": float(ret[j]), "episode_length": int(length[j]),
+                        "episode": {"r": float(ret[j]), "l": int(length[j]), "t": now}}
+        self._ret[idx] = 0.0
+        self._len[idx] = 0
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = torch.as_tensor(np.asarray(actions), dtype=torch.float32, device=self.device).reshape(-1, 2)
+
+    def close(self) -> None:
+        self.state = None
+
+    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+        return [getattr(self, attr_name)] * len(self._get_indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
+        return [getattr(self, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type, indices=None) -> list[bool]:
+        return [False] * len(self._get_indices(indices))
+
+    def _get_indices(self, indices) -> Sequence[int]:
+        if indices is None:
+            return range(self.num_envs)
+        return [indices] if isinstance(indices, int) else list(indices)
+
+
+class BatchedVecEnv(TensorVecEnv):
     """Stable-baselines3 ``VecEnv`` over :func:`step`: ``num_envs`` scenes stepping as one batch.
 
     Scenes are assigned round-robin over the loaded scenarios; a finished scene is reset at once onto
     the next scenario. A finished step reports the terminal observation in
     ``info["terminal_observation"]`` and ``TimeLimit.truncated``, plus ``route_completion``,
     ``crash``, ``crash_vehicle``, ``crash_object``, ``out_of_road``, ``arrive_dest`` and the
-    episode's return and length (``episode_reward``, ``episode_length``).
+    episode's return and length (``episode_reward``, ``episode_length``, and SB3's ``episode``).
 
     Args:
         batch: the scenarios (moved to ``device``).
@@ -315,8 +386,6 @@ class BatchedVecEnv(VecEnv):
         seed: first scenario index drawn (mod the number of scenarios).
     """
 
-    render_mode = None  # headless; SB3 asks every VecEnv
-
     def __init__(self, batch: BatchedScenarios, num_envs: int, cfg: BatchedEnvConfig = BatchedEnvConfig(),
                  device: str | torch.device = "cpu", seed: int = 0):
         d = obs_dim(cfg)
@@ -324,10 +393,8 @@ class BatchedVecEnv(VecEnv):
                          gym.spaces.Box(-1.0, 1.0, (2,), np.float32))
         self.batch, self.cfg, self.device = batch.to(device), cfg, torch.device(device)
         self._next = seed
-        self._actions = torch.zeros(num_envs, 2, device=self.device)
         self.state: SimState | None = None
-        self._ret = torch.zeros(num_envs, device=self.device)
-        self._len = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self._init_episodes()
         self.traffic_fraction = 1.0
         """Share of the logged agents each new episode keeps (a traffic curriculum raises it to 1 with
         ``set_attr``); each agent is kept with this probability, independently."""
@@ -354,9 +421,6 @@ class BatchedVecEnv(VecEnv):
         self._len.zero_()
         return observe(self.batch, self.state, self.cfg).cpu().numpy()
 
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = torch.as_tensor(np.asarray(actions), dtype=torch.float32, device=self.device).reshape(-1, 2)
-
     def step_wait(self):
         state, reward, term, trunc, info = step(self.batch, self.state, self._actions, self.cfg)
         self._ret += reward
@@ -367,41 +431,9 @@ class BatchedVecEnv(VecEnv):
         if bool(done.any()):
             idx = done.nonzero().squeeze(-1)
             fresh = reset(self.batch, self._draw(int(idx.numel())), self.cfg, self._kept(int(idx.numel())))
-            final = {k: v[idx].cpu().numpy() for k, v in info.items()}
-            term_obs, ret, length = obs[idx].cpu().numpy(), self._ret[idx].cpu().numpy(), self._len[idx].cpu().numpy()
-            truncs = trunc[idx].cpu().numpy()
-            for j, i in enumerate(idx.tolist()):
-                infos[i] = {"terminal_observation": term_obs[j], "TimeLimit.truncated": bool(truncs[j]),
-                            "route_completion": float(final["route_completion"][j]),
-                            "crash": bool(final["crash_vehicle"][j] or final["crash_object"][j]),
-                            "crash_vehicle": bool(final["crash_vehicle"][j]),
-                            "crash_object": bool(final["crash_object"][j]),
-                            "out_of_road": bool(final["out_of_road"][j]), "arrive_dest": bool(final["arrive_dest"][j]),
-                            "episode_reward": float(ret[j]), "episode_length": int(length[j])}
+            self._final_infos(infos, idx, info, obs, trunc)
             state = state.replace_where(done, fresh)
             obs[idx] = observe(self.batch, fresh, self.cfg)
-            self._ret[idx] = 0.0
-            self._len[idx] = 0
         self.state = state
         return obs.cpu().numpy(), reward.cpu().numpy().astype(np.float32), done.cpu().numpy(), infos
 
-    def close(self) -> None:
-        self.state = None
-
-    # ---- the rest of the VecEnv interface: one batched env, no per-index sub-envs ----------------
-    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
-        return [getattr(self, attr_name)] * len(self._get_indices(indices))
-
-    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
-        setattr(self, attr_name, value)
-
-    def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
-        return [getattr(self, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
-
-    def env_is_wrapped(self, wrapper_class: type, indices=None) -> list[bool]:
-        return [False] * len(self._get_indices(indices))
-
-    def _get_indices(self, indices) -> Sequence[int]:
-        if indices is None:
-            return range(self.num_envs)
-        return [indices] if isinstance(indices, int) else list(indices)

@@ -54,11 +54,12 @@ def nearby_segments(batch: BatchedScenarios, scenario: Tensor, xy: Tensor) -> tu
     Returns:
         (segments [b, k, 2, 2], on_map bool [b]); off the grid every slot is the far sentinel.
     """
-    cell = torch.floor((xy - batch.grid_origin[scenario]) / batch.cell).long()  # [b, 2]
-    shape = batch.grid_shape[scenario]
+    log = batch.scene[scenario]
+    cell = torch.floor((xy - batch.grid_origin[log]) / batch.cell).long()  # [b, 2]
+    shape = batch.grid_shape[log]
     on_map = ((cell >= 0) & (cell < shape)).all(-1)
     n, g, k = batch.grid.shape
-    row = scenario * g + torch.where(on_map, cell[:, 0] * shape[:, 1] + cell[:, 1], 0)
+    row = log * g + torch.where(on_map, cell[:, 0] * shape[:, 1] + cell[:, 1], 0)
     segs = batch.grid_segments.view(n * g, k, 2, 2).index_select(0, row)
     return torch.where(on_map[:, None, None, None], segs, segs.new_full((), 1e6)), on_map
 

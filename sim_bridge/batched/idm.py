@@ -32,7 +32,8 @@ def scene_at(batch: BatchedScenarios, scenario: Tensor, tau: Tensor, t: Tensor, 
     i0 = tau.floor().long().clamp(0, steps - 1)
     i1 = (i0 + 1).clamp(max=steps - 1)
     f = (tau - i0).clamp(0.0, 1.0)[..., None]
-    sc, ar = scenario[:, None], torch.arange(a, device=t.device)[None]
+    log = batch.scene[scenario]
+    sc, ar = log[:, None], torch.arange(a, device=t.device)[None]
     f0, f1 = batch.frames[sc, i0, ar], batch.frames[sc, i1, ar]                     # [b, a, 9]
     v0, v1 = batch.frame_valid[sc, i0, ar], batch.frame_valid[sc, i1, ar]
     xy_a = f0[..., 0:2] + f * (f1[..., 0:2] - f0[..., 0:2]) * v1[..., None]
@@ -41,7 +42,7 @@ def scene_at(batch: BatchedScenarios, scenario: Tensor, tau: Tensor, t: Tensor, 
     vel = torch.where(exact[..., None], f0[..., F_VX:F_VY + 1], speed[..., None] * cs)
     agents = torch.cat([xy_a, torch.atan2(cs[..., 1], cs[..., 0])[..., None], f0[..., 3:5], cs, vel], -1)
     is_ego = torch.arange(a, device=t.device) == batch.ego[scenario][:, None]
-    others = v0 & (t < batch.length[scenario])[:, None] & ~is_ego & kept
+    others = v0 & (t < batch.length[log])[:, None] & ~is_ego & kept
     dx, dy = agents[..., 0] - xy[:, 0:1], agents[..., 1] - xy[:, 1:2]
     dist = torch.where(others, dx * dx + dy * dy, torch.inf)
     near = dist.topk(min(k, dist.shape[1]), dim=-1, largest=False).indices
@@ -54,7 +55,7 @@ def idm_advance(batch: BatchedScenarios, state: SimState, ego: Tensor, ego_speed
     braking for the ego box ego [b, 5] (moving at ego_speed [b]) or a vehicle among the ego's ``candidates``
     nearest in its corridor. Returns (tau [b, a], speed [b, a], exact bool [b, a]: on schedule). O(b a W + b k^2)."""
     dt = 0.1
-    sc, t1 = state.scenario, state.t + 1
+    sc, t1 = batch.scene[state.scenario], state.t + 1  # sc: the logged scene (the tensors read here are per scene)
     n, steps, a = batch.path_s.shape
     last = (batch.length[sc] - 1).clamp(min=0)
     tgt = torch.minimum(t1, last)[:, None]                                               # [b, 1]

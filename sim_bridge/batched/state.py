@@ -5,12 +5,17 @@ safe loader of :mod:`sim_bridge.scenario`) into padded tensors; :class:`SimState
 simulated, each playing one row of the loaded set (``SimState.scenario``), so many scene slots can
 share one loaded scenario and an auto-reset only changes an index.
 
+Rows and logs: a row of :class:`BatchedScenarios` is one controlled vehicle of one logged scene (its route,
+its size); the scene's logs and map index are stored once and shared by its rows (``scene`` maps a row
+to its log). Loaded as usual each scene has one row, its logged ego; loaded for self-play
+(:class:`SelfPlayConfig`) it has one row per vehicle the policy drives.
+
 Frame: per scenario the contract's world frame shifted so that the ego's first valid position is
 the origin (float32 keeps mm resolution; Waymo coordinates reach 10^4 m); ``origin`` holds the shift
 (``xy_world = xy + origin``). Metres, radians CCW from +x, m/s, 10 Hz steps.
 
 Einsum letters:
-    n  scenario of the loaded set          b  scene slot being simulated
+    n  row (a scene and its controlled vehicle)  l  logged scene     b  scene slot being simulated
     a  agent (padded, ``agent_mask``)       t  time step (padded, ``length``)
     s  boundary segment (slot 0: a far-away sentinel that pads every cell list)
     g  grid cell (flattened, row-major over ``grid_shape``)   k  segment slot of a cell
@@ -31,7 +36,8 @@ from torch import Tensor
 from sim_bridge.dataset import ScenarioDataset
 from sim_bridge.scenario import ROAD_EDGE_TYPES, Scenario
 
-__all__ = ["BatchedScenarios", "SimState", "MapConfig", "load_batched", "stack_scenarios",
+__all__ = ["BatchedScenarios", "SimState", "MapConfig", "SelfPlayConfig", "load_batched", "stack_scenarios",
+           "self_play_agents",
            "AGENT_PAD", "AGENT_VEHICLE", "AGENT_HUMAN", "AGENT_OBJECT", "F_YAW", "F_COS", "F_SIN"]
 
 AGENT_PAD, AGENT_VEHICLE, AGENT_HUMAN, AGENT_OBJECT = 0, 1, 2, 3
@@ -61,37 +67,56 @@ class MapConfig:
 
 
 @dataclass(frozen=True)
+class SelfPlayConfig:
+    """Which logged vehicles a self-play episode drives: the vehicles present at the first step whose
+    logged route is at least ``min_route_m`` long, the ego first, then the nearest to the ego, up to
+    ``max_agents`` (a scene where none qualifies drives its ego alone). The rest (parked vehicles, late
+    arrivals, pedestrians, cyclists) replay their logs."""
+
+    max_agents: int = 8
+    min_route_m: float = 10.0
+
+    def __post_init__(self):
+        if self.max_agents < 1 or self.min_route_m < 0:
+            raise ValueError(f"self-play: max_agents must be >= 1 and min_route_m >= 0, got {self}")
+
+
+@dataclass(frozen=True)
 class BatchedScenarios:
     """A scenario set as padded tensors (read-only; shared by every scene slot).
 
-    Memory per scenario (float32 unless noted): 41 * A * T bytes of logs (``frames``, ``frame_valid``, ``path_s``)
-    + 24 * G * K of map index (``grid_segments`` + int64 ``grid``) + 16 * S (segments) + 12 * R
-    (route). The 7 shared real scenes pad to A=225, T=201, G=440, K=34, S=527, R=102: 1.7 MB of logs
-    and 0.36 MB of map index each, 14.3 MB for the set (``nbytes``); scenes share it, a scene slot
+    Tensors marked [l, ...] are per logged scene, [n, ...] per row (a controlled vehicle of a scene; one
+    row per scene, its ego, unless loaded for self-play). Memory per scene (float32 unless noted):
+    41 * A * T bytes of logs (``frames``, ``frame_valid``, ``path_s``) + 24 * G * K of map index
+    (``grid_segments`` + int64 ``grid``) + 16 * S (segments), and 12 * R per row (route). The 7 shared
+    real scenes pad to A=225, T=201, G=440, K=34, S=527, R=102: 1.7 MB of logs and 0.36 MB of map index
+    each, 15.6 MB for the set (``nbytes``); scenes share it, a scene slot
     in flight costs only its :class:`SimState` (~8 KB, ~16 KB with IDM traffic).
 
     Attributes:
-        names: scenario file names, length n.
-        origin: float64 [n, 2], world xy of this frame's origin (the ego's first valid xy).
-        length: int64 [n], logged steps T_n.
-        frames: [n, t, a, 9] per step and agent (x, y, yaw, length, width, cos yaw, sin yaw, vx, vy)
+        names: per row, the scenario file name (self-play rows of vehicles other than the ego add
+            ``#<agent index>``), length n.
+        scene: int64 [n], the logged scene of each row (index into the [l, ...] tensors).
+        origin: float64 [l, 2], world xy of this frame's origin (the logged ego's first valid xy).
+        length: int64 [l], logged steps T_l.
+        frames: [l, t, a, 9] per step and agent (x, y, yaw, length, width, cos yaw, sin yaw, vx, vy)
             in m, rad, m/s; time-major so one step of a scene is one contiguous read. Properties give
-            the [n, a, t, ...] views ``xy``, ``heading``, ``size``, ``velocity``, ``valid``.
-        frame_valid: bool [n, t, a].
-        path_s: [n, t, a] arc length (m) along each agent's logged path at each step: the distance between
+            the [l, a, t, ...] views ``xy``, ``heading``, ``size``, ``velocity``, ``valid``.
+        frame_valid: bool [l, t, a].
+        path_s: [l, t, a] arc length (m) along each agent's logged path at each step: the distance between
             consecutive valid steps, accumulated (flat over invalid steps). IDM traffic moves along it.
-        Agents never within ``MapConfig.margin`` of the ego's route are dropped at load.
-        agent_type: int64 [n, a], AGENT_* codes (AGENT_PAD for padding).
-        agent_mask: bool [n, a], a real agent.
-        ego: int64 [n], the ego's agent index.
+        Agents never within ``MapConfig.margin`` of a controlled vehicle's route are dropped at load.
+        agent_type: int64 [l, a], AGENT_* codes (AGENT_PAD for padding).
+        agent_mask: bool [l, a], a real agent.
+        ego: int64 [n], the controlled vehicle's agent index (the logged ego unless self-play).
         ego_size: [n, 2] (length, width) m as logged at its first valid step (nuScenes stores the
             ego's swapped; the longer side is taken as the length, as MetaDrive does).
-        segments: [n, s, 2, 2] boundary segments (start, end) x (x, y); slot 0 is the sentinel.
-        grid: int64 [n, g, k] segment indices near each cell (0 = the sentinel).
-        grid_segments: [n, g, k, 2, 2] those segments' coordinates (``segments`` gathered once at load,
+        segments: [l, s, 2, 2] boundary segments (start, end) x (x, y); slot 0 is the sentinel.
+        grid: int64 [l, g, k] segment indices near each cell (0 = the sentinel).
+        grid_segments: [l, g, k, 2, 2] those segments' coordinates (``segments`` gathered once at load,
             so a step reads one contiguous row per scene).
-        grid_origin: [n, 2] m, corner of cell 0; grid_shape: int64 [n, 2] cells along (x, y).
-        route: [n, r, 2] the ego's route: its logged valid path, cut into >1 m pieces the way
+        grid_origin: [l, 2] m, corner of cell 0; grid_shape: int64 [l, 2] cells along (x, y).
+        route: [n, r, 2] the controlled vehicle's route: its logged valid path, cut into >1 m pieces the way
             MetaDrive's PointLane does; padded by repeating the last point.
         route_s: [n, r] arc length at each route point, m; route_count: int64 [n] real points.
         route_length: [n] m.
@@ -99,6 +124,7 @@ class BatchedScenarios:
     """
 
     names: tuple[str, ...]
+    scene: Tensor
     origin: Tensor
     length: Tensor
     frames: Tensor
@@ -121,32 +147,38 @@ class BatchedScenarios:
 
     @property
     def num_scenarios(self) -> int:
+        """Rows n (scenes, or their controlled vehicles when loaded for self-play)."""
         return len(self.names)
 
-    # logs as [n, a, t, ...] views of the time-major ``frames``
+    @property
+    def num_scenes(self) -> int:
+        """Logged scenes l."""
+        return int(self.frames.shape[0])
+
+    # logs as [l, a, t, ...] views of the time-major ``frames``
     @property
     def xy(self) -> Tensor:
-        """[n, a, t, 2] m."""
+        """[l, a, t, 2] m."""
         return self.frames[..., 0:2].transpose(1, 2)
 
     @property
     def heading(self) -> Tensor:
-        """[n, a, t] rad."""
+        """[l, a, t] rad."""
         return self.frames[..., F_YAW].transpose(1, 2)
 
     @property
     def size(self) -> Tensor:
-        """[n, a, t, 2] (length, width) m."""
+        """[l, a, t, 2] (length, width) m."""
         return self.frames[..., 3:5].transpose(1, 2)
 
     @property
     def velocity(self) -> Tensor:
-        """[n, a, t, 2] m/s."""
+        """[l, a, t, 2] m/s."""
         return self.frames[..., 7:9].transpose(1, 2)
 
     @property
     def valid(self) -> Tensor:
-        """bool [n, a, t]."""
+        """bool [l, a, t]."""
         return self.frame_valid.transpose(1, 2)
 
     @property
@@ -165,19 +197,19 @@ class BatchedScenarios:
                                    **{k: v.to(device) for k, v in self._tensors().items()}})
 
     def validate(self) -> "BatchedScenarios":
-        n, a, t = self.valid.shape
+        n, (ll, a, t) = len(self.names), self.valid.shape
         s, g, k, r = self.segments.shape[1], self.grid.shape[1], self.grid.shape[2], self.route.shape[1]
-        want = {"origin": (n, 2), "length": (n,), "frames": (n, t, a, 9), "path_s": (n, t, a), "agent_type": (n, a),
-                "agent_mask": (n, a),
-                "ego": (n,), "ego_size": (n, 2), "segments": (n, s, 2, 2), "grid": (n, g, k),
-                "grid_segments": (n, g, k, 2, 2),
-                "grid_origin": (n, 2), "grid_shape": (n, 2), "route": (n, r, 2), "route_s": (n, r),
+        want = {"scene": (n,), "origin": (ll, 2), "length": (ll,), "frames": (ll, t, a, 9), "path_s": (ll, t, a),
+                "agent_type": (ll, a), "agent_mask": (ll, a),
+                "ego": (n,), "ego_size": (n, 2), "segments": (ll, s, 2, 2), "grid": (ll, g, k),
+                "grid_segments": (ll, g, k, 2, 2),
+                "grid_origin": (ll, 2), "grid_shape": (ll, 2), "route": (n, r, 2), "route_s": (n, r),
                 "route_count": (n,), "route_length": (n,)}
         for name, shape in want.items():
             got = tuple(getattr(self, name).shape)
             assert got == shape, f"BatchedScenarios.{name}: shape {got}, expected {shape}"
         assert self.valid.dtype == torch.bool and self.agent_mask.dtype == torch.bool
-        assert len(self.names) == n and int(self.grid.max()) < s
+        assert int(self.grid.max()) < s and bool(((self.scene >= 0) & (self.scene < ll)).all())
         assert bool((self.grid_shape.prod(-1) <= g).all()) and bool((self.route_count >= 2).all())
         return self
 
@@ -262,80 +294,110 @@ class SimState:
 
 # ---- loading ---------------------------------------------------------------------------------------
 def load_batched(root: str | Path, names: Sequence[str] | None = None, map_cfg: MapConfig = MapConfig(),
-                 device: str | torch.device = "cpu", repair: bool = True) -> BatchedScenarios:
-    """Load a dataset directory (or the named files of it) into one :class:`BatchedScenarios`."""
+                 device: str | torch.device = "cpu", repair: bool = True,
+                 self_play: SelfPlayConfig | None = None) -> BatchedScenarios:
+    """Load a dataset directory (or the named files of it) into one :class:`BatchedScenarios`: one row per
+    scene (its logged ego), or with ``self_play`` one row per vehicle :func:`self_play_agents` picks."""
     ds = ScenarioDataset(root, repair=repair)
     names = list(names) if names is not None else ds.names
-    return stack_scenarios([ds.load(nm) for nm in names], names, map_cfg, device)
+    return stack_scenarios([ds.load(nm) for nm in names], names, map_cfg, device, self_play)
+
+
+def self_play_agents(sc: Scenario, cfg: SelfPlayConfig) -> list[int]:
+    """Track indices a self-play episode of ``sc`` drives (:class:`SelfPlayConfig`), the ego first if it is driven."""
+    tr, e = sc.tracks, sc.ego_index
+    vehicle = np.array([t == "VEHICLE" for t in tr.types])
+    cand = np.nonzero(vehicle & tr.valid[:, 0])[0]
+    # route length as the reward measures it (logged jitter of a parked car adds up to no route)
+    moving = [i for i in cand if _route(tr.xy[i][tr.valid[i]], 0.0)[1][-1] >= cfg.min_route_m]
+    others = np.array([i for i in moving if i != e], np.int64)
+    dist = np.linalg.norm(tr.xy[others, 0] - tr.xy[e, int(np.argmax(tr.valid[e]))], axis=-1)
+    first = [e] if e in moving or not len(others) else []
+    return first + [int(i) for i in others[np.argsort(dist, kind="stable")][:cfg.max_agents - len(first)]]
 
 
 def stack_scenarios(scenarios: Sequence[Scenario], names: Sequence[str] | None = None,
-                    map_cfg: MapConfig = MapConfig(), device: str | torch.device = "cpu") -> BatchedScenarios:
-    """Pad and stack contract scenarios (validated) into tensors on ``device``."""
+                    map_cfg: MapConfig = MapConfig(), device: str | torch.device = "cpu",
+                    self_play: SelfPlayConfig | None = None) -> BatchedScenarios:
+    """Pad and stack contract scenarios (validated) into tensors on ``device`` (rows as :func:`load_batched`)."""
     if not scenarios:
         raise ValueError("stack_scenarios: no scenarios")
     names = tuple(names) if names is not None else tuple(sc.id for sc in scenarios)
-    per = [_scenario_arrays(sc, map_cfg) for sc in scenarios]
-    n = len(per)
+    per = [_scenario_arrays(sc, map_cfg, None if self_play is None else self_play_agents(sc, self_play))
+           for sc in scenarios]
+    rows = [(i, row) for i, p in enumerate(per) for row in p["rows"]]
+    ll = len(per)
     t, a = (max(p["frames"].shape[d] for p in per) for d in (0, 1))
     s = max(len(p["segments"]) for p in per)
     g = max(p["grid"].shape[0] for p in per)
     k = max(p["grid"].shape[1] for p in per)
-    r = max(len(p["route"]) for p in per)
+    r = max(len(row["route"]) for _, row in rows)
 
-    def pad(key: str, shape: tuple, dtype, fill=0) -> np.ndarray:
-        out = np.full((n, *shape), fill, dtype)
-        for i, p in enumerate(per):
-            v = p[key]
+    def pad(items: Sequence[np.ndarray], shape: tuple, dtype, fill=0) -> np.ndarray:
+        out = np.full((len(items), *shape), fill, dtype)
+        for i, v in enumerate(items):
             out[(i, *tuple(slice(0, d) for d in v.shape))] = v
         return out
 
-    route = pad("route", (r, 2), np.float32)
-    route_s = pad("route_s", (r,), np.float32)
-    for i, p in enumerate(per):  # pad the route by repeating its end (zero-length tail segments)
-        m = len(p["route"])
-        route[i, m:], route_s[i, m:] = p["route"][-1], p["route_s"][-1]
+    def logs(key: str, shape: tuple, dtype, fill=0) -> np.ndarray:
+        return pad([p[key] for p in per], shape, dtype, fill)
+
+    route = pad([row["route"] for _, row in rows], (r, 2), np.float32)
+    route_s = pad([row["route_s"] for _, row in rows], (r,), np.float32)
+    for i, (_, row) in enumerate(rows):  # pad the route by repeating its end (zero-length tail segments)
+        m = len(row["route"])
+        route[i, m:], route_s[i, m:] = row["route"][-1], row["route_s"][-1]
+    row_names = tuple(names[i] if row["logged_ego"] else f"{names[i]}#{row['ego']}" for i, row in rows)
     tens = dict(
+        scene=np.array([i for i, _ in rows], np.int64),
         origin=torch.tensor(np.stack([p["origin"] for p in per]), dtype=torch.float64),
         length=torch.tensor([p["frames"].shape[0] for p in per]),
-        frames=pad("frames", (t, a, 9), np.float32), frame_valid=pad("frame_valid", (t, a), bool),
-        agent_type=pad("agent_type", (a,), np.int64),
-        agent_mask=pad("agent_mask", (a,), bool), ego=np.array([p["ego"] for p in per]),
-        ego_size=np.stack([p["ego_size"] for p in per]).astype(np.float32),
-        segments=pad("segments", (s, 2, 2), np.float32, _FAR), grid=pad("grid", (g, k), np.int64),
+        frames=logs("frames", (t, a, 9), np.float32), frame_valid=logs("frame_valid", (t, a), bool),
+        agent_type=logs("agent_type", (a,), np.int64),
+        agent_mask=logs("agent_mask", (a,), bool), ego=np.array([row["ego"] for _, row in rows]),
+        ego_size=np.stack([row["ego_size"] for _, row in rows]).astype(np.float32),
+        segments=logs("segments", (s, 2, 2), np.float32, _FAR), grid=logs("grid", (g, k), np.int64),
         grid_origin=np.stack([p["grid_origin"] for p in per]).astype(np.float32),
         grid_shape=np.stack([p["grid_shape"] for p in per]), route=route, route_s=route_s,
-        route_count=np.array([len(p["route"]) for p in per]),
-        route_length=np.array([p["route_s"][-1] for p in per], np.float32))
-    tens["grid_segments"] = tens["segments"][np.arange(n)[:, None, None], tens["grid"]]
+        route_count=np.array([len(row["route"]) for _, row in rows]),
+        route_length=np.array([row["route_s"][-1] for _, row in rows], np.float32))
+    tens["grid_segments"] = tens["segments"][np.arange(ll)[:, None, None], tens["grid"]]
     fr, fv = tens["frames"], tens["frame_valid"]
     step = np.where(fv[:, 1:] & fv[:, :-1], np.linalg.norm(fr[:, 1:, :, :2] - fr[:, :-1, :, :2], axis=-1), 0.0)
-    tens["path_s"] = np.concatenate([np.zeros((n, 1, a), np.float32), np.cumsum(step, 1, dtype=np.float32)], 1)
+    tens["path_s"] = np.concatenate([np.zeros((ll, 1, a), np.float32), np.cumsum(step, 1, dtype=np.float32)], 1)
     tens = {kk: torch.as_tensor(v).to(device) for kk, v in tens.items()}
-    return BatchedScenarios(names=names, cell=map_cfg.cell, **tens).validate()
+    return BatchedScenarios(names=row_names, cell=map_cfg.cell, **tens).validate()
 
 
-def _scenario_arrays(sc: Scenario, cfg: MapConfig) -> dict[str, np.ndarray]:
-    """One scenario's padded-to-itself arrays (numpy, float64 until stacking)."""
+def _scenario_arrays(sc: Scenario, cfg: MapConfig, controlled: Sequence[int] | None = None) -> dict:
+    """One scene's padded-to-itself arrays (numpy, float64 until stacking) and its rows: one per
+    ``controlled`` track index (default: the logged ego), each with its agent index, size and route."""
     tr, e = sc.tracks, sc.ego_index
     first = int(np.argmax(tr.valid[e]))
     origin = tr.xy[e, first].copy()
     xy = np.where(tr.valid[..., None], tr.xy - origin, 0.0)
-    route, route_s = _route(xy[e][tr.valid[e]], tr.heading[e, first])
-    segments, grid, grid_origin, grid_shape = _boundary_grid(sc, origin, route, cfg)
-    lo, hi = route.min(0) - cfg.margin, route.max(0) + cfg.margin
+    controlled = [e] if controlled is None else list(controlled)
+    routes = [_route(xy[c][tr.valid[c]], tr.heading[c, int(np.argmax(tr.valid[c]))]) for c in controlled]
+    covered = np.concatenate([rt for rt, _ in routes])  # every controlled route lies inside the map index
+    segments, grid, grid_origin, grid_shape = _boundary_grid(sc, origin, covered, cfg)
+    lo, hi = covered.min(0) - cfg.margin, covered.max(0) + cfg.margin
     near = (tr.valid & ((xy >= lo) & (xy <= hi)).all(-1)).any(-1)
-    near[e] = True
+    near[controlled] = True
     keep = np.nonzero(near)[0]
     xy, valid = xy[keep], tr.valid[keep]
     yaw = np.where(valid, tr.heading[keep], 0.0)
     frames = np.concatenate([xy, yaw[..., None], tr.size[keep, :, :2] * valid[..., None], np.cos(yaw)[..., None],
                              np.sin(yaw)[..., None], np.where(valid[..., None], tr.velocity[keep], 0.0)], -1)
     types = np.array([_TYPE_CODES.get(tr.types[i], AGENT_OBJECT) for i in keep], np.int64)
-    ego_lw = np.sort(tr.size[e, first, :2])[::-1].copy()  # (longer, shorter): nuScenes swaps the ego's
+    rows = []
+    for c, (route, route_s) in zip(controlled, routes):
+        # (longer, shorter): nuScenes swaps the ego's
+        lw = np.sort(tr.size[c, int(np.argmax(tr.valid[c])), :2])[::-1].copy()
+        rows.append(dict(ego=int(np.searchsorted(keep, c)), ego_size=lw, route=route, route_s=route_s,
+                         logged_ego=c == e))
     return dict(origin=origin, frames=frames.transpose(1, 0, 2), frame_valid=valid.T, agent_type=types,
-                agent_mask=np.ones(len(keep), bool), ego=int(np.searchsorted(keep, e)), ego_size=ego_lw, route=route,
-                route_s=route_s, segments=segments, grid=grid, grid_origin=grid_origin, grid_shape=grid_shape)
+                agent_mask=np.ones(len(keep), bool), segments=segments, grid=grid, grid_origin=grid_origin,
+                grid_shape=grid_shape, rows=rows)
 
 
 def _route(path: np.ndarray, yaw0: float) -> tuple[np.ndarray, np.ndarray]:

@@ -54,9 +54,9 @@ def scene_env_config(cfg: EnvConfig, **overrides: Any):
                                     obs_edge_points=o.edge_points, obs_range=o.range_m), **overrides)
 
 
-def load_env_scenarios(cfg: EnvConfig, device: str | torch.device = "cpu"):
+def load_env_scenarios(cfg: EnvConfig, device: str | torch.device = "cpu", self_play=None):
     """The scenarios an ``EnvConfig`` names (its directory range, checked through the safe loader) as one
-    ``BatchedScenarios`` on ``device``."""
+    ``BatchedScenarios`` on ``device`` (rows of the driven vehicles with ``self_play``, a ``SelfPlayConfig``)."""
     from sim_bridge.batched.state import load_batched
     from sim_bridge.dataset import ScenarioDataset
 
@@ -64,7 +64,7 @@ def load_env_scenarios(cfg: EnvConfig, device: str | torch.device = "cpu"):
         raise ValueError("the batched simulator needs a scenario directory, not 'procedural' maps")
     total = cfg.check_scenarios()
     names = ScenarioDataset(cfg.data).names[cfg.start_index:cfg.start_index + total]
-    return load_batched(cfg.data, names=names, device=device)
+    return load_batched(cfg.data, names=names, device=device, self_play=self_play)
 
 
 class SceneObservation(gym.Wrapper):

@@ -60,6 +60,9 @@ class EvalConfig:
     trained on the batched backend and "random" only)."""
     deterministic: bool = True
     """Use the policy's mean action instead of sampling."""
+    self_play: bool = False
+    """Batched simulator only: the policy drives every moving vehicle of each scene at once (up to 8, as
+    self-play training picks them) and each driven vehicle's episode is a row; ``episodes`` counts scenes."""
     reference: bool = True
     """Also evaluate the random and IDM policies on the same scenarios."""
     seed: int = 0
@@ -170,7 +173,9 @@ def _run(spec: str, env_cfg: EnvConfig, cfg: EvalConfig) -> list[dict]:
     if cfg.simulator == "batched":
         from sim_bridge.rl.evaluate_batched import run_batched
 
-        return run_batched(spec, env_cfg, n_total, cfg.seed, cfg.deterministic)
+        return run_batched(spec, env_cfg, n_total, cfg.seed, cfg.deterministic, self_play=cfg.self_play)
+    if cfg.self_play:
+        raise ValueError("self-play evaluation runs in the batched simulator (simulator=batched)")
     workers = max(1, min(cfg.workers, env_cfg.total_scenarios(), n_total))
     if workers > 1 and env_cfg.total_scenarios() < workers:
         workers = 1

@@ -2,7 +2,9 @@
 
 Same rows and metrics as :mod:`sim_bridge.rl.evaluate` (MetaDrive), so the two backends compare line
 by line. Episode i plays scenario ``start_index + i mod total`` (the order MetaDrive evaluation uses);
-slots step together until each has finished its first episode. Only policies that read the "scene"
+slots step together until each has finished its first episode. With ``self_play`` the policy drives every
+moving vehicle of each scene at once (:mod:`sim_bridge.batched.selfplay`), each seeing the others as
+they drive, and every driven vehicle's first episode is a row (``scenario#agent``). Only policies that read the "scene"
 observation (runs trained on the batched backend) and ``"random"`` can drive it; MetaDrive's IDM ego
 has no batched counterpart.
 
@@ -26,7 +28,7 @@ __all__ = ["run_batched"]
 
 
 def run_batched(spec: str, env_cfg: EnvConfig, episodes: int, seed: int = 0, deterministic: bool = True,
-                device: str = "cpu") -> list[dict]:
+                device: str = "cpu", self_play: bool = False) -> list[dict]:
     """Per-episode rows (as ``evaluate._episode_row``) of ``spec`` ("random" or a run directory).
 
     Args:
@@ -36,6 +38,8 @@ def run_batched(spec: str, env_cfg: EnvConfig, episodes: int, seed: int = 0, det
         seed: random policy seed.
         deterministic: the policy's mean action.
         device: simulator device.
+        self_play: the policy drives every moving vehicle of each scene (``sim_bridge.batched.selfplay``);
+            ``episodes`` counts scenes and each driven vehicle's first episode is a row.
     """
     from sim_bridge.batched.env import BatchedVecEnv
     from sim_bridge.dataset import ScenarioDataset
@@ -44,23 +48,35 @@ def run_batched(spec: str, env_cfg: EnvConfig, episodes: int, seed: int = 0, det
 
     if spec == "idm":
         raise ValueError("the IDM ego is MetaDrive's; the batched simulator evaluates 'random' or a training run")
-    batch = load_env_scenarios(env_cfg, device)
-    n = episodes or batch.num_scenarios
-    env = BatchedVecEnv(batch, n, scene_env_config(env_cfg, edge_out_of_road=False), device)
+    cfg = scene_env_config(env_cfg, edge_out_of_road=False)
+    if self_play:
+        from sim_bridge.batched.selfplay import SelfPlayVecEnv
+        from sim_bridge.batched.state import SelfPlayConfig
+
+        batch = load_env_scenarios(env_cfg, device, self_play=SelfPlayConfig())
+        env = SelfPlayVecEnv(batch, episodes or batch.num_scenes, cfg, device)
+    else:
+        batch = load_env_scenarios(env_cfg, device)
+        env = BatchedVecEnv(batch, episodes or batch.num_scenarios, cfg, device)
+    n = env.num_envs
     summary = ScenarioDataset(env_cfg.data).summary
     rng = np.random.default_rng(seed)
     act = None if spec == "random" else make_policy(spec, env, seed, deterministic)
-    obs, scenario = env.reset(), env.state.scenario.cpu().numpy()
+    obs = env.reset()
+    scenario = env.state.scenario.cpu().numpy()
+    # slots that play an episode: all of them, or in self-play the driven vehicles of each scene's first run
     rows: list[dict | None] = [None] * n
-    while any(r is None for r in rows):
+    todo = env.alive.cpu().numpy().copy() if self_play else np.ones(n, bool)
+    while (todo & np.array([r is None for r in rows])).any():
         action = rng.uniform(-1, 1, (n, 2)).astype(np.float32) if act is None else act(obs)
         obs, _, done, infos = env.step(action)
-        for i in np.nonzero(done)[0]:
+        for i in np.nonzero(done & todo)[0]:
             if rows[i] is None:
                 info = infos[i]
                 name = batch.names[scenario[i]]
-                meta = summary.get(name, {})
-                rows[i] = _episode_row(info, info["episode_reward"], info["episode_length"],
-                                       str(meta.get("scenario_id") or meta.get("id") or name))
+                file, _, agent = name.partition("#")
+                meta = summary.get(file, {})
+                label = str(meta.get("scenario_id") or meta.get("id") or file) + (f"#{agent}" if agent else "")
+                rows[i] = _episode_row(info, info["episode_reward"], info["episode_length"], label)
     env.close()
-    return rows
+    return [r for r in rows if r is not None]

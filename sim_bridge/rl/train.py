@@ -38,6 +38,7 @@ from runkit.config import from_dict, save_config, to_dict
 from runkit.rundir import check_resume
 from runkit.seeding import seed_everything
 from sim_bridge.envs.factory import EnvConfig
+from sim_bridge.rl.masked import MaskedRolloutBuffer
 from sim_bridge.rl.warmstart import WarmStartConfig, behaviour_clone, demonstrations
 
 __all__ = ["PPOConfig", "SACConfig", "BatchedConfig", "CurriculumConfig", "PPOTrainConfig", "TrainResult", "train",
@@ -99,6 +100,21 @@ class BatchedConfig:
     """torch CPU threads of the training process (simulator + policy); 0 = one per core. Small tensor ops
     gain little from threads, and on a loaded machine 2 threads ran 3-25x slower than 1 (OpenMP barriers
     wait for descheduled threads)."""
+    self_play: bool = False
+    """Drive every picked vehicle of each scene with the policy at once (``sim_bridge.batched.selfplay``):
+    each scene takes as many env slots as the most vehicles a scene drives, every driven vehicle is an
+    agent with its own route and episode, and PPO learns from all of them (inactive slots masked out of
+    the updates). PPO only; the other vehicles replay their logs."""
+    self_play_agents: int = 8
+    """Self-play: vehicles driven per scene, the logged ego first, then the nearest moving ones."""
+    self_play_min_route_m: float = 10.0
+    """Self-play: a vehicle whose logged path is shorter than this (parked, waiting) replays its log."""
+
+    def self_play_config(self):
+        """The loader's ``SelfPlayConfig``, or None without self-play."""
+        from sim_bridge.batched.state import SelfPlayConfig
+
+        return SelfPlayConfig(self.self_play_agents, self.self_play_min_route_m) if self.self_play else None
 
 
 @dataclass(frozen=True)
@@ -171,8 +187,18 @@ class PPOTrainConfig:
             raise ValueError("the traffic curriculum drops logged agents in the batched simulator: use backend=batched")
         if self.batched.num_scenes < 1 or self.batched.threads < 0:
             raise ValueError("batched.num_scenes must be >= 1 and batched.threads >= 0")
+        if self.batched.self_play:
+            if self.backend != "batched" or self.algorithm != "ppo":
+                raise ValueError("batched.self_play trains PPO on the batched simulator: use backend=batched, "
+                                 "algorithm=ppo")
+            if self.curriculum.active or self.env.reactive_traffic:
+                raise ValueError("batched.self_play drives the scene's vehicles itself: no traffic curriculum and "
+                                 "no env.reactive_traffic")
+            self.batched.self_play_config()  # validates the agent count and minimum route
         envs = "batched.num_scenes" if self.backend == "batched" else "num_envs"
-        if self.algorithm == "ppo" and (self.ppo.n_steps * self.vec_envs) % self.ppo.batch_size:
+        # self-play minibatches hold the active samples only, so no multiple of batch_size is guaranteed anyway
+        rollout = self.ppo.n_steps * self.vec_envs
+        if self.algorithm == "ppo" and not self.batched.self_play and rollout % self.ppo.batch_size:
             raise ValueError(f"ppo.n_steps * {envs} ({self.ppo.n_steps * self.vec_envs}) must be a multiple "
                              f"of ppo.batch_size ({self.ppo.batch_size}); change one of them")
 
@@ -209,11 +235,15 @@ def _model(cfg: PPOTrainConfig, env, tb_dir: str | None):
     from stable_baselines3 import PPO
 
     p = cfg.ppo
-    return PPO("MlpPolicy", env, learning_rate=p.learning_rate, n_steps=p.n_steps, batch_size=p.batch_size,
-               n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
-               ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-               policy_kwargs=dict(net_arch=list(p.net_arch)), tensorboard_log=tb_dir, seed=cfg.seed,
-               device=cfg.device, verbose=0)
+    masked = dict(rollout_buffer_class=MaskedRolloutBuffer) if cfg.batched.self_play else {}
+    model = PPO("MlpPolicy", env, learning_rate=p.learning_rate, n_steps=p.n_steps, batch_size=p.batch_size,
+                n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
+                ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+                policy_kwargs=dict(net_arch=list(p.net_arch)), tensorboard_log=tb_dir, seed=cfg.seed,
+                device=cfg.device, verbose=0, **masked)
+    if masked:  # the buffer asks the env which slots were driving (SelfPlayVecEnv.acted_active)
+        model.rollout_buffer.active_source = lambda: env.get_attr("acted_active")[0]
+    return model
 
 
 def _optimizers(model) -> dict:
@@ -323,6 +353,8 @@ def _callback(run_dir: Path, cfg: PPOTrainConfig, episodes: list[dict], state: d
         def _on_rollout_end(self) -> None:
             sps = (self.num_timesteps - self._s0) / max(time.perf_counter() - self._t0, 1e-9)
             self.logger.record("charts/steps_per_second", sps)
+            if isinstance(getattr(self.model, "rollout_buffer", None), MaskedRolloutBuffer):  # self-play: slots driving
+                self.logger.record("charts/active_fraction", float(self.model.rollout_buffer.active.mean()))
 
         def _on_training_end(self) -> None:
             self._checkpoint()
@@ -342,7 +374,13 @@ def make_train_env(cfg: PPOTrainConfig):
     from sim_bridge.batched.env import BatchedVecEnv
     from sim_bridge.envs.scene_obs import load_env_scenarios, scene_env_config
 
-    batch = load_env_scenarios(cfg.env, cfg.batched.device)
+    batch = load_env_scenarios(cfg.env, cfg.batched.device, self_play=cfg.batched.self_play_config())
+    if cfg.batched.self_play:  # reports its own episode stats (VecMonitor would count inactive steps)
+        from sim_bridge.batched.selfplay import SelfPlayVecEnv
+
+        vec = SelfPlayVecEnv(batch, cfg.batched.num_scenes, scene_env_config(cfg.env), cfg.batched.device)
+        vec.seed(cfg.seed)
+        return vec
     vec = VecMonitor(BatchedVecEnv(batch, cfg.batched.num_scenes, scene_env_config(cfg.env), cfg.batched.device))
     vec.seed(cfg.seed)
     return vec
