@@ -416,9 +416,13 @@ def bench_traffic() -> dict:
     train_real, test_real, held_out = split_real(REAL_DIR, work, held_out=3)
     train_s = json.loads((run / "train_summary.json").read_text())["seconds"]  # also right when the run is reused
     # the shipped figure came from a run that shared the 2 cores with other training jobs (BEVGEN_TRAFFIC_NOTE)
+    note = os.environ.get("BEVGEN_TRAFFIC_NOTE")
+    prev = RESULTS / "traffic.json"
+    if note is None and prev.exists():  # the same (reused) training run keeps the note recorded with it
+        old = json.loads(prev.read_text())
+        note = old.get("train_note", "") if old.get("train_s") == round(train_s, 1) else ""
     out: dict = {"what": "tiny model; trained on 4 real scenes x 12 start frames; tested on 3 held-out real scenes",
-                 "train_steps": steps, "train_s": round(train_s, 1), "held_out": held_out,
-                 "train_note": os.environ.get("BEVGEN_TRAFFIC_NOTE", "")}
+                 "train_steps": steps, "train_s": round(train_s, 1), "held_out": held_out, "train_note": note or ""}
 
     # speed: 32 vehicles + 9 s (90 steps) per scene, batched over the 7 real scenes vs one at a time
     placement, trajectory, tcfg = load_models(run)
@@ -431,14 +435,22 @@ def bench_traffic() -> dict:
             generate_scenes(placement, trajectory, scenes[i:i + bs], False, [32] * len(scenes[i:i + bs]),
                             tcfg.encoding, g, steps=90)
         out[f"s_per_scene_32_vehicles_9s_{label}"] = round((time.perf_counter() - t) / len(scenes), 3)
-    g = torch.Generator().manual_seed(0)
-    t = time.perf_counter()
-    placed = generate_scenes(placement, trajectory, scenes, False, [32] * len(scenes), tcfg.encoding, g, steps=190)
-    out["s_per_scene_32_vehicles_190_frames_batched"] = round((time.perf_counter() - t) / len(scenes), 3)
-    # the whole generation: the models, then every vehicle driven along the lane graph (traffic.lanes)
-    t = time.perf_counter()
-    _time_paths(scenes, placed, keep_logged=False)
-    out["s_per_scene_lane_following"] = round((time.perf_counter() - t) / len(scenes), 3)
+    # the whole generation: the models, then every vehicle driven along the lane graph (traffic.lanes); the
+    # median of 3 runs (one run moved by up to 30% between runs on this shared 2-core VM)
+    models_s, lanes_s = [], []
+    for rep in range(3):
+        g = torch.Generator().manual_seed(rep)
+        t = time.perf_counter()
+        placed = generate_scenes(placement, trajectory, scenes, False, [32] * len(scenes), tcfg.encoding, g,
+                                 steps=190)
+        models_s.append((time.perf_counter() - t) / len(scenes))
+        t = time.perf_counter()
+        _time_paths(scenes, placed, keep_logged=False)
+        lanes_s.append((time.perf_counter() - t) / len(scenes))
+    out["s_per_scene_32_vehicles_190_frames_batched"] = round(float(np.median(models_s)), 3)
+    out["s_per_scene_lane_following"] = round(float(np.median(lanes_s)), 3)
+    out["s_per_scene_runs"] = {"models": [round(x, 3) for x in models_s],
+                               "lane_following": [round(x, 3) for x in lanes_s]}
     total = out["s_per_scene_32_vehicles_190_frames_batched"] + out["s_per_scene_lane_following"]
     out["s_per_scene_32_vehicles_190_frames_with_lane_following"] = round(total, 3)
     out["reference_trafficgen_s_per_scene_place32_plus_190_frames"] = round(sum(ANCHOR_TRAFFICGEN.values()), 2)

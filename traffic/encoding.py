@@ -38,6 +38,7 @@ import numpy as np
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
 from sim_bridge.geometry import from_frame, to_frame, vectors_to_frame
 from sim_bridge.geometry import wrap_angle as wrap
+from traffic.lanes import resample_polylines
 
 # torch is imported lazily (tensor collation only): encoding works on numpy without the `ml` extra.
 
@@ -105,21 +106,9 @@ def agent_feature_rows(state, types, range_m: float):
                 state[..., 5:6] / 5.0, state[..., 6:7] / 2.5, onehot], -1)
 
 
-def _resample(pts: np.ndarray, step: float) -> np.ndarray:
-    """Points every ``step`` metres along a polyline [N, 2] (end point kept)."""
-    seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
-    keep = np.concatenate([[True], seg > 1e-6])
-    pts, seg = pts[keep], seg[seg > 1e-6]
-    if len(pts) < 2:
-        return pts
-    s = np.concatenate([[0.0], np.cumsum(seg)])
-    n = max(int(np.ceil(s[-1] / step)), 1)
-    q = np.linspace(0.0, s[-1], n + 1)
-    return np.stack([np.interp(q, s, pts[:, 0]), np.interp(q, s, pts[:, 1])], -1)
-
-
 def _map_vectors(sc: Scenario, origin: np.ndarray, cfg: EncodingConfig):
     starts, ends, kinds, limits = [], [], [], []
+    near = []  # (feature, kind, points in the scene frame), resampled together below
     for f in sc.map_features.values():
         if f.type in LANE_TYPES or f.is_lane:
             kind, pts = 0, f.polyline
@@ -136,7 +125,8 @@ def _map_vectors(sc: Scenario, origin: np.ndarray, cfg: EncodingConfig):
         p = to_scene(pts[:, :2], origin)
         if np.abs(p).min(axis=0).max() > cfg.range_m + 200:  # whole feature far away (cheap reject)
             continue
-        r = _resample(p, cfg.vector_length_m)
+        near.append((f, kind, p))
+    for (f, kind, _), r in zip(near, resample_polylines([p for _, _, p in near], cfg.vector_length_m)):
         if len(r) < 2:
             continue
         limit = f.speed_limit_kmh or 0.0

@@ -42,15 +42,40 @@ DT = 0.1
 RED_STATES = frozenset({"LANE_STATE_STOP", "LANE_STATE_ARROW_STOP", "LANE_STATE_FLASHING_STOP"})
 
 
-def _resample(pts: np.ndarray, ds: float) -> np.ndarray:
-    seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
-    keep = np.concatenate([[True], seg > 1e-6])
-    pts = pts[keep]
-    if len(pts) < 2:
-        return pts
-    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
-    q = np.linspace(0.0, s[-1], max(int(np.ceil(s[-1] / ds)), 1) + 1)
-    return np.stack([np.interp(q, s, pts[:, 0]), np.interp(q, s, pts[:, 1])], -1)
+def resample_polylines(lines: list[np.ndarray], step: float) -> list[np.ndarray]:
+    """Each polyline [n_i, 2] resampled to points equally spaced along it, at most ``step`` m apart (ends
+    kept, repeated points dropped first; a polyline of fewer than 2 distinct points comes back as those).
+
+    One pass over all points of all polylines (a map has thousands): arc lengths by one cumulative sum,
+    query points by one ``searchsorted`` on (polyline, arc length) keys. O(P + Q) for P input and Q output
+    points, where resampling each polyline alone spent ~0.15 ms of numpy call overhead per polyline.
+    """
+    if not lines:
+        return []
+    pts = np.concatenate([np.asarray(ln, np.float64)[:, :2] for ln in lines])
+    line = np.repeat(np.arange(len(lines)), [len(ln) for ln in lines])
+    first = np.r_[True, line[1:] != line[:-1]]
+    step_len = np.r_[0.0, np.linalg.norm(np.diff(pts, axis=0), axis=1)]
+    keep = first | (step_len > 1e-6)
+    pts, line, first = pts[keep], line[keep], first[keep]
+    seg = np.where(first, 0.0, np.r_[0.0, np.linalg.norm(np.diff(pts, axis=0), axis=1)])
+    cs = np.cumsum(seg)
+    start = np.flatnonzero(first)
+    count = np.diff(np.r_[start, len(pts)])
+    s = cs - np.repeat(cs[start], count)                                   # arc length within each polyline
+    total = s[start + count - 1]
+    n_out = np.where(count >= 2, np.maximum(np.ceil(total / step), 1).astype(np.int64) + 1, count)
+    q_line = np.repeat(np.arange(len(start)), n_out)
+    k = np.arange(len(q_line)) - np.repeat(np.cumsum(n_out) - n_out, n_out)
+    q = total[q_line] * k / np.maximum(n_out[q_line] - 1, 1)
+    span = float(total.max()) + 1.0
+    idx = np.searchsorted(s + line * span, q + q_line * span, side="right") - 1
+    lo, hi = start[q_line], start[q_line] + np.maximum(count[q_line] - 2, 0)
+    idx = np.clip(idx, lo, hi)
+    nxt = np.minimum(idx + 1, start[q_line] + count[q_line] - 1)
+    f = np.clip((q - s[idx]) / np.maximum(s[nxt] - s[idx], 1e-12), 0.0, 1.0)
+    out = pts[idx] + f[:, None] * (pts[nxt] - pts[idx])
+    return np.split(out, np.cumsum(n_out)[:-1])
 
 
 @dataclass
@@ -78,8 +103,8 @@ class LaneGraph:
         feats = [(k, f) for k, f in sc.map_features.items()
                  if f.is_lane and f.type != "LANE_BIKE_LANE" and f.polyline is not None and len(f.polyline) >= 2]
         ids, pts, limit = [], [], []
-        for k, f in feats:
-            p = _resample(np.asarray(f.polyline[:, :2], np.float64), ds)  # nuScenes: third column is yaw
+        lines = resample_polylines([f.polyline[:, :2] for _, f in feats], ds)  # nuScenes: third column is yaw
+        for (k, f), p in zip(feats, lines):
             if len(p) >= 2:
                 ids.append(str(k))
                 pts.append(p)

@@ -121,3 +121,34 @@ def test_followers_do_not_run_into_replayed_traffic_or_each_other(keep):
     assert not hit.any()
     order = np.argsort(-xy[:, :, 0], axis=0)
     assert (order == np.arange(n)[:, None]).all()  # nobody overtakes inside one lane
+
+
+def test_resampling_all_polylines_at_once_matches_one_at_a_time():
+    """``resample_polylines`` (one pass over a whole map) gives what interpolating each polyline alone gives:
+    points equally spaced along it, at most ``step`` apart, ends kept, repeated points dropped."""
+    from traffic.lanes import resample_polylines
+
+    def alone(pts: np.ndarray, step: float) -> np.ndarray:
+        d = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+        pts = pts[np.r_[True, d > 1e-6]]
+        if len(pts) < 2:
+            return pts
+        s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))]
+        q = np.linspace(0.0, s[-1], max(int(np.ceil(s[-1] / step)), 1) + 1)
+        return np.stack([np.interp(q, s, pts[:, 0]), np.interp(q, s, pts[:, 1])], -1)
+
+    rng = np.random.default_rng(0)
+    lines = [np.cumsum(rng.normal(size=(int(rng.integers(2, 30)), 2)) * rng.uniform(0.05, 10), 0) for _ in range(200)]
+    lines[3] = np.repeat(lines[3][:1], 4, 0)                         # one point, repeated
+    lines[4] = np.r_[lines[4], lines[4][-1:], lines[4][-1:]]          # a repeated end
+    lines[5] = np.array([[1.0, 2.0]])                                 # a single point
+    lines[6] = np.array([[0.0, 0.0], [0.3, 0.0]])                     # shorter than a step
+    for step in (0.7, 4.0):
+        got = resample_polylines(lines, step)
+        assert len(got) == len(lines)
+        for ln, g in zip(lines, got):
+            want = alone(ln, step)
+            assert g.shape == want.shape
+            np.testing.assert_allclose(g, want, atol=1e-9)
+            if len(g) > 1:
+                assert np.linalg.norm(np.diff(g, axis=0), axis=1).max() <= step + 1e-9

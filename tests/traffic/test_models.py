@@ -230,3 +230,17 @@ def test_models_follow_the_input_device(placement, trajectory, batch):
     assert pm.loss(b, generator=torch.Generator(device=dev).manual_seed(0))["total"].isfinite()
     roll = tm.rollout(b, 30, generator=torch.Generator(device=dev).manual_seed(0), sample_modes=True)
     assert roll.device.type == "cuda" and bool(roll.isfinite().all())
+
+
+def test_hidden_agents_change_no_placement_prediction(placement, batch):
+    """``sample`` gives the encoder only the context agents (a placement step then costs M + C + n tokens,
+    not M + A + N): agents outside the context are masked keys, so leaving their rows out changes nothing."""
+    model, _ = placement
+    b = _first(batch)
+    ctx = b["agent_mask"].clone()
+    ctx[:, 1:] = False  # the ego alone, as `traffic generate` places from
+    with torch.no_grad():
+        full = model(b, b["agent_state"], b["agent_type"], ctx)
+        ego = model(b, b["agent_state"][:, :1], b["agent_type"][:, :1], ctx[:, :1])
+    for k in full:
+        torch.testing.assert_close(full[k], ego[k], atol=1e-4, rtol=1e-4)

@@ -187,8 +187,8 @@ class PlacementModel(nn.Module):
         vector excluded) without another encoder pass. A scene whose tries all fail gets no vehicle at
         that step. Sizes are clamped to LENGTH_RANGE / WIDTH_RANGE, speeds to [0, speed limit or 20].
 
-        Cost: max(num_new) encoder passes over (M + A + max(num_new)) tokens, plus
-        O(max_tries * (A + N)) box tests per step.
+        Cost: max(num_new) encoder passes, step n over M + C + n tokens (C the most context agents of a
+        scene), plus O(max_tries * (C + N)) box tests per step.
 
         Args:
             batch: collated scenes. The existing agents form the initial context.
@@ -200,20 +200,25 @@ class PlacementModel(nn.Module):
         Returns:
             :class:`PlacedVehicles` with n = max(num_new) rows per scene.
         """
-        state0, mask = batch["agent_state"], batch["agent_mask"]
-        b, a = mask.shape
-        dev = state0.device
+        mask = batch["agent_mask"]
+        b = mask.shape[0]
+        dev = mask.device
         num_new = torch.as_tensor(num_new, device=dev).long().expand(b)
         n_max = int(num_new.max()) if b else 0
         ctx0 = mask if context is None else context & mask
-        state = torch.cat([state0, state0.new_zeros(b, n_max, 7)], 1)
-        types = torch.cat([batch["agent_type"], batch["agent_type"].new_zeros(b, n_max)], 1)
-        ctx = torch.cat([ctx0, ctx0.new_zeros(b, n_max)], 1)
         lane_mask = batch["lane_mask"]
         occupied = _scatter_any(batch["agent_lane"], ctx0, lane_mask.shape[1])
+        # only context agents matter (hidden ones are masked keys and never collide): keep those rows, first,
+        # and give the encoder the rows placed so far, so a step attends over M + a + n tokens, not M + A + N
+        a = max(int(ctx0.sum(1).max()) if b else 0, 1)
+        order = torch.argsort((~ctx0).to(torch.int8), dim=1, stable=True)[:, :a]
+        state0, ctx0 = batch["agent_state"].gather(1, order[..., None].expand(-1, -1, 7)), ctx0.gather(1, order)
+        state = torch.cat([state0, state0.new_zeros(b, n_max, 7)], 1)
+        types = torch.cat([batch["agent_type"].gather(1, order), batch["agent_type"].new_zeros(b, n_max)], 1)
+        ctx = torch.cat([ctx0, ctx0.new_zeros(b, n_max)], 1)
         out_lane = torch.full((b, n_max), -1, dtype=torch.long, device=dev)
         for n in range(n_max):
-            pred = self(batch, state, types, ctx)
+            pred = self(batch, state[:, :a + n], types[:, :a + n], ctx[:, :a + n])
             free = lane_mask & ~occupied & (num_new > n)[:, None]
             placed = torch.zeros(b, dtype=torch.bool, device=dev)
             for _ in range(max_tries):
