@@ -152,6 +152,10 @@ class PPOTrainConfig:
     slots in-process; needs a scenario directory and env.observation=scene)."""
     batched: BatchedConfig = field(default_factory=BatchedConfig)
     """Batched backend settings."""
+    init_policy: str = ""
+    """A run directory (or checkpoint file) whose policy weights start this run, e.g. a policy trained on the
+    batched backend fine-tuned in MetaDrive; its observation and network must match this run's (checked).
+    Empty: a fresh policy. Not used on --resume (the run's own checkpoint wins)."""
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     """Behaviour cloning of the training scenarios' logged egos before RL (``sim_bridge.rl.warmstart``)."""
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
@@ -434,6 +438,8 @@ def train(cfg: PPOTrainConfig, run_dir: str | Path, resume: bool = False, progre
             state["best"] = float(saved["best_metric"])
             episodes.extend(read_episodes(run_dir, upto_step=start))  # later rows belong to lost work
             _rewrite_episodes(run_dir / "episodes.csv", episodes)
+        elif cfg.init_policy:
+            _init_policy(model, cfg)
         elif cfg.warm_start.demonstrations == "log":
             _warm_start(model, cfg, run_dir)
         if cfg.curriculum.active:  # before learn() resets the env: its first episodes follow the schedule too
@@ -452,6 +458,19 @@ def train(cfg: PPOTrainConfig, run_dir: str | Path, resume: bool = False, progre
         return result
     finally:
         env.close()
+
+
+def _init_policy(model, cfg: PPOTrainConfig) -> None:
+    """Load ``cfg.init_policy``'s weights into the fresh learner (strict: same observation size and network)."""
+    saved = load_checkpoint(cfg.init_policy, hint="init_policy names a training run directory or checkpoint")
+    if saved["config"].get("algorithm", "ppo") != cfg.algorithm:
+        raise ValueError(f"init_policy {cfg.init_policy}: trained with {saved['config'].get('algorithm')}, this run "
+                         f"is {cfg.algorithm}")
+    try:
+        model.policy.load_state_dict(saved["model"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"init_policy {cfg.init_policy}: its policy does not fit this run (observation layout or "
+                         f"net_arch differ): {str(e).splitlines()[0]}") from None
 
 
 def _warm_start(model, cfg: PPOTrainConfig, run_dir: Path) -> dict:

@@ -207,3 +207,30 @@ def test_sim_rollout_drives_a_batched_policy_in_metadrive(batched_run, real_dir,
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "rollout.json").read_text())
     assert 1 <= summary["steps"] <= 12 and (tmp_path / "rollout.gif").stat().st_size > 1000
+
+
+@pytest.mark.metadrive
+def test_init_policy_starts_a_metadrive_run_from_a_batched_one(batched_run, real_dir, tmp_path):
+    """A policy trained on the batched backend starts a MetaDrive run (fine-tuning in the reference simulator):
+    the fresh learner holds its weights exactly; a run whose network does not fit is refused with the reason."""
+    import torch
+
+    from runkit.config import load_config
+    from sim_bridge.rl.train import _init_policy, _model, make_train_env
+
+    src = load_checkpoint(batched_run / "checkpoints" / "latest.pt")
+    sets = ["backend=metadrive", f"env.data={real_dir}", "env.observation=scene", "env.scene_obs.agents=4",
+            "env.scene_obs.route_points=5", "ppo.net_arch=[32, 32]", f"init_policy={batched_run}",
+            "ppo.n_steps=64", "ppo.batch_size=64"]
+    cfg = load_config(PPOTrainConfig, None, sets)
+    env = make_train_env(cfg)
+    try:
+        model = _model(cfg, env, None)
+        _init_policy(model, cfg)
+        for k, v in model.policy.state_dict().items():
+            assert torch.equal(v, src["model"][k]), k
+        wide = load_config(PPOTrainConfig, None, sets[:-3] + ["ppo.net_arch=[64, 64]", f"init_policy={batched_run}"])
+        with pytest.raises(ValueError, match="does not fit"):
+            _init_policy(_model(wide, env, None), wide)
+    finally:
+        env.close()
