@@ -153,7 +153,7 @@ def bench_batched_sim(quick: bool = False) -> dict:
 
 
 def bench_batched_transfer(budget_steps: int = 1_000_000, num_scenes: int = 128, held_out: int = 3,
-                           out: str | Path | None = None, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+                           out: str | Path | None = None, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> dict:
     """PPO trained on the batched simulator, evaluated in both simulators: does the policy transfer to MetaDrive?
 
     For each seed: trains ``budget_steps`` (``configs/sim/ppo_batched.yaml`` settings, ``num_scenes`` slots)

@@ -620,7 +620,7 @@ def bench_batched_sim() -> dict:
 
 
 def bench_batched_transfer() -> dict:
-    """PPO trained on the batched simulator (1M steps, 128 slots, 4 real scenes, 3 seeds), evaluated in it and in
+    """PPO trained on the batched simulator (1M steps, 128 slots, 4 real scenes, 5 seeds), evaluated in it and in
     MetaDrive."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from batched_sim import bench_batched_transfer as run
