@@ -36,16 +36,16 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from sim_bridge.batched.dynamics import VehicleConfig, bicycle_step, log_pose
-from sim_bridge.batched.events import box_crosses_segments, boxes_overlap, nearby_segments, project_on_route
+from sim_bridge.batched.events import (box_crosses_segments, boxes_overlap, nearby_segments, nearest_agents,
+                                      project_on_route)
 from sim_bridge.batched.idm import idm_advance, scene_at
 from sim_bridge.batched.state import (AGENT_HUMAN, AGENT_OBJECT, AGENT_VEHICLE, F_COS, F_SIN, F_VX, F_VY,
                                       BatchedScenarios, SimState)
 from sim_bridge.envs.factory import IDMConfig, RewardConfig
 from sim_bridge.geometry import vectors_to_frame
 
-__all__ = ["BatchedEnvConfig", "IDMConfig", "reset", "ego_state", "step", "ego_motion", "judge", "observe",
-           "road_events", "obs_dim", "TensorVecEnv",
-           "BatchedVecEnv",
+__all__ = ["BatchedEnvConfig", "IDMConfig", "reset", "ego_state", "step", "ego_motion", "judge", "log_frames",
+           "observe", "road_events", "obs_dim", "TensorVecEnv", "BatchedVecEnv",
            "DEFAULT_EGO_SIZE"]
 
 DEFAULT_EGO_SIZE = (4.515, 1.852)  # MetaDrive DefaultVehicle, m
@@ -111,6 +111,16 @@ def _ego_size(batch: BatchedScenarios, scenario: Tensor, cfg: BatchedEnvConfig) 
     return batch.ego_size.new_tensor(DEFAULT_EGO_SIZE).expand(scenario.shape[0], 2)
 
 
+def log_frames(batch: BatchedScenarios, scenario: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Every logged agent of rows ``scenario`` [b] at step t [b]: (agents [b, a, 9] frames channels, present
+    bool [b, a]: valid then, and t within the log). One contiguous row read per slot."""
+    n, steps, a, ch = batch.frames.shape
+    log = batch.scene[scenario]
+    row = log * steps + torch.minimum(t, batch.length[log] - 1)  # rows are contiguous: index_select copies
+    present = batch.frame_valid.view(n * steps, a).index_select(0, row) & (t < batch.length[log])[:, None]
+    return batch.frames.view(n * steps, a, ch).index_select(0, row), present
+
+
 def _scene(batch: BatchedScenarios, scenario: Tensor, t: Tensor, xy: Tensor, k: int, kept: Tensor
            ) -> tuple[Tensor, Tensor, Tensor]:
     """Logged agents at step t and the k nearest to xy [b, 2] among the ``kept`` ones (bool [b, a]).
@@ -119,17 +129,10 @@ def _scene(batch: BatchedScenarios, scenario: Tensor, t: Tensor, xy: Tensor, k: 
         (agents [b, a, 9] frames channels, others bool [b, a] present and not the ego,
         near int64 [b, k'] agent indices by increasing centre distance, k' = min(k, a)).
     """
-    n, steps, a, ch = batch.frames.shape
-    log = batch.scene[scenario]
-    row = log * steps + torch.minimum(t, batch.length[log] - 1)  # rows are contiguous: index_select copies
-    is_ego = torch.arange(a, device=t.device) == batch.ego[scenario][:, None]
-    others = (batch.frame_valid.view(n * steps, a).index_select(0, row) & (t < batch.length[log])[:, None]
-              & ~is_ego & kept)
-    agents = batch.frames.view(n * steps, a, ch).index_select(0, row)
-    dx, dy = agents[..., 0] - xy[:, 0:1], agents[..., 1] - xy[:, 1:2]
-    dist = torch.where(others, dx * dx + dy * dy, torch.inf)
-    near = dist.topk(min(k, dist.shape[1]), dim=-1, largest=False).indices
-    return agents, others, near
+    agents, present = log_frames(batch, scenario, t)
+    is_ego = torch.arange(agents.shape[1], device=t.device) == batch.ego[scenario][:, None]
+    others = present & ~is_ego & kept
+    return agents, others, nearest_agents(agents, others, xy, k)
 
 
 def reset(batch: BatchedScenarios, scenario: Tensor, cfg: BatchedEnvConfig, kept: Tensor | None = None) -> SimState:

@@ -19,7 +19,7 @@ from torch import Tensor
 from sim_bridge.batched.state import BatchedScenarios
 from sim_bridge import geometry
 
-__all__ = ["boxes_overlap", "box_crosses_segments", "nearby_segments", "project_on_route",
+__all__ = ["boxes_overlap", "box_crosses_segments", "nearby_segments", "nearest_agents", "project_on_route",
            "ROUTE_BEHIND", "ROUTE_AHEAD"]
 
 ROUTE_BEHIND, ROUTE_AHEAD = 2, 8  # route segments searched around the previous one (>= 1 m each)
@@ -43,6 +43,14 @@ def box_crosses_segments(box: Tensor, seg: Tensor) -> Tensor:
     nx, ny = -(qy[..., 1] - qy[..., 0]), qx[..., 1] - qx[..., 0]  # segment normal
     on_n = (qx[..., 0] * nx + qy[..., 0] * ny).abs() <= hl * nx.abs() + hw * ny.abs()
     return on_x & on_y & on_n
+
+
+def nearest_agents(agents: Tensor, present: Tensor, xy: Tensor, k: int) -> Tensor:
+    """int64 [b, min(k, a)]: indices of the ``present`` (bool [b, a]) agents [b, a, >=2] with centres nearest
+    to xy [b, 2], nearest first (absent ones sort last). O(b a)."""
+    dx, dy = agents[..., 0] - xy[:, 0:1], agents[..., 1] - xy[:, 1:2]
+    dist = torch.where(present, dx * dx + dy * dy, torch.inf)
+    return dist.topk(min(k, dist.shape[1]), dim=-1, largest=False).indices
 
 
 def nearby_segments(batch: BatchedScenarios, scenario: Tensor, xy: Tensor) -> tuple[Tensor, Tensor]:

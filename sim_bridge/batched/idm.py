@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from sim_bridge.batched.events import nearest_agents
 from sim_bridge.batched.state import AGENT_VEHICLE, F_COS, F_SIN, F_VX, F_VY, BatchedScenarios, SimState
 from sim_bridge.envs.factory import IDMConfig
 
@@ -43,10 +44,7 @@ def scene_at(batch: BatchedScenarios, scenario: Tensor, tau: Tensor, t: Tensor, 
     agents = torch.cat([xy_a, torch.atan2(cs[..., 1], cs[..., 0])[..., None], f0[..., 3:5], cs, vel], -1)
     is_ego = torch.arange(a, device=t.device) == batch.ego[scenario][:, None]
     others = v0 & (t < batch.length[log])[:, None] & ~is_ego & kept
-    dx, dy = agents[..., 0] - xy[:, 0:1], agents[..., 1] - xy[:, 1:2]
-    dist = torch.where(others, dx * dx + dy * dy, torch.inf)
-    near = dist.topk(min(k, dist.shape[1]), dim=-1, largest=False).indices
-    return agents, others, near
+    return agents, others, nearest_agents(agents, others, xy, k)
 
 
 def idm_advance(batch: BatchedScenarios, state: SimState, ego: Tensor, ego_speed: Tensor, p: IDMConfig,

@@ -36,7 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sim_bridge.batched.env import BatchedEnvConfig, TensorVecEnv, ego_motion, judge, obs_dim, observe, reset
+from sim_bridge.batched.env import (BatchedEnvConfig, TensorVecEnv, ego_motion, judge, log_frames, obs_dim, observe,
+                                   reset)
+from sim_bridge.batched.events import nearest_agents
 from sim_bridge.batched.state import BatchedScenarios, SimState
 
 __all__ = ["scene_rows", "self_play_config", "self_play_step", "SelfPlayVecEnv"]
@@ -83,11 +85,8 @@ def self_play_step(batch: BatchedScenarios, state: SimState, action: Tensor, dri
     xy, yaw, speed, rate, steer = ego_motion(batch, state, action, cfg)
     # the log at the new step, one copy per scene
     lead = torch.arange(g, device=t.device) * p
-    log, tg = batch.scene[state.scenario[lead]], t[lead]
-    n, steps, a, ch = batch.frames.shape
-    row = log * steps + torch.minimum(tg, batch.length[log] - 1)
-    scene = batch.frames.view(n * steps, a, ch).index_select(0, row)  # [g, a, 9]
-    present = batch.frame_valid.view(n * steps, a).index_select(0, row) & (tg < batch.length[log])[:, None]
+    scene, present = log_frames(batch, state.scenario[lead], t[lead])  # [g, a, 9], [g, a]
+    a = scene.shape[1]
     # the driven vehicles at their simulated state; a finished one has left
     c, s = torch.cos(yaw), torch.sin(yaw)
     sim = torch.cat([xy, yaw[:, None], state.ego_size, c[:, None], s[:, None], (speed * c)[:, None],
@@ -99,9 +98,7 @@ def self_play_step(batch: BatchedScenarios, state: SimState, action: Tensor, dri
     agents = scene.repeat_interleave(p, 0)  # [b, a, 9]
     own = torch.arange(a, device=t.device) == state.ego_index[:, None]
     others = present.repeat_interleave(p, 0) & ~own & state.kept
-    dx, dy = agents[..., 0] - xy[:, 0:1], agents[..., 1] - xy[:, 1:2]
-    dist = torch.where(others, dx * dx + dy * dy, torch.inf)
-    near = dist.topk(min(max(cfg.obs_agents, cfg.collision_candidates), a), dim=-1, largest=False).indices
+    near = nearest_agents(agents, others, xy, max(cfg.obs_agents, cfg.collision_candidates))
     moved = replace(state, t=t, ego_xy=xy, ego_yaw=yaw, ego_speed=speed, ego_steer=steer, ego_yaw_rate=rate,
                     agents=agents, others=others, near=near, agent_tau=t[:, None].float().expand_as(others))
     new, reward, term, trunc, info = judge(batch, state, moved, cfg)
@@ -187,7 +184,6 @@ class SelfPlayVecEnv(TensorVecEnv):
             slots = over.repeat_interleave(self.per_scene)
             fresh, driven = self._start(int(over.sum()))
             state = state.replace_where(slots, fresh)
-            self.driven = self.driven.clone()
             self.driven[slots] = driven
             self.alive[slots] = driven
             obs[slots] = self._observe(fresh, driven)
