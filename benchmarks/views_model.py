@@ -86,10 +86,10 @@ def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path
     batch, source = _batch(cfg, Path(run_dir) if run_dir else None)
     pipe(batch, mode="parallel", steps=2, seed=0)  # warm-up (allocator, kernels)
     t0 = time.perf_counter()
-    par = pipe(batch, mode="parallel", steps=steps, seed=0)
+    par = pipe(batch, mode="parallel", steps=steps, seed=0).images
     t_par = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ar = pipe(batch, mode="autoregressive", seed=0)
+    ar = pipe(batch, mode="autoregressive", seed=0).images
     t_ar = time.perf_counter() - t0
     h, w = cfg.token_grid
     result = {"parallel_s": round(t_par, 3), "autoregressive_s": round(t_ar, 3), "speedup": round(t_ar / t_par, 1),

@@ -79,7 +79,7 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
     work, out = Path(work), Path(out)
     times: dict = {}
     t0 = time.perf_counter()
-    generate_procedural(ProceduralConfig(num_scenarios=16, start_seed=0, steps=200, traffic_density=0.3, workers=2),
+    generate_procedural(ProceduralConfig(num_scenarios=16, start_seed=0, steps=200, traffic_density=0.8, workers=2),
                         work / "scenarios", resume=True)
     times["scenarios_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

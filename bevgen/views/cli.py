@@ -211,40 +211,74 @@ def sample_cmd(
 # ---- eval ---------------------------------------------------------------------------------------
 @app.command("eval")
 def eval_cmd(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Run directory of `bevgen views train`."),
-    data: Path = typer.Option(..., "--data", "-d", help="Frame dataset directory (the one the model was trained on)."),
+    ckpt: Path = typer.Option(..., "--ckpt", help="Views model: a `bevgen views train` run directory, its "
+                              "checkpoints/, or a shipped checkpoint directory (e.g. checkpoints/views_tiny)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Frame dataset directory (`bevgen views dataset`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (metrics.json, preview.png)."),
+    frames: str = typer.Option("auto", "--frames", help="Frames scored: heldout (the run's split.json held-out "
+                               "frames), all (every frame of --data is treated as held out), or auto (heldout "
+                               "when CKPT has a split.json that lists frames of --data, else all)."),
     bevseg: Optional[Path] = typer.Option(None, "--bevseg", help="Trained BEV segmentation checkpoint; "
-                                          "default: train one on the training split (cached in OUT/bevseg)."),
+                                          "default: train one (cached in OUT/bevseg) on --bevseg-data."),
+    bevseg_data: Optional[Path] = typer.Option(None, "--bevseg-data", help="Frames to train the BEV segmentation "
+                                               "network on; default: the run's training split of --data with "
+                                               "--frames heldout, else --data itself."),
     bevseg_steps: int = typer.Option(600, "--bevseg-steps", help="Steps when training the BEV segmentation network."),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pytorch-fid Inception weights file "
                                                "(pt_inception-2015-12-05-*.pth); default: in-project extractor."),
-    num: int = typer.Option(0, "--num", help="Held-out frames to score (0 = all)."),
+    num: int = typer.Option(0, "--num", help="Frames to score (0 = all selected)."),
     mode: str = typer.Option("parallel", "--mode", help="Decoding mode."),
 ):
-    """Score generated views on held-out frames: BEV IoU (and the GT oracle), seam consistency, FID/KID."""
+    """Score generated views: BEV IoU (overall and near / mid / far vehicles, next to the ground-truth oracle),
+    seam consistency, FID / KID. Any checkpoint on any frame dataset: without a matching split.json every
+    frame of --data counts as held out."""
     from bevgen.views.bevseg_train import train_bevseg
     from bevgen.views.metrics import evaluate_views
     from bevgen.views.sample import load_views
+    from runkit.atomic import atomic_write_text
 
-    split_file = ckpt / "split.json"
-    if not split_file.exists():
-        _fail(f"{ckpt}: no split.json (not a `bevgen views train` run directory)")
-    split = json.loads(split_file.read_text())
-    heldout = split.get("heldout") or split.get("val") or []
+    if frames not in ("auto", "heldout", "all"):
+        _fail(f"--frames must be auto, heldout or all, got {frames!r}")
+    index_file = data / "index.json"
+    if not index_file.exists():
+        _fail(f"{data}: not a views dataset (no index.json)")
+    listed = json.loads(index_file.read_text()).get("frames", [])
+    run_dir = ckpt.parent if ckpt.suffix == ".pt" else ckpt
+    run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
+    split_file = run_dir / "split.json"
+    split = json.loads(split_file.read_text()) if split_file.exists() else None
+    if frames == "auto":
+        frames = "heldout" if split and set(split.get("heldout") or []) & set(listed) else "all"
+    bevseg_train_names = None
+    if frames == "heldout":
+        if split is None:
+            _fail(f"{ckpt}: no split.json, so no held-out frames are known; use --frames all")
+        selected = split.get("heldout") or split.get("val") or []
+        if not selected:
+            _fail(f"{split_file}: no held-out frames to evaluate on")
+        _check_eval_data(data, split, selected[:num] if num else selected, split_file)
+        bevseg_train_names = split.get("train")
+    else:
+        selected = listed
     if num:
-        heldout = heldout[:num]
-    if not heldout:
-        _fail(f"{split_file}: no held-out frames to evaluate on")
-    _check_eval_data(data, split, heldout, split_file)
+        selected = selected[:num]
+    if not selected:
+        _fail(f"{data}: no frames to evaluate")
+    seg_data = bevseg_data or data
+    if bevseg_data is not None:
+        bevseg_train_names = None
+    seg_source = (f"given: {bevseg}" if bevseg is not None else
+                  f"{seg_data} ({'training split' if bevseg_train_names is not None else 'every frame'})")
     try:
         pipe = load_views(ckpt)
         if bevseg is None:
-            bevseg = train_bevseg(data, split.get("train"), out / "bevseg", steps=bevseg_steps, resume=True)
-        metrics = evaluate_views(lambda b: pipe(b, mode=mode).images, data, heldout, out, bevseg_ckpt=bevseg,
+            bevseg = train_bevseg(seg_data, bevseg_train_names, out / "bevseg", steps=bevseg_steps, resume=True)
+        metrics = evaluate_views(lambda b: pipe(b, mode=mode).images, data, selected, out, bevseg_ckpt=bevseg,
                                  extractor_weights=fid_weights)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    metrics |= {"frames": frames, "bevseg_trained_on": seg_source}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     _console().print_json(json.dumps({k: v for k, v in metrics.items() if k != "definitions"}, default=str))
     for name in metrics.get("missing_frames") or []:
         _console().print(f"[yellow]skipped[/] {name}: frame file missing", highlight=False)

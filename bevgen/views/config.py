@@ -13,7 +13,8 @@ from typing import Literal, Sequence
 from runkit.rundir import config_differences as _config_differences
 
 __all__ = ["DataConfig", "TokenizerConfig", "GeneratorConfig", "ViewsTrainConfig", "ViewsConfig", "config_differences",
-           "MODEL_FIELDS", "RUNTIME_FIELDS"]
+           "MODEL_FIELDS", "RUNTIME_FIELDS",
+           "with_legacy_defaults"]
 
 MODEL_FIELDS = ("data", "tokenizer", "generator")
 """Config sections that define the trained models and their data: a resumed run must not change them."""
@@ -120,6 +121,15 @@ class GeneratorConfig:
     """Initial beta_h of the cross-view self-attention bias beta_h * cos(d_i, d_j)."""
     bev_bias_init: float = 2.0
     """Initial gamma_h of the image->BEV azimuth bias gamma_h * cos(az(d_i) - az(p_j - c_i))."""
+    aligned_condition: bool = True
+    """Add to every image token the layout seen through its own pixels (``bevgen.views.projection``: raster
+    at the ground point, box class / face / heading, depth), embedded by an MLP. Checkpoints written before
+    this field existed are models without it (read as False)."""
+    projection_subsamples: int = 4
+    """Rays per token side averaged into the aligned condition (sub-token resolution)."""
+    object_loss_weight: float = 3.0
+    """Masked-token loss weight 1 + w * (fraction of the token's rays that hit a box): cars are a small part
+    of each image, so without it the loss is spent on road and sky. Needs aligned_condition's geometry."""
 
     def __post_init__(self):
         if self.d_model % self.heads:
@@ -128,6 +138,8 @@ class GeneratorConfig:
             raise ValueError("generator.cond_dropout must be in [0, 1)")
         if self.bev_grid < 1 or self.layers < 1:
             raise ValueError("generator.bev_grid and layers must be >= 1")
+        if self.projection_subsamples < 1 or self.object_loss_weight < 0:
+            raise ValueError("generator.projection_subsamples must be >= 1 and object_loss_weight >= 0")
 
 
 @dataclass(frozen=True)
@@ -206,6 +218,18 @@ class ViewsConfig:
         return self.data.num_views * h * w
 
 
+LEGACY_DEFAULTS = {("generator", "aligned_condition"): False, ("generator", "object_loss_weight"): 0.0}
+"""Values a checkpoint's stored config means when it lacks the field (written before the field existed)."""
+
+
+def with_legacy_defaults(stored: dict) -> dict:
+    """A checkpoint's stored config dict with ``LEGACY_DEFAULTS`` filled in where the field is absent."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in stored.items()}
+    for (section, name), value in LEGACY_DEFAULTS.items():
+        out.setdefault(section, {}).setdefault(name, value)
+    return out
+
+
 def config_differences(stored: dict, cfg: ViewsConfig, fields: Sequence[str] = MODEL_FIELDS,
                        ignore: Sequence[str] = RUNTIME_FIELDS) -> list[str]:
     """Fields where a checkpoint's stored config and ``cfg`` disagree (``runkit.rundir.config_differences``
@@ -219,4 +243,4 @@ def config_differences(stored: dict, cfg: ViewsConfig, fields: Sequence[str] = M
     Returns:
         one "field: checkpoint X, config Y" line per differing field (empty when they agree).
     """
-    return _config_differences(stored, cfg, fields, ignore)
+    return _config_differences(with_legacy_defaults(stored), cfg, fields, ignore)

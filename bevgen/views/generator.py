@@ -9,15 +9,18 @@ frame's own rig (K [v, 3, 3] at the model's image size, T_cam_from_ego [v, 4, 4]
   normalised corners (``Boxes3D.corners``), a Fourier embedding of
   its centre and a class embedding; ``cond_layers`` self-attention blocks mix them;
 * image tokens: token embedding + camera embedding MLP(Fourier(d_ray), Fourier(c_v / 4 m)) computed
-  per sample from the rig (``attention.token_rays``);
+  per sample from the rig (``attention.token_rays``) + (``aligned_condition``) an MLP of the layout seen
+  through the token's own pixels (``bevgen.views.projection.layout_projection``: raster at the ground
+  point, box class, face, heading and depth): the condition arrives spatially aligned with the tokens;
 * ``layers`` blocks of [cross-view self-attention with bias beta cos(d_i, d_j); cross-attention to the
   condition tokens with the azimuth bias gamma cos(az(d_i) - az(p_j - c_v)); MLP], pre-norm;
 * head: logits over the K codes.
 
 Training (MaskGIT, Chang et al. 2022): per sample r ~ U(0, 1), a fraction cos(pi r / 2) of the tokens
-(at least one) is replaced by [MASK]; cross-entropy on the masked tokens. With probability
+(at least one) is replaced by [MASK]; cross-entropy on the masked tokens, each weighted by
+1 + object_loss_weight * (fraction of its rays that hit a box). With probability
 ``cond_dropout`` a sample gets the null condition (BEV features replaced by a learned null vector,
-positions kept; all boxes invalid), which enables classifier-free guidance at sampling time.
+positions kept; all boxes invalid; aligned condition zero), which enables classifier-free guidance at sampling time.
 
 Letters: b batch, v view, h w token grid, n image token (v h w), m condition token, c BEV channel,
 k head / code, d feature.
@@ -36,6 +39,7 @@ from torch import Tensor, nn
 from bevgen.views.attention import (MLP, Attention, GeometricBias, azimuth_cosine,
                                     fourier_features, ray_cosine, token_rays)
 from bevgen.views.config import GeneratorConfig
+from bevgen.views.projection import box_coverage, layout_projection, projection_channels
 from sim_bridge.boxes import Boxes3D
 
 __all__ = ["ViewsTransformer", "Context", "masked_token_loss", "batch_boxes"]
@@ -54,6 +58,8 @@ class Context:
         cam: [b, n, d] ray and camera-centre embedding of each image token.
         ray_cos: [b, n, n] cosine between the rays of image tokens (self-attention bias).
         az_cos: [b, n, m] azimuth agreement of each image token's ray with each condition token (cross bias).
+        aligned: [b, n, d] embedding of the layout projected into each token's pixels (None without
+            ``aligned_condition``).
     """
 
     cond_valid: Tensor
@@ -61,6 +67,7 @@ class Context:
     cam: Tensor | None = None
     ray_cos: Tensor | None = None
     az_cos: Tensor | None = None
+    aligned: Tensor | None = None
 
 
 class BevEncoder(nn.Module):
@@ -167,6 +174,11 @@ class ViewsTransformer(nn.Module):
         self.cond_norm = nn.LayerNorm(d)
         self.blocks = nn.ModuleList([Block(cfg, cross=True) for _ in range(cfg.layers)])
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, codebook_size))
+        self.bev_channels, self.range_m = bev_channels, range_m
+        self.aligned = None
+        if cfg.aligned_condition:
+            self.aligned = nn.Sequential(nn.Linear(projection_channels(bev_channels, cfg.num_classes), d), nn.SiLU(),
+                                         nn.Linear(d, d))
         self.apply(self._init)
 
     @staticmethod
@@ -185,6 +197,20 @@ class ViewsTransformer(nn.Module):
         """n = v h w image tokens per frame."""
         return self.num_views * self.token_grid[0] * self.token_grid[1]
 
+    def projection(self, batch: dict[str, Tensor]) -> Tensor:
+        """The layout seen through each token's pixels: [b, n, c] (``projection.layout_projection``), read from
+        ``batch["projection"]`` when the batch carries it (training caches it per frame)."""
+        if "projection" in batch:
+            return batch["projection"].float()
+        boxes = batch_boxes(batch)[:, : self.cfg.max_objects]
+        feats = layout_projection(batch["bev"], boxes, batch["K"], batch["T_cam_from_ego"], self.token_grid,
+                                  self.stride, self.cfg.projection_subsamples, self.range_m, self.cfg.num_classes)
+        return rearrange(feats, "b v h w c -> b (v h w) c")
+
+    def coverage(self, projection: Tensor) -> Tensor:
+        """[b, n, c] projection -> [b, n] fraction of each token's rays that hit a box."""
+        return box_coverage(projection, self.bev_channels, self.cfg.num_classes)
+
     def context(self, batch: dict[str, Tensor], null: Tensor) -> Context:
         """Everything that does not depend on the image tokens (computed once per decoded frame).
 
@@ -195,7 +221,8 @@ class ViewsTransformer(nn.Module):
             null: [b] bool, True where the null (unconditional) condition is used.
         Returns:
             :class:`Context`: cond [b, g*g + m, d], cond_valid [b, g*g + m], cam [b, n, d], ray_cos [b, n, n],
-            az_cos [b, n, g*g + m]. O(b (n^2 + n m) + BEV convs).
+            az_cos [b, n, g*g + m], aligned [b, n, d] (or None). O(b (n^2 + n m) + BEV convs), plus
+            O(b n sub^2 m) for the aligned condition.
         """
         bev_feat, bev_pos = self.bev(batch["bev"])
         b = bev_feat.shape[0]
@@ -216,12 +243,18 @@ class ViewsTransformer(nn.Module):
                                 *rays.shape[:-1], -1)], -1)
         flat_rays = rearrange(rays, "b v h w c -> b (v h w) c")
         cam = rearrange(self.cam(cam_in), "b v h w d -> b (v h w) d")
+        aligned = None
+        if self.aligned is not None:
+            proj = self.projection(batch) * ~null[:, None, None]
+            aligned = self.aligned(proj.to(cam.dtype))
         return Context(cond_valid, cond=self.cond_norm(cond), cam=cam, ray_cos=ray_cosine(flat_rays),
-                       az_cos=azimuth_cosine(rays, centres, key_xy))
+                       az_cos=azimuth_cosine(rays, centres, key_xy), aligned=aligned)
 
     def logits(self, tokens: Tensor, ctx: Context) -> Tensor:
         """Token indices [b, n] (mask_id = masked) -> logits [b, n, K]. O(layers b (n^2 + n m) d)."""
         x = self.tok(tokens) + ctx.cam
+        if ctx.aligned is not None:
+            x = x + ctx.aligned
         for blk in self.blocks:
             x = blk(x, ctx)
         return self.head(x).float()
@@ -242,9 +275,17 @@ def masked_token_loss(model: nn.Module, tokens: Tensor, batch: dict[str, Tensor]
         cond_dropout: probability of the null condition per sample.
         generator: torch.Generator on tokens.device for the mask draws.
     Returns:
-        dict: total (cross-entropy on masked tokens), acc (top-1 on masked tokens), mask_ratio.
+        dict: total (cross-entropy on masked tokens, weighted 1 + object_loss_weight * box coverage), acc
+        (top-1 on masked tokens), acc_objects (top-1 on masked tokens at least half covered by a box; NaN
+        when none), mask_ratio.
     """
     core = getattr(model, "module", model)
+    weight_obj = core.cfg.object_loss_weight
+    coverage = None
+    if core.aligned is not None or weight_obj > 0:
+        if "projection" not in batch:
+            batch = {**batch, "projection": core.projection(batch)}
+        coverage = core.coverage(batch["projection"].float())  # [b, n]
     b, n = tokens.shape
     dev = tokens.device
     ratio = torch.cos(0.5 * math.pi * torch.rand(b, device=dev, generator=generator))
@@ -254,6 +295,13 @@ def masked_token_loss(model: nn.Module, tokens: Tensor, batch: dict[str, Tensor]
     null = torch.rand(b, device=dev, generator=generator) < cond_dropout
     logits = model(tokens.masked_fill(mask, core.mask_id), batch, null)
     target = tokens[mask]
-    loss = F.cross_entropy(logits[mask], target)
-    acc = (logits[mask].argmax(-1) == target).float().mean()
-    return {"total": loss, "acc": acc.detach(), "mask_ratio": mask.float().mean().detach()}
+    ce = F.cross_entropy(logits[mask], target, reduction="none")
+    right = (logits[mask].argmax(-1) == target).float()
+    out = {"acc": right.mean().detach(), "mask_ratio": mask.float().mean().detach()}
+    if coverage is None:
+        return out | {"total": ce.mean()}
+    cov = coverage[mask]
+    w = 1.0 + weight_obj * cov
+    on_obj = cov >= 0.5
+    out["acc_objects"] = (right[on_obj].mean() if on_obj.any() else right.new_tensor(float("nan"))).detach()
+    return out | {"total": (w * ce).sum() / w.sum()}

@@ -27,7 +27,33 @@ from runkit.atomic import atomic_write, atomic_write_text
 
 # cv2 is imported lazily (preview images only): a slow import.
 
-__all__ = ["overlapping_pairs", "seam_consistency", "evaluate_views", "DEFINITIONS", "SeamConfig"]
+__all__ = ["overlapping_pairs", "seam_consistency", "evaluate_views", "DEFINITIONS", "SeamConfig",
+           "iou_by_distance", "DISTANCE_BANDS_M"]
+
+DISTANCE_BANDS_M = {"near": (0.0, 15.0), "mid": (15.0, 30.0), "far": (30.0, float("inf"))}
+"""Ranges of BEV-cell centre distance from the ego for the per-distance vehicle IoU."""
+
+
+def iou_by_distance(pred: Any, target: Any, range_m: float, channel: int = 1,
+                    bands: dict[str, tuple[float, float]] = DISTANCE_BANDS_M) -> dict[str, float]:
+    """Dataset-level IoU of one channel inside each distance band of the BEV grid.
+
+    Args:
+        pred, target: bool [b, c, S, S] (row 0 = x +range, column 0 = y +range). range_m: half extent (m).
+        channel: the channel scored (1 = vehicle in ``bev_targets``). bands: name -> [lo, hi) metres.
+    Returns:
+        {name: IoU} (NaN where the band's union is empty). O(b S^2).
+    """
+    p, t = np.asarray(pred, dtype=bool)[:, channel], np.asarray(target, dtype=bool)[:, channel]
+    S = p.shape[-1]
+    centre = range_m - (np.arange(S) + 0.5) * (2 * range_m / S)
+    dist = np.hypot(centre[:, None], centre[None, :])
+    out = {}
+    for name, (lo, hi) in bands.items():
+        cells = (dist >= lo) & (dist < hi)
+        inter, union = (p & t)[:, cells].sum(), (p | t)[:, cells].sum()
+        out[name] = float(inter / union) if union else float("nan")
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,6 +79,8 @@ DEFINITIONS = {
                 "generated views (threshold 0.5) and the conditioning layout, max-pooled to the network's "
                 "grid; dataset-level (sum of intersections / sum of unions). null without a bevseg checkpoint.",
     "vehicle_iou": "Same as road_iou for the vehicle channel, the ego's own box excluded (no camera sees it).",
+    "vehicle_iou_near": "vehicle_iou over BEV cells within 15 m of the ego (centre distance); _mid: 15-30 m; "
+                        "_far: 30 m to the raster's edge. Each also with _oracle.",
     "road_iou_oracle": "road_iou with the ground-truth images (resized to the generated size) as input: the "
                        "ceiling set by the segmentation network itself.",
     "vehicle_iou_oracle": "vehicle_iou on ground-truth images.",
@@ -294,6 +322,8 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
         for key, pred in (("", torch.cat(acc["pred"])), ("_oracle", torch.cat(acc["pred_gt"]))):
             road, veh = iou(pred, target)
             metrics[f"road_iou{key}"], metrics[f"vehicle_iou{key}"] = _num(road), _num(veh)
+            for band, value in iou_by_distance(pred, target, seg.config.bev_range_m).items():
+                metrics[f"vehicle_iou_{band}{key}"] = _num(value)
     metrics.update({
         "seam_consistency": _num(np.nanmean(seam_gen)) if np.isfinite(seam_gen).any() else None,
         "seam_consistency_oracle": _num(np.nanmean(seam_gt)) if np.isfinite(seam_gt).any() else None,

@@ -35,7 +35,7 @@ from torch import Tensor
 from bevgen.cameras import NUSCENES_CAMERAS, CameraRig, scale_intrinsics
 from bevgen.layout import BevLayout
 from bevgen.views.bevseg import resize_views
-from bevgen.views.config import ViewsConfig, config_differences
+from bevgen.views.config import ViewsConfig, config_differences, with_legacy_defaults
 from bevgen.views.generator import Context, ViewsTransformer
 from bevgen.views.tokenizer import VQAutoencoder
 from runkit.checkpoint import load_checkpoint
@@ -171,8 +171,10 @@ class ViewsPipeline:
         """Condition context; with guidance the batch is doubled as [cond; uncond]."""
         b = batch["bev"].shape[0]
         null = torch.zeros(b, dtype=torch.bool, device=self.device)
+        if self.generator.aligned is not None and "projection" not in batch:  # once, not again for the null half
+            batch = {**batch, "projection": self.generator.projection(batch)}
         if guidance != 0:
-            batch = {k: torch.cat([batch[k], batch[k]]) for k in COND_KEYS}
+            batch = {k: torch.cat([batch[k], batch[k]]) for k in COND_KEYS + ("projection",) if k in batch}
             null = torch.cat([null, ~null])
         return self.generator.context(batch, null)
 
@@ -184,19 +186,28 @@ class ViewsPipeline:
         return (1 + guidance) * cond - guidance * uncond
 
     def decode_parallel(self, ctx: Context, b: int, steps: int, guidance: float, temperature: float,
-                        generator: torch.Generator, choice_temperature: float = 4.5) -> Tensor:
-        """MaskGIT decoding: ``steps`` forwards -> tokens [b, n]. O(steps layers b n^2 d)."""
+                        generator: torch.Generator, choice_temperature: float = 4.5, init: Tensor | None = None
+                        ) -> Tensor:
+        """MaskGIT decoding: ``steps`` forwards -> tokens [b, n]. O(steps layers b n^2 d).
+
+        ``init`` [b, n] starts from known tokens (mask_id where unknown): only the unknown ones are decoded, on
+        the same cosine schedule scaled to their number (MaskGIT inpainting; the training masks cover any
+        subset, so a partly known frame is in distribution)."""
         n, mask_id = self.generator.num_tokens, self.generator.mask_id
-        tokens = torch.full((b, n), mask_id, dtype=torch.long, device=self.device)
+        tokens = torch.full((b, n), mask_id, dtype=torch.long, device=self.device) if init is None else init.clone()
+        n0 = (tokens == mask_id).sum(-1)  # [b] tokens to decode
+        if not bool(n0.any()):
+            return tokens
         for t in range(steps):
             unknown = tokens == mask_id
             sampled, logp = _sample(self._logits(tokens, ctx, guidance), temperature, generator)
             sampled = torch.where(unknown, sampled, tokens)
             ratio = (t + 1) / steps
             n_left = unknown.sum(-1)
-            n_mask = torch.full_like(n_left, math.floor(n * math.cos(0.5 * math.pi * ratio)))
+            n_mask = torch.floor(n0.double() * math.cos(0.5 * math.pi * ratio)).long()
             if t < steps - 1:  # reveal at least one token per step, keep at least one for later steps
                 n_mask = torch.minimum(n_mask, n_left - 1).clamp(min=1)
+            n_mask = torch.where(n_left > 0, n_mask, torch.zeros_like(n_mask))  # a finished row stays finished
             conf = logp + choice_temperature * (1 - ratio) * _gumbel(logp.shape, generator, logp.device)
             conf = conf.masked_fill(~unknown, math.inf)
             remask = conf.argsort(-1).argsort(-1) < n_mask[:, None]
@@ -250,6 +261,19 @@ class ViewsPipeline:
         """
         if mode not in ("parallel", "autoregressive"):
             raise ValueError(f"mode must be 'parallel' or 'autoregressive', got {mode!r}")
+        batch, names, steps, guidance = self._prepare(batch, rig, steps, guidance, rig_size)
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        b = batch["bev"].shape[0]
+        with self._eval_mode():
+            ctx = self._context(batch, guidance)
+            if mode == "parallel":
+                tokens = self.decode_parallel(ctx, b, steps, guidance, temperature, gen)
+            else:
+                tokens = self.decode_autoregressive(ctx, b, guidance, temperature, gen)
+            return ViewsOutput(self.tokens_to_images(tokens), names)
+
+    def _prepare(self, batch, rig, steps, guidance, rig_size) -> tuple[dict, tuple[str, ...], int, float]:
+        """(condition batch on the device at the model's image size, camera names, steps, guidance)."""
         names = tuple(rig.names) if rig is not None else tuple(NUSCENES_CAMERAS)
         if not isinstance(batch, dict):
             if rig is None:
@@ -261,15 +285,44 @@ class ViewsPipeline:
                           self.image_size, rig_size)
         if batch["K"].shape[1] != self.num_views:
             raise ValueError(f"batch has {batch['K'].shape[1]} views, the model was trained on {self.num_views}")
-        gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        b = batch["bev"].shape[0]
+        return batch, names, steps, guidance
+
+    @torch.no_grad()
+    def sequence(self, batch: dict | Sequence[BevLayout], rig: CameraRig | None = None, steps: int | None = None,
+                 guidance: float | None = None, temperature: float = 1.0, seed: int = 0,
+                 rig_size: tuple[int, int] | None = None, keep_below: float = 0.1) -> ViewsOutput:
+        """Views of consecutive frames of one drive (the batch's rows in time order), temporally consistent.
+
+        Frame 0 is decoded in full. Every later frame starts from the previous frame's tokens wherever no
+        channel of the layout seen through that token (``ViewsTransformer.projection``: raster classes, box
+        class / face / heading, depth, sky) changed by ``keep_below`` or more (sky, background, plain road),
+        and decodes only the rest (cars, lines and edges that moved), conditioned on the kept tokens
+        (``decode_parallel(init=...)``). Each frame draws the same random stream (``seed``);
+        ``keep_below=0`` re-draws every token (independent frames). The projection is ego-relative, so what
+        the layout does not hold (buildings, texture) is kept in place rather than moved with the ego:
+        re-projecting kept tokens with the ego motion is the next step.
+
+        Args: as :meth:`__call__` (parallel decoding); keep_below: the change threshold.
+        Returns:
+            :class:`ViewsOutput` [F, v, 3, H, W]. O(F steps layers n^2 d), fewer forwards' worth of new tokens
+            when much is kept.
+        """
+        batch, names, steps, guidance = self._prepare(batch, rig, steps, guidance, rig_size)
+        proj = self.generator.projection(batch)  # [F, n, c]
+        mask_id, out, prev = self.generator.mask_id, [], None
+        gen = torch.Generator(device=self.device)
         with self._eval_mode():
-            ctx = self._context(batch, guidance)
-            if mode == "parallel":
-                tokens = self.decode_parallel(ctx, b, steps, guidance, temperature, gen)
-            else:
-                tokens = self.decode_autoregressive(ctx, b, guidance, temperature, gen)
-            return ViewsOutput(self.tokens_to_images(tokens), names)
+            for f in range(proj.shape[0]):
+                row = {k: v[f:f + 1] for k, v in batch.items()} | {"projection": proj[f:f + 1]}
+                init = None
+                if prev is not None and keep_below > 0:
+                    keep = (proj[f] - proj[f - 1]).abs().amax(-1) < keep_below  # [n]
+                    init = torch.where(keep, prev, torch.full_like(prev, mask_id))[None]
+                gen.manual_seed(int(seed))
+                prev = self.decode_parallel(self._context(row, guidance), 1, steps, guidance, temperature, gen,
+                                            init=init)[0]
+                out.append(prev)
+            return ViewsOutput(self.tokens_to_images(torch.stack(out)), names)
 
 
 def load_views(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") -> ViewsPipeline:
@@ -291,7 +344,7 @@ def load_views(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no trained views model: missing {missing} (train with `bevgen views train`)")
 
     ckpts = {k: load_checkpoint(p, device) for k, p in files.items()}
-    cfg = from_dict(ViewsConfig, ckpts["generator"]["config"])
+    cfg = from_dict(ViewsConfig, with_legacy_defaults(ckpts["generator"]["config"]))
     diff = config_differences(ckpts["tokenizer"]["config"], cfg, fields=("tokenizer", "data.image_size"))
     if diff:
         raise ValueError(f"{files['tokenizer']} does not belong to {files['generator']} (tokenizer checkpoint vs "

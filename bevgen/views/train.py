@@ -185,8 +185,8 @@ def _loop(name: str, params, opt, base_lr: float, start: int, total: int, step_f
         history.append(last["total"])
         if ctx["writer"]:
             for k, v in last.items():
-                ctx["writer"].add_scalar(f"{'charts' if k in ('acc', 'usage', 'perplexity') else 'losses'}/{name}_{k}",
-                                         v, step + 1)
+                group = 'charts' if k in ('acc', 'acc_objects', 'usage', 'perplexity') else 'losses'
+                ctx["writer"].add_scalar(f"{group}/{name}_{k}", v, step + 1)
             if (step + 1) % 20 == 0:
                 rate = (step + 1 - start) / (time.perf_counter() - t0)
                 ctx["writer"].add_scalar(f"charts/{name}_steps_per_second", rate, step + 1)
@@ -236,19 +236,29 @@ def _train_tokenizer(tok, items_or_ds, ctx: dict, resume: bool) -> dict:
                  step_fn, ctx, checkpoint)
 
 
-def _pretokenize(tok, items: list[dict], device, batch: int = 16) -> list[dict]:
-    """Encode every frame's views once: items gain 'tokens' [n] (int64), lose 'images'."""
+def _pretokenize(tok, items: list[dict], device, batch: int = 8, gen_model=None) -> list[dict]:
+    """Encode every frame's views once: items gain 'tokens' [n] (int64) and, when ``gen_model`` uses it, the
+    frame's aligned condition 'projection' [n, c] (``ViewsTransformer.projection``, a pure function of the
+    layout and rig, so it is computed once per frame, not per step); they lose 'images'."""
     import torch
+    from torch.utils.data import default_collate
 
-    from bevgen.views.sample import images_to_unit
+    from bevgen.views.sample import COND_KEYS, images_to_unit
 
+    need_proj = gen_model is not None and (gen_model.aligned is not None or gen_model.cfg.object_loss_weight > 0)
     out = []
     with torch.no_grad():
         for i in range(0, len(items), batch):
             chunk = items[i:i + batch]
             imgs = torch.stack([it["images"] for it in chunk]).to(device)
             idx = tok.encode(images_to_unit(imgs.flatten(0, 1))).view(len(chunk), -1).cpu()
-            out += [{k: v for k, v in it.items() if k != "images"} | {"tokens": t} for it, t in zip(chunk, idx)]
+            extra = [{} for _ in chunk]
+            if need_proj:
+                cond = {k: v.to(device) for k, v in default_collate([{k: it[k] for k in COND_KEYS}
+                                                                     for it in chunk]).items()}
+                extra = [{"projection": p.cpu()} for p in gen_model.projection(cond)]
+            out += [{k: v for k, v in it.items() if k != "images"} | {"tokens": t} | e
+                    for it, t, e in zip(chunk, idx, extra)]
     return out
 
 
@@ -273,7 +283,8 @@ def _train_generator(gen_model, tok, items: list[dict], preview: dict | None, ct
 
     def step_fn():
         b = {k: v.to(device) for k, v in next(batches).items()}
-        return masked_token_loss(net, b["tokens"], {k: b[k] for k in COND_KEYS}, cfg.generator.cond_dropout, gen_dev)
+        cond = {k: b[k] for k in COND_KEYS + ("projection",) if k in b}
+        return masked_token_loss(net, b["tokens"], cond, cfg.generator.cond_dropout, gen_dev)
 
     def checkpoint(step: int, recent: float) -> None:
         nonlocal best
@@ -371,7 +382,7 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
 
     if "generator" in todo:
         items = source if isinstance(source, list) else _load_items(data_dir, shard, cfg, problems)
-        tokenised = _pretokenize(tok, items, device)
+        tokenised = _pretokenize(tok, items, device, gen_model=gen_model)
         all_idx = torch.stack([it["tokens"] for it in tokenised])
         summary["tokenizer_usage"] = tok.usage(all_idx)
         preview = None

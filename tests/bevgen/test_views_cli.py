@@ -38,7 +38,7 @@ HELP = {
     "views": [("dataset", "Write a paired dataset: six camera images"),
               ("train", "Train the VQ tokenizer and the cross-view masked-token transformer"),
               ("sample", "Generate the six camera views of one BEV frame"),
-              ("eval", "Score generated views on held-out frames: BEV IoU")],
+              ("eval", "Score generated views: BEV IoU")],
     "views dataset": [("--out", "Output dataset directory (frames/*.npz + index.json)."),
                       ("--scenarios", "Scenario directory to render synthetic camera frames from."),
                       ("--nuscenes", "nuScenes dataroot (real images) instead."),
@@ -55,11 +55,12 @@ HELP = {
                      ("--mode", "parallel (MaskGIT) | autoregressive (token by token)."),
                      ("--guidance", "Classifier-free guidance weight."),
                      ("--truth", "Also render the synthetic ground truth")],
-    "views eval": [("--ckpt", "Run directory of `bevgen views train`."),
+    "views eval": [("--ckpt", "Views model: a `bevgen views train` run directory"),
+                   ("--frames", "Frames scored: heldout"),
                    ("--bevseg", "Trained BEV segmentation checkpoint"),
                    ("--bevseg-steps", "Steps when training the BEV segmentation network."),
                    ("--fid-weights", "pytorch-fid Inception weights file"),
-                   ("--num", "Held-out frames to score (0 = all).")],
+                   ("--num", "Frames to score (0 = all selected).")],
     "scene3d": [("train", "Train the generator"), ("render", "Render a layout, apply edits"),
                 ("eval", "FID, KID, object-crop FID, box-alpha IoU and images/s")],
     "scene3d train": [("--data", "Frame dataset directory (bevgen.render format)."),
@@ -147,8 +148,21 @@ def test_views_commands_end_to_end(tmp_path):
     other = tmp_path / "other_data"  # a dataset without the run's held-out frames
     other.mkdir()
     (other / "index.json").write_text(json.dumps({"frames": []}))
-    res = runner.invoke(app, ["views", "eval", "--ckpt", str(run), "--data", str(other), "--out", str(tmp_path / "e2")])
+    res = runner.invoke(app, ["views", "eval", "--ckpt", str(run), "--data", str(other), "--out", str(tmp_path / "e2"),
+                              "--frames", "heldout"])
     assert res.exit_code == 2 and "held-out frames" in " ".join(res.output.split())
+
+    # a checkpoint without its run directory (as shipped): every frame of --data is scored as held out
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "checkpoints", bare)
+    res = runner.invoke(app, ["views", "eval", "--ckpt", str(bare), "--data", str(data), "--out", str(tmp_path / "e3"),
+                              "--bevseg", str(tmp_path / "eval" / "bevseg"), "--num", "2"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "e3" / "metrics.json").read_text())
+    assert metrics["frames"] == "all" and metrics["num_samples"] == 2 * 6, metrics
+    assert {"vehicle_iou_near", "vehicle_iou_mid_oracle", "vehicle_iou_far"} <= set(metrics)
 
 
 def test_views_train_rejects_a_folder_that_is_not_a_dataset(tmp_path):

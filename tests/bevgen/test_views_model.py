@@ -372,3 +372,48 @@ def test_missing_frame_files_are_reported_and_skipped(frames_dir, tmp_path):
     assert data["names"] == [names[0], names[2]] and any(names[1] in p for p in data["problems"])
     with pytest.raises(FileNotFoundError, match="all 1 requested"):
         FrameDataset(root, names=[names[1]])  # nothing left
+
+
+def test_sequence_keeps_unchanged_tokens_and_redraws_changed_ones(trained, frames_dir):
+    """A drive decoded as a sequence: a frame whose layout did not change comes out identical (no flicker); with
+    keep_below=0 every frame is decoded on its own, exactly as a single-frame call with the same seed."""
+    from torch.utils.data import default_collate
+
+    from bevgen.render.dataset import FrameDataset
+    from bevgen.views.sample import load_views
+
+    pipe = load_views(trained[0])
+    ds = FrameDataset(frames_dir)
+    frames = [ds[i] for i in (0, 0, 1)]  # the same frame twice, then the next frame of the scenario
+    batch = {k: v for k, v in default_collate(frames).items() if k != "name"}
+    seq = pipe.sequence(batch, steps=4, seed=5).images
+    assert seq.shape == (3, 6, 3, 32, 56)
+    torch.testing.assert_close(seq[1], seq[0])  # unchanged layout: every token kept
+    single = [pipe({k: v[i:i + 1] for k, v in batch.items()}, steps=4, seed=5).images[0] for i in range(3)]
+    torch.testing.assert_close(seq[0], single[0])  # the first frame is an ordinary sample
+    fresh = pipe.sequence(batch, steps=4, seed=5, keep_below=0).images
+    for i in range(3):
+        torch.testing.assert_close(fresh[i], single[i])
+    # frame 2 moved on: some tokens kept from frame 1, some redrawn
+    proj = pipe.generator.projection(pipe._prepare(batch, None, None, None, None)[0])
+    kept = ((proj[2] - proj[1]).abs().amax(-1) < 0.1).float().mean()
+    assert 0 < kept < 1, kept
+
+
+def test_decode_parallel_from_known_tokens_keeps_them():
+    from bevgen.views.sample import ViewsPipeline, build_models
+
+    cfg = _tiny_config()
+    tok, gen = build_models(cfg)
+    pipe = ViewsPipeline(tok.eval(), gen.eval(), cfg)
+    batch = _synthetic_batch(2)
+    ctx = pipe._context(pipe._prepare(batch, None, None, 1.0, None)[0], 1.0)
+    n, mask = gen.num_tokens, gen.mask_id
+    init = torch.full((2, n), mask)
+    known = torch.rand(2, n, generator=torch.Generator().manual_seed(0)) < 0.7
+    init[known] = torch.randint(cfg.tokenizer.codebook_size, (int(known.sum()),))
+    init[1] = torch.randint(cfg.tokenizer.codebook_size, (n,))  # row 1 fully known: left as it is
+    with torch.no_grad():
+        out = pipe.decode_parallel(ctx, 2, 4, 1.0, 1.0, torch.Generator().manual_seed(1), init=init)
+    assert (out != mask).all()
+    torch.testing.assert_close(out[init != mask], init[init != mask])

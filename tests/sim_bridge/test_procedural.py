@@ -47,7 +47,9 @@ def test_deterministic_across_worker_counts_and_resumable(tmp_path, procedural_d
 
 
 def test_written_directories_load_and_step_in_metadrive(procedural_dir, real_dir, tmp_path):
-    """Our procedural output, the shared real set and a set re-written by us all replay to the end."""
+    """Our procedural output replays to the end in MetaDrive; the shared real set and a set re-written by us load
+    and replay their first 20 steps (every real log is replayed to the end against MetaDrive in
+    tests/sim_bridge/test_batched.py::test_agrees_with_metadrive_on_logged_replays)."""
     from sim_bridge.sources.convert import iter_scenarionet_dir, write_items
 
     rewritten = tmp_path / "rewritten"
@@ -68,9 +70,12 @@ def test_written_directories_load_and_step_in_metadrive(procedural_dir, real_dir
                 start_xy = np.asarray(env.agent.position)
                 # Step through every logged frame. MetaDrive may flag the episode done earlier (arrival
                 # at ~95% route completion; at once for a parked ego); the replay still follows the log.
-                for _ in range(length - 1):
+                steps = length - 1 if data == procedural_dir else min(20, length - 1)
+                for _ in range(steps):
                     env.step([0.0, 0.0])
-                assert env.engine.episode_step == length - 1
+                assert env.engine.episode_step == steps
+                if steps < length - 1:
+                    continue
                 moved_sim = np.linalg.norm(np.asarray(env.agent.position) - start_xy)
                 valid = np.asarray(logged["valid"]).astype(bool)
                 xy = np.asarray(logged["position"])[valid][:, :2]

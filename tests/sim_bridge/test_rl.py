@@ -56,7 +56,7 @@ def test_ppo_beats_random_policy_on_held_out_maps(trained_run):
 def test_kill_and_resume_continues_step_counter(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "bevgen.cli", "sim", "train", "--train", "procedural", "--out", str(run),
-           "--steps", "3072", "--set", "env.num_scenarios=5", "--set", "env.procedural_map_blocks=1",
+           "--steps", "2048", "--set", "env.num_scenarios=5", "--set", "env.procedural_map_blocks=1",
            "--set", "checkpoint_every=512", "--set", "ppo.n_steps=256", "--set", "ppo.batch_size=64",
            "--set", "ppo.net_arch=[32, 32]"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -71,11 +71,11 @@ def test_kill_and_resume_continues_step_counter(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed_at = load_checkpoint(latest)["step"]
-    assert 1024 <= killed_at < 3072, "killed mid-run, after at least two checkpoints"
+    assert 1024 <= killed_at < 2048, "killed mid-run, after at least two checkpoints"
     res = CliRunner().invoke(app, ["sim", "train", "--train", "procedural", "--out", str(run), "--resume"])
     assert res.exit_code == 0, res.output
-    assert f"trained steps {killed_at} -> 3072" in res.output.replace("\n", " ")
-    assert load_checkpoint(latest)["step"] == 3072
+    assert f"trained steps {killed_at} -> 2048" in res.output.replace("\n", " ")
+    assert load_checkpoint(latest)["step"] == 2048
     with open(run / "episodes.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == sorted(steps) and steps[-1] > killed_at, "the episode log continues from the checkpoint"
@@ -102,10 +102,12 @@ def test_sim_eval_on_real_scenarios(scenario_run, real_dir, tmp_path):
     for policy in (str(scenario_run), "random"):
         out = tmp_path / Path(policy).name
         res = runner.invoke(app, ["sim", "eval", "--policy", policy, "--data", str(real_dir), "--out", str(out),
-                                  "--set", "horizon=300"] + (["--no-reference"] if policy == "random" else []))
+                                  "--set", "horizon=300"] + (["--no-reference", "--episodes", "3"] if policy == "random"
+                                                             else []))
         assert res.exit_code == 0, res.output
         m = json.loads((out / "metrics.json").read_text())
-        assert set(METRIC_KEYS) <= set(m) and m["num_episodes"] == 7 and len(m["per_scenario"]) == 7
+        episodes = 3 if policy == "random" else 7
+        assert set(METRIC_KEYS) <= set(m) and m["num_episodes"] == episodes and len(m["per_scenario"]) == episodes
         rows = m["per_scenario"]
         # the summary rates are the means of the per-episode outcomes, and each success is defined as documented
         for key, col in (("success_rate", "success"), ("route_completion", "route_completion"),
@@ -114,8 +116,8 @@ def test_sim_eval_on_real_scenarios(scenario_run, real_dir, tmp_path):
         for r in rows:
             assert r["success"] == (r["route_completion"] > 0.95 and not r["crash"] and not r["out_of_road"]), r
             assert r["steps"] <= 300, r  # --set horizon=300
-        assert {r["scenario"] for r in m["per_scenario"]} >= {"scene-0061", "2a1e44d405a6833f"}
         if policy != "random":
+            assert {r["scenario"] for r in m["per_scenario"]} >= {"scene-0061", "2a1e44d405a6833f"}
             ref = m["reference"]
             assert set(ref) == {"random", "idm"} and ref["idm"]["route_completion"] > ref["random"]["route_completion"]
             assert "| reference: idm |" in (out / "metrics.md").read_text()

@@ -1,0 +1,197 @@
+"""Views model evaluation on held-out layouts and the conditioning ablation.
+
+Held-out sets (never trained on; the same evaluator, bevseg network and FID extractor for every model):
+
+* ``procedural``: synthetic frames of procedural maps with seeds 10000+ (``run._heldout_camera_data``);
+* ``real_maps``: the shared real nuScenes / Waymo scenarios' maps and logged traffic rendered by the synthetic
+  renderer (``bevgen views dataset --scenarios``), when ``../shared`` is present.
+
+The BEV segmentation network that scores the views is trained once on the shipped model's training frames
+(``make checkpoints``' camera data) and reused for every model, so every row is comparable.
+
+Ablation arms (generator stage only, from the same frozen tokenizer, the same data, steps and seed as the
+shipped model, ``configs/views/tiny.yaml``):
+
+* ``current``: the model before aligned conditioning (BEV + object tokens through cross-attention only);
+* ``aligned``: + the layout projected into each camera, added to the image tokens;
+* ``aligned_object_loss``: + the masked-token loss weighted on tokens covered by boxes (the shipped config).
+
+An arm is trained when its run is missing (``benchmarks/work/views_ablation/<arm>``, resumable); the
+``aligned_object_loss`` arm is the shipped checkpoint's own run when ``runs/checkpoints/views`` exists.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DIR = ROOT.parent / "shared" / "data" / "real-scenarios"
+WORK = ROOT / "benchmarks" / "work" / "cameras"
+TRAIN_RUN = ROOT / "runs" / "checkpoints" / "views"
+TRAIN_DATA = ROOT / "runs" / "checkpoints" / "camera_data"
+
+ARMS = {"current": {"aligned_condition": False, "object_loss_weight": 0.0},
+        "aligned": {"aligned_condition": True, "object_loss_weight": 0.0},
+        "aligned_object_loss": {"aligned_condition": True, "object_loss_weight": 3.0}}
+KEYS = ("road_iou", "vehicle_iou", "vehicle_iou_near", "vehicle_iou_mid", "vehicle_iou_far", "seam_consistency",
+        "fid", "kid")
+
+
+def real_map_data() -> Path | None:
+    """The shared real scenarios rendered by the synthetic renderer (8 frames each, cached), or None."""
+    if not REAL_DIR.exists():
+        return None
+    from bevgen.render.dataset import write_synthetic_dataset
+    from bevgen.render.scene import SynthConfig
+
+    out = WORK / "heldout_real_maps"
+    write_synthetic_dataset(REAL_DIR, out, SynthConfig(), frames_per_scenario=8, frame_stride=10, first_frame=10,
+                            workers=2, resume=True, progress=False)
+    return out
+
+
+def _bevseg(train_data: Path) -> Path:
+    from bevgen.views.bevseg_train import train_bevseg
+
+    return train_bevseg(train_data, None, WORK / "bevseg", steps=600, resume=True, progress=False)
+
+
+def evaluate_model(run: Path, sets: dict[str, Path], bevseg: Path, out: Path, threads: int = 2) -> dict:
+    """Metrics of one views model on every held-out set (seed 0, the config's decoding steps and guidance)."""
+    import torch
+
+    from bevgen.views.metrics import evaluate_views
+    from bevgen.views.sample import load_views
+
+    torch.set_num_threads(threads)
+    pipe = load_views(run)
+    rows = {}
+    for name, data in sets.items():
+        names = json.loads((data / "index.json").read_text())["frames"]
+        t0 = time.perf_counter()
+        m = evaluate_views(lambda b: pipe(b, seed=0).images, data, names, out / name, bevseg_ckpt=bevseg,
+                           progress=False)
+        rows[name] = {k: v for k, v in m.items() if k != "definitions"} | {"eval_s": round(time.perf_counter() - t0, 1)}
+    return rows
+
+
+def train_arm(arm: str, out: Path) -> Path:
+    """The generator of one ablation arm, trained from the shipped run's tokenizer (resumes)."""
+    import dataclasses
+
+    from bevgen.views.config import ViewsConfig
+    from bevgen.views.train import train_views
+    from runkit.config import load_config
+
+    if arm == "aligned_object_loss" and (TRAIN_RUN / "checkpoints" / "generator.pt").exists():
+        return TRAIN_RUN
+    cfg = load_config(ViewsConfig, ROOT / "configs" / "views" / "tiny.yaml")
+    cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, **ARMS[arm]))
+    run = out / arm
+    if not (run / "checkpoints" / "tokenizer.pt").exists():
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        shutil.copy(TRAIN_RUN / "checkpoints" / "tokenizer.pt", run / "checkpoints" / "tokenizer.pt")
+        shutil.copy(TRAIN_RUN / "split.json", run / "split.json")
+    resume = (run / "checkpoints" / "generator.pt").exists()
+    train_views(cfg, TRAIN_DATA, run, stage="generator", resume=resume, progress=False)
+    return run
+
+
+def bench_views_ablation(heldout_procedural: Path) -> dict:
+    """Train (or reuse) every arm and score it on the held-out sets; the shipped checkpoint scored alongside."""
+    from bevgen.pretrained import shipped
+
+    if not (TRAIN_RUN / "checkpoints" / "tokenizer.pt").exists():
+        return {"skipped": f"{TRAIN_RUN} missing: run `make checkpoints` first (its tokenizer and data are shared)"}
+    sets = {"procedural": heldout_procedural}
+    real = real_map_data()
+    if real is not None:
+        sets["real_maps"] = real
+    bevseg = _bevseg(TRAIN_DATA)
+    out = {"sets": {k: str(v) for k, v in sets.items()}, "bevseg_trained_on": str(TRAIN_DATA), "arms": {}}
+    for arm in ARMS:
+        run = train_arm(arm, ROOT / "benchmarks" / "work" / "views_ablation")
+        rows = evaluate_model(run, sets, bevseg, WORK / "ablation_eval" / arm)
+        summary = json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").exists() else {}
+        out["arms"][arm] = {"run": str(run), "config": ARMS[arm], "metrics": rows,
+                            "generator_final_loss": (summary.get("generator") or {}).get("final_loss_mean20")}
+    ship = shipped("views_tiny")
+    if ship is not None:
+        out["shipped"] = evaluate_model(ship, sets, bevseg, WORK / "ablation_eval" / "shipped")
+    out["table"] = ablation_table(out)
+    return out
+
+
+def drive_flicker(run: Path, frames: int = 16, stride: int = 2, keep_below: float = 0.1) -> dict:
+    """Temporal change of generated views on a drive where the ego moves: held-out procedural seed 10000, frames
+    10, 10 + stride, ... (0.2 s apart) rendered at the model's size; ``drive.temporal_change`` over static pixels,
+    frames decoded independently (same seed) and as a sequence (``ViewsPipeline.sequence``), beside the ground
+    truth's own change."""
+    import numpy as np
+    import torch
+
+    from bevgen.render.dataset import FrameDataset, write_synthetic_dataset
+    from bevgen.render.scene import SynthConfig
+    from bevgen.views.drive import temporal_change
+    from bevgen.views.sample import load_views
+
+    torch.set_num_threads(2)
+    pipe = load_views(run)
+    data = WORK / f"drive_{pipe.image_size[0]}x{pipe.image_size[1]}"
+    scen = WORK / "heldout_scenarios"
+    write_synthetic_dataset(scen, data, SynthConfig(image_size=pipe.image_size), frames_per_scenario=frames,
+                            frame_stride=stride, first_frame=10, workers=1, resume=True, progress=False)
+    ds = FrameDataset(data)
+    first = sorted(ds.names)[0].rsplit("__", 1)[0]
+    items = [ds[i] for i in range(len(ds)) if ds.names[i].startswith(first + "__")]
+    items.sort(key=lambda it: it["name"])
+    batch = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in
+             ("bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego")}
+    truth = np.stack([it["images"].permute(0, 2, 3, 1).numpy() for it in items])
+    semantic = np.stack([np.asarray(it["semantic"]) for it in items])
+    from bevgen.render.dataset import load_frame
+
+    poses = np.stack([load_frame(data / "frames" / f"{it['name']}.npz")["ego_pose"][:2] for it in items])
+    moved = float(np.linalg.norm(np.diff(poses, axis=0), axis=1).sum())
+    t0 = time.perf_counter()
+    independent = pipe(batch, seed=0).images.permute(0, 1, 3, 4, 2).numpy()
+    t1 = time.perf_counter()
+    sequence = pipe.sequence(batch, seed=0, keep_below=keep_below).images.permute(0, 1, 3, 4, 2).numpy()
+    t2 = time.perf_counter()
+    gt = temporal_change(truth, truth, semantic)
+    out = {"scenario": first, "frames": len(items), "seconds_between_frames": stride / 10,
+           "ego_moved_m": round(moved, 1),
+           "truth": gt, "independent": temporal_change(independent, truth, semantic),
+           "sequence": temporal_change(sequence, truth, semantic), "keep_below": keep_below,
+           "seconds_independent": round(t1 - t0, 2), "seconds_sequence": round(t2 - t1, 2)}
+    out["sequence_over_truth"] = out["sequence"] / gt if gt else None
+    out["independent_over_truth"] = out["independent"] / gt if gt else None
+    return out
+
+
+def ablation_table(result: dict) -> list[str]:
+    """Markdown rows: arm x held-out set with the oracle beside each figure."""
+    lines = ["| arm | set | road IoU | vehicle IoU (near / mid / far) | seams | FID |", "|---|---|---|---|---|---|"]
+
+    def r(x, nd=3):
+        return "-" if x is None else f"{x:.{nd}f}"
+
+    for arm, a in result.get("arms", {}).items():
+        for name, m in a["metrics"].items():
+            lines.append(f"| {arm} | {name} | {r(m['road_iou'])} ({r(m['road_iou_oracle'])}) | "
+                         f"{r(m['vehicle_iou'])} ({r(m['vehicle_iou_oracle'])}): {r(m.get('vehicle_iou_near'))} / "
+                         f"{r(m.get('vehicle_iou_mid'))} / {r(m.get('vehicle_iou_far'))} | "
+                         f"{r(m['seam_consistency'])} ({r(m['seam_consistency_oracle'])}) | {r(m['fid'], 1)} |")
+    return lines
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import _heldout_camera_data
+
+    print(json.dumps(bench_views_ablation(_heldout_camera_data()), indent=2, default=str))

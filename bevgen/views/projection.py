@@ -1,0 +1,153 @@
+"""The BEV layout seen through each camera: an image-aligned condition computed from geometry alone.
+
+The rig and the layout are known exactly, so instead of letting attention discover where a box lands in a
+view, every image token gets what its own pixels see (``layout_projection``):
+
+* each token cell is sampled at ``sub x sub`` pixel rays (sub-token resolution; ``sub = stride`` is one ray
+  per pixel), ``d = normalize(R^T K^-1 [u, v, 1])`` from the camera centre ``c = -R^T t`` (the math of
+  ``attention.token_rays``);
+* **boxes:** the nearest intersection of the ray with every layout box (slab test in the box's frame,
+  yawed about z): O(b v P m) for P rays per view and m boxes;
+* **ground:** rays pointing down meet z = 0 at ``p = c - (c_z / d_z) d``; the BEV raster is sampled there
+  (``grid_sample``, nearest), unless a box is hit first (occlusion);
+* per ray: raster channels at the ground point (C), box class one-hot (num_classes), box-hit flag, hit
+  normal in the box frame (|n_x| front/back face, |n_y| side, |n_z| top), the box's heading relative to
+  the ray's azimuth (cos, sin), log-depth of the first hit (box or ground, / log 100 m), sky flag;
+* per token: the mean of its rays' features, so a token half covered by a car reads 0.5 on the
+  vehicle flag.
+
+``projection_channels`` counts the feature channels; :func:`box_coverage` reads the fraction of each token's
+rays that hit a box (the object loss weight). Letters: b batch, v view, h w token grid, s sub-pixel
+sample, m box, c feature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from sim_bridge.boxes import Boxes3D
+
+__all__ = ["pixel_rays", "ray_box_hits", "layout_projection", "projection_channels", "box_coverage",
+           "MAX_DEPTH_M"]
+
+MAX_DEPTH_M = 100.0
+"""Depths are encoded as log(1 + t) / log(1 + MAX_DEPTH_M) (clipped to 1)."""
+_EPS = 1e-6
+
+
+def projection_channels(bev_channels: int, num_classes: int) -> int:
+    """Feature channels of :func:`layout_projection`: C raster + classes + hit + 3 normal + 2 heading + depth + sky."""
+    return bev_channels + num_classes + 8
+
+
+def pixel_rays(K: Tensor, T_cam_from_ego: Tensor, grid_hw: tuple[int, int], stride: int, sub: int
+               ) -> tuple[Tensor, Tensor]:
+    """Unit ego-frame rays at ``sub x sub`` evenly spaced pixel positions inside every token cell.
+
+    Args:
+        K: [b, v, 3, 3] intrinsics (pixels of the model's image size). T_cam_from_ego: [b, v, 4, 4].
+        grid_hw: (h, w) token grid; stride: pixels per token cell; sub: samples per cell side.
+    Returns:
+        rays [b, v, h*sub, w*sub, 3] (row-major over the image, so ``sub = stride`` gives one ray per pixel
+        centre), centres [b, v, 3]. O(b v h w sub^2).
+    """
+    h, w = grid_hw
+    K, T = K.float(), T_cam_from_ego.float()
+    R = T[..., :3, :3]
+    centres = -torch.einsum("bvji,bvj->bvi", R, T[..., :3, 3])
+    pitch = stride / sub
+    jj = (torch.arange(w * sub, device=K.device, dtype=K.dtype) + 0.5) * pitch
+    ii = (torch.arange(h * sub, device=K.device, dtype=K.dtype) + 0.5) * pitch
+    H, W = len(ii), len(jj)
+    pix = torch.stack([jj.expand(H, W), ii[:, None].expand(H, W), torch.ones(H, W, device=K.device)], -1)
+    M = R.transpose(-1, -2) @ torch.linalg.inv(K)
+    return F.normalize(torch.einsum("bvij,hwj->bvhwi", M, pix), dim=-1), centres
+
+
+def ray_box_hits(origins: Tensor, rays: Tensor, boxes: Boxes3D) -> tuple[Tensor, Tensor, Tensor]:
+    """Nearest hit of every ray with any valid box (slab test in each box's yawed frame).
+
+    Args:
+        origins: [b, v, 3] ray origins (camera centres). rays: [b, v, p, 3] unit directions (ego frame).
+        boxes: torch ``Boxes3D`` [b, m].
+    Returns:
+        t [b, v, p] distance to the nearest hit (inf where none), index [b, v, p] of that box (0 where none),
+        normal [b, v, p, 3] |unit normal| of the face hit, in the box frame (0 where none). O(b v p m).
+    """
+    c, s = torch.cos(boxes.yaw.float()), torch.sin(boxes.yaw.float())  # [b, m]
+    rel = origins[:, :, None, :] - boxes.center.float()[:, None]  # [b, v, m, 3]
+    # world -> box frame: rotate by -yaw about z
+    o = torch.stack([c[:, None] * rel[..., 0] + s[:, None] * rel[..., 1],
+                     -s[:, None] * rel[..., 0] + c[:, None] * rel[..., 1], rel[..., 2]], -1)  # [b, v, m, 3]
+    dx, dy = rays[..., 0:1], rays[..., 1:2]  # [b, v, p, 1]
+    cm, sm = c[:, None, None, :], s[:, None, None, :]
+    d = torch.stack([cm * dx + sm * dy, -sm * dx + cm * dy, rays[..., 2:3].expand_as(cm * dx)], -1)  # [b,v,p,m,3]
+    half = 0.5 * boxes.size.float()[:, None, None]  # [b, 1, 1, m, 3]
+    inv = 1.0 / torch.where(d.abs() < _EPS, torch.full_like(d, _EPS), d)
+    t1 = (-half - o[:, :, None]) * inv
+    t2 = (half - o[:, :, None]) * inv
+    t_lo, t_hi = torch.minimum(t1, t2), torch.maximum(t1, t2)
+    t_near, axis = t_lo.max(-1)  # entry distance and the slab it enters through
+    t_far = t_hi.min(-1).values
+    hit = (t_near <= t_far) & (t_far > 0) & boxes.valid[:, None, None, :]
+    t_hit = torch.where(hit, t_near.clamp(min=0), torch.full_like(t_near, math.inf))
+    t_best, idx = t_hit.min(-1)  # [b, v, p]
+    normal = F.one_hot(axis.gather(-1, idx[..., None])[..., 0], 3).float()
+    normal = normal * torch.isfinite(t_best)[..., None]
+    return t_best, torch.where(torch.isfinite(t_best), idx, torch.zeros_like(idx)), normal
+
+
+def layout_projection(bev: Tensor, boxes: Boxes3D, K: Tensor, T_cam_from_ego: Tensor, grid_hw: tuple[int, int],
+                      stride: int, sub: int, range_m: float, num_classes: int) -> Tensor:
+    """The layout seen through every camera, per token (see the module docstring for the channels).
+
+    Args:
+        bev: [b, C, S, S] raster (0/1 or 0/255; row 0 = x +range, column 0 = y +range).
+        boxes: torch ``Boxes3D`` [b, m] (ego frame; ``valid`` respected).
+        K: [b, v, 3, 3] at the model's image size; T_cam_from_ego: [b, v, 4, 4].
+        grid_hw: (h, w) token grid; stride: pixels per token; sub: rays per token side (averaged).
+        range_m: half extent of the raster (m). num_classes: box classes (one-hot width).
+    Returns:
+        [b, v, h, w, projection_channels(C, num_classes)] float32 in [0, 1] (heading in [-1, 1]).
+        O(b v h w sub^2 (m + C)).
+    """
+    rays, centres = pixel_rays(K, T_cam_from_ego, grid_hw, stride, sub)
+    b, v, H, W, _ = rays.shape
+    flat = rearrange(rays, "b v H W c -> b v (H W) c")
+    t_box, idx, normal = ray_box_hits(centres, flat, boxes)  # [b, v, p]
+    hit = torch.isfinite(t_box)
+    dz = flat[..., 2]
+    cz = centres[..., 2:3]
+    down = dz < -1e-3
+    t_ground = torch.where(down, -cz / torch.where(down, dz, -torch.ones_like(dz)), torch.full_like(dz, math.inf))
+    ground_pt = centres[:, :, None, :2] + t_ground.clamp(max=1e4)[..., None] * flat[..., :2]  # [b, v, p, 2]
+    # raster sample: column = y (left = +range), row = x (top = +range); grid_sample wants (col, row) in [-1, 1]
+    grid = torch.stack([-ground_pt[..., 1] / range_m, -ground_pt[..., 0] / range_m], -1)
+    on_map = down & (grid.abs() <= 1).all(-1) & ~(hit & (t_box < t_ground))
+    raster = (bev.float() > 0).float()
+    sampled = F.grid_sample(raster, grid.reshape(b, v * H * W, 1, 2), mode="nearest", align_corners=False)
+    sampled = rearrange(sampled[..., 0], "b c (v p) -> b v p c", v=v) * on_map[..., None]
+    cls = boxes.classes.long().clamp(0, num_classes - 1).gather(1, idx.reshape(b, -1)).reshape(b, v, -1)
+    onehot = F.one_hot(cls, num_classes).float() * hit[..., None]
+    yaw = boxes.yaw.float().gather(1, idx.reshape(b, -1)).reshape(b, v, -1)
+    rel = yaw - torch.atan2(flat[..., 1], flat[..., 0])
+    heading = torch.stack([rel.cos(), rel.sin()], -1) * hit[..., None]
+    t_first = torch.where(hit, t_box, t_ground)
+    depth = (torch.log1p(t_first.clamp(max=MAX_DEPTH_M)) / math.log1p(MAX_DEPTH_M)).nan_to_num(0.0)
+    depth = torch.where(torch.isfinite(t_first), depth, torch.zeros_like(depth))
+    sky = (~hit & ~down).float()
+    feats = torch.cat([sampled, onehot, hit.float()[..., None], normal, heading, depth[..., None], sky[..., None]], -1)
+    feats = rearrange(feats, "b v (H W) c -> (b v) c H W", H=H)
+    h, w = grid_hw
+    return rearrange(F.avg_pool2d(feats, sub), "(b v) c h w -> b v h w c", b=b) if sub > 1 else \
+        rearrange(feats, "(b v) c h w -> b v h w c", b=b)
+
+
+def box_coverage(features: Tensor, bev_channels: int, num_classes: int) -> Tensor:
+    """Fraction of each token's rays that hit a box: [..., c] projection features -> [...]."""
+    return features[..., bev_channels + num_classes]
