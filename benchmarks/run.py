@@ -548,16 +548,15 @@ def _heldout_camera_data() -> Path:
 
 
 def bench_views() -> dict:
-    """Camera views: renderer throughput, sampling speed (parallel vs token by token) and the metrics of the
-    shipped tiny model on held-out synthetic layouts next to the ground-truth oracle."""
+    """Camera views: renderer throughput, sampling speed (parallel vs token by token), the metrics of the shipped
+    tiny model on held-out layouts (procedural maps; real maps rendered) next to the ground-truth oracle, and
+    the temporal change of a generated drive."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    from views_eval import TRAIN_DATA, WORK, bevseg_net, drive_flicker, evaluate_model, real_map_data
     from views_model import bench_views_sampling
     from views_render import bench_render
 
     from bevgen.pretrained import shipped
-    from bevgen.views.bevseg_train import train_bevseg
-    from bevgen.views.metrics import evaluate_views
-    from bevgen.views.sample import load_views
 
     out = {"render": bench_render()}
     run = shipped("views_tiny")
@@ -566,32 +565,17 @@ def bench_views() -> dict:
         return out
     summary = json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").exists() else {}
     out["tiny_train_minutes"] = round(summary.get("seconds", float("nan")) / 60, 1)
-    data = _heldout_camera_data()
-    train_data = ROOT / "runs" / "checkpoints" / "camera_data"  # the shipped model's training frames
-    if not (train_data / "index.json").exists():
-        train_data = data
-        out["bevseg_trained_on"] = "held-out frames (make checkpoints' data not present)"
-    work = ROOT / "benchmarks" / "work" / "cameras"
-    bevseg = train_bevseg(train_data, None, work / "bevseg", steps=600, resume=True, progress=False)
-    pipe = load_views(run)
-    import torch
-
-    torch.set_num_threads(2)
-    t0 = time.perf_counter()
-    names = json.loads((data / "index.json").read_text())["frames"]
-    metrics = evaluate_views(lambda b: pipe(b, seed=0), data, names, work / "eval", bevseg_ckpt=bevseg, progress=False)
-    out["eval_seconds"] = round(time.perf_counter() - t0, 1)
-    out["metrics"] = {k: v for k, v in metrics.items() if k != "definitions"}
-    from views_eval import real_map_data
-
+    sets = {"metrics": _heldout_camera_data()}
     real = real_map_data()
     if real is not None:  # the shared real scenes' maps and traffic through the synthetic renderer
-        names = json.loads((real / "index.json").read_text())["frames"]
-        metrics = evaluate_views(lambda b: pipe(b, seed=0), real, names, work / "eval_real_maps", bevseg_ckpt=bevseg,
-                                 progress=False)
-        out["metrics_real_maps"] = {k: v for k, v in metrics.items() if k != "definitions"}
-    from views_eval import drive_flicker
-
+        sets["metrics_real_maps"] = real
+    train_data = TRAIN_DATA  # the shipped model's training frames (make checkpoints)
+    if not (train_data / "index.json").exists():
+        train_data = sets["metrics"]
+        out["bevseg_trained_on"] = "held-out frames (make checkpoints' data not present)"
+    t0 = time.perf_counter()
+    out |= evaluate_model(run, sets, bevseg_net(train_data), WORK / "eval")
+    out["eval_seconds"] = round(time.perf_counter() - t0, 1)
     out["drive_flicker"] = drive_flicker(run)
     return out
 

@@ -53,7 +53,8 @@ def real_map_data() -> Path | None:
     return out
 
 
-def _bevseg(train_data: Path) -> Path:
+def bevseg_net(train_data: Path) -> Path:
+    """The BEV segmentation network every views model is scored with (600 steps on ``train_data``, cached)."""
     from bevgen.views.bevseg_train import train_bevseg
 
     return train_bevseg(train_data, None, WORK / "bevseg", steps=600, resume=True, progress=False)
@@ -110,7 +111,7 @@ def bench_views_ablation(heldout_procedural: Path) -> dict:
     real = real_map_data()
     if real is not None:
         sets["real_maps"] = real
-    bevseg = _bevseg(TRAIN_DATA)
+    bevseg = bevseg_net(TRAIN_DATA)
     out = {"sets": {k: str(v) for k, v in sets.items()}, "bevseg_trained_on": str(TRAIN_DATA), "arms": {}}
     for arm in ARMS:
         run = train_arm(arm, ROOT / "benchmarks" / "work" / "views_ablation")

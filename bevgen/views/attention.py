@@ -47,24 +47,30 @@ def fourier_features(x: Tensor, num_freqs: int) -> Tensor:
     return torch.cat([x, rearrange(torch.cat([xf.sin(), xf.cos()], -1), "... c f -> ... (c f)")], dim=-1)
 
 
-def token_rays(K: Tensor, T_cam_from_ego: Tensor, grid_hw: tuple[int, int], stride: int) -> tuple[Tensor, Tensor]:
-    """Unit ego-frame rays through token-cell centres, and camera centres, per sample.
+def token_rays(K: Tensor, T_cam_from_ego: Tensor, grid_hw: tuple[int, int], stride: int, sub: int = 1
+               ) -> tuple[Tensor, Tensor]:
+    """Unit ego-frame rays through token-cell centres (or ``sub x sub`` evenly spaced points per cell), and
+    camera centres, per sample.
 
     Args:
         K: [b, v, 3, 3] intrinsics in pixels of the model's image size.
         T_cam_from_ego: [b, v, 4, 4] rigid ego -> camera transforms.
         grid_hw: (h, w) token grid per view.
         stride: pixels per token cell (the tokenizer's downsample).
+        sub: rays per cell side (1: the cell centre; ``stride``: one ray per pixel centre).
     Returns:
-        rays [b, v, h, w, 3] unit directions, centres [b, v, 3] in metres (ego frame). O(b v h w).
+        rays [b, v, h sub, w sub, 3] unit directions (row-major over the image), centres [b, v, 3] in metres
+        (ego frame). O(b v h w sub^2).
     """
     h, w = grid_hw
     K, T = K.float(), T_cam_from_ego.float()
     R = T[..., :3, :3]
     centres = -torch.einsum("bvji,bvj->bvi", R, T[..., :3, 3])  # -R^T t
-    jj = (torch.arange(w, device=K.device, dtype=K.dtype) + 0.5) * stride
-    ii = (torch.arange(h, device=K.device, dtype=K.dtype) + 0.5) * stride
-    pix = torch.stack([jj.expand(h, w), ii[:, None].expand(h, w), torch.ones(h, w, device=K.device)], -1)
+    pitch = stride / sub
+    jj = (torch.arange(w * sub, device=K.device, dtype=K.dtype) + 0.5) * pitch
+    ii = (torch.arange(h * sub, device=K.device, dtype=K.dtype) + 0.5) * pitch
+    H, W = len(ii), len(jj)
+    pix = torch.stack([jj.expand(H, W), ii[:, None].expand(H, W), torch.ones(H, W, device=K.device)], -1)
     M = R.transpose(-1, -2) @ torch.linalg.inv(K)  # [b, v, 3, 3] = R_ego_from_cam K^-1
     rays = torch.einsum("bvij,hwj->bvhwi", M, pix)
     return F.normalize(rays, dim=-1), centres

@@ -3,9 +3,8 @@
 The rig and the layout are known exactly, so instead of letting attention discover where a box lands in a
 view, every image token gets what its own pixels see (``layout_projection``):
 
-* each token cell is sampled at ``sub x sub`` pixel rays (sub-token resolution; ``sub = stride`` is one ray
-  per pixel), ``d = normalize(R^T K^-1 [u, v, 1])`` from the camera centre ``c = -R^T t`` (the math of
-  ``attention.token_rays``);
+* each token cell is sampled at ``sub x sub`` pixel rays (``attention.token_rays`` with ``sub``; ``sub =
+  stride`` is one ray per pixel), ``d = normalize(R^T K^-1 [u, v, 1])`` from the camera centre ``c = -R^T t``;
 * **boxes:** the nearest intersection of the ray with every layout box (slab test in the box's frame,
   yawed about z): O(b v P m) for P rays per view and m boxes;
 * **ground:** rays pointing down meet z = 0 at ``p = c - (c_z / d_z) d``; the BEV raster is sampled there
@@ -30,9 +29,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from bevgen.views.attention import token_rays
 from sim_bridge.boxes import Boxes3D
 
-__all__ = ["pixel_rays", "ray_box_hits", "layout_projection", "projection_channels", "box_coverage",
+__all__ = ["ray_box_hits", "layout_projection", "projection_channels", "box_coverage",
            "MAX_DEPTH_M"]
 
 MAX_DEPTH_M = 100.0
@@ -43,30 +43,6 @@ _EPS = 1e-6
 def projection_channels(bev_channels: int, num_classes: int) -> int:
     """Feature channels of :func:`layout_projection`: C raster + classes + hit + 3 normal + 2 heading + depth + sky."""
     return bev_channels + num_classes + 8
-
-
-def pixel_rays(K: Tensor, T_cam_from_ego: Tensor, grid_hw: tuple[int, int], stride: int, sub: int
-               ) -> tuple[Tensor, Tensor]:
-    """Unit ego-frame rays at ``sub x sub`` evenly spaced pixel positions inside every token cell.
-
-    Args:
-        K: [b, v, 3, 3] intrinsics (pixels of the model's image size). T_cam_from_ego: [b, v, 4, 4].
-        grid_hw: (h, w) token grid; stride: pixels per token cell; sub: samples per cell side.
-    Returns:
-        rays [b, v, h*sub, w*sub, 3] (row-major over the image, so ``sub = stride`` gives one ray per pixel
-        centre), centres [b, v, 3]. O(b v h w sub^2).
-    """
-    h, w = grid_hw
-    K, T = K.float(), T_cam_from_ego.float()
-    R = T[..., :3, :3]
-    centres = -torch.einsum("bvji,bvj->bvi", R, T[..., :3, 3])
-    pitch = stride / sub
-    jj = (torch.arange(w * sub, device=K.device, dtype=K.dtype) + 0.5) * pitch
-    ii = (torch.arange(h * sub, device=K.device, dtype=K.dtype) + 0.5) * pitch
-    H, W = len(ii), len(jj)
-    pix = torch.stack([jj.expand(H, W), ii[:, None].expand(H, W), torch.ones(H, W, device=K.device)], -1)
-    M = R.transpose(-1, -2) @ torch.linalg.inv(K)
-    return F.normalize(torch.einsum("bvij,hwj->bvhwi", M, pix), dim=-1), centres
 
 
 def ray_box_hits(origins: Tensor, rays: Tensor, boxes: Boxes3D) -> tuple[Tensor, Tensor, Tensor]:
@@ -116,7 +92,7 @@ def layout_projection(bev: Tensor, boxes: Boxes3D, K: Tensor, T_cam_from_ego: Te
         [b, v, h, w, projection_channels(C, num_classes)] float32 in [0, 1] (heading in [-1, 1]).
         O(b v h w sub^2 (m + C)).
     """
-    rays, centres = pixel_rays(K, T_cam_from_ego, grid_hw, stride, sub)
+    rays, centres = token_rays(K, T_cam_from_ego, grid_hw, stride, sub)
     b, v, H, W, _ = rays.shape
     flat = rearrange(rays, "b v H W c -> b v (H W) c")
     t_box, idx, normal = ray_box_hits(centres, flat, boxes)  # [b, v, p]
@@ -137,15 +113,13 @@ def layout_projection(bev: Tensor, boxes: Boxes3D, K: Tensor, T_cam_from_ego: Te
     yaw = boxes.yaw.float().gather(1, idx.reshape(b, -1)).reshape(b, v, -1)
     rel = yaw - torch.atan2(flat[..., 1], flat[..., 0])
     heading = torch.stack([rel.cos(), rel.sin()], -1) * hit[..., None]
-    t_first = torch.where(hit, t_box, t_ground)
-    depth = (torch.log1p(t_first.clamp(max=MAX_DEPTH_M)) / math.log1p(MAX_DEPTH_M)).nan_to_num(0.0)
+    t_first = torch.where(hit, t_box, t_ground)  # inf where the ray meets neither (sky)
+    depth = torch.log1p(t_first.clamp(max=MAX_DEPTH_M)) / math.log1p(MAX_DEPTH_M)
     depth = torch.where(torch.isfinite(t_first), depth, torch.zeros_like(depth))
     sky = (~hit & ~down).float()
     feats = torch.cat([sampled, onehot, hit.float()[..., None], normal, heading, depth[..., None], sky[..., None]], -1)
-    feats = rearrange(feats, "b v (H W) c -> (b v) c H W", H=H)
-    h, w = grid_hw
-    return rearrange(F.avg_pool2d(feats, sub), "(b v) c h w -> b v h w c", b=b) if sub > 1 else \
-        rearrange(feats, "(b v) c h w -> b v h w c", b=b)
+    feats = F.avg_pool2d(rearrange(feats, "b v (H W) c -> (b v) c H W", H=H), sub)  # mean of each token's rays
+    return rearrange(feats, "(b v) c h w -> b v h w c", b=b)
 
 
 def box_coverage(features: Tensor, bev_channels: int, num_classes: int) -> Tensor:

@@ -96,17 +96,16 @@ def test_ray_box_hit_distance_face_and_token_coverage():
 def test_legacy_checkpoints_without_aligned_condition_still_load(tmp_path):
     """Checkpoints written before the aligned condition existed hold a config without the field: they load as the
     model without it (and train as before, unweighted)."""
+    import dataclasses
+
     from bevgen.views.sample import build_models, load_views
     from runkit.checkpoint import save_checkpoint
     from runkit.config import to_dict
     from tests.bevgen.test_views_model import _tiny_config
 
     cfg = _tiny_config()
-    legacy = _tiny_config()
-    import dataclasses
-
-    legacy = dataclasses.replace(legacy, generator=dataclasses.replace(legacy.generator, aligned_condition=False,
-                                                                       object_loss_weight=0.0))
+    legacy = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, aligned_condition=False,
+                                                                    object_loss_weight=0.0))
     tok, gen = build_models(legacy)
     stored = to_dict(legacy)
     for name in ("aligned_condition", "object_loss_weight", "projection_subsamples"):
