@@ -564,7 +564,10 @@ def bench_views() -> dict:
     if run is None:
         return out
     summary = json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").exists() else {}
-    out["tiny_train_minutes"] = round(summary.get("seconds", float("nan")) / 60, 1)
+    if all((summary.get(stage) or {}).get("start_step") == 0 for stage in ("tokenizer", "generator")):
+        out["tiny_train_minutes"] = round(summary.get("seconds", float("nan")) / 60, 1)
+    else:  # a resumed run's summary times its last segment only
+        out["tiny_train_note"] = "resumed run: see checkpoints/README.json for how long each segment took"
     sets = {"metrics": _heldout_camera_data()}
     real = real_map_data()
     if real is not None:  # the shared real scenes' maps and traffic through the synthetic renderer
@@ -824,10 +827,16 @@ def _row_lines(results: dict) -> list[str]:
     for arm, a in (ab.get("arms") or {}).items():
         m = (a.get("metrics") or {}).get("procedural") or {}
         if m.get("vehicle_iou") is not None:
-            lines.append(f"| Views ablation, arm `{arm}` (same tokenizer, data, steps), held-out procedural: vehicle / "
+            lines.append(f"| Views ablation, arm `{arm}` (same tokenizer, 16 scenes' frames, {a.get('steps', 600)} "
+                         f"steps), held-out procedural: vehicle / "
                          f"road IoU, seams, FID | {_r(m['vehicle_iou'])} / {_r(m['road_iou'])}, seams "
                          f"{_r(m['seam_consistency'])}, FID {_r(m['fid'], 1)} | oracle {_r(m['vehicle_iou_oracle'])} / "
                          f"{_r(m['road_iou_oracle'])}, seams {_r(m['seam_consistency_oracle'])} |")
+    floor = ((ab.get("shipped_unconditional") or {}).get("procedural") or {})
+    if floor.get("vehicle_iou") is not None:
+        lines.append(f"| Views, tiny model sampled from the null layout (the floor), held-out procedural: vehicle / "
+                     f"road IoU, seams, FID | {_r(floor['vehicle_iou'])} / {_r(floor['road_iou'])}, seams "
+                     f"{_r(floor['seam_consistency'])}, FID {_r(floor['fid'], 1)} | conditioned: see the rows above |")
     fl = v.get("drive_flicker") or {}
     if fl.get("truth"):
         lines.append(f"| Views on a moving drive ({fl['frames']} frames, ego moves {fl['ego_moved_m']} m): change of "

@@ -9,15 +9,17 @@ Held-out sets (never trained on; the same evaluator, bevseg network and FID extr
 The BEV segmentation network that scores the views is trained once on the shipped model's training frames
 (``make checkpoints``' camera data) and reused for every model, so every row is comparable.
 
-Ablation arms (generator stage only, from the same frozen tokenizer, the same data, steps and seed as the
-shipped model, ``configs/views/tiny.yaml``):
+Ablation arms (generator stage only, ``configs/views/tiny.yaml`` with ``ARM_STEPS`` generator steps, from the
+shipped run's frozen tokenizer, on the frames of its first 16 procedural scenes (the ``split.json`` the arm
+copies when it starts; the same seed for every arm):
 
 * ``current``: the model before aligned conditioning (BEV + object tokens through cross-attention only);
 * ``aligned``: + the layout projected into each camera, added to the image tokens;
 * ``aligned_object_loss``: + the masked-token loss weighted on tokens covered by boxes (the shipped config).
 
-An arm is trained when its run is missing (``benchmarks/work/views_ablation/<arm>``, resumable); the
-``aligned_object_loss`` arm is the shipped checkpoint's own run when ``runs/checkpoints/views`` exists.
+The shipped checkpoint (``make checkpoints``: more scenes, more steps) is scored beside them, conditioned and
+unconditioned (the null layout: the floor). An arm is trained when its run is missing
+(``benchmarks/work/views_ablation/<arm>``, resumable).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ TRAIN_DATA = ROOT / "runs" / "checkpoints" / "camera_data"
 ARMS = {"current": {"aligned_condition": False, "object_loss_weight": 0.0},
         "aligned": {"aligned_condition": True, "object_loss_weight": 0.0},
         "aligned_object_loss": {"aligned_condition": True, "object_loss_weight": 3.0}}
+ARM_STEPS = 600
+"""Generator steps of every ablation arm."""
 KEYS = ("road_iou", "vehicle_iou", "vehicle_iou_near", "vehicle_iou_mid", "vehicle_iou_far", "seam_consistency",
         "fid", "kid")
 
@@ -60,8 +64,10 @@ def bevseg_net(train_data: Path) -> Path:
     return train_bevseg(train_data, None, WORK / "bevseg", steps=600, resume=True, progress=False)
 
 
-def evaluate_model(run: Path, sets: dict[str, Path], bevseg: Path, out: Path, threads: int = 2) -> dict:
-    """Metrics of one views model on every held-out set (seed 0, the config's decoding steps and guidance)."""
+def evaluate_model(run: Path, sets: dict[str, Path], bevseg: Path, out: Path, threads: int = 2,
+                   unconditional: bool = False) -> dict:
+    """Metrics of one views model on every held-out set (seed 0, the config's decoding steps and guidance;
+    ``unconditional``: samples of the null layout, the floor)."""
     import torch
 
     from bevgen.views.metrics import evaluate_views
@@ -73,8 +79,8 @@ def evaluate_model(run: Path, sets: dict[str, Path], bevseg: Path, out: Path, th
     for name, data in sets.items():
         names = json.loads((data / "index.json").read_text())["frames"]
         t0 = time.perf_counter()
-        m = evaluate_views(lambda b: pipe(b, seed=0).images, data, names, out / name, bevseg_ckpt=bevseg,
-                           progress=False)
+        m = evaluate_views(lambda b: pipe(b, seed=0, unconditional=unconditional).images, data, names, out / name,
+                           bevseg_ckpt=bevseg, progress=False)
         rows[name] = {k: v for k, v in m.items() if k != "definitions"} | {"eval_s": round(time.perf_counter() - t0, 1)}
     return rows
 
@@ -87,15 +93,16 @@ def train_arm(arm: str, out: Path) -> Path:
     from bevgen.views.train import train_views
     from runkit.config import load_config
 
-    if arm == "aligned_object_loss" and (TRAIN_RUN / "checkpoints" / "generator.pt").exists():
-        return TRAIN_RUN
     cfg = load_config(ViewsConfig, ROOT / "configs" / "views" / "tiny.yaml")
-    cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, **ARMS[arm]))
+    cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, **ARMS[arm]),
+                              train=dataclasses.replace(cfg.train, generator_steps=ARM_STEPS))
     run = out / arm
     if not (run / "checkpoints" / "tokenizer.pt").exists():
         (run / "checkpoints").mkdir(parents=True, exist_ok=True)
         shutil.copy(TRAIN_RUN / "checkpoints" / "tokenizer.pt", run / "checkpoints" / "tokenizer.pt")
-        shutil.copy(TRAIN_RUN / "split.json", run / "split.json")
+        split = json.loads((TRAIN_RUN / "split.json").read_text())
+        first16 = [n for n in split["train"] if int(n.split("seed")[1][:6]) < 16]  # the arms' training frames
+        (run / "split.json").write_text(json.dumps(split | {"train": first16}))
     resume = (run / "checkpoints" / "generator.pt").exists()
     train_views(cfg, TRAIN_DATA, run, stage="generator", resume=resume, progress=False)
     return run
@@ -117,11 +124,13 @@ def bench_views_ablation(heldout_procedural: Path) -> dict:
         run = train_arm(arm, ROOT / "benchmarks" / "work" / "views_ablation")
         rows = evaluate_model(run, sets, bevseg, WORK / "ablation_eval" / arm)
         summary = json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").exists() else {}
-        out["arms"][arm] = {"run": str(run), "config": ARMS[arm], "metrics": rows,
+        out["arms"][arm] = {"run": str(run), "config": ARMS[arm], "metrics": rows, "steps": ARM_STEPS,
                             "generator_final_loss": (summary.get("generator") or {}).get("final_loss_mean20")}
     ship = shipped("views_tiny")
     if ship is not None:
         out["shipped"] = evaluate_model(ship, sets, bevseg, WORK / "ablation_eval" / "shipped")
+        out["shipped_unconditional"] = evaluate_model(ship, sets, bevseg, WORK / "ablation_eval" / "unconditional",
+                                                      unconditional=True)
     out["table"] = ablation_table(out)
     return out
 
@@ -180,8 +189,13 @@ def ablation_table(result: dict) -> list[str]:
     def r(x, nd=3):
         return "-" if x is None else f"{x:.{nd}f}"
 
-    for arm, a in result.get("arms", {}).items():
-        for name, m in a["metrics"].items():
+    rows = [(f"{arm} ({a.get('steps', ARM_STEPS)} steps, 16 scenes)", a["metrics"])
+            for arm, a in result.get("arms", {}).items()]
+    rows += [(label, result[key]) for key, label in (("shipped", "shipped (make checkpoints)"),
+                                                     ("shipped_unconditional", "shipped, null layout (floor)"))
+             if key in result]
+    for arm, metrics in rows:
+        for name, m in metrics.items():
             lines.append(f"| {arm} | {name} | {r(m['road_iou'])} ({r(m['road_iou_oracle'])}) | "
                          f"{r(m['vehicle_iou'])} ({r(m['vehicle_iou_oracle'])}): {r(m.get('vehicle_iou_near'))} / "
                          f"{r(m.get('vehicle_iou_mid'))} / {r(m.get('vehicle_iou_far'))} | "

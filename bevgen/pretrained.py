@@ -2,13 +2,14 @@
 
     make checkpoints        (= python -m bevgen.pretrained --out checkpoints)
 
-Recipe (:func:`build`): procedural scenarios (MetaDrive maps + IDM traffic, seeds 0-15, denser traffic than
+Recipe (:func:`build`): procedural scenarios (MetaDrive maps + IDM traffic, seeds 0-63, denser traffic than
 the default) -> synthetic six-camera dataset (pybullet CPU renderer, 128x224) -> ``configs/views/tiny.yaml``
--> ``configs/scene3d/tiny.yaml``; then only the weights and configs are exported (no optimizer state), read
-back with ``weights_only=True`` by the ordinary loaders (``bevgen.views.sample.load_views``,
-``bevgen.scene3d.train.load_scene3d``). Every step is seeded and runs on one CPU thread per process, so the
-same versions on the same kind of machine reproduce the same files; the demo says in its report when it
-used them. About one hour on a 2-core laptop CPU, both models training side by side.
+(generator steps: ``VIEWS_GENERATOR_STEPS``) -> ``configs/scene3d/tiny.yaml``; then only the weights and
+configs are exported (no optimizer state), read back with ``weights_only=True`` by the ordinary loaders
+(``bevgen.views.sample.load_views``, ``bevgen.scene3d.train.load_scene3d``). Every step is seeded and runs on
+one CPU thread per process, so the same versions on the same kind of machine reproduce the same files; the
+demo says in its report when it used them. About two hours on a 2-core laptop CPU (estimated from the timed
+segments, checkpoints/README.json), both models training side by side.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ SHIPPED = REPO / "checkpoints"
 """Where the shipped checkpoints live (a source checkout; absent in a wheel install)."""
 _FILES = {"views_tiny": ("checkpoints/tokenizer.pt", "checkpoints/generator.pt"),
           "scene3d_tiny": ("checkpoints/latest.pt",)}
+VIEWS_GENERATOR_STEPS = 1500
+"""Generator steps of the shipped views model (the tiny preset itself stops at 600 for a quick user run)."""
 
 
 def shipped(name: str, root: Path = SHIPPED) -> Path | None:
@@ -79,7 +82,7 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
     work, out = Path(work), Path(out)
     times: dict = {}
     t0 = time.perf_counter()
-    generate_procedural(ProceduralConfig(num_scenarios=16, start_seed=0, steps=200, traffic_density=0.8, workers=2),
+    generate_procedural(ProceduralConfig(num_scenarios=64, start_seed=0, steps=200, traffic_density=0.8, workers=2),
                         work / "scenarios", resume=True)
     times["scenarios_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -88,7 +91,8 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
     times["dataset_s"] = time.perf_counter() - t0
     bevgen = [sys.executable, "-m", "bevgen.cli"]
     jobs = [bevgen + ["views", "train", "-c", str(REPO / "configs/views/tiny.yaml"), "--data",
-                      str(work / "camera_data"), "--out", str(work / "views")],
+                      str(work / "camera_data"), "--out", str(work / "views"),
+                      "--set", f"train.generator_steps={VIEWS_GENERATOR_STEPS}"],
             bevgen + ["scene3d", "train", "-c", str(REPO / "configs/scene3d/tiny.yaml"), "--data",
                       str(work / "camera_data"), "--out", str(work / "scene3d")]]
     for job, run in zip(jobs, ("views", "scene3d")):  # a finished or interrupted run continues

@@ -228,6 +228,8 @@ def eval_cmd(
                                                "(pt_inception-2015-12-05-*.pth); default: in-project extractor."),
     num: int = typer.Option(0, "--num", help="Frames to score (0 = all selected)."),
     mode: str = typer.Option("parallel", "--mode", help="Decoding mode."),
+    unconditional: bool = typer.Option(False, "--unconditional", help="Score samples of the null condition (no "
+                                       "layout, no boxes): the floor the conditional model must beat."),
 ):
     """Score generated views: BEV IoU (overall and near / mid / far vehicles, next to the ground-truth oracle),
     seam consistency, FID / KID. Any checkpoint on any frame dataset: without a matching split.json every
@@ -273,11 +275,11 @@ def eval_cmd(
         pipe = load_views(ckpt)
         if bevseg is None:
             bevseg = train_bevseg(seg_data, bevseg_train_names, out / "bevseg", steps=bevseg_steps, resume=True)
-        metrics = evaluate_views(lambda b: pipe(b, mode=mode).images, data, selected, out, bevseg_ckpt=bevseg,
-                                 extractor_weights=fid_weights)
+        metrics = evaluate_views(lambda b: pipe(b, mode=mode, unconditional=unconditional).images, data, selected, out,
+                                 bevseg_ckpt=bevseg, extractor_weights=fid_weights)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    metrics |= {"frames": frames, "bevseg_trained_on": seg_source}
+    metrics |= {"frames": frames, "bevseg_trained_on": seg_source, "unconditional": unconditional}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     _console().print_json(json.dumps({k: v for k, v in metrics.items() if k != "definitions"}, default=str))
     for name in metrics.get("missing_frames") or []:

@@ -167,10 +167,11 @@ class ViewsPipeline:
     def num_views(self) -> int:
         return self.config.data.num_views
 
-    def _context(self, batch: dict, guidance: float) -> Context:
-        """Condition context; with guidance the batch is doubled as [cond; uncond]."""
+    def _context(self, batch: dict, guidance: float, unconditional: bool = False) -> Context:
+        """Condition context; with guidance the batch is doubled as [cond; uncond]; ``unconditional``: the null
+        condition for every row (use with guidance 0)."""
         b = batch["bev"].shape[0]
-        null = torch.zeros(b, dtype=torch.bool, device=self.device)
+        null = torch.full((b,), unconditional, dtype=torch.bool, device=self.device)
         if self.generator.aligned is not None and "projection" not in batch:  # once, not again for the null half
             batch = {**batch, "projection": self.generator.projection(batch)}
         if guidance != 0:
@@ -230,18 +231,24 @@ class ViewsPipeline:
         return rearrange(unit_to_uint8(self.tokenizer.decode(grid)), "(b v) c H W -> b v c H W", v=self.num_views)
 
     @torch.no_grad()
-    def reconstruct(self, images: Tensor) -> Tensor:
-        """Tokenizer round trip (the quality ceiling of generation): uint8 [b, v, 3, H, W] -> same."""
+    def encode(self, images: Tensor) -> Tensor:
+        """uint8 [b, v, 3, H, W] at ``image_size`` -> code indices [b, n] (the generator's token order)."""
         b = images.shape[0]
         with self._eval_mode():
             idx = self.tokenizer.encode(images_to_unit(rearrange(images.to(self.device), "b v c H W -> (b v) c H W")))
-            return self.tokens_to_images(rearrange(idx, "(b v) h w -> b (v h w)", b=b))
+        return rearrange(idx, "(b v) h w -> b (v h w)", b=b)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """Tokenizer round trip (the quality ceiling of generation): uint8 [b, v, 3, H, W] -> same."""
+        with self._eval_mode():
+            return self.tokens_to_images(self.encode(images))
 
     @torch.no_grad()
     def __call__(self, batch: dict | BevLayout | Sequence[BevLayout], rig: CameraRig | None = None,
                  mode: Literal["parallel", "autoregressive"] = "parallel",
                  steps: int | None = None, guidance: float | None = None, temperature: float = 1.0,
-                 seed: int = 0, rig_size: tuple[int, int] | None = None) -> ViewsOutput:
+                 seed: int = 0, rig_size: tuple[int, int] | None = None, unconditional: bool = False) -> ViewsOutput:
         """Generate all views of each frame.
 
         Args:
@@ -255,17 +262,19 @@ class ViewsPipeline:
             guidance: classifier-free guidance weight w (default config.train.guidance; 0 = conditional only).
             temperature: sampling temperature of the token distribution (0 = greedy).
             seed: seed of the torch.Generator driving every random draw.
+            unconditional: sample from the null condition (no layout and no boxes; the rig is kept; no guidance): the
+                floor a conditional sample is measured against (``bevgen views eval --unconditional``).
         Returns:
             :class:`ViewsOutput`: uint8 images [b, v, 3, H, W] on the pipeline's device, (H, W) =
             ``image_size``; camera names from ``rig`` (else the nuScenes order the frame files use).
         """
         if mode not in ("parallel", "autoregressive"):
             raise ValueError(f"mode must be 'parallel' or 'autoregressive', got {mode!r}")
-        batch, names, steps, guidance = self._prepare(batch, rig, steps, guidance, rig_size)
+        batch, names, steps, guidance = self._prepare(batch, rig, steps, 0.0 if unconditional else guidance, rig_size)
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         b = batch["bev"].shape[0]
         with self._eval_mode():
-            ctx = self._context(batch, guidance)
+            ctx = self._context(batch, guidance, unconditional)
             if mode == "parallel":
                 tokens = self.decode_parallel(ctx, b, steps, guidance, temperature, gen)
             else:

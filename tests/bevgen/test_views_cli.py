@@ -158,10 +158,11 @@ def test_views_commands_end_to_end(tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(run / "checkpoints", bare)
     res = runner.invoke(app, ["views", "eval", "--ckpt", str(bare), "--data", str(data), "--out", str(tmp_path / "e3"),
-                              "--bevseg", str(tmp_path / "eval" / "bevseg"), "--num", "2"])
+                              "--bevseg", str(tmp_path / "eval" / "bevseg"), "--num", "2", "--unconditional"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "e3" / "metrics.json").read_text())
     assert metrics["frames"] == "all" and metrics["num_samples"] == 2 * 6, metrics
+    assert metrics["unconditional"] is True  # the null-layout floor
     assert {"vehicle_iou_near", "vehicle_iou_mid_oracle", "vehicle_iou_far"} <= set(metrics)
 
 
