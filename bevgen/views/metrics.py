@@ -354,10 +354,12 @@ def token_box_iou(pipe, fit: dict, images: torch.Tensor, batch: dict, threshold:
     Returns:
         IoU of the box tokens over the batch (0 when neither has any).
     """
+    from bevgen.views.sample import COND_KEYS  # a function-level import: sample is heavier than metrics needs
+
     gen = pipe.generator
 
     def covered(b: dict) -> torch.Tensor:
-        cond = {k: b[k].to(pipe.device) for k in ("bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego")}
+        cond = {k: b[k].to(pipe.device) for k in COND_KEYS}
         with torch.no_grad():
             return gen.coverage(gen.projection(cond).float()) >= threshold  # [b, n]
 
