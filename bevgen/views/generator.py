@@ -60,6 +60,9 @@ class Context:
         az_cos: [b, n, m] azimuth agreement of each image token's ray with each condition token (cross bias).
         aligned: [b, n, d] embedding of the layout projected into each token's pixels (None without
             ``aligned_condition``).
+        biases: (dtype, per block (self bias [b, k, n, n], cross bias [b, k, n, m])): the attention biases,
+            filled by the first no-grad :meth:`ViewsTransformer.logits` call and reused by later decoding steps
+            (they depend on the context only; recomputing them was about a third of a decoding step).
     """
 
     cond_valid: Tensor
@@ -68,6 +71,7 @@ class Context:
     ray_cos: Tensor | None = None
     az_cos: Tensor | None = None
     aligned: Tensor | None = None
+    biases: tuple[torch.dtype, list[tuple[Tensor, Tensor]]] | None = None
 
 
 class BevEncoder(nn.Module):
@@ -129,18 +133,28 @@ class Block(nn.Module):
         self.cross_bias = GeometricBias(k, cfg.bev_bias_init) if cross else None
         self.n3, self.mlp = nn.LayerNorm(d), MLP(d, cfg.mlp_ratio, cfg.dropout)
 
-    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+    def biases(self, ctx: Context, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(self-attention bias [b, k, n, n], cross-attention bias [b, k, n, m]) of an image-token block."""
+        return self.self_bias(ctx.ray_cos, None, dtype), self.cross_bias(ctx.az_cos, ctx.cond_valid, dtype)
+
+    def forward(self, x: Tensor, ctx: Context, biases: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """x [b, n, d] (image tokens, or condition tokens when built without cross-attention), ctx from
         :meth:`ViewsTransformer.context` (ray_cos [b, n, n], cond [b, m, d], az_cos [b, n, m], cond_valid
-        [b, m]) -> [b, n, d]."""
-        dt = x.dtype if not torch.is_autocast_enabled() else torch.get_autocast_dtype(x.device.type)
+        [b, m]), biases: :meth:`biases` computed earlier (None: computed here) -> [b, n, d]."""
+        dt = _logit_dtype(x)
         if self.cross is None:  # condition-token block: padding boxes masked out as keys
             mask = _key_mask(ctx.cond_valid, dt)
             x = x + self.attn(self.n1(x), bias=mask)
         else:
-            x = x + self.attn(self.n1(x), bias=self.self_bias(ctx.ray_cos, None, dt))
-            x = x + self.cross(self.n2(x), ctx.cond, bias=self.cross_bias(ctx.az_cos, ctx.cond_valid, dt))
+            self_bias, cross_bias = biases if biases is not None else self.biases(ctx, dt)
+            x = x + self.attn(self.n1(x), bias=self_bias)
+            x = x + self.cross(self.n2(x), ctx.cond, bias=cross_bias)
         return x + self.mlp(self.n3(x))
+
+
+def _logit_dtype(x: Tensor) -> torch.dtype:
+    """The dtype attention logits are computed in (the autocast dtype under autocast)."""
+    return x.dtype if not torch.is_autocast_enabled() else torch.get_autocast_dtype(x.device.type)
 
 
 def _key_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
@@ -251,12 +265,20 @@ class ViewsTransformer(nn.Module):
                        az_cos=azimuth_cosine(rays, centres, key_xy), aligned=aligned)
 
     def logits(self, tokens: Tensor, ctx: Context) -> Tensor:
-        """Token indices [b, n] (mask_id = masked) -> logits [b, n, K]. O(layers b (n^2 + n m) d)."""
+        """Token indices [b, n] (mask_id = masked) -> logits [b, n, K]. O(layers b (n^2 + n m) d).
+
+        Without grad (sampling) the attention biases are cached in ``ctx`` and reused by the next calls."""
         x = self.tok(tokens) + ctx.cam
         if ctx.aligned is not None:
             x = x + ctx.aligned
-        for blk in self.blocks:
-            x = blk(x, ctx)
+        biases: list = [None] * len(self.blocks)
+        if not torch.is_grad_enabled():
+            dt = _logit_dtype(x)
+            if ctx.biases is None or ctx.biases[0] != dt:
+                ctx.biases = (dt, [blk.biases(ctx, dt) for blk in self.blocks])
+            biases = ctx.biases[1]
+        for blk, bias in zip(self.blocks, biases):
+            x = blk(x, ctx, bias)
         return self.head(x).float()
 
     def forward(self, tokens: Tensor, batch: dict[str, Tensor], null: Tensor) -> Tensor:

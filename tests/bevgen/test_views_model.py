@@ -417,3 +417,30 @@ def test_decode_parallel_from_known_tokens_keeps_them():
         out = pipe.decode_parallel(ctx, 2, 4, 1.0, 1.0, torch.Generator().manual_seed(1), init=init)
     assert (out != mask).all()
     torch.testing.assert_close(out[init != mask], init[init != mask])
+
+
+def test_cached_attention_biases_give_the_same_logits():
+    """Sampling caches the attention biases in the context; the logits must not change (training recomputes)."""
+    from bevgen.views.sample import build_models
+
+    cfg = _tiny_config()
+    _, gen = build_models(cfg)
+    gen.eval()
+    with torch.no_grad():  # non-trivial bias scales, so a stale or missing bias would show
+        for blk in gen.blocks:
+            blk.self_bias.scale.copy_(torch.linspace(-3, 3, cfg.generator.heads))
+            blk.cross_bias.scale.copy_(torch.linspace(2, -2, cfg.generator.heads))
+    batch = _synthetic_batch()
+    b, n = batch["bev"].shape[0], gen.num_tokens
+    tokens = torch.randint(0, gen.codebook_size + 1, (b, n), generator=torch.Generator().manual_seed(0))
+    null = torch.zeros(b, dtype=torch.bool)
+    ctx = gen.context(batch, null)
+    fresh = gen.logits(tokens, ctx)  # grad enabled: nothing cached
+    assert ctx.biases is None
+    with torch.no_grad():
+        first = gen.logits(tokens, ctx)
+        assert ctx.biases is not None and len(ctx.biases[1]) == len(gen.blocks)
+        second = gen.logits(tokens.flip(-1), ctx)  # reuses the cache
+        again = gen.logits(tokens.flip(-1), gen.context(batch, null))
+    torch.testing.assert_close(first, fresh.detach())
+    torch.testing.assert_close(second, again)
