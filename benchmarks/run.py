@@ -844,6 +844,12 @@ def _row_lines(results: dict) -> list[str]:
                          f"road IoU, seams, FID | {_r(m['vehicle_iou'])} / {_r(m['road_iou'])}, seams "
                          f"{_r(m['seam_consistency'])}, FID {_r(m['fid'], 1)} | oracle {_r(m['vehicle_iou_oracle'])} / "
                          f"{_r(m['road_iou_oracle'])}, seams {_r(m['seam_consistency_oracle'])} |")
+    prev = ((ab.get("previous_shipped") or {}).get("metrics") or {}).get("procedural") or {}
+    if prev.get("vehicle_iou") is not None:
+        lines.append(f"| Views, previous shipped model (same 1500-step schedule, object_loss_weight 3), held-out "
+                     f"procedural: vehicle / road IoU, seams, FID | {_r(prev['vehicle_iou'])} / "
+                     f"{_r(prev['road_iou'])}, seams {_r(prev['seam_consistency'])}, FID {_r(prev['fid'], 1)} | "
+                     "shipped now (weight 0): the tiny-model rows above |")
     floor = ((ab.get("shipped_unconditional") or {}).get("procedural") or {})
     if floor.get("vehicle_iou") is not None:
         lines.append(f"| Views, tiny model sampled from the null layout (the floor), held-out procedural: vehicle / "
