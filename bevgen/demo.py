@@ -5,8 +5,8 @@ Stages (each cached: a second run skips what is done):
   2. validation of every file against the contract, dataset statistics (``info.json``)
   3. BEV rasters: PNG previews of spread frames and an animated top-down GIF of one scenario
   4. traffic: train the tiny TrafficGen-style model, densify the scenarios (x2) -> ``augmented/``
-  5. RL: PPO (self-play) on the augmented scenarios, evaluated on held-out procedural scenarios next to the random
-     and IDM policies, and a top-down rollout of the trained agent
+  5. RL: PPO on the augmented scenarios, evaluated on held-out procedural scenarios next to the random and IDM
+     policies, and a top-down rollout of the trained agent
   6. cameras (:mod:`bevgen.demo_cameras`): synthetic six-camera datasets, the camera-view and scene3d
      models, generated views of held-out frames with metrics, six generated views of the agent's drive,
      scene3d edits
@@ -62,8 +62,11 @@ class DemoConfig:
     traffic_steps: int = 300
     """Training steps of the tiny traffic model."""
     ppo_steps: int = 300_000
-    """PPO environment steps on the augmented scenarios (batched simulator, self-play, after a behaviour-cloning
-    warm start from the scenarios' logged egos)."""
+    """PPO environment steps on the augmented scenarios (batched simulator, after a behaviour-cloning warm start
+    from the scenarios' logged egos)."""
+    ppo_final_std: float = 0.05
+    """Action noise the PPO policy is annealed to over the last 80% of training (``ppo.final_std``), so that
+    the mean action the evaluation and the rollout drive is the policy that was trained; 0 = no annealing."""
     heldout_scenarios: int = 4
     """Procedural scenarios (other seeds) the agent is evaluated on."""
     rollout_steps: int = 200
@@ -97,25 +100,26 @@ def _stage_traffic(cfg: DemoConfig, data: Path, out: Path) -> dict:
 
 
 def _train_ppo(cfg: DemoConfig, data: Path, run: Path) -> list[dict]:
-    """PPO by self-play on the batched simulator (every moving vehicle of a scene driven by the policy, each an
-    agent; observation "scene", which MetaDrive evaluation and the rollout read through ``SceneObservation``),
-    warm-started by cloning the scenarios' logged egos, collisions costing 20 as in configs/sim/ppo_60min.yaml.
+    """PPO on the batched simulator (observation "scene", which MetaDrive evaluation and the rollout read through
+    ``SceneObservation``) with the 60-minute recipe's settings (configs/sim/ppo_60min.yaml: 128 scene slots,
+    warm start by cloning the scenarios' logged egos), collisions costing 100 and the action noise annealed to
+    ``ppo_final_std``.
 
-    Measured on the full demo's data (8 procedural scenes densified x2, 300k steps), in MetaDrive on the 4
-    held-out procedural scenes: route completion 0.75, success 0.25, crash rate 0.75 (with 600k steps, or 16
-    vehicles per scene: 0.73 / 0.25 / 0.75). Trained on the ego alone the same way: 0.63-0.70 / 0 / 1.0. The
-    crashes come late in the route (steps 65-130 of up to 200), into a slower car ahead; in the batched simulator
-    the same policy crashes in 1 of the 4 (docs/batched_sim.md: MetaDrive's car accelerates harder on
-    procedural maps than the fitted one)."""
+    Measured (2-core CPU, 300k steps, MetaDrive, route completion on the 4 held-out scenes / on 12 unseen
+    procedural scenes, seeds 10000+, over 3 training seeds): 0.75-0.77 / 0.71-0.81; the same without the
+    annealing 0.55-0.75 / 0.66-0.68 (2 seeds); the previous recipe (self-play, collisions costing 20, no
+    annealing) 0.62 / 0.64, and 1M steps of it overfit the 8 maps (0.49 / 0.59). 100 more procedural maps in
+    the training set gave 0.68-0.83 / 0.69-0.86 (3 runs), not worth their 4.5 minutes of generation. Crashes
+    into slower cars ahead remain (crash rate 0.5-0.75): docs/batched_sim.md has the ablation."""
     summary = run / "train_summary.json"
     if not (summary.exists() and json.loads(summary.read_text())["final_step"] >= cfg.ppo_steps):
         small = cfg.ppo_steps < 16_384
-        reward = RewardConfig(crash_vehicle_penalty=20.0, crash_object_penalty=20.0)
-        tc = PPOTrainConfig(env=EnvConfig(data=str(data), horizon=200, observation="scene", reward=reward),
-                            backend="batched",
-                            batched=BatchedConfig(num_scenes=2 if small else 16, self_play=True),
-                            ppo=PPOConfig(n_steps=64 if small else 128, batch_size=128 if small else 2048, n_epochs=5,
-                                          net_arch=(64, 64) if small else (256, 256)),
+        reward = RewardConfig(crash_vehicle_penalty=100.0, crash_object_penalty=100.0)
+        tc = PPOTrainConfig(env=EnvConfig(data=str(data), horizon=500, observation="scene", reward=reward),
+                            backend="batched", batched=BatchedConfig(num_scenes=8 if small else 128),
+                            ppo=PPOConfig(n_steps=64 if small else 128, batch_size=128 if small else 4096, n_epochs=5,
+                                          net_arch=(64, 64) if small else (256, 256), final_std=cfg.ppo_final_std,
+                                          std_anneal_fraction=0.8),
                             warm_start=WarmStartConfig(demonstrations="log", steps=50 if small else 2000),
                             total_steps=cfg.ppo_steps, checkpoint_every=max(cfg.ppo_steps // 4, 512))
         train_ppo(tc, run, resume=(run / "checkpoints" / "latest.pt").exists(), progress_bar=False)
@@ -247,9 +251,8 @@ def run_demo(out: str | Path, fast: bool = False, workers: int = 2, console=None
              "procedural driving scenarios (MetaDrive procedural maps with IDM traffic, generated offline, "
              "ScenarioNet format) are validated and rasterized into ego-centric bird's-eye-view layouts; "
              "<b>dense traffic</b>: a TrafficGen-style model learns from them and inserts vehicles; "
-             "<b>RL</b>: a PPO agent, warm-started by cloning the scenarios' logged drivers, trains by self-play "
-             "(it drives every moving vehicle) on the augmented scenarios in the batched simulator and is "
-             "evaluated in MetaDrive on held-out ones; "
+             "<b>RL</b>: a PPO agent, warm-started by cloning the scenarios' logged drivers, trains on the "
+             "augmented scenarios in the batched simulator and is evaluated in MetaDrive on held-out ones; "
              "<b>camera views</b>: BEV layouts (including the agent's own drive) become six surrounding "
              "camera images, and a compositional 3D-aware generator renders and edits box layouts.</p>"),
             ("Scenarios", rp.table(rows) + f"<p class='muted'>{len(scenes)} valid, {len(bad)} bad; "

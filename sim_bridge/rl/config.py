@@ -35,6 +35,26 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     net_arch: tuple[int, ...] = (256, 256)
     """Hidden sizes of the policy and value MLPs."""
+    final_std: float = 0.0
+    """Anneal the action noise: over the last ``std_anneal_fraction`` of total_steps, cap the policy's learned
+    standard deviation by a bound that falls log-linearly from 1 (SB3's initial std) to this value; 0 = no
+    annealing. Evaluation and rollouts drive the mean action, and a policy trained under its own noise
+    (std ~0.37) drives its noise-free mean faster than anything it trained on and does not brake for a slower
+    car ahead (docs/batched_sim.md); annealing makes the evaluated policy the one that was trained."""
+    std_anneal_fraction: float = 0.5
+    """Share of total_steps (the last ones) over which ``final_std`` is approached."""
+
+    def __post_init__(self):
+        if not 0 <= self.final_std < 1 or not 0 < self.std_anneal_fraction <= 1:
+            raise ValueError("ppo.final_std must be in [0, 1) and ppo.std_anneal_fraction in (0, 1]")
+
+    def std_cap(self, step: int, total_steps: int) -> float | None:
+        """The bound on the action std at ``step`` of ``total_steps`` (None: no bound yet, or no annealing)."""
+        start = total_steps * (1.0 - self.std_anneal_fraction)
+        if self.final_std <= 0 or step < start:
+            return None
+        progress = min(1.0, (step - start) / max(total_steps - start, 1.0))
+        return float(self.final_std ** progress)
 
 
 @dataclass(frozen=True)

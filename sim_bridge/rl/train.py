@@ -185,6 +185,7 @@ def _callback(run_dir: Path, cfg: PPOTrainConfig, episodes: list[dict], state: d
             self.logger.record("charts/steps_per_second", sps)
 
         def _on_rollout_start(self) -> None:
+            self._cap_std()  # before collection, so the rollout's log-probabilities use the capped std
             if cfg.curriculum.active:
                 frac = cfg.curriculum.fraction(self.num_timesteps)
                 self.training_env.set_attr("traffic_fraction", frac)
@@ -196,7 +197,18 @@ def _callback(run_dir: Path, cfg: PPOTrainConfig, episodes: list[dict], state: d
             if isinstance(getattr(self.model, "rollout_buffer", None), MaskedRolloutBuffer):  # self-play: slots driving
                 self.logger.record("charts/active_fraction", float(self.model.rollout_buffer.active.mean()))
 
+        def _cap_std(self) -> None:
+            """Action-noise annealing (``ppo.final_std``): cap the learned std by the schedule's bound."""
+            cap = cfg.ppo.std_cap(self.num_timesteps, cfg.total_steps) if cfg.algorithm == "ppo" else None
+            if cap is not None:
+                import torch
+
+                with torch.no_grad():
+                    self.model.policy.log_std.clamp_(max=float(np.log(cap)))
+                self.logger.record("charts/action_std", float(self.model.policy.log_std.detach().exp().mean()))
+
         def _on_training_end(self) -> None:
+            self._cap_std()  # the last update may have widened it: the saved policy honours the bound
             self._checkpoint()
             self._log.close()
 

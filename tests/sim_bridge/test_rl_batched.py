@@ -140,12 +140,22 @@ def test_traffic_curriculum_keeps_a_share_of_the_logged_agents(real_dir):
         PPOTrainConfig(curriculum=ramp)
 
 
-def test_warm_start_and_curriculum_run_and_resume(real_dir, tmp_path):
-    """Both are config fields of a run: the clone happens once (not again on --resume) and the traffic share
-    follows the step counter across the resume."""
+def test_action_noise_schedule():
+    ppo = PPOConfig(final_std=0.04, std_anneal_fraction=0.5)
+    assert ppo.std_cap(499, 1000) is None and ppo.std_cap(500, 1000) == 1.0
+    assert ppo.std_cap(750, 1000) == pytest.approx(0.2) and ppo.std_cap(1000, 1000) == pytest.approx(0.04)
+    assert PPOConfig().std_cap(1000, 1000) is None  # off by default
+    with pytest.raises(ValueError, match="final_std"):
+        PPOConfig(final_std=1.5)
+
+
+def test_warm_start_curriculum_and_noise_annealing_run_and_resume(real_dir, tmp_path):
+    """All three are config fields of a run: the clone happens once (not again on --resume), the traffic share
+    follows the step counter across the resume, and the saved policy's action std ends at ppo.final_std."""
     run = tmp_path / "run"
     extra = TINY + ["--set", "warm_start.demonstrations=log", "--set", "warm_start.steps=20",
-                    "--set", "curriculum.traffic_start=0.2", "--set", "curriculum.steps=1024"]
+                    "--set", "curriculum.traffic_start=0.2", "--set", "curriculum.steps=1024",
+                    "--set", "ppo.final_std=0.1", "--set", "ppo.std_anneal_fraction=0.75"]
     res = CliRunner().invoke(app, ["sim", "train", "--train", str(real_dir), "--out", str(run), "--backend", "batched",
                                    "--slots", "4", "--steps", "512", "--scenarios", "3"] + extra)
     assert res.exit_code == 0, res.output
@@ -169,6 +179,9 @@ def test_warm_start_and_curriculum_run_and_resume(real_dir, tmp_path):
     fracs.sort()
     assert fracs and fracs[0][1] < 0.5 and all(b[1] >= a[1] for a, b in zip(fracs, fracs[1:]))
     assert any(step > 512 for step, _ in fracs)  # the resumed part continues the ramp
+    saved = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert float(saved["model"]["log_std"].exp().max()) <= 0.1 + 1e-6
+    assert saved["config"]["ppo"]["final_std"] == 0.1
 
 
 def test_sac_trains_resumes_and_evaluates(real_dir, tmp_path):
