@@ -36,7 +36,8 @@ from sim_bridge.envs.factory import IDMConfig
 from sim_bridge.geometry import boxes_overlap, wrap_angle
 from sim_bridge.scenario import Scenario
 
-__all__ = ["LaneGraph", "FollowConfig", "Routes", "build_routes", "follow_routes", "route_stops", "RED_STATES"]
+__all__ = ["LaneGraph", "FollowConfig", "Routes", "build_routes", "path_routes", "follow_routes", "route_stops",
+           "RED_STATES"]
 
 DT = 0.1
 RED_STATES = frozenset({"LANE_STATE_STOP", "LANE_STATE_ARROW_STOP", "LANE_STATE_FLASHING_STOP"})
@@ -271,6 +272,26 @@ def build_routes(graph: LaneGraph, lane: np.ndarray, s: np.ndarray, length: floa
         xs.append(np.stack([np.interp(q, cum, p[:, 0]), np.interp(q, cum, p[:, 1])], -1))
         lanes.append(ls)
         lane_s.append(st)
+    return _routes(xs, lanes, lane_s, ds, smooth_m, max_lateral_accel, comfort_brake)
+
+
+def path_routes(paths: list[np.ndarray], ds: float = 0.5, smooth_m: float = 2.0, max_lateral_accel: float = 3.0,
+                comfort_brake: float = 2.0) -> Routes:
+    """Routes along free paths (polylines [P_i, 2] from each follower's start, e.g. an agent off the mapped lanes
+    keeping its heading), resampled and smoothed as :func:`build_routes` does; they pass no lanes."""
+    xs = []
+    for p in paths:
+        p = np.asarray(p, np.float64)[:, :2]
+        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
+        q = np.minimum(np.arange(0.0, max(cum[-1], ds) + 1e-9, ds), cum[-1])
+        xs.append(np.stack([np.interp(q, cum, p[:, 0]), np.interp(q, cum, p[:, 1])], -1))
+    return _routes(xs, [[] for _ in xs], [[] for _ in xs], ds, smooth_m, max_lateral_accel, comfort_brake)
+
+
+def _routes(xs: list[np.ndarray], lanes: list[list[int]], lane_s: list[list[float]], ds: float, smooth_m: float,
+            max_lateral_accel: float, comfort_brake: float) -> Routes:
+    """Routes from resampled points ``xs`` (each [R_i, 2], ``ds`` apart): padded, tangents and positions
+    box-smoothed over +-smooth_m, with the curvature speed cap."""
     r = max((len(x) for x in xs), default=1)
     n = len(xs)
     xy = np.zeros((n, max(r, 2), 2))
@@ -297,12 +318,14 @@ def build_routes(graph: LaneGraph, lane: np.ndarray, s: np.ndarray, length: floa
         u[i, last + 1:] = seg[idx[-1]]
     k = max(int(round(smooth_m / ds)), 0)
     if k:
-        box = lambda x: (lambda c: (c[:, 2 * k + 1:] - c[:, :-2 * k - 1]) / (2 * k + 1))(  # noqa: E731
-            np.cumsum(np.pad(x, ((0, 0), (k + 1, k), (0, 0)), mode="edge"), axis=1))
-        u = box(u)
-        # positions too: a polyline kink would otherwise turn the velocity within one step
+        box = lambda x, **pad: (lambda c: (c[:, 2 * k + 1:] - c[:, :-2 * k - 1]) / (2 * k + 1))(  # noqa: E731
+            np.cumsum(np.pad(x, ((0, 0), (k + 1, k), (0, 0)), **pad), axis=1))
+        u = box(u, mode="edge")
+        # positions too: a polyline kink would otherwise turn the velocity within one step. Padded by odd
+        # reflection about the first point, which a straight start keeps in place: edge padding pulled the
+        # start ~k*ds/2 forward, a jump at a rollout's first step from its logged pose
         xy = np.where(np.arange(xy.shape[1])[None, :, None] < np.maximum(length_m / ds, 1)[:, None, None],
-                      box(xy), xy)
+                      box(xy, mode="reflect", reflect_type="odd"), xy)
     heading = np.arctan2(u[..., 1], u[..., 0])
     curv = np.zeros_like(heading)
     curv[:, 1:] = np.abs(wrap_angle(np.diff(heading, axis=1))) / ds
@@ -324,6 +347,10 @@ class FollowConfig(IDMConfig):
     """m travelled over which the start's offset from the lane centre decays (by 1/e)."""
     heading_decay_m: float = 5.0
     """m travelled over which the start's heading difference from the lane decays (by 1/e)."""
+    yield_horizon_s: float = 4.0
+    """s: crossing traffic. Where a follower's heading line crosses a moving body's (at more than 30 degrees)
+    ahead of both, and the body gets there first within this horizon, the follower stops short of the
+    crossing if it can at max_brake; 0 turns it off."""
 
 
 def route_stops(routes: Routes, graph: LaneGraph, sc: Scenario) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
@@ -346,6 +373,36 @@ def route_stops(routes: Routes, graph: LaneGraph, sc: Scenario) -> tuple[tuple[n
         for j, (st, li) in enumerate(r):
             s[i, j], idx[i, j] = st, li
     return (s, idx), red
+
+
+def _yield_at_crossings(cfg: FollowConfig, pi, pj, rel, d2, ok, xy, h, v, size, ob_h, ob_v, ob_len, ob_hw, look,
+                        gap, lead_v) -> None:
+    """Lower ``gap`` (and ``lead_v`` to 0) of followers that must give way at a crossing, in place.
+
+    Straight-line extrapolation of follower i (its heading) and body j (its heading, moving faster than 1
+    m/s): the lines cross at a_i m ahead of i and b_j m ahead of j. i gives way when j reaches the crossing
+    first (b_j / v_j < a_i / max(v_i, 2 m/s)), within yield_horizon_s, j's rear has not yet cleared it, and i
+    can still stop short of it at max_brake; the crossing is then a standing obstacle beyond half j's width.
+    Arrival times are the same figures from both sides, so of two followers one gives way.
+    """
+    c = np.flatnonzero(ok & (d2 <= look[pi] ** 2) & (ob_v[pj] > 1.0))
+    if not len(c):
+        return
+    fi, oj = pi[c], pj[c]
+    ci, si, cj, sj = np.cos(h[fi]), np.sin(h[fi]), np.cos(ob_h[oj]), np.sin(ob_h[oj])
+    den = ci * sj - si * cj                                                    # sin of the heading difference
+    r = rel[c]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = (r[:, 0] * sj - r[:, 1] * cj) / den                                # i's distance to the crossing
+        b = (r[:, 0] * si - r[:, 1] * ci) / den                                # j's
+    t_j = b / ob_v[oj]
+    room = a - size[fi, 0] / 2 - ob_hw[oj] - cfg.corridor_margin_m
+    give = (np.abs(den) > 0.5) & (a > 0) & (b > -ob_len[oj]) & (t_j < cfg.yield_horizon_s) \
+        & (t_j < a / np.maximum(v[fi], 2.0)) & (room > v[fi] ** 2 / (2 * cfg.max_brake))
+    if give.any():
+        np.minimum.at(gap, fi[give], room[give])
+        at = give & (room <= gap[fi])
+        lead_v[fi[at]] = 0.0
 
 
 def follow_routes(routes: Routes, speed0: np.ndarray, lateral0: np.ndarray, size: np.ndarray,
@@ -470,6 +527,8 @@ def follow_routes(routes: Routes, speed0: np.ndarray, lateral0: np.ndarray, size
             np.minimum.at(gap, fi, g)
             is_lead = inside & (g <= gap[fi])
             lead_v[fi[is_lead]] = np.maximum(ob_v[oj[is_lead]] * np.cos(rel_h[is_lead]), 0.0)
+        if cfg.yield_horizon_s > 0:  # crossing traffic: O(P) over the same pairs
+            _yield_at_crossings(cfg, pi, pj, rel, d2, ok, xy, h, v, size, ob_h, ob_v, ob_len, ob_hw, look, gap, lead_v)
         # the end of the mapped route and red lights are standing obstacles
         end_gap = routes.length - s - size[:, 0] / 2
         use = end_gap < gap

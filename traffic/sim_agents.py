@@ -4,10 +4,13 @@ From ``current`` (1 s of logged history: frames 0..10) every agent the traffic m
 current frame, a vehicle, pedestrian or cyclist, within ``EncodingConfig.range_m`` of the ego, the ego first;
 at most ``max_agents``) is rolled out for ``steps`` (8 s) ``rollouts`` times by one of:
 
-* ``model``: the trajectory model (modes sampled per agent and rollout); vehicles on a lane then drive along
-  the lane graph with IDM gap keeping (:mod:`traffic.lanes`, the same machinery as generation), wanting the
-  model's speed and taking the model's branch at junctions; pedestrians, cyclists and vehicles off the lanes
-  follow the model's path as predicted;
+* ``model``: the trajectory model (modes sampled per agent and rollout), made drivable by
+  :func:`lane_rollouts`: vehicles on a lane drive along the lane graph with IDM gap keeping
+  (:mod:`traffic.lanes`, the same machinery as generation), wanting the model's speed and taking the model's
+  branch at junctions; moving vehicles off the lanes follow the model's path with the same gap keeping;
+  pedestrians and cyclists keep their velocity over the last 0.5 s of history; whatever stood still over
+  the 1 s of history (and is not on a lane) stays put. Then each agent's tracking noise, estimated from its
+  own history (:func:`track_noise`), is added: the logged kinematics carry it;
 * ``constant_velocity``: each agent keeps its current velocity and heading (deterministic);
 * ``random``: controls drawn uniformly every step (acceleration in [-4, 4] m/s^2, yaw rate in [-0.5, 0.5]
   rad/s) and integrated from the current state;
@@ -20,20 +23,24 @@ Letters: r rollout, a agent, f future step.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from sim_bridge.geometry import wrap_angle
 from sim_bridge.scenario import Scenario
 from traffic.encoding import EncodingConfig, collate, encode_scene, to_world
-from traffic.lanes import LaneGraph, Routes, build_routes, follow_routes, route_stops
+from traffic.lanes import LaneGraph, Routes, build_routes, follow_routes, path_routes, route_stops
 from traffic.metrics import DT
 from traffic.realism import sim_agent_realism
 from traffic.train import load_models
 
-__all__ = ["ROLLOUT_METHODS", "sim_agents", "rollouts", "logged_validity", "evaluate_realism"]
+__all__ = ["ROLLOUT_METHODS", "sim_agents", "rollouts", "lane_rollouts", "history_state", "track_noise",
+           "logged_validity", "evaluate_realism"]
 
 ROLLOUT_METHODS = ("model", "constant_velocity", "random", "logged")
+TRACK_NOISE_SCALE = 1.5  # x the history's noise estimate (:func:`track_noise`); chosen on the training scenes
 ON_LANE_M = 1.5  # m: a vehicle this close to a lane centre (heading within 60 degrees) drives along the lane graph
 
 
@@ -89,48 +96,121 @@ def _model(sc: Scenario, current: int, steps: int, n: int, models, enc: Encoding
     with torch.no_grad():
         traj = trajectory.rollout(batch, steps=steps, generator=gen, sample_modes=True)[:, :a].cpu().numpy()
     xy, h = to_world(traj[..., :2], traj[..., 2], e["origin"])                   # [n, a, f, 2], [n, a, f]
-    if not lanes:
-        return agents, xy, h
+    if lanes:
+        xy, h = lane_rollouts(sc, agents, xy, h, current, steps, n, seed)
+    # each agent's tracking noise, as its history shows it (the log's kinematics carry it)
+    s_xy, s_h = track_noise(sc, agents, current)
+    rng = np.random.default_rng(seed)
+    xy = xy + TRACK_NOISE_SCALE * s_xy[None, :, None, None] * rng.standard_normal(xy.shape)
+    h = h + TRACK_NOISE_SCALE * s_h[None, :, None] * rng.standard_normal(h.shape)
+    return agents, xy, h
+
+
+def lane_rollouts(sc: Scenario, agents: np.ndarray, xy: np.ndarray, h: np.ndarray, current: int, steps: int, n: int,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted paths (xy [n, A, steps, 2], h [n, A, steps] of the agents ``agents``) made drivable; returns
+    the new (xy, h).
+
+    Vehicles on a lane drive along the lane graph (branches and wanted speed from their path); moving vehicles
+    off the lanes drive along their path; both keep IDM gaps to everyone (:func:`traffic.lanes.follow_routes`:
+    leaders, red lights, crossing traffic). Agents off the lanes that stood still over the last second
+    (:func:`history_state`) stay put; moving pedestrians and cyclists keep their velocity over the last half
+    second. Cost: one :func:`~traffic.lanes.follow_routes` call for all n rollouts (groups), O(steps x n x D x
+    (D + O)) for D driven and O other agents per rollout."""
+    xy, h = xy.copy(), h.copy()
     tr = sc.tracks
     graph = LaneGraph.from_scenario(sc)
     vehicle = np.asarray(tr.types)[agents] == "VEHICLE"
     lane, s, lat = graph.snap(tr.xy[agents, current], tr.heading[agents, current])
     on_lane = vehicle & (lane >= 0) & (np.abs(lat) <= ON_LANE_M)
     follow, rest = np.flatnonzero(on_lane), np.flatnonzero(~on_lane)
-    # the traffic model is a vehicle model (as TrafficGen): pedestrians and cyclists keep their velocity
-    walk = rest[~vehicle[rest]]
-    cv_xy, cv_h = _constant_velocity(sc, agents[walk], current, steps, n)
-    xy[:, walk], h[:, walk] = cv_xy, cv_h
-    if not len(follow):
-        return agents, xy, h
+    # the traffic model is a vehicle model (as TrafficGen): pedestrians and cyclists keep their velocity (over
+    # the last half second of history); whatever stood still over the history and is not on a lane stays put
+    vel, still = history_state(sc, agents, current)
+    walk = rest[~vehicle[rest] | still[rest]]
+    t = DT * np.arange(1, steps + 1)
+    xy[:, walk] = (tr.xy[agents[walk], current][:, None] + np.where(still[walk, None, None], 0.0, vel[walk, None])
+                   * t[None, :, None])[None]
+    h[:, walk] = tr.heading[agents[walk], current][None, :, None]
+    # moving vehicles off the lanes keep to their predicted path, with the same gap keeping (pedestrians kept to
+    # their line with a walker's gap keeping scored lower: groups of pedestrians overlap in the logs)
+    free = rest[vehicle[rest] & ~still[rest]]
+    rest = np.setdiff1d(rest, free)
+    drive = np.concatenate([follow, free])
+    if not len(drive):
+        return xy, h
     rng = np.random.default_rng(seed)
     T = steps + 1
     speed0 = tr.speed[agents, current]
     size = tr.size[agents, current, :2]
+    start = tr.xy[agents, current]
     parts, desired = [], []
     for r in range(n):  # one route per (rollout, vehicle): the rollout's sampled path picks the branches
-        path = np.concatenate([np.repeat(tr.xy[agents[follow], current][:, None], 1, 1), xy[r, follow]], 1)
-        spd = np.concatenate([speed0[follow, None], np.linalg.norm(np.diff(path, axis=1), axis=-1) / DT], 1)
-        limit = graph.limit[lane[follow]]
+        path = np.concatenate([start[drive][:, None], xy[r, drive]], 1)
+        spd = np.concatenate([speed0[drive, None], np.linalg.norm(np.diff(path, axis=1), axis=-1) / DT], 1)
+        limit = np.r_[graph.limit[lane[follow]], np.zeros(len(free))]
         desired.append(np.where(limit[:, None] > 0, np.minimum(spd, 1.1 * limit[:, None] + 0.5), spd))
-        parts.append(build_routes(graph, lane[follow], s[follow], float(min(desired[-1].sum(1).max() * DT + 30, 400)),
-                                  guides=list(path), rng=rng))
+        routes_r = []
+        if len(follow):
+            routes_r.append(build_routes(graph, lane[follow], s[follow],
+                                         float(min(desired[-1][:len(follow)].sum(1).max() * DT + 30, 400)),
+                                         guides=list(path[:len(follow)]), rng=rng))
+        if len(free):  # the path, then 30 m on along its last direction (the end of a route is a standing obstacle)
+            fp = path[len(follow):]
+            d = fp[:, -1] - fp[:, -2]
+            d = d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-9)
+            routes_r.append(path_routes(list(np.concatenate([fp, fp[:, -1:] + 30.0 * d[:, None]], 1))))
+        parts.append(Routes.concat(routes_r))
     routes = Routes.concat(parts)
     (stop_s, stop_light), red = route_stops(routes, graph, sc)
     red = red[:, current:current + T]
     red = np.pad(red, ((0, 0), (0, T - red.shape[1])), mode="edge") if red.shape[1] else np.zeros((len(red), T), bool)
     o_xy = np.concatenate([tr.xy[agents[rest], current][None, :, None].repeat(n, 0), xy[:, rest]], 2)  # [n, o, T, 2]
     o_h = np.concatenate([tr.heading[agents[rest], current][None, :, None].repeat(n, 0), h[:, rest]], 2)
+    lat0 = np.r_[lat[follow], np.zeros(len(free))]
     fxy, fh, _, _ = follow_routes(
-        routes, np.tile(speed0[follow], n), np.tile(lat[follow], n), np.tile(size[follow], (n, 1)),
+        routes, np.tile(speed0[drive], n), np.tile(lat0, n), np.tile(size[drive], (n, 1)),
         np.concatenate(desired), o_xy.reshape(-1, T, 2), o_h.reshape(-1, T),
         np.broadcast_to(size[rest][None, :, None], (n, len(rest), T, 2)).reshape(-1, T, 2),
         np.ones((n * len(rest), T), bool), red=red, stops=(stop_s, stop_light),
-        group=np.repeat(np.arange(n), len(follow)), others_group=np.repeat(np.arange(n), len(rest)),
-        heading0=np.tile(tr.heading[agents[follow], current], n))
-    xy[:, follow] = fxy.reshape(n, len(follow), T, 2)[:, :, 1:]
-    h[:, follow] = fh.reshape(n, len(follow), T)[:, :, 1:]
-    return agents, xy, h
+        group=np.repeat(np.arange(n), len(drive)), others_group=np.repeat(np.arange(n), len(rest)),
+        heading0=np.tile(tr.heading[agents[drive], current], n))
+    xy[:, drive] = fxy.reshape(n, len(drive), T, 2)[:, :, 1:]
+    h[:, drive] = fh.reshape(n, len(drive), T)[:, :, 1:]
+    return xy, h
+
+
+def history_state(sc: Scenario, agents: np.ndarray, current: int, window: int = 5, still_mps: float = 0.3):
+    """From the logged history up to ``current``: (velocity [A, 2] m/s, the mean over the last ``window`` steps
+    (the current velocity where the history has gaps), still [A] bool: moved less than ``still_mps`` x its
+    duration over the last second and slower than 2 x ``still_mps`` now, i.e. standing with tracking noise)."""
+    tr = sc.tracks
+    lo, lo1 = max(current - window, 0), max(current - 10, 0)
+    ok = tr.valid[agents, lo] & tr.valid[agents, current]
+    vel = np.where(ok[:, None], (tr.xy[agents, current] - tr.xy[agents, lo]) / (DT * max(current - lo, 1)),
+                   tr.velocity[agents, current])
+    ok1 = tr.valid[agents, lo1] & tr.valid[agents, current]
+    moved = np.linalg.norm(tr.xy[agents, current] - tr.xy[agents, lo1], axis=-1)
+    still = ok1 & (moved < still_mps * DT * max(current - lo1, 1)) & (tr.speed[agents, current] < 2 * still_mps)
+    return vel, still
+
+
+def track_noise(sc: Scenario, agents: np.ndarray, current: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each agent's tracking noise over its logged history: (position sigma [A] m, heading sigma [A] rad), robust
+    (median absolute deviation) estimates from second differences, which cancel smooth motion (for i.i.d. noise
+    of sigma a second difference has sigma x sqrt(6)); 0 where fewer than 3 of them are valid."""
+    tr = sc.tracks
+    xy, hd, v = tr.xy[agents, :current + 1], tr.heading[agents, :current + 1], tr.valid[agents, :current + 1]
+    ok = v[:, 2:] & v[:, 1:-1] & v[:, :-2]
+    d_xy = np.abs(xy[:, 2:] - 2 * xy[:, 1:-1] + xy[:, :-2]).reshape(len(agents), -1)
+    d_h = np.abs(wrap_angle(hd[:, 2:] - 2 * hd[:, 1:-1] + hd[:, :-2]))
+    mad = lambda d, m: np.nanmedian(np.where(m, d, np.nan), 1) / (0.6745 * np.sqrt(6))  # noqa: E731
+    enough = ok.sum(1) >= 3
+    with warnings.catch_warnings():  # all-NaN rows (too little history) come back NaN, set to 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s_xy = np.where(enough, mad(d_xy, np.repeat(ok, 2, 1)), 0.0)
+        s_h = np.where(enough, mad(d_h, ok), 0.0)
+    return np.nan_to_num(s_xy), np.nan_to_num(s_h)
 
 
 def logged_validity(sc: Scenario, agents: np.ndarray, current: int = 10, steps: int = 80) -> np.ndarray:

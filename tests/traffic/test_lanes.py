@@ -152,3 +152,53 @@ def test_resampling_all_polylines_at_once_matches_one_at_a_time():
             np.testing.assert_allclose(g, want, atol=1e-9)
             if len(g) > 1:
                 assert np.linalg.norm(np.diff(g, axis=0), axis=1).max() <= step + 1e-9
+
+
+def test_routes_start_at_the_start_pose():
+    """A route begins where its follower stands: the position smoothing keeps a straight start in place (edge
+    padding had pulled every start ~0.55 m forward, a jump at a rollout's first step from its logged pose)."""
+    from traffic.lanes import path_routes
+
+    sc = _junction()
+    g = LaneGraph.from_scenario(sc)
+    r = build_routes(g, np.array([g.ids.index("A")] * 2), np.array([0.0, 25.0]), 80.0)
+    xy, _ = r.pose(np.zeros(2), np.array([0.0, 0.3]))
+    assert np.abs(xy - [[0.0, 0.0], [25.0, 0.3]]).max() < 0.01, xy
+    p = path_routes([np.array([[3.0, 4.0], [13.0, 4.0], [13.0, 14.0]])])
+    assert np.abs(p.pose(np.zeros(1))[0] - [3.0, 4.0]).max() < 0.01 and not p.lanes[0]
+    assert abs(p.length[0] - 20.0) < 0.5
+
+
+def test_a_follower_off_the_lanes_keeps_its_path_and_brakes_for_what_stands_on_it():
+    """Vehicles off the mapped lanes (a car park, an unmapped road) follow a free path (path_routes) with the
+    same bounded gap keeping as lane followers."""
+    from traffic.lanes import path_routes
+
+    T = 150
+    path = np.stack([np.linspace(0, 120, 121), np.full(121, 50.0)], -1)     # 50 m north of every lane
+    r = path_routes([path])
+    stopped = np.broadcast_to(np.array([70.0, 50.0]), (1, T, 2)).copy()
+    xy, h, v, hit = follow_routes(r, np.array([10.0]), np.zeros(1), np.array([[4.5, 1.9]]), np.full((1, T), 10.0),
+                                  stopped, np.zeros((1, T)), np.full((1, T, 2), [4.5, 1.9]), np.ones((1, T), bool))
+    assert not hit[0] and v[0, -1] < 0.05 and np.abs(xy[0, :, 1] - 50.0).max() < 1e-6
+    assert np.diff(v[0]).min() / 0.1 >= -FollowConfig().max_brake - 1e-9
+    assert 70.0 - 4.5 - FollowConfig().min_gap_m - 2.0 <= xy[0, -1, 0] <= 70.0 - 4.5
+
+
+def test_crossing_traffic_that_arrives_first_gets_the_right_of_way():
+    """A car crossing the junction from the south reaches the crossing 0.5 s before the follower would: the
+    follower gives way (bounded braking), then goes on; without the rule the two collide."""
+    sc = _junction()
+    g = LaneGraph.from_scenario(sc)
+    T = 120
+    r = build_routes(g, np.array([g.ids.index("A")]), np.array([25.0]), 110.0,
+                     guides=[np.stack([np.linspace(25, 130, 60), np.zeros(60)], -1)])
+    t = np.arange(T) * 0.1
+    crossing = (np.stack([np.full(T, 60.0), -30.0 + 10.0 * t], -1)[None], np.full((1, T), np.pi / 2),
+                np.full((1, T, 2), [4.5, 1.9]), np.ones((1, T), bool))
+    run = lambda cfg: follow_routes(r, np.array([10.0]), np.zeros(1), np.array([[4.5, 1.9]]),  # noqa: E731
+                                    np.full((1, T), 10.0), *crossing, cfg=cfg)
+    xy, h, v, hit = run(FollowConfig())
+    assert not hit[0] and v[0].min() < 8.0 and xy[0, -1, 0] > 70.0
+    assert np.diff(v[0]).min() / 0.1 >= -FollowConfig().max_brake - 1e-9
+    assert run(FollowConfig(yield_horizon_s=0.0))[3][0]

@@ -1,0 +1,56 @@
+"""Sim-agent rollouts (traffic.sim_agents): what the 1 s of history says about each agent, and the drivable
+rollouts made from predicted paths."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim_bridge.scenario import Scenario
+from tests.conftest import make_straight_road_scenario
+from traffic.encoding import EncodingConfig
+from traffic.sim_agents import history_state, lane_rollouts, rollouts, sim_agents, track_noise
+
+SIGMA = 0.02  # m: tracking noise of the parked car
+
+
+def _scene() -> tuple[Scenario, dict[str, int]]:
+    """The straight two-lane road (tests.conftest) plus a car parked beside it whose track jitters by SIGMA m and
+    whose logged velocity is noise (0.2 m/s): standing, though a constant-velocity rollout would drive it off."""
+    d = make_straight_road_scenario(length=100, origin=(0.0, 0.0))
+    rng = np.random.default_rng(0)
+    parked = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d["tracks"]["lead"].items()}
+    st = {k: np.array(v, dtype=float if k != "valid" else bool) for k, v in d["tracks"]["lead"]["state"].items()}
+    st["position"][:, 0], st["position"][:, 1] = 30.0, -6.0
+    st["position"][:, :2] += rng.normal(0, SIGMA, (100, 2))
+    st["velocity"] = np.tile([0.2, 0.0], (100, 1))
+    parked["state"] = st
+    d["tracks"]["parked"] = parked
+    sc = Scenario.from_dict(d)
+    return sc, {k: list(sc.tracks.ids).index(k) for k in ("ego", "lead", "walker", "parked")}
+
+
+def test_history_says_who_stands_and_how_noisy_the_track_is():
+    sc, ix = _scene()
+    agents = np.array([ix["ego"], ix["lead"], ix["walker"], ix["parked"]])
+    vel, still = history_state(sc, agents, current=10)
+    assert still.tolist() == [False, False, True, True]
+    assert np.allclose(vel[1], [8.0, 0.0], atol=1e-6) and np.abs(vel[3]).max() < 0.2
+    s_xy, s_h = track_noise(sc, agents, current=10)
+    assert s_xy[0] < 1e-6 and s_xy[1] < 1e-6 and s_h.max() < 1e-6     # smooth tracks: no noise
+    assert 0.5 * SIGMA < s_xy[3] < 1.6 * SIGMA, s_xy[3]                 # 9 second differences: a rough estimate
+
+
+def test_lane_rollouts_hold_standing_agents_and_start_from_the_logged_pose():
+    sc, ix = _scene()
+    agents, xy, h = rollouts(sc, "constant_velocity", n=2, steps=60, enc=EncodingConfig())
+    assert set(agents) == set(sim_agents(sc, 10, EncodingConfig())) and ix["parked"] in agents
+    lxy, lh = lane_rollouts(sc, agents, xy, h, current=10, steps=60, n=2)
+    tr = sc.tracks
+    p, w = list(agents).index(ix["parked"]), list(agents).index(ix["walker"])
+    for k in (p, w):  # standing: held exactly where the log has it now (constant velocity drifts the car 1.2 m)
+        assert np.abs(lxy[:, k] - tr.xy[agents[k], 10]).max() == 0.0
+    assert np.abs(xy[:, p, -1] - tr.xy[agents[p], 10]).max() > 1.0
+    lead = list(agents).index(ix["lead"])
+    first = np.linalg.norm(lxy[:, lead, 0] - tr.xy[agents[lead], 10], axis=-1)
+    assert np.abs(first - 0.8).max() < 0.05, first                     # 8 m/s: 0.8 m in the first step
+    assert np.abs(lxy[:, lead, :, 1] + 1.75).max() < 0.05              # on its lane's centre line
