@@ -26,7 +26,8 @@ from sim_bridge.dataset import ConversionReport, DatasetWriter, ScenarioDataset
 from sim_bridge.scenario import Scenario
 from sim_bridge.scenario_edit import Track
 from traffic.encoding import EncodingConfig, agent_feature_rows, collate, encode_scene, to_world
-from traffic.lanes import FollowConfig, LaneGraph, Routes, build_routes, follow_routes, route_stops
+from traffic.follow import FollowConfig, follow_routes
+from traffic.lanes import LaneGraph, Routes, build_routes, route_stops
 from traffic.train import load_models
 
 # torch and traffic.metrics (shapely) are imported lazily: importing this module stays light.
@@ -170,7 +171,7 @@ def _new_track(state: np.ndarray, traj: np.ndarray, origin: np.ndarray, length: 
 
 def _time_paths(scenes: list[Scenario], placed: list[dict], keep_logged: bool,
                 seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Drive the placed vehicles of a batch of scenes along their lane graphs (:mod:`traffic.lanes`).
+    """Drive the placed vehicles of a batch of scenes along their lane graphs (:mod:`traffic.follow`).
 
     Each vehicle is snapped to its lane (offset clipped to ``FollowConfig.max_lateral``), routed along connected
     lanes following the trajectory model's predicted path at every branch, and driven with IDM gap keeping to

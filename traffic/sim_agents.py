@@ -6,11 +6,11 @@ at most ``max_agents``) is rolled out for ``steps`` (8 s) ``rollouts`` times by 
 
 * ``model``: the trajectory model (modes sampled per agent and rollout), made drivable by
   :func:`lane_rollouts`: vehicles on a lane drive along the lane graph with IDM gap keeping
-  (:mod:`traffic.lanes`, the same machinery as generation), wanting the model's speed and taking the model's
-  branch at junctions; moving vehicles off the lanes follow the model's path with the same gap keeping;
-  pedestrians and cyclists keep their velocity over the last 0.5 s of history; whatever stood still over
-  the 1 s of history (and is not on a lane) stays put. Then each agent's tracking noise, estimated from its
-  own history (:func:`track_noise`), is added: the logged kinematics carry it;
+  (:mod:`traffic.lanes`, :mod:`traffic.follow`: the same machinery as generation), wanting the model's speed
+  and taking the model's branch at junctions; moving vehicles off the lanes follow the model's path with the
+  same gap keeping; pedestrians and cyclists keep their velocity over the last 0.5 s of history; whatever
+  stood still over the 1 s of history (and is not on a lane) stays put. Then each agent's tracking noise,
+  estimated from its own history (:func:`track_noise`), is added: the logged kinematics carry it;
 * ``constant_velocity``: each agent keeps its current velocity and heading (deterministic);
 * ``random``: controls drawn uniformly every step (acceleration in [-4, 4] m/s^2, yaw rate in [-0.5, 0.5]
   rad/s) and integrated from the current state;
@@ -31,7 +31,8 @@ import numpy as np
 from sim_bridge.geometry import wrap_angle
 from sim_bridge.scenario import Scenario
 from traffic.encoding import EncodingConfig, collate, encode_scene, to_world
-from traffic.lanes import LaneGraph, Routes, build_routes, follow_routes, path_routes, route_stops
+from traffic.follow import follow_routes
+from traffic.lanes import LaneGraph, Routes, build_routes, path_routes, route_stops
 from traffic.metrics import DT
 from traffic.realism import sim_agent_realism
 from traffic.train import load_models
@@ -112,10 +113,10 @@ def lane_rollouts(sc: Scenario, agents: np.ndarray, xy: np.ndarray, h: np.ndarra
     the new (xy, h).
 
     Vehicles on a lane drive along the lane graph (branches and wanted speed from their path); moving vehicles
-    off the lanes drive along their path; both keep IDM gaps to everyone (:func:`traffic.lanes.follow_routes`:
+    off the lanes drive along their path; both keep IDM gaps to everyone (:func:`traffic.follow.follow_routes`:
     leaders, red lights, crossing traffic). Agents off the lanes that stood still over the last second
     (:func:`history_state`) stay put; moving pedestrians and cyclists keep their velocity over the last half
-    second. Cost: one :func:`~traffic.lanes.follow_routes` call for all n rollouts (groups), O(steps x n x D x
+    second. Cost: one :func:`~traffic.follow.follow_routes` call for all n rollouts (groups), O(steps x n x D x
     (D + O)) for D driven and O other agents per rollout."""
     xy, h = xy.copy(), h.copy()
     tr = sc.tracks

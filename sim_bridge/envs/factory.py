@@ -24,7 +24,7 @@ DEFAULT_PROCEDURAL_MAPS = 100
 
 @dataclass(frozen=True)
 class IDMConfig:
-    """Gap keeping of IDM traffic (Treiber et al. 2000); ``traffic.lanes.FollowConfig`` extends it."""
+    """Gap keeping of IDM traffic (Treiber et al. 2000); ``traffic.follow.FollowConfig`` extends it."""
 
     max_accel: float = 2.0
     """m/s^2: IDM's a, also the catch-up acceleration of a vehicle behind its log."""

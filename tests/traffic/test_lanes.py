@@ -1,4 +1,5 @@
-"""Lane-relative motion (traffic.lanes): routes along connected lanes, bounded offsets, IDM yielding, red lights."""
+"""Lane-relative motion (traffic.lanes, traffic.follow): routes along connected lanes, bounded offsets, IDM
+yielding, red lights, crossing traffic."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 
 from sim_bridge.scenario import Scenario
 from tests.conftest import make_straight_road_scenario
-from traffic.lanes import FollowConfig, LaneGraph, build_routes, follow_routes, route_stops
+from traffic.follow import FollowConfig, follow_routes
+from traffic.lanes import LaneGraph, build_routes, route_stops
 from traffic.encoding import point_to_segments
 
 R_TURN = 20.0
