@@ -44,7 +44,6 @@ class FollowConfig(IDMConfig):
     crossing if it can at max_brake; 0 turns it off."""
 
 
-
 def _yield_at_crossings(cfg: FollowConfig, pi, pj, rel, d2, ok, xy, h, v, size, ob_h, ob_v, ob_len, ob_hw, look,
                         gap, lead_v) -> None:
     """Lower ``gap`` (and ``lead_v`` to 0) of followers that must give way at a crossing, in place.
@@ -90,12 +89,14 @@ def follow_routes(routes: Routes, speed0: np.ndarray, lateral0: np.ndarray, size
     Each step, per follower: the leader is the nearest agent ahead whose centre lies in the corridor (the
     route widened by both half widths) within the look-ahead: replayed agents at that step, other
     followers at their previous pose, a red light's stop line (``red`` [K_lights, T] with ``stops`` from the
-    routes' controlled lanes), or the end of the route. Acceleration = min(desired, IDM interaction)
-    clipped to [-max_brake, max_accel], with desired = (desired_speed - v) / 1 s.
+    routes' controlled lanes), the end of the route, or a crossing where crossing traffic arrives first
+    (:func:`_yield_at_crossings`). Acceleration = min(desired, IDM interaction) clipped to [-max_brake,
+    max_accel], with desired = (desired_speed - v) / 1 s.
 
     Args:
-        routes: from :func:`build_routes`; speed0 [N] m/s; lateral0 [N] m, the start's offset from the lane
-        centre (callers placing new vehicles clip it to ``cfg.max_lateral``), decaying over lateral_decay_m;
+        routes: from :func:`traffic.lanes.build_routes` or :func:`traffic.lanes.path_routes`; speed0 [N] m/s;
+        lateral0 [N] m, the start's offset from the lane centre (callers placing new vehicles clip it to
+        ``cfg.max_lateral``), decaying over lateral_decay_m;
         size [N, 2] (length, width); desired_speed [N, T] m/s; others_* [A, T, ...] agents that do not react
         (world); others_speed [A, T] (default: from positions); group [N], others_group [A] int scene
         indices (default: one scene); heading0 [N] the start heading (default: the lane's), whose difference

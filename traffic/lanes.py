@@ -263,10 +263,7 @@ def build_routes(graph: LaneGraph, lane: np.ndarray, s: np.ndarray, length: floa
     xs, lanes, lane_s = [], [], []
     for i in range(len(lane)):
         p, ls, st = _route_points(graph, int(lane[i]), float(s[i]), length, guides[i], rng)
-        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
-        q = np.arange(s[i], max(cum[-1], s[i] + ds) + 1e-9, ds)
-        q = np.minimum(q, cum[-1])
-        xs.append(np.stack([np.interp(q, cum, p[:, 0]), np.interp(q, cum, p[:, 1])], -1))
+        xs.append(_arc_points(p, float(s[i]), ds))
         lanes.append(ls)
         lane_s.append(st)
     return _routes(xs, lanes, lane_s, ds, smooth_m, max_lateral_accel, comfort_brake)
@@ -276,13 +273,15 @@ def path_routes(paths: list[np.ndarray], ds: float = 0.5, smooth_m: float = 2.0,
                 comfort_brake: float = 2.0) -> Routes:
     """Routes along free paths (polylines [P_i, 2] from each follower's start, e.g. an agent off the mapped lanes
     keeping its heading), resampled and smoothed as :func:`build_routes` does; they pass no lanes."""
-    xs = []
-    for p in paths:
-        p = np.asarray(p, np.float64)[:, :2]
-        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
-        q = np.minimum(np.arange(0.0, max(cum[-1], ds) + 1e-9, ds), cum[-1])
-        xs.append(np.stack([np.interp(q, cum, p[:, 0]), np.interp(q, cum, p[:, 1])], -1))
+    xs = [_arc_points(np.asarray(p, np.float64)[:, :2], 0.0, ds) for p in paths]
     return _routes(xs, [[] for _ in xs], [[] for _ in xs], ds, smooth_m, max_lateral_accel, comfort_brake)
+
+
+def _arc_points(p: np.ndarray, s0: float, ds: float) -> np.ndarray:
+    """Points of polyline p [P, 2] every ds m of arc length from s0 to its end (at least two)."""
+    cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
+    q = np.minimum(np.arange(s0, max(cum[-1], s0 + ds) + 1e-9, ds), cum[-1])
+    return np.stack([np.interp(q, cum, p[:, 0]), np.interp(q, cum, p[:, 1])], -1)
 
 
 def _routes(xs: list[np.ndarray], lanes: list[list[int]], lane_s: list[list[float]], ds: float, smooth_m: float,

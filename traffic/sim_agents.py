@@ -145,11 +145,11 @@ def lane_rollouts(sc: Scenario, agents: np.ndarray, xy: np.ndarray, h: np.ndarra
     speed0 = tr.speed[agents, current]
     size = tr.size[agents, current, :2]
     start = tr.xy[agents, current]
+    limit = np.r_[graph.limit[lane[follow]], np.zeros(len(free))]  # m/s; 0: none known (and off the lanes)
     parts, desired = [], []
     for r in range(n):  # one route per (rollout, vehicle): the rollout's sampled path picks the branches
         path = np.concatenate([start[drive][:, None], xy[r, drive]], 1)
         spd = np.concatenate([speed0[drive, None], np.linalg.norm(np.diff(path, axis=1), axis=-1) / DT], 1)
-        limit = np.r_[graph.limit[lane[follow]], np.zeros(len(free))]
         desired.append(np.where(limit[:, None] > 0, np.minimum(spd, 1.1 * limit[:, None] + 0.5), spd))
         routes_r = []
         if len(follow):

@@ -4,6 +4,7 @@ rollouts made from predicted paths."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sim_bridge.scenario import Scenario
 from tests.conftest import make_straight_road_scenario
@@ -54,3 +55,20 @@ def test_lane_rollouts_hold_standing_agents_and_start_from_the_logged_pose():
     first = np.linalg.norm(lxy[:, lead, 0] - tr.xy[agents[lead], 10], axis=-1)
     assert np.abs(first - 0.8).max() < 0.05, first                     # 8 m/s: 0.8 m in the first step
     assert np.abs(lxy[:, lead, :, 1] + 1.75).max() < 0.05              # on its lane's centre line
+
+
+def test_model_rollouts_carry_each_tracks_own_noise():
+    """The model's rollouts (an untrained trajectory model is enough here) hold the parked car where it stands
+    and add its history's tracking noise x TRACK_NOISE_SCALE; a smooth track gets none."""
+    pytest.importorskip("torch")
+    from traffic.model.trajectory import TrajectoryModel
+    from traffic.sim_agents import TRACK_NOISE_SCALE
+
+    sc, ix = _scene()
+    agents, xy, h = rollouts(sc, "model", n=16, steps=40, models=(None, TrajectoryModel().eval()))
+    p, w = list(agents).index(ix["parked"]), list(agents).index(ix["walker"])
+    s_xy, _ = track_noise(sc, agents, current=10)
+    dev = xy[:, p] - sc.tracks.xy[ix["parked"], 10]
+    assert np.abs(dev.mean((0, 1))).max() < 0.005
+    assert abs(dev.std() / (TRACK_NOISE_SCALE * s_xy[p]) - 1) < 0.1, (dev.std(), s_xy[p])
+    assert np.abs(xy[:, w] - sc.tracks.xy[ix["walker"], 10]).max() == 0.0
