@@ -381,7 +381,10 @@ def _traffic_model() -> Path:
     run = work / "run"
     cfg = TrafficTrainConfig(data=(str(train_real),), steps=steps, batch_size=8, start_frames=TRAFFIC_FRAMES,
                              checkpoint_every=500)
-    old = load_models(run)[2] if (run / "checkpoints" / "latest.pt").exists() else None
+    try:
+        old = load_models(run)[2] if (run / "checkpoints" / "latest.pt").exists() else None
+    except ValueError:  # a run of an older model version: retrain
+        old = None
     if old is None or old.steps != steps or tuple(old.start_frames) != TRAFFIC_FRAMES or \
             [Path(d).name for d in old.data] != [train_real.name]:
         import shutil

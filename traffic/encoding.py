@@ -16,6 +16,8 @@ Shapes (one scene; ``collate`` adds the leading b):
     speed_limit float32 [M]          m/s, 0 where unknown
     agent_feats float32 [A, F_AGENT] see AGENT_FEATURES
     agent_state float32 [A, 7]       x, y, heading, vx, vy, length, width (scene frame)
+    agent_hist  float32 [A, 2]       velocity change over the last second, v(t0) - v(t0 - 1 s) (scene frame, m/s;
+                                     0 where the track has no state 1 s back)
     agent_type  int64   [A]          index into AGENT_TYPES
     agent_mask  bool    [A]          row 0 is the ego
     agent_index int64   [A]          track index of each row in the scenario, -1 for padding
@@ -46,13 +48,14 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = ["EncodingConfig", "encode_scene", "collate", "to_world", "to_scene", "agent_feature_rows", "MAP_TYPES",
-           "AGENT_TYPES", "MAP_FEATURES", "AGENT_FEATURES", "wrap", "point_to_segments"]
+           "AGENT_TYPES", "MAP_FEATURES", "AGENT_FEATURES", "HIST_STEPS", "wrap", "point_to_segments"]
 
 MAP_TYPES = ("lane", "road_line", "road_edge", "crosswalk")
 AGENT_TYPES = ("VEHICLE", "PEDESTRIAN", "CYCLIST")
 MAP_FEATURES = ("x0", "y0", "x1", "y1", "cos", "sin", "length", *[f"is_{t}" for t in MAP_TYPES], "speed_limit")
 AGENT_FEATURES = ("x", "y", "cos", "sin", "vx", "vy", "length", "width", *[f"is_{t.lower()}" for t in AGENT_TYPES])
 F_MAP, F_AGENT = len(MAP_FEATURES), len(AGENT_FEATURES)
+HIST_STEPS = 10  # agent_hist looks this many steps (1 s at 10 Hz) back
 MAX_PLAUSIBLE_LIMIT_MS = 60.0  # MetaDrive writes 1000 km/h for "no limit": treat as unknown
 
 
@@ -166,6 +169,7 @@ class EncodedScene(TypedDict):
     speed_limit: np.ndarray
     agent_feats: np.ndarray
     agent_state: np.ndarray
+    agent_hist: np.ndarray
     agent_type: np.ndarray
     agent_mask: np.ndarray
     agent_index: np.ndarray
@@ -186,6 +190,7 @@ class SceneBatch(TypedDict):
     speed_limit: Tensor
     agent_feats: Tensor
     agent_state: Tensor
+    agent_hist: Tensor
     agent_type: Tensor
     agent_mask: Tensor
     agent_index: Tensor
@@ -234,6 +239,11 @@ def encode_scene(sc: Scenario, t0: int = 0, cfg: EncodingConfig = EncodingConfig
     size = tr.size[cand, t0, :2]
     out["agent_state"] = np.zeros((A, 7), np.float32)
     out["agent_state"][:n] = np.column_stack([xy[cand], head, vel, size])
+    out["agent_hist"] = np.zeros((A, 2), np.float32)
+    if t0 >= HIST_STEPS:
+        back = tr.valid[cand, t0 - HIST_STEPS]
+        out["agent_hist"][:n] = np.where(back[:, None], vel - vectors_to_frame(tr.velocity[cand, t0 - HIST_STEPS],
+                                                                               origin[2]), 0.0)
     out["agent_type"] = np.zeros(A, np.int64)
     out["agent_type"][:n] = type_idx[cand]
     out["agent_mask"] = np.zeros(A, bool)

@@ -103,7 +103,8 @@ def generate_scenes(placement, trajectory, scenes: list, keep_logged: bool, num_
         mask = torch.cat([take(ctx), new_valid], 1)
         steps = max(sc.length for sc in scenes) - 1 if steps is None else steps
         tb = dict(batch)
-        tb.update(agent_state=state, agent_type=types, agent_mask=mask,
+        hist = torch.cat([take(batch["agent_hist"]), new_state.new_zeros(*new_state.shape[:2], 2)], 1)  # placed: none
+        tb.update(agent_state=state, agent_hist=hist, agent_type=types, agent_mask=mask,
                   agent_feats=agent_feature_rows(state, types, enc.range_m) * mask[..., None])
         traj = trajectory.rollout(tb, steps=steps, generator=generator) if steps > 0 else \
             state.new_zeros(*state.shape[:2], 0, 3)

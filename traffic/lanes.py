@@ -247,6 +247,19 @@ def _route_points(graph: LaneGraph, lane: int, s: float, length: float, guide: n
         lanes, starts
 
 
+def _beyond_lane_end(p: np.ndarray, guide: np.ndarray, join_m: float = 3.0) -> np.ndarray:
+    """Route points p [P, 2] that end with the mapped lanes, continued by the guide path [G, 2] past its point
+    nearest the lanes' end, where that point lies within ``join_m`` of it and the guide goes on beyond it."""
+    k = int(np.argmin(np.linalg.norm(guide - p[-1], axis=-1)))
+    tail = guide[k + 1:]
+    if np.linalg.norm(guide[k] - p[-1]) > join_m or not len(tail):
+        return p
+    direction = p[-1] - p[-2] if len(p) > 1 else tail[-1] - p[-1]
+    if np.dot(tail[-1] - p[-1], direction) <= 0.5:  # the guide stops at (or turns back before) the lanes' end
+        return p
+    return np.concatenate([p, tail])
+
+
 def _polyline_length(p: np.ndarray) -> float:
     return float(np.linalg.norm(np.diff(p, axis=0), axis=1).sum())
 
@@ -254,15 +267,20 @@ def _polyline_length(p: np.ndarray) -> float:
 def build_routes(graph: LaneGraph, lane: np.ndarray, s: np.ndarray, length: float,
                  guides: list[np.ndarray | None] | None = None, rng: np.random.Generator | None = None,
                  ds: float = 0.5, smooth_m: float = 2.0, max_lateral_accel: float = 3.0,
-                 comfort_brake: float = 2.0) -> Routes:
+                 comfort_brake: float = 2.0, beyond_lanes: bool = False) -> Routes:
     """Routes of ``length`` m (or to the end of the mapped lanes) from (lane [N], s [N]), resampled every ds
     from the start pose; points and tangent headings box-smoothed over +-smooth_m so that lane joints do not spin
-    a car, with a curvature speed cap (lateral acceleration at most max_lateral_accel m/s^2)."""
+    a car, with a curvature speed cap (lateral acceleration at most max_lateral_accel m/s^2).
+
+    ``beyond_lanes``: where the mapped lanes end (no successor: a driveway, a car park, the map's edge) and the
+    guide path goes on from there, the route goes on along the guide (:func:`_beyond_lane_end`)."""
     rng = rng or np.random.default_rng(0)
     guides = guides or [None] * len(lane)
     xs, lanes, lane_s = [], [], []
     for i in range(len(lane)):
         p, ls, st = _route_points(graph, int(lane[i]), float(s[i]), length, guides[i], rng)
+        if beyond_lanes and guides[i] is not None and not graph.succ[ls[-1]]:
+            p = _beyond_lane_end(p, np.asarray(guides[i], np.float64))
         xs.append(_arc_points(p, float(s[i]), ds))
         lanes.append(ls)
         lane_s.append(st)

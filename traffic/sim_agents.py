@@ -42,6 +42,7 @@ __all__ = ["ROLLOUT_METHODS", "sim_agents", "rollouts", "lane_rollouts", "histor
 
 ROLLOUT_METHODS = ("model", "constant_velocity", "random", "logged")
 TRACK_NOISE_SCALE = 1.5  # x the history's noise estimate (:func:`track_noise`); chosen on the training scenes
+BEYOND_LANES = True  # where the mapped lanes end, a vehicle goes on along its predicted path (driveways, car parks)
 ON_LANE_M = 1.5  # m: a vehicle this close to a lane centre (heading within 60 degrees) drives along the lane graph
 
 
@@ -155,7 +156,7 @@ def lane_rollouts(sc: Scenario, agents: np.ndarray, xy: np.ndarray, h: np.ndarra
         if len(follow):
             routes_r.append(build_routes(graph, lane[follow], s[follow],
                                          float(min(desired[-1][:len(follow)].sum(1).max() * DT + 30, 400)),
-                                         guides=list(path[:len(follow)]), rng=rng))
+                                         guides=list(path[:len(follow)]), rng=rng, beyond_lanes=BEYOND_LANES))
         if len(free):  # the path, then 30 m on along its last direction (the end of a route is a standing obstacle)
             fp = path[len(follow):]
             d = fp[:, -1] - fp[:, -2]

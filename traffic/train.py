@@ -104,6 +104,9 @@ def load_models(path: str | Path, device: str = "cpu"):
     mcfg = _model_config(cfg.preset)
     placement, trajectory = PlacementModel(mcfg).to(device), TrajectoryModel(mcfg).to(device)
     placement.load_state_dict(ckpt["model"]["placement"], strict=True)
+    if "encoder.hist_embed.weight" not in ckpt["model"]["trajectory"]:
+        raise ValueError(f"{path}: this trajectory model predates the agents' history input (agent_hist); retrain it "
+                         "with `bevgen traffic train`")
     trajectory.load_state_dict(ckpt["model"]["trajectory"], strict=True)
     return placement.eval(), trajectory.eval(), cfg
 

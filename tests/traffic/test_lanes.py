@@ -204,3 +204,26 @@ def test_crossing_traffic_that_arrives_first_gets_the_right_of_way():
     assert not hit[0] and v[0].min() < 8.0 and xy[0, -1, 0] > 70.0
     assert np.diff(v[0]).min() / 0.1 >= -FollowConfig().max_brake - 1e-9
     assert run(FollowConfig(yield_horizon_s=0.0))[3][0]
+
+
+def test_routes_go_on_past_the_end_of_the_mapped_lanes_along_the_guide_only():
+    """Lane C ends at x = 140 (no successor). A guide that drives on into an unmapped car park north-east of the
+    lane end extends the route there with beyond_lanes; a guide that stops before the end, one that ends far
+    from it, and beyond_lanes=False keep the route at the lane end."""
+    sc = _junction()
+    g = LaneGraph.from_scenario(sc)
+    c = g.ids.index("C")
+    on = np.stack([np.linspace(100, 140, 41), np.zeros(41)], -1)
+    park = np.stack([np.linspace(141, 150, 10), np.linspace(1, 10, 10)], -1)
+    into_park = np.concatenate([on, park])
+    stops_short = on[:30]
+    far_away = np.concatenate([on[:10], np.array([[120.0, 30.0], [130.0, 40.0]])])
+    guides = [into_park, stops_short, far_away]
+    r = build_routes(g, np.full(3, c), np.full(3, 30.0), 200.0, guides=guides, beyond_lanes=True)
+    end = r.xy[:, -1]
+    assert np.abs(end[0] - [150.0, 10.0]).max() < 1.0, end[0]
+    assert abs(r.length[0] - (50.0 + 10 * np.sqrt(2))) < 1.5, r.length[0]  # from x = 90 on C
+    for i in (1, 2):
+        assert np.abs(end[i] - [140.0, 0.0]).max() < 0.5, (i, end[i])
+    plain = build_routes(g, np.array([c]), np.array([30.0]), 200.0, guides=[into_park])
+    assert np.abs(plain.xy[0, -1] - [140.0, 0.0]).max() < 0.5

@@ -28,6 +28,7 @@ __all__ = ["ModelConfig", "TINY", "PAPER", "PRESETS", "SceneEncoder", "mlp", "ag
 POS_SCALE = 50.0  # m: positions enter the MLPs as x / POS_SCALE
 VEL_SCALE = 10.0  # m/s
 SIZE_SCALE = (5.0, 2.5)  # m: (length, width)
+HIST_SCALE = 3.0  # m/s: the velocity change over the last second (agent_hist) enters as dv / HIST_SCALE
 F_AGENT_IN = 8  # x, y, cos, sin, vx, vy, length, width
 
 
@@ -105,12 +106,14 @@ class SceneEncoder(nn.Module):
     Cost: one pass is O(L * (M + A)^2 * D) for L layers, with M map vectors and A agent slots.
     """
 
-    def __init__(self, cfg: ModelConfig = TINY):
+    def __init__(self, cfg: ModelConfig = TINY, history: bool = False):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
         self.map_embed = mlp(F_MAP, d, d)
         self.agent_embed = mlp(F_AGENT_IN, d, d)
+        # the agents' last second (velocity change), for the trajectory model; placement places agents without one
+        self.hist_embed = nn.Linear(2, d) if history else None
         self.type_embed = nn.Embedding(len(AGENT_TYPES), d)
         self.kind_embed = nn.Embedding(2, d)  # 0 map token, 1 agent token
         # SiLU rather than ReLU/GELU: those route no_grad inference through PyTorch's fused encoder
@@ -121,7 +124,7 @@ class SceneEncoder(nn.Module):
                                                  enable_nested_tensor=False)
 
     def forward(self, map_feats: Tensor, map_pts: Tensor, map_mask: Tensor, agent_state: Tensor,
-                agent_type: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+                agent_type: Tensor, context: Tensor, agent_hist: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Encode one batch of scenes.
 
         Args:
@@ -131,6 +134,8 @@ class SceneEncoder(nn.Module):
             agent_type: long [b, a] index into AGENT_TYPES.
             context: bool [b, a] agents visible to attention (placement hides the unplaced ones);
                 every scene needs at least one visible token (the ego).
+            agent_hist: float [b, a, 2] velocity change over the last second (m/s, scene frame), read by an
+                encoder built with ``history=True`` (zeros where None).
         Returns:
             map_tokens [b, m, d], agent_tokens [b, a, d]. Rows of hidden agents are computed but
             carry no information into the others.
@@ -140,6 +145,9 @@ class SceneEncoder(nn.Module):
         map_tok = self.map_embed(map_inputs(map_feats, map_pts)) + kind[0]
         agent_tok = (self.agent_embed(agent_inputs(agent_state)) + self.type_embed(agent_type.clamp(min=0))
                      + kind[1])
+        if self.hist_embed is not None:
+            hist = agent_state.new_zeros(*agent_state.shape[:-1], 2) if agent_hist is None else agent_hist
+            agent_tok = agent_tok + self.hist_embed(hist / HIST_SCALE)
         tokens = torch.cat([map_tok, agent_tok], dim=1)  # [b, n, d]
         pad = ~torch.cat([map_mask, context], dim=1)  # [b, n], True = ignored as a key
         out = self.transformer(tokens, src_key_padding_mask=pad)

@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from sim_bridge.geometry import wrap_angle
-from traffic.encoding import SceneBatch
+from traffic.encoding import HIST_STEPS, SceneBatch
 from traffic.model.encoder import TINY, ModelConfig, SceneEncoder, mlp
 
 __all__ = ["TrajectoryModel", "integrate_unicycle", "TURN_SPEED"]
@@ -52,6 +52,11 @@ def integrate_unicycle(start: Tensor, accel: Tensor, yaw_rate: Tensor, dt: float
     return torch.stack([x, y, wrap_angle(heading), speed], -1)
 
 
+def _velocity(s: Tensor) -> Tensor:
+    """[..., 4] (x, y, heading, speed) -> [..., 2] velocity."""
+    return s[..., 3:4] * torch.stack([s[..., 2].cos(), s[..., 2].sin()], -1)
+
+
 class TrajectoryModel(nn.Module):
     """Scene encoder over all agents + a control head and a mode-score head per agent."""
 
@@ -59,22 +64,26 @@ class TrajectoryModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.encoder = SceneEncoder(cfg)
+        self.encoder = SceneEncoder(cfg, history=True)
         self.control_head = mlp(d, d, cfg.modes * cfg.horizon * 2)
         self.score_head = mlp(d, d, cfg.modes)
 
-    def predict(self, batch: SceneBatch, agent_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def predict(self, batch: SceneBatch, agent_state: Tensor | None = None,
+                agent_hist: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Full predicted states.
 
         Args:
-            batch: collated scenes; agent_state: float [b, a, 7] overriding batch["agent_state"].
+            batch: collated scenes; agent_state: float [b, a, 7] overriding batch["agent_state"], agent_hist:
+                float [b, a, 2] overriding batch["agent_hist"] (the velocity change over the last second; zeros
+                where the batch has none).
         Returns:
             states [b, a, k, h, 4] (x, y, heading, speed) and mode logits [b, a, k].
         """
         cfg = self.cfg
         state = batch["agent_state"] if agent_state is None else agent_state
+        hist = batch.get("agent_hist") if agent_hist is None else agent_hist
         _, tok = self.encoder(batch["map_feats"], batch["map_pts"], batch["map_mask"], state,
-                              batch["agent_type"], batch["agent_mask"])
+                              batch["agent_type"], batch["agent_mask"], hist)
         u = rearrange(self.control_head(tok), "b a (k h u) -> b a k h u", k=cfg.modes, u=2).tanh()
         start = torch.cat([state[..., :3], state[..., 3:5].norm(dim=-1, keepdim=True)], -1)[:, :, None]
         states = integrate_unicycle(start, u[..., 0] * cfg.max_accel, u[..., 1] * cfg.max_yaw_rate, cfg.dt)
@@ -116,7 +125,8 @@ class TrajectoryModel(nn.Module):
 
         Each chunk takes one mode per agent (the most likely, or sampled from the mode softmax with
         ``generator`` when sample_modes) and restarts from that mode's last state (pose, speed along
-        the heading; sizes and types unchanged), so bounds and heading consistency hold across chunks.
+        the heading; sizes and types unchanged), so bounds and heading consistency hold across chunks; the
+        next chunk's history is the chosen mode's velocity change over its last second.
         Cost: ceil(steps / horizon) encoder passes.
 
         Args:
@@ -125,10 +135,11 @@ class TrajectoryModel(nn.Module):
         Returns:
             float [b, a, steps, 3] (x, y, heading; scene frame), zeros for padded agents.
         """
-        state = batch["agent_state"].clone()
+        state, hist = batch["agent_state"].clone(), batch.get("agent_hist")
         chunks = []
+        back = min(HIST_STEPS, self.cfg.horizon - 1)
         for _ in range(math.ceil(steps / self.cfg.horizon)):
-            states, logits = self.predict(batch, state)  # [b, a, k, h, 4], [b, a, k]
+            states, logits = self.predict(batch, state, hist)  # [b, a, k, h, 4], [b, a, k]
             if sample_modes:
                 probs = rearrange(logits.softmax(-1), "b a k -> (b a) k")
                 mode = torch.multinomial(probs, 1, generator=generator).view(logits.shape[:2])
@@ -140,5 +151,7 @@ class TrajectoryModel(nn.Module):
             x, y, heading, speed = chosen[:, :, -1].unbind(-1)
             state = torch.cat([torch.stack([x, y, heading, speed * heading.cos(), speed * heading.sin()], -1),
                                state[..., 5:7]], -1)
+            if back > 0:
+                hist = (_velocity(chosen[:, :, -1]) - _velocity(chosen[:, :, -1 - back])) * (HIST_STEPS / back)
         traj = torch.cat(chunks, 2)[:, :, :steps]
         return traj * batch["agent_mask"][:, :, None, None]
