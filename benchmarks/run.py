@@ -368,9 +368,10 @@ TRAFFIC_FRAMES = tuple(range(0, 120, 10))
 
 def _traffic_model() -> Path:
     """The tiny traffic model of the traffic and RL benchmarks, trained once (BEVGEN_TRAFFIC_STEPS steps, default
-    1500) on the 4 real training scenes, each encoded at 12 start frames (0, 1, ..., 11 s); the 3 other real
-    scenes are held out. The earlier recipe (24 procedural + 4 real scenes, 400 steps, frames 0-4 s) taught it
-    MetaDrive's traffic, which starts at rest and accelerates: parked real cars drove off in its rollouts."""
+    1500, cosine learning-rate decay) on the 4 real training scenes, each encoded at 12 start frames (0, 1, ...,
+    11 s); the 3 other real scenes are held out. The earlier recipe (24 procedural + 4 real scenes, 400 steps,
+    frames 0-4 s) taught it MetaDrive's traffic, which starts at rest and accelerates: parked real cars drove
+    off in its rollouts."""
     from sim_bridge.rl.experiment import split_real
     from traffic.train import TrafficTrainConfig, load_models, train
 
@@ -386,7 +387,7 @@ def _traffic_model() -> Path:
     except ValueError:  # a run of an older model version: retrain
         old = None
     if old is None or old.steps != steps or tuple(old.start_frames) != TRAFFIC_FRAMES or \
-            [Path(d).name for d in old.data] != [train_real.name]:
+            old.schedule != cfg.schedule or [Path(d).name for d in old.data] != [train_real.name]:
         import shutil
 
         shutil.rmtree(run, ignore_errors=True)
@@ -424,7 +425,8 @@ def bench_traffic() -> dict:
     if note is None and prev.exists():  # the same (reused) training run keeps the note recorded with it
         old = json.loads(prev.read_text())
         note = old.get("train_note", "") if old.get("train_s") == round(train_s, 1) else ""
-    out: dict = {"what": "tiny model; trained on 4 real scenes x 12 start frames; tested on 3 held-out real scenes",
+    out: dict = {"what": "tiny model; trained on 4 real scenes x 12 start frames (cosine learning-rate decay); "
+                         "tested on 3 held-out real scenes",
                  "train_steps": steps, "train_s": round(train_s, 1), "held_out": held_out, "train_note": note or ""}
 
     # speed: 32 vehicles + 9 s (90 steps) per scene, batched over the 7 real scenes vs one at a time

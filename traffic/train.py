@@ -49,6 +49,8 @@ class TrafficTrainConfig:
     """Optimizer steps."""
     batch_size: int = 8
     lr: float = 1e-3
+    schedule: Literal["constant", "cosine"] = "cosine"
+    """Learning rate after a 20-step warm-up: constant, or cosine decay to 5% of ``lr`` at the last step."""
     weight_decay: float = 1e-4
     start_frames: tuple[int, ...] = (0, 10, 20, 30, 40)
     """Frames each scenario is encoded at (more training samples per scenario)."""
@@ -62,7 +64,17 @@ class TrafficTrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         _model_config(self.preset)
+
+
+def lr_factor(cfg: TrafficTrainConfig, step: int) -> float:
+    """The learning rate at optimizer step ``step`` (0-based) as a fraction of ``cfg.lr``."""
+    warm = min(1.0, (step + 1) / 20)
+    if cfg.schedule == "constant":
+        return warm
+    return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / max(cfg.steps - 1, 1), 1.0))))
 
 
 def _model_config(preset: str):
@@ -165,7 +177,7 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
         opt.load_state_dict(ckpt["optimizer"])
         start, best = int(ckpt["step"]), float(ckpt["best_metric"])
     net = DDP(joint, find_unused_parameters=True) if world > 1 else joint
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, start + s))  # resumes mid-schedule
 
     writer = None
     if rank == 0:

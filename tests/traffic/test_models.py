@@ -7,6 +7,7 @@ import copy
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -297,3 +298,22 @@ def test_trajectory_model_learns_from_the_history(batch):
             err = (top[..., :2] - future[..., :2]).norm(dim=-1).mean(-1)
         final[name] = err[b["agent_mask"]].mean().item()
     assert final["with"] < 0.5 * final["without"], final
+
+
+def test_cosine_schedule_warms_up_decays_to_its_floor_and_resumes_mid_schedule():
+    from traffic.train import TrafficTrainConfig, lr_factor
+
+    cos, const = TrafficTrainConfig(steps=200, schedule="cosine"), TrafficTrainConfig(steps=200, schedule="constant")
+    f = np.array([lr_factor(cos, s) for s in range(200)])
+    assert f[0] == pytest.approx(0.05) and int(np.argmax(f)) == 19 and f[19] > 0.95 and f[-1] == pytest.approx(0.05)
+    assert np.all(np.diff(f[19:]) <= 1e-12)  # decays after the warm-up
+    assert [lr_factor(const, s) for s in (0, 19, 199)] == [0.05, 1.0, 1.0]
+    # a resumed run's scheduler continues from the saved step (train() offsets its LambdaLR by the start step)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cos, 120 + s))
+    assert opt.param_groups[0]["lr"] == pytest.approx(f[120])
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(f[121])
+    with pytest.raises(ValueError, match="schedule"):
+        TrafficTrainConfig(schedule="linear")
