@@ -27,10 +27,12 @@ def real_split(tmp_path_factory, real_dir) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def traffic_run(tmp_path_factory, procedural_dir, real_split) -> tuple[Path, dict]:
-    """The tiny models after 40 steps on the procedural scenes and the 4 real training scenes."""
+    """The tiny models after 40 steps on the procedural scenes and the 4 real training scenes, at a constant
+    learning rate (a cosine decay over 40 steps, half of them warm-up, leaves the placement model half-trained:
+    size + speed MMD 0.91 against random's 1.02)."""
     run = tmp_path_factory.mktemp("traffic") / "run"
     cfg = TrafficTrainConfig(data=(str(procedural_dir), str(real_split[0])), steps=40, batch_size=6,
-                             start_frames=(0, 20), checkpoint_every=20, seed=0)
+                             start_frames=(0, 20), checkpoint_every=20, seed=0, schedule="constant")
     summary = train(cfg, run, progress=False)
     return run, summary
 
