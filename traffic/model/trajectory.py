@@ -148,10 +148,9 @@ class TrajectoryModel(nn.Module):
             idx = mode[..., None, None, None].expand(*mode.shape, 1, *states.shape[3:])
             chosen = states.gather(2, idx).squeeze(2)  # [b, a, h, 4]
             chunks.append(chosen[..., :3])
-            x, y, heading, speed = chosen[:, :, -1].unbind(-1)
-            state = torch.cat([torch.stack([x, y, heading, speed * heading.cos(), speed * heading.sin()], -1),
-                               state[..., 5:7]], -1)
+            last = chosen[:, :, -1]
+            state = torch.cat([last[..., :3], _velocity(last), state[..., 5:7]], -1)
             if back > 0:
-                hist = (_velocity(chosen[:, :, -1]) - _velocity(chosen[:, :, -1 - back])) * (HIST_STEPS / back)
+                hist = (_velocity(last) - _velocity(chosen[:, :, -1 - back])) * (HIST_STEPS / back)
         traj = torch.cat(chunks, 2)[:, :, :steps]
         return traj * batch["agent_mask"][:, :, None, None]
