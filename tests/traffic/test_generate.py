@@ -257,3 +257,21 @@ def test_traffic_eval_writes_the_realism_metric(traffic_run, real_dir, tmp_path)
     assert set(r) == {"model", "constant_velocity", "random", "logged"} and "weights" in m["realism_definitions"]
     assert r["logged"]["meta_metric"] > r["random"]["meta_metric"] and r["logged"]["min_ade"] == 0.0
     assert all(len(v["per_scene"]) == 1 for v in r.values()) and "meta-metric" in res.output
+
+
+def test_a_checkpoint_from_before_the_history_input_is_refused_with_a_clear_error(traffic_run, tmp_path):
+    import shutil
+
+    from runkit.checkpoint import load_checkpoint, save_checkpoint
+
+    run, _ = traffic_run
+    old = tmp_path / "old_run"
+    shutil.copytree(run, old)
+    path = old / "checkpoints" / "latest.pt"
+    ckpt = load_checkpoint(path)
+    for key in [k for k in ckpt["model"]["trajectory"] if k.startswith("encoder.hist_embed.")]:
+        del ckpt["model"]["trajectory"][key]
+    save_checkpoint(path, **ckpt)
+    with pytest.raises(ValueError, match="agent_hist.*retrain"):
+        load_models(old)
+    load_models(run)  # the untouched run still loads
