@@ -39,7 +39,7 @@ from sim_bridge.dataset import ScenarioDataset
 
 # cv2 and torch are imported lazily (previews, FrameDataset): heavy/optional for writing datasets.
 
-__all__ = ["write_synthetic_dataset", "FrameDataset", "split_frames", "load_frame", "frame_arrays",
+__all__ = ["write_synthetic_dataset", "FrameDataset", "split_frames", "merge_datasets", "load_frame", "frame_arrays",
            "write_frame", "write_index", "select_frames", "scenario_of", "view_mosaic", "FRAME_KEYS"]
 
 FRAME_KEYS = ("images", "depth", "semantic", "bev", "boxes", "classes", "box_valid", "K", "T_cam_from_ego",
@@ -137,11 +137,11 @@ _WORKER: dict[str, Any] = {}
 
 def _render_scenario(job: tuple) -> dict:
     """Worker: render the selected frames of one scenario; never raises (errors are returned)."""
-    root, name, out_dir, config, rig_dict, n, stride, first, resume = job
+    root, name, out_dir, config, rig_dict, n, stride, first, resume, repair = job
 
     result = {"scenario": name, "written": [], "kept": [], "error": None}
     try:
-        scenario = ScenarioDataset(root).load(name)
+        scenario = ScenarioDataset(root, repair=repair).load(name)
         renderer = _WORKER.get("renderer")
         if renderer is None or renderer.config != config or renderer.rig.to_dict() != rig_dict:
             if renderer is not None:
@@ -164,7 +164,7 @@ def _render_scenario(job: tuple) -> dict:
 def write_synthetic_dataset(scenario_dir: str | Path, out_dir: str | Path, config=None,
                             frames_per_scenario: int = 10, frame_stride: int = 5, workers: int = 1,
                             resume: bool = True, progress: bool = True, rig=None, first_frame: int = 10,
-                            scenarios: Iterable[str] | None = None) -> dict:
+                            scenarios: Iterable[str] | None = None, repair: bool = False) -> dict:
     """Render paired image / BEV frames for every scenario of a dataset directory.
 
     One task per scenario (its static scene is built once and reused for its frames); ``workers``
@@ -182,6 +182,8 @@ def write_synthetic_dataset(scenario_dir: str | Path, out_dir: str | Path, confi
         rig: CameraRig (default ``nuscenes_rig(config.image_size)``); must have config.image_size.
         first_frame: first rendered frame (see :func:`select_frames`).
         scenarios: subset of scenario file names (default all).
+        repair: drop unusable map features while reading (lanes with < 2 points, as a conversion's ``--repair``)
+            instead of failing the scenario.
     Returns:
         Summary dict: num_frames, written, kept, failed {scenario: error}, seconds, frames_per_second,
         out_dir. The same information is saved in ``conversion_report.json``.
@@ -197,7 +199,7 @@ def write_synthetic_dataset(scenario_dir: str | Path, out_dir: str | Path, confi
         check_resumable(out_dir, rig, "synthetic", cfg_dict)
     names = list(scenarios) if scenarios is not None else ScenarioDataset(scenario_dir).names
     jobs = [(str(scenario_dir), n, str(out_dir), config, rig.to_dict(), frames_per_scenario, frame_stride,
-             first_frame, resume) for n in names]
+             first_frame, resume, repair) for n in names]
     t0 = time.perf_counter()
     results = []
     bar = tqdm(total=len(jobs), desc="render scenarios", unit="scenario", disable=not progress)
@@ -246,6 +248,43 @@ def split_frames(names: Sequence[str], heldout_fraction: float = 0.2, seed: int 
     held = {scen[i] for i in np.random.default_rng(seed).permutation(len(scen))[:k]}
     return ([n for n in names if scenario_of(n) not in held], [n for n in names if scenario_of(n) in held])
 
+
+def merge_datasets(sources: dict[str, str | Path], out_dir: str | Path) -> dict:
+    """One frame dataset over several (e.g. procedural frames + real-map frames), without copying frames.
+
+    Frames become symbolic links ``out_dir/frames/<tag>-<name>.npz`` (tag "" keeps the name), so the same
+    scenario rendered twice (logged and traffic-augmented) stays two scenarios. Every source must have the
+    same rig and BEV settings (ValueError naming the first that differs). Idempotent: existing links are kept.
+    Cost: O(frames) links.
+
+    Args:
+        sources: {tag: dataset directory}.
+        out_dir: the merged dataset (index.json source "merged", config {"sources": {tag: path}}).
+    Returns:
+        the merged index.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "frames").mkdir(parents=True, exist_ok=True)
+    frames, first = [], None
+    for tag, src in sources.items():
+        src = Path(src).resolve()
+        index = json.loads((src / "index.json").read_text())
+        first = first or (tag, index)
+        for key in ("rig", "bev"):
+            if index[key] != first[1][key]:
+                raise ValueError(f"merge_datasets: {src} has another {key!r} than {first[0]!r}'s dataset")
+        for name in index["frames"]:
+            merged = f"{tag}-{name}" if tag else name
+            link = out_dir / "frames" / f"{merged}.npz"
+            if not link.is_symlink():
+                link.symlink_to(src / "frames" / f"{name}.npz")
+            frames.append(merged)
+    if first is None:
+        raise ValueError("merge_datasets: no sources")
+    if len(set(frames)) != len(frames):
+        raise ValueError("merge_datasets: two sources hold frames of the same name; give them distinct tags")
+    return write_index(out_dir, frames, CameraRig.from_dict(first[1]["rig"]), first[1]["bev"], "merged",
+                       {"sources": {t: str(Path(s).resolve()) for t, s in sources.items()}})
 
 class FrameDataset:
     """torch Dataset over a frame directory written by this module (torch imported lazily).

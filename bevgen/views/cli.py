@@ -49,6 +49,8 @@ def dataset_cmd(
     first_frame: int = typer.Option(10, "--first-frame", help="First rendered step of each scenario."),
     workers: int = typer.Option(2, "--workers", "-j", help="Renderer processes (one pybullet client each)."),
     resume: bool = typer.Option(True, "--resume/--overwrite", help="Keep frames already written."),
+    repair: bool = typer.Option(False, "--repair", help="Drop unusable map features (lanes with < 2 points) while "
+                                "reading instead of skipping the scenario (synthetic only)."),
 ):
     """Write a paired dataset: six camera images (+ depth, semantics) with the BEV raster, boxes and cameras.
 
@@ -75,7 +77,7 @@ def dataset_cmd(
         try:
             summary = write_synthetic_dataset(scenarios, out, cfg, frames_per_scenario=frames_per_scenario,
                                               frame_stride=frame_stride, workers=workers, resume=resume,
-                                              first_frame=first_frame)
+                                              first_frame=first_frame, repair=repair)
         except ValueError as e:  # e.g. resuming into a dataset written with other settings
             _fail(str(e))
     else:
@@ -105,6 +107,9 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's checkpoints (with its "
                                 "config.yaml unless --config is given; model and data fields must not change)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune: start from this run's weights "
+                                             "and step counts on --data (e.g. more layouts); the frames it held "
+                                             "out stay held out; train.generator_steps must exceed its step."),
 ):
     """Train the VQ tokenizer and the cross-view masked-token transformer (CPU, GPU, or torchrun for DDP).
 
@@ -120,7 +125,7 @@ def train_cmd(
     config = run_config_file(out, resume, config)  # resuming must not silently change the run's config
     try:
         cfg = load_config(ViewsConfig, config, overrides or [])
-        summary = train_views(cfg, data, out, stage=stage, resume=resume, progress=progress)
+        summary = train_views(cfg, data, out, stage=stage, resume=resume, progress=progress, init_from=init_from)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
         _fail(str(e))
     _console().print_json(json.dumps(summary, default=str))
@@ -168,6 +173,8 @@ def sample_cmd(
     mode: str = typer.Option("parallel", "--mode", help="parallel (MaskGIT) | autoregressive (token by token)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Parallel decoding steps (default: the config's)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Token sampling temperature "
+                                                "(default: the config's train.sample_temperature; 0 = greedy)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     truth: bool = typer.Option(True, "--truth/--no-truth",
                                help="Also render the synthetic ground truth (--no-truth: no renderer, no pybullet)."),
@@ -190,7 +197,8 @@ def sample_cmd(
     render = render_ground_truth if truth else layout_arrays
     arrays = render(sc, frame, pipe.image_size, pipe.config.data.bev_range_m)
     gen_s = time.perf_counter()
-    images = pipe(frame_batch(arrays), mode=mode, steps=steps, guidance=guidance, seed=seed).images
+    images = pipe(frame_batch(arrays), mode=mode, steps=steps, guidance=guidance, temperature=temperature,
+                  seed=seed).images
     gen_s = time.perf_counter() - gen_s
     views = images[0].permute(0, 2, 3, 1).cpu().numpy()
     out.mkdir(parents=True, exist_ok=True)

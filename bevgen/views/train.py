@@ -119,12 +119,45 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _restore(path: Path, model, opt, device) -> tuple[int, float]:
-    """Load a stage checkpoint strictly; returns (step, best_metric)."""
+    """Load a stage checkpoint strictly; returns (step, best_metric). A checkpoint without optimizer state
+    (a run seeded with ``init_from``) continues with a fresh optimizer."""
     ckpt = load_checkpoint(path, device)
     model.load_state_dict(ckpt["model"], strict=True)
-    if opt is not None:
+    if opt is not None and "optimizer" in ckpt:
         opt.load_state_dict(ckpt["optimizer"])
     return int(ckpt["step"]), float(ckpt["best_metric"])
+
+
+def _seed_from(base: Path, run_dir: Path, data_dir: Path, cfg: ViewsConfig) -> None:
+    """Start ``run_dir`` from another run's weights and step counts (fine-tuning on other data): its
+    tokenizer and generator weights without optimizer state, and a split that keeps the frames the base
+    run held out (those in ``data_dir``) held out and trains on every other frame. A run already seeded
+    (or trained) is left as it is."""
+    ckpts = {s: run_dir / "checkpoints" / f"{s}.pt" for s in ("tokenizer", "generator")}
+    if ckpts["generator"].exists():
+        return
+    missing = [s for s in ckpts if not (base / "checkpoints" / f"{s}.pt").exists()]
+    if missing:
+        raise FileNotFoundError(f"init_from {base}: no {' or '.join(missing)} checkpoint to start from")
+    loaded = {s: load_checkpoint(base / "checkpoints" / f"{s}.pt") for s in ckpts}
+    diff = config_differences(loaded["generator"]["config"], cfg, MODEL_FIELDS)
+    if diff:
+        raise ValueError(f"init_from {base}: its model was trained with another config: " + "; ".join(diff))
+    if int(loaded["generator"]["step"]) >= cfg.train.generator_steps:
+        raise ValueError(f"init_from {base}: its generator is at step {loaded['generator']['step']}; set "
+                         f"train.generator_steps above it (now {cfg.train.generator_steps}) to fine-tune")
+    if not (run_dir / "split.json").exists():
+        names = json.loads((data_dir / "index.json").read_text())["frames"]
+        base_split = base / "split.json"
+        held = set(json.loads(base_split.read_text())["heldout"]) if base_split.exists() else set()
+        train, heldout = [n for n in names if n not in held], [n for n in names if n in held]
+        if not held:  # the base run's split is unknown: split the frames by scenario
+            train, heldout = split_frames(names, cfg.data.heldout_fraction, cfg.train.seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "split.json").write_text(json.dumps({"data_dir": str(data_dir), "init_from": str(base),
+                                                        "train": list(train), "heldout": list(heldout)}, indent=1))
+    for s, ck in loaded.items():  # tokenizer first: a generator checkpoint marks a seeded run
+        save_checkpoint(ckpts[s], **{k: ck[k] for k in ("model", "config", "step", "best_metric")})
 
 
 def _check_reused(cfg: ViewsConfig, ckpts: dict[str, Path], todo: tuple[str, ...], resume: bool) -> None:
@@ -301,7 +334,7 @@ def _train_generator(gen_model, tok, items: list[dict], preview: dict | None, ct
 
 
 def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, stage: str = "all",
-                resume: bool = False, progress: bool = True) -> dict:
+                resume: bool = False, progress: bool = True, init_from: str | Path | None = None) -> dict:
     """Train the tokenizer and/or the generator on a FrameDataset directory.
 
     Args:
@@ -313,6 +346,10 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
         resume: continue from the checkpoints in run_dir (a finished stage is skipped) with the frames of
             its split.json; cfg's model and data fields must equal the checkpoints' (ValueError otherwise).
         progress: tqdm progress bars.
+        init_from: fine-tune: start from this run's weights and step counts (optimizer fresh; the model fields
+            of cfg must equal its), keeping the frames it held out held out; a stage then trains from that
+            step to cfg's step count (``train.generator_steps`` above the base run's: the schedule's tail).
+            Implies ``resume`` (an interrupted fine-tune continues from its own checkpoints).
     Returns:
         summary dict: per stage {steps, start_step, seconds, first_loss, final, final_loss_mean20}
         (tokenizer also usage / perplexity over the training frames), frames, problems, seconds.
@@ -324,6 +361,9 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     data_dir, run_dir = Path(data_dir), Path(run_dir)
+    if init_from is not None:
+        _seed_from(Path(init_from), run_dir, data_dir, cfg)
+        resume = True
     ckpts = {s: run_dir / "checkpoints" / f"{s}.pt" for s in ("tokenizer", "generator")}
     todo = ("tokenizer", "generator") if stage == "all" else (stage,)
     for s in todo:

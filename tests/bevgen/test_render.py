@@ -209,6 +209,17 @@ def test_write_resume_and_bad_scenario(scenario_dir, tmp_path):
                                 frame_stride=10, progress=False)
 
 
+def test_a_scenario_with_an_unusable_lane_renders_with_repair_and_is_reported_without(real_dir, tmp_path):
+    waymo = "sd_training.tfrecord-00000-of-01000_8a346109094cd5aa.pkl"  # holds a lane of one point
+    cfg = SynthConfig(image_size=(32, 56), buildings=False)
+    plain = write_synthetic_dataset(real_dir, tmp_path / "plain", cfg, frames_per_scenario=1, progress=False,
+                                    scenarios=[waymo])
+    assert plain["num_frames"] == 0 and "repair" in plain["failed"][waymo]
+    fixed = write_synthetic_dataset(real_dir, tmp_path / "fixed", cfg, frames_per_scenario=1, progress=False,
+                                    scenarios=[waymo], repair=True)
+    assert fixed["num_frames"] == 1 and not fixed["failed"]
+
+
 def test_frame_dataset_and_split(scenario_dir, tmp_path):
     import torch
 
