@@ -3,8 +3,9 @@
 Held-out sets (never trained on; the same evaluator, bevseg network and FID extractor for every model):
 
 * ``procedural``: synthetic frames of procedural maps with seeds 10000+ (``run._heldout_camera_data``);
-* ``real_maps``: the shared real nuScenes / Waymo scenarios' maps and logged traffic rendered by the synthetic
-  renderer (``bevgen views dataset --scenarios``), when ``../shared`` is present.
+* ``real_maps``: the 3 real scenarios the benchmarks hold out (``split_real``: nuScenes 0655, 0916, Waymo 8a34)
+  with their maps and logged traffic rendered by the synthetic renderer, when ``../shared`` is present (the
+  other 4 real scenes served to choose the sampler settings).
 
 The BEV segmentation network that scores the views is trained once on the shipped model's training frames
 (``make checkpoints``' camera data) and reused for every model, so every row is comparable.
@@ -45,15 +46,23 @@ KEYS = ("road_iou", "vehicle_iou", "vehicle_iou_near", "vehicle_iou_mid", "vehic
 
 
 def real_map_data() -> Path | None:
-    """The shared real scenarios rendered by the synthetic renderer (8 frames each, cached), or None."""
+    """The real scenarios the benchmarks hold out (``split_real``, 3 of the 7 shared ones) rendered by the synthetic
+    renderer (8 frames each, unusable map features dropped as ``--repair`` does; cached), or None without
+    ``../shared``. The views models never train on real maps; the other 4 scenes are where sampler settings are
+    chosen (``benchmarks/views_sampler.py``), so they stay out of this set. A scenario that fails to render is an
+    error here, not a smaller set."""
     if not REAL_DIR.exists():
         return None
     from bevgen.render.dataset import write_synthetic_dataset
     from bevgen.render.scene import SynthConfig
+    from sim_bridge.rl.experiment import split_real
 
-    out = WORK / "heldout_real_maps"
-    write_synthetic_dataset(REAL_DIR, out, SynthConfig(), frames_per_scenario=8, frame_stride=10, first_frame=10,
-                            workers=2, resume=True, progress=False)
+    _, test, _ = split_real(REAL_DIR, WORK / "real_split", held_out=3)
+    out = WORK / "heldout_real_maps_test"
+    report = write_synthetic_dataset(test, out, SynthConfig(), frames_per_scenario=8, frame_stride=10,
+                                     first_frame=10, workers=2, resume=True, progress=False, repair=True)
+    if report["failed"]:
+        raise RuntimeError(f"held-out real scenarios failed to render: {report['failed']}")
     return out
 
 

@@ -170,6 +170,8 @@ class ViewsTrainConfig:
     """Parallel decoding steps of the preview samples (and the default of ViewsPipeline)."""
     guidance: float = 1.0
     """Default classifier-free guidance weight w: logits = (1 + w) cond - w uncond."""
+    sample_temperature: float = 1.0
+    """Default temperature of the token draws of ViewsPipeline (below 1: likelier tokens, 0: greedy)."""
     seed: int = 0
     """Seed of the weights, the train/held-out split, the batch draws and the masks."""
     device: str = "auto"
@@ -187,6 +189,8 @@ class ViewsTrainConfig:
             raise ValueError("train.tokenizer_steps and generator_steps must be >= 0")
         if min(self.tokenizer_batch, self.generator_batch, self.checkpoint_every, self.sample_steps) < 1:
             raise ValueError("train batches, checkpoint_every and sample_steps must be >= 1")
+        if self.sample_temperature < 0:
+            raise ValueError("train.sample_temperature must be >= 0")
 
 
 @dataclass(frozen=True)

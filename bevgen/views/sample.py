@@ -247,7 +247,7 @@ class ViewsPipeline:
     @torch.no_grad()
     def __call__(self, batch: dict | BevLayout | Sequence[BevLayout], rig: CameraRig | None = None,
                  mode: Literal["parallel", "autoregressive"] = "parallel",
-                 steps: int | None = None, guidance: float | None = None, temperature: float = 1.0,
+                 steps: int | None = None, guidance: float | None = None, temperature: float | None = None,
                  seed: int = 0, rig_size: tuple[int, int] | None = None, unconditional: bool = False) -> ViewsOutput:
         """Generate all views of each frame.
 
@@ -260,7 +260,8 @@ class ViewsPipeline:
             mode: "parallel" (MaskGIT, ``steps`` forwards) or "autoregressive" (one token per forward).
             steps: parallel decoding steps (default config.train.sample_steps).
             guidance: classifier-free guidance weight w (default config.train.guidance; 0 = conditional only).
-            temperature: sampling temperature of the token distribution (0 = greedy).
+            temperature: sampling temperature of the token distribution (0 = greedy; default
+                config.train.sample_temperature).
             seed: seed of the torch.Generator driving every random draw.
             unconditional: sample from the null condition (no layout and no boxes; the rig is kept; no guidance): the
                 floor a conditional sample is measured against (``bevgen views eval --unconditional``).
@@ -271,6 +272,7 @@ class ViewsPipeline:
         if mode not in ("parallel", "autoregressive"):
             raise ValueError(f"mode must be 'parallel' or 'autoregressive', got {mode!r}")
         batch, names, steps, guidance = self._prepare(batch, rig, steps, 0.0 if unconditional else guidance, rig_size)
+        temperature = self._temperature(temperature)
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         b = batch["bev"].shape[0]
         with self._eval_mode():
@@ -280,6 +282,9 @@ class ViewsPipeline:
             else:
                 tokens = self.decode_autoregressive(ctx, b, guidance, temperature, gen)
             return ViewsOutput(self.tokens_to_images(tokens), names)
+
+    def _temperature(self, temperature: float | None) -> float:
+        return float(self.config.train.sample_temperature if temperature is None else temperature)
 
     def _prepare(self, batch, rig, steps, guidance, rig_size) -> tuple[dict, tuple[str, ...], int, float]:
         """(condition batch on the device at the model's image size, camera names, steps, guidance)."""
@@ -298,7 +303,7 @@ class ViewsPipeline:
 
     @torch.no_grad()
     def sequence(self, batch: dict | Sequence[BevLayout], rig: CameraRig | None = None, steps: int | None = None,
-                 guidance: float | None = None, temperature: float = 1.0, seed: int = 0,
+                 guidance: float | None = None, temperature: float | None = None, seed: int = 0,
                  rig_size: tuple[int, int] | None = None, keep_below: float = 0.1) -> ViewsOutput:
         """Views of consecutive frames of one drive (the batch's rows in time order), temporally consistent.
 
@@ -317,6 +322,7 @@ class ViewsPipeline:
             when much is kept.
         """
         batch, names, steps, guidance = self._prepare(batch, rig, steps, guidance, rig_size)
+        temperature = self._temperature(temperature)
         proj = self.generator.projection(batch)  # [F, n, c]
         mask_id, out, prev = self.generator.mask_id, [], None
         gen = torch.Generator(device=self.device)

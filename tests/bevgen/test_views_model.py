@@ -196,6 +196,15 @@ def test_sampling_parallel_and_autoregressive_give_six_views(trained, frames_dir
     ar = pipe({k: v[:1] for k, v in batch.items() if k != "name"}, mode="autoregressive", guidance=1.0, seed=3).images
     assert ar.shape == (1, 6, 3, 32, 56) and ar.dtype == torch.uint8
     assert pipe.image_size == (32, 56) and pipe.num_views == 6
+    # the token temperature defaults to the config's train.sample_temperature (greedy here)
+    from bevgen.views.sample import ViewsPipeline
+
+    greedy_cfg = dataclasses.replace(pipe.config, train=dataclasses.replace(pipe.config.train, sample_temperature=0.0))
+    greedy = ViewsPipeline(pipe.tokenizer, pipe.generator, greedy_cfg)
+    row = {k: v[:1] for k, v in batch.items() if k != "name"}
+    t0 = pipe(row, mode="autoregressive", guidance=1.0, seed=3, temperature=0.0).images
+    torch.testing.assert_close(greedy(row, mode="autoregressive", guidance=1.0, seed=7).images, t0)
+    assert not torch.equal(pipe(row, mode="autoregressive", guidance=1.0, seed=7).images, t0)
 
 
 def test_pipeline_takes_a_bev_layout_and_a_rig(trained):
@@ -332,6 +341,46 @@ def test_resume_refuses_another_model_or_data_config(trained, frames_dir, tmp_pa
     ok = dataclasses.replace(ok, data=dataclasses.replace(ok.data, cache_in_memory=False))
     out = train_views(ok, frames_dir, run, stage="generator", resume=True, progress=False)
     assert out["generator"]["start_step"] == 40 and (run / "split.json").read_text() == split
+
+
+def test_merged_datasets_fine_tune_from_a_trained_run_keeping_its_held_out_frames(trained, frames_dir, tmp_path):
+    import json
+    import shutil
+
+    from bevgen.render.dataset import FrameDataset, merge_datasets
+    from bevgen.views.train import train_views
+
+    merged = tmp_path / "merged"
+    index = merge_datasets({"": frames_dir, "aug": frames_dir}, merged)  # the same frames twice, second one tagged
+    assert len(index["frames"]) == 24 and index["source"] == "merged" and (merged / "frames").is_dir()
+    ds = FrameDataset(merged, names=[n for n in index["frames"] if n.startswith("aug-")])
+    source = FrameDataset(frames_dir, names=[ds.names[0].removeprefix("aug-")])
+    assert len(ds) == 12 and torch.equal(ds[0]["images"], source[0]["images"])
+    other = tmp_path / "other"  # another rig: refused
+    shutil.copytree(frames_dir, other)
+    odd = json.loads((other / "index.json").read_text())
+    odd["rig"]["K"][0][0][0] += 1.0
+    (other / "index.json").write_text(json.dumps(odd))
+    with pytest.raises(ValueError, match="rig"):
+        merge_datasets({"": frames_dir, "b": other}, tmp_path / "bad")
+
+    base, run = trained[0], tmp_path / "ft"
+    with pytest.raises(ValueError, match="generator_steps"):  # nothing to train: said, not silently skipped
+        train_views(_tiny_config(), merged, run, stage="generator", progress=False, init_from=base)
+    out = train_views(_tiny_config(generator_steps=50), merged, run, stage="generator", progress=False, init_from=base)
+    split, base_split = (json.loads((r / "split.json").read_text()) for r in (run, base))
+    assert split["heldout"] == base_split["heldout"] and len(split["train"]) == 20  # 8 base + 12 tagged frames
+    g = out["generator"]
+    assert (g["start_step"], g["steps"]) == (40, 50)
+    # it starts from the trained weights: its first loss is near where the base run ended, not at ln(64) = 4.16
+    base_gen = trained[1]["generator"]
+    assert g["first_loss"] < min(base_gen["final_loss_mean20"] + 0.3, base_gen["first_loss"] - 0.4), (g, base_gen)
+    ck = torch.load(run / "checkpoints" / "generator.pt", weights_only=True)
+    assert ck["step"] == 50 and "optimizer" in ck
+    assert torch.load(run / "checkpoints" / "tokenizer.pt", weights_only=True)["step"] == 30
+    resumed = train_views(_tiny_config(generator_steps=52), merged, run, stage="generator", progress=False,
+                          init_from=base)  # an interrupted fine-tune continues from its own checkpoints
+    assert resumed["generator"]["start_step"] == 50
 
 
 def test_load_views_rejects_a_tokenizer_of_another_config(trained, tmp_path):
