@@ -2,8 +2,8 @@
 
 Both decoders sample all six views of one frame at the tiny config (64x112, 8x14 tokens per view,
 672 tokens per frame) with the model's sampler defaults (guidance, temperature; with guidance > 0 the
-conditional and unconditional halves are batched in one forward). Parallel decoding does ``steps`` forward passes; token-by-token decoding does one per
-token. Run: ``python benchmarks/views_model.py [RUN_DIR]``.
+conditional and unconditional halves are batched in one forward). Parallel decoding does ``steps``
+forward passes; token-by-token decoding does one per token. Run: ``python benchmarks/views_model.py [RUN_DIR]``.
 """
 
 from __future__ import annotations
