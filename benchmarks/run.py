@@ -828,7 +828,7 @@ def _row_lines(results: dict) -> list[str]:
                      f"{_r(m.get('road_iou_oracle'))} / {_r(m.get('vehicle_iou_oracle'))}, seams "
                      f"{_r(m.get('seam_consistency_oracle'))} |")
         for key, label in (("metrics", "held-out procedural maps"),
-                           ("metrics_real_maps", "held-out real maps (nuScenes 0655, 0916, Waymo 8a34), rendered")):
+                           ("metrics_real_maps", "3 held-out real maps, rendered")):
             m = v.get(key)
             if not m or m.get("vehicle_iou_oracle") is None:
                 continue

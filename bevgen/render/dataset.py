@@ -263,28 +263,29 @@ def merge_datasets(sources: dict[str, str | Path], out_dir: str | Path) -> dict:
     Returns:
         the merged index.
     """
-    out_dir = Path(out_dir)
-    (out_dir / "frames").mkdir(parents=True, exist_ok=True)
-    frames, first = [], None
-    for tag, src in sources.items():
-        src = Path(src).resolve()
-        index = json.loads((src / "index.json").read_text())
-        first = first or (tag, index)
-        for key in ("rig", "bev"):
-            if index[key] != first[1][key]:
-                raise ValueError(f"merge_datasets: {src} has another {key!r} than {first[0]!r}'s dataset")
-        for name in index["frames"]:
-            merged = f"{tag}-{name}" if tag else name
-            link = out_dir / "frames" / f"{merged}.npz"
-            if not link.is_symlink():
-                link.symlink_to(src / "frames" / f"{name}.npz")
-            frames.append(merged)
-    if first is None:
+    if not sources:
         raise ValueError("merge_datasets: no sources")
+    roots = {tag: Path(src).resolve() for tag, src in sources.items()}
+    indexes = {tag: json.loads((root / "index.json").read_text()) for tag, root in roots.items()}
+    first = next(iter(indexes))
+    for tag, index in indexes.items():  # every check before anything is written
+        for key in ("rig", "bev"):
+            if index[key] != indexes[first][key]:
+                raise ValueError(f"merge_datasets: {roots[tag]} has another {key!r} than {roots[first]}")
+    names = {tag: [(f"{tag}-{n}" if tag else n, n) for n in index["frames"]] for tag, index in indexes.items()}
+    frames = [merged for pairs in names.values() for merged, _ in pairs]
     if len(set(frames)) != len(frames):
         raise ValueError("merge_datasets: two sources hold frames of the same name; give them distinct tags")
-    return write_index(out_dir, frames, CameraRig.from_dict(first[1]["rig"]), first[1]["bev"], "merged",
-                       {"sources": {t: str(Path(s).resolve()) for t, s in sources.items()}})
+    out_dir = Path(out_dir)
+    (out_dir / "frames").mkdir(parents=True, exist_ok=True)
+    for tag, pairs in names.items():
+        for merged, name in pairs:
+            link = out_dir / "frames" / f"{merged}.npz"
+            if not link.is_symlink():
+                link.symlink_to(roots[tag] / "frames" / f"{name}.npz")
+    return write_index(out_dir, frames, CameraRig.from_dict(indexes[first]["rig"]), indexes[first]["bev"], "merged",
+                       {"sources": {t: str(r) for t, r in roots.items()}})
+
 
 class FrameDataset:
     """torch Dataset over a frame directory written by this module (torch imported lazily).

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from bevgen.render.dataset import FrameDataset, split_frames
 from bevgen.views.config import MODEL_FIELDS, ViewsConfig, config_differences
 from bevgen.views.figures import sample_grid
+from runkit.atomic import atomic_write_text
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from runkit.config import save_config, to_dict
 from runkit.distributed import setup_distributed
@@ -151,11 +152,11 @@ def _seed_from(base: Path, run_dir: Path, data_dir: Path, cfg: ViewsConfig) -> N
         base_split = base / "split.json"
         held = set(json.loads(base_split.read_text())["heldout"]) if base_split.exists() else set()
         train, heldout = [n for n in names if n not in held], [n for n in names if n in held]
-        if not held:  # the base run's split is unknown: split the frames by scenario
+        if not heldout:  # none of the base run's held-out frames is in data_dir: split the frames by scenario
             train, heldout = split_frames(names, cfg.data.heldout_fraction, cfg.train.seed)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "split.json").write_text(json.dumps({"data_dir": str(data_dir), "init_from": str(base),
-                                                        "train": list(train), "heldout": list(heldout)}, indent=1))
+        atomic_write_text(run_dir / "split.json", json.dumps({"data_dir": str(data_dir), "init_from": str(base),
+                                                              "train": list(train), "heldout": list(heldout)},
+                                                             indent=1))
     for s, ck in loaded.items():  # tokenizer first: a generator checkpoint marks a seeded run
         save_checkpoint(ckpts[s], **{k: ck[k] for k in ("model", "config", "step", "best_metric")})
 
