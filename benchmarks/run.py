@@ -566,6 +566,8 @@ def bench_views() -> dict:
     out = {"render": bench_render()}
     run = shipped("views_tiny")
     out["sampling"] = bench_views_sampling(run, threads=2)
+    # the 128x224 architecture (16x28 tokens per view; untrained weights: the same cost as trained ones)
+    out["sampling_hires"] = bench_views_sampling(None, threads=2, config="hires", max_ar_forwards=32)
     if run is None:
         return out
     summary = json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").exists() else {}
@@ -658,11 +660,27 @@ def bench_gpu_traffic() -> dict:
     return run([proc, *([REAL_DIR] if REAL_DIR.exists() else [])])
 
 
+def bench_views_tokenizer() -> dict:
+    """Tokenizer round trips (PSNR, FID of reconstructions): 128x224 with and without the patch-adversarial term
+    against the shipped 64x112 one (benchmarks/views_tokenizer.py; trains the 128x224 arms when missing)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from views_eval import TRAIN_DATA, bevseg_net, real_map_data
+    from views_tokenizer import bench_views_tokenizer as run
+
+    if not (TRAIN_DATA / "index.json").exists():
+        return {"skipped": f"{TRAIN_DATA} missing: run `make checkpoints` first (the arms train on its frames)"}
+    sets = {"procedural": _heldout_camera_data()}
+    real = real_map_data()
+    if real is not None:
+        sets["real_maps"] = real
+    return run(sets, bevseg_net(TRAIN_DATA), TRAIN_DATA)
+
+
 BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load, "bad_input": bench_bad_input,
            "rl_env": bench_rl_env, "batched_sim": bench_batched_sim, "batched_transfer": bench_batched_transfer,
            "rl_experiment": bench_rl_experiment, "rl_60min": bench_rl_60min, "rl_ablation": bench_rl_ablation,
            "traffic": bench_traffic, "traffic_paper": bench_traffic_paper, "views": bench_views,
-           "views_ablation": bench_views_ablation,
+           "views_ablation": bench_views_ablation, "views_tokenizer": bench_views_tokenizer,
            "scene3d": bench_scene3d, "export": bench_export}
 # Need a CUDA device: `make bench-gpu` (python benchmarks/run.py --gpu). Not part of `make bench`.
 def bench_gpu_batched_sim() -> dict:
@@ -820,6 +838,26 @@ def _row_lines(results: dict) -> list[str]:
         lines.append(f"| Six views, tiny model ({sm.get('image_size')}), 2 threads: parallel (MaskGIT, "
                      f"{sm.get('steps')} steps) vs token by token | {sm.get('parallel_s')} s vs "
                      f"{sm.get('autoregressive_s')} s: **{sm.get('speedup')}x** | target >= 10x |")
+    if "sampling_hires" in v:
+        sm = v["sampling_hires"]
+        lines.append(f"| Six views, 128x224 architecture ({sm.get('token_grid', [16, 28])[0]}x"
+                     f"{sm.get('token_grid', [16, 28])[1]} tokens per view, attention to neighbouring views; "
+                     f"untrained weights, same cost), 2 threads: parallel ({sm.get('steps')} steps) vs token by "
+                     f"token (estimated from {sm.get('autoregressive_forwards_timed')} of its forwards) | "
+                     f"{sm.get('parallel_s')} s vs "
+                     f"{sm.get('autoregressive_s')} s: **{sm.get('speedup')}x** | target <= 1.5 s and >= 10x |")
+    vt = results.get("views_tokenizer", {})
+    for name, row in (vt.get("models") or {}).items():
+        own = f"{row['image_size'][0]}x{row['image_size'][1]}"
+        m = (row.get(own) or {}).get("procedural") or {}
+        if m.get("psnr") is not None:
+            small = ((row.get("64x112") or {}).get("procedural") or {}) if own != "64x112" else {}
+            at64 = f"; at 64x112: {_r(small.get('psnr'), 2)} dB, FID {_r(small.get('fid'), 1)}" if small else ""
+            lines.append(f"| Views tokenizer `{name}` ({own}, {row['token_grid'][0]}x{row['token_grid'][1]} tokens), "
+                         f"held-out procedural round trip: PSNR, FID of reconstructions, road / vehicle IoU | "
+                         f"{_r(m['psnr'], 2)} dB, FID {_r(m['fid'], 1)}, {_r(m['road_iou'])} / "
+                         f"{_r(m['vehicle_iou'])}{at64} | oracle {_r(m['road_iou_oracle'])} / "
+                         f"{_r(m['vehicle_iou_oracle'])} |")
     if "metrics" in v:
         m = v["metrics"]
         lines.append(f"| Views, tiny model on held-out synthetic layouts: road / vehicle IoU, seams, FID | "

@@ -35,8 +35,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 
-__all__ = ["fourier_features", "token_rays", "ray_cosine", "azimuth_cosine", "GeometricBias", "Attention",
-           "MLP"]
+__all__ = ["fourier_features", "token_rays", "view_neighbours", "ray_cosine", "azimuth_cosine", "GeometricBias",
+           "Attention", "MLP"]
 
 
 
@@ -76,6 +76,23 @@ def token_rays(K: Tensor, T_cam_from_ego: Tensor, grid_hw: tuple[int, int], stri
     return F.normalize(rays, dim=-1), centres
 
 
+def view_neighbours(T_cam_from_ego: Tensor, k: int) -> Tensor:
+    """For each view, itself and the ``k`` nearest views on each side around the rig, by camera yaw.
+
+    Args: T_cam_from_ego [b, v, 4, 4] (camera z = optical axis); k >= 1 (2 k + 1 <= v).
+    Returns: [b, v, 2 k + 1] long view indices (the view itself first). O(b v log v).
+    """
+    b, v = T_cam_from_ego.shape[:2]
+    if 2 * k + 1 > v:
+        raise ValueError(f"view_neighbours={k} needs at least {2 * k + 1} views, got {v}")
+    axis = T_cam_from_ego[..., 2, :3].float()  # row 2 of R_cam_from_ego = the optical axis in the ego frame
+    order = torch.atan2(axis[..., 1], axis[..., 0]).argsort(-1)  # [b, v] views around the rig
+    rank = order.argsort(-1)  # position of each view in that ring
+    offsets = torch.tensor([0] + [s * i for i in range(1, k + 1) for s in (-1, 1)], device=order.device)
+    ring = (rank[..., None] + offsets) % v  # [b, v, 2k+1] ring positions
+    return torch.gather(order[:, None, :].expand(b, v, v), 2, ring)
+
+
 def ray_cosine(rays: Tensor) -> Tensor:
     """Cosine between every pair of token rays: [b, n, 3] unit -> [b, n, n], symmetric. O(b n^2)."""
     return rays @ rays.transpose(-1, -2)
@@ -112,6 +129,19 @@ class GeometricBias(nn.Module):
             bias = bias.masked_fill(~key_valid[:, None, None, :], torch.finfo(dtype).min)
         return bias
 
+    def ray_features(self, rays: Tensor, head_dim: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """The bias of :meth:`forward` on ``cos = ray_cosine(rays)`` in dot-product form, for self-attention.
+
+        scale_k (r_i . r_j) = (scale_k sqrt(e) r_i) . r_j / sqrt(e): appended to the queries and keys of
+        :class:`Attention` (``extra``), it adds exactly this bias without an [n, n] tensor, so attention runs
+        unmasked (O(n) memory for the bias instead of O(k n^2), and no n^2 bias add per call).
+
+        Args: rays [b, n, 3] unit token rays; head_dim e of the attention heads; dtype of the logits.
+        Returns: (query part [b, k, n, 3], key part [b, 1, n, 3]).
+        """
+        q = (self.scale[None, :, None, None] * head_dim ** 0.5) * rays[:, None]
+        return q.to(dtype), rays[:, None].to(dtype)
+
 
 class Attention(nn.Module):
     """Multi-head (self or cross) attention through ``F.scaled_dot_product_attention`` with a float
@@ -124,15 +154,37 @@ class Attention(nn.Module):
         self.kv = nn.Linear(d, 2 * d)
         self.out = nn.Linear(d, d)
 
-    def forward(self, x: Tensor, ctx: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
-        """Args: x [b, n, d] queries; ctx [b, m, d] keys/values (None: x); bias [b, k, n, m] or None.
+    def forward(self, x: Tensor, ctx: Tensor | None = None, bias: Tensor | None = None,
+                extra: tuple[Tensor, Tensor] | None = None, groups: Tensor | None = None) -> Tensor:
+        """Args: x [b, n, d] queries; ctx [b, m, d] keys/values (None: x); bias [b, k, n, m] or None; extra:
+        (query part [b, k, n, f], key part [b, 1 or k, m, f]) appended to each head's queries and keys, adding
+        their dot product / sqrt(e) to the logits (:meth:`GeometricBias.ray_features`); groups: [b, g, j] long,
+        self-attention in g equal blocks of the sequence (views), block i attending to blocks groups[:, i]
+        only (:func:`view_neighbours`; no bias then).
         Returns: [b, n, d]."""
         ctx = x if ctx is None else ctx
         q = rearrange(self.q(x), "b n (k e) -> b k n e", k=self.heads)
         k, v = rearrange(self.kv(ctx), "b m (two k e) -> two b k m e", two=2, k=self.heads)
+        e = q.shape[-1]
         if bias is not None:
             bias = bias.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        if extra is not None:  # one head width for q, k and v (the fused CPU kernel needs it), a multiple of 8
+            qe, ke = extra
+            pad = -(e + qe.shape[-1]) % 8
+            q = F.pad(torch.cat([q, qe.to(q.dtype)], -1), (0, pad))
+            k = F.pad(torch.cat([k, ke.to(k.dtype).expand(*k.shape[:2], -1, -1)], -1), (0, pad))
+            v = F.pad(v, (0, q.shape[-1] - e))
+        drop = self.dropout if self.training else 0.0
+        if groups is not None:
+            g = groups.shape[1]
+            # 4-D [b, (heads views), tokens, e] operands: the fused CPU kernel is about 4x slower on 5-D ones
+            q = rearrange(q, "b k (g n) e -> b (k g) n e", g=g)
+            rows = torch.arange(groups.shape[0], device=groups.device)[:, None, None]
+            k, v = (rearrange(t, "b k (g n) e -> b g k n e", g=g)[rows, groups] for t in (k, v))  # [b, g, j, k, n, e]
+            k, v = (rearrange(t, "b g j k n e -> b (k g) (j n) e").contiguous() for t in (k, v))
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=e ** -0.5)[..., :e]
+            return self.out(rearrange(y, "b (k g) n e -> b (g n) (k e)", g=g))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=e ** -0.5)[..., :e]
         return self.out(rearrange(y, "b k n e -> b n (k e)"))
 
 

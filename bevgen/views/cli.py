@@ -235,7 +235,9 @@ def eval_cmd(
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pytorch-fid Inception weights file "
                                                "(pt_inception-2015-12-05-*.pth); default: in-project extractor."),
     num: int = typer.Option(0, "--num", help="Frames to score (0 = all selected)."),
-    mode: str = typer.Option("parallel", "--mode", help="Decoding mode."),
+    mode: str = typer.Option("parallel", "--mode", help="parallel or autoregressive (decoding modes), or reconstruct: "
+                             "score the tokenizer's round trip of each frame's ground-truth views (the ceiling of "
+                             "generation; read psnr and fid)."),
     unconditional: bool = typer.Option(False, "--unconditional", help="Score samples of the null condition (no "
                                        "layout, no boxes): the floor the conditional model must beat."),
 ):
@@ -244,11 +246,15 @@ def eval_cmd(
     frame of --data counts as held out."""
     from bevgen.views.bevseg_train import train_bevseg
     from bevgen.views.metrics import evaluate_views
-    from bevgen.views.sample import load_views
+    from bevgen.views.sample import fit_batch, load_views
     from runkit.atomic import atomic_write_text
 
     if frames not in ("auto", "heldout", "all"):
         _fail(f"--frames must be auto, heldout or all, got {frames!r}")
+    if mode not in ("parallel", "autoregressive", "reconstruct"):
+        _fail(f"--mode must be parallel, autoregressive or reconstruct, got {mode!r}")
+    if mode == "reconstruct" and unconditional:
+        _fail("--unconditional samples the null condition; --mode reconstruct samples nothing")
     index_file = data / "index.json"
     if not index_file.exists():
         _fail(f"{data}: not a views dataset (no index.json)")
@@ -283,11 +289,16 @@ def eval_cmd(
         pipe = load_views(ckpt)
         if bevseg is None:
             bevseg = train_bevseg(seg_data, bevseg_train_names, out / "bevseg", steps=bevseg_steps, resume=True)
-        metrics = evaluate_views(lambda b: pipe(b, mode=mode, unconditional=unconditional).images, data, selected, out,
-                                 bevseg_ckpt=bevseg, extractor_weights=fid_weights)
+        if mode == "reconstruct":
+            def generate(b):
+                return pipe.reconstruct(fit_batch(b, pipe.image_size)["images"].to(pipe.device))
+        else:
+            def generate(b):
+                return pipe(b, mode=mode, unconditional=unconditional).images
+        metrics = evaluate_views(generate, data, selected, out, bevseg_ckpt=bevseg, extractor_weights=fid_weights)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    metrics |= {"frames": frames, "bevseg_trained_on": seg_source, "unconditional": unconditional}
+    metrics |= {"frames": frames, "bevseg_trained_on": seg_source, "unconditional": unconditional, "mode": mode}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     _console().print_json(json.dumps({k: v for k, v in metrics.items() if k != "definitions"}, default=str))
     for name in metrics.get("missing_frames") or []:

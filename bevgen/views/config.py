@@ -127,6 +127,11 @@ class GeneratorConfig:
     this field existed are models without it (read as False)."""
     projection_subsamples: int = 4
     """Rays per token side averaged into the aligned condition (sub-token resolution)."""
+    view_neighbours: int = 0
+    """0: the image tokens of every view attend to the tokens of all views. k >= 1: to their own view's and those
+    of the k nearest views on each side around the rig (ordered by camera yaw, per sample), as BEVGen's
+    cross-view attention between neighbouring views: self-attention costs O(n (2k + 1) n / v) instead of
+    O(n^2) (k = 1 with 6 views: half)."""
     object_loss_weight: float = 3.0
     """Masked-token loss weight 1 + w * (fraction of the token's rays that hit a box): cars are a small part
     of each image, so without it the loss is spent on road and sky. Needs aligned_condition's geometry."""
@@ -138,6 +143,8 @@ class GeneratorConfig:
             raise ValueError("generator.cond_dropout must be in [0, 1)")
         if self.bev_grid < 1 or self.layers < 1:
             raise ValueError("generator.bev_grid and layers must be >= 1")
+        if self.view_neighbours < 0:
+            raise ValueError("generator.view_neighbours must be >= 0 (0 = attend to all views)")
         if self.projection_subsamples < 1 or self.object_loss_weight < 0:
             raise ValueError("generator.projection_subsamples must be >= 1 and object_loss_weight >= 0")
 
@@ -172,6 +179,17 @@ class ViewsTrainConfig:
     """Default classifier-free guidance weight w: logits = (1 + w) cond - w uncond."""
     sample_temperature: float = 1.0
     """Default temperature of the token draws of ViewsPipeline (below 1: likelier tokens, 0: greedy)."""
+    adversarial_weight: float = 0.0
+    """Weight of the tokenizer's patch-adversarial term (``bevgen.views.adversarial``: PatchGAN hinge loss with
+    VQGAN's adaptive balance); 0 = off (no discriminator)."""
+    adversarial_start: int = 0
+    """Tokenizer step from which the discriminator trains and the adversarial term is on (the reconstruction
+    losses alone shape the codebook first)."""
+    discriminator_lr: float = 2e-4
+    """Peak learning rate of the patch discriminator (the tokenizer's schedule; at 2e-3 it collapses to a constant
+    output in tens of steps)."""
+    discriminator_channels: int = 32
+    """Width of the patch discriminator's first layer (3 stride-2 layers, 70-pixel patches)."""
     seed: int = 0
     """Seed of the weights, the train/held-out split, the batch draws and the masks."""
     device: str = "auto"
@@ -191,6 +209,10 @@ class ViewsTrainConfig:
             raise ValueError("train batches, checkpoint_every and sample_steps must be >= 1")
         if self.sample_temperature < 0:
             raise ValueError("train.sample_temperature must be >= 0")
+        if (self.adversarial_weight < 0 or self.adversarial_start < 0 or self.discriminator_channels < 1
+                or self.discriminator_lr <= 0):
+            raise ValueError("train.adversarial_weight and adversarial_start must be >= 0, "
+                             "discriminator_channels >= 1, discriminator_lr > 0")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from bevgen.views.attention import (MLP, Attention, GeometricBias, azimuth_cosine,
-                                    fourier_features, ray_cosine, token_rays)
+                                    fourier_features, token_rays, view_neighbours)
 from bevgen.views.config import GeneratorConfig
 from bevgen.views.projection import box_coverage, layout_projection, projection_channels
 from sim_bridge.boxes import Boxes3D
@@ -56,11 +56,15 @@ class Context:
         cond_valid: bool [b, m], condition tokens that are keys (BEV cells, valid boxes).
         cond: [b, m, d] condition tokens (m = g*g BEV cells + boxes); None while the condition blocks run.
         cam: [b, n, d] ray and camera-centre embedding of each image token.
-        ray_cos: [b, n, n] cosine between the rays of image tokens (self-attention bias).
+        rays: [b, n, 3] unit ego-frame ray of each image token (self-attention bias beta cos(d_i, d_j), added in
+            dot-product form: :meth:`GeometricBias.ray_features`).
+        neighbours: [b, v, 2 k + 1] the views each view's tokens attend to (``view_neighbours`` = k), or None
+            (all views).
         az_cos: [b, n, m] azimuth agreement of each image token's ray with each condition token (cross bias).
         aligned: [b, n, d] embedding of the layout projected into each token's pixels (None without
             ``aligned_condition``).
-        biases: (dtype, per block (self bias [b, k, n, n], cross bias [b, k, n, m])): the attention biases,
+        biases: (dtype, per block ((query, key) ray features of the self bias, cross bias [b, k, n, m])): the
+            attention biases,
             filled by the first no-grad :meth:`ViewsTransformer.logits` call and reused by later decoding steps
             (they depend on the context only; recomputing them was about a third of a decoding step).
     """
@@ -68,7 +72,8 @@ class Context:
     cond_valid: Tensor
     cond: Tensor | None = None
     cam: Tensor | None = None
-    ray_cos: Tensor | None = None
+    rays: Tensor | None = None
+    neighbours: Tensor | None = None
     az_cos: Tensor | None = None
     aligned: Tensor | None = None
     biases: tuple[torch.dtype, list[tuple[Tensor, Tensor]]] | None = None
@@ -133,21 +138,24 @@ class Block(nn.Module):
         self.cross_bias = GeometricBias(k, cfg.bev_bias_init) if cross else None
         self.n3, self.mlp = nn.LayerNorm(d), MLP(d, cfg.mlp_ratio, cfg.dropout)
 
-    def biases(self, ctx: Context, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """(self-attention bias [b, k, n, n], cross-attention bias [b, k, n, m]) of an image-token block."""
-        return self.self_bias(ctx.ray_cos, None, dtype), self.cross_bias(ctx.az_cos, ctx.cond_valid, dtype)
+    def biases(self, ctx: Context, dtype: torch.dtype) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """(self-attention ray features (query [b, k, n, 3], key [b, 1, n, 3]), cross-attention bias [b, k, n, m])
+        of an image-token block."""
+        head_dim = self.attn.q.out_features // self.attn.heads
+        return (self.self_bias.ray_features(ctx.rays, head_dim, dtype),
+                self.cross_bias(ctx.az_cos, ctx.cond_valid, dtype))
 
     def forward(self, x: Tensor, ctx: Context, biases: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """x [b, n, d] (image tokens, or condition tokens when built without cross-attention), ctx from
-        :meth:`ViewsTransformer.context` (ray_cos [b, n, n], cond [b, m, d], az_cos [b, n, m], cond_valid
+        :meth:`ViewsTransformer.context` (rays [b, n, 3], cond [b, m, d], az_cos [b, n, m], cond_valid
         [b, m]), biases: :meth:`biases` computed earlier (None: computed here) -> [b, n, d]."""
         dt = _logit_dtype(x)
         if self.cross is None:  # condition-token block: padding boxes masked out as keys
             mask = _key_mask(ctx.cond_valid, dt)
             x = x + self.attn(self.n1(x), bias=mask)
         else:
-            self_bias, cross_bias = biases if biases is not None else self.biases(ctx, dt)
-            x = x + self.attn(self.n1(x), bias=self_bias)
+            self_feats, cross_bias = biases if biases is not None else self.biases(ctx, dt)
+            x = x + self.attn(self.n1(x), extra=self_feats, groups=ctx.neighbours)
             x = x + self.cross(self.n2(x), ctx.cond, bias=cross_bias)
         return x + self.mlp(self.n3(x))
 
@@ -234,8 +242,8 @@ class ViewsTransformer(nn.Module):
                 (model image size), T_cam_from_ego [b, v, 4, 4].
             null: [b] bool, True where the null (unconditional) condition is used.
         Returns:
-            :class:`Context`: cond [b, g*g + m, d], cond_valid [b, g*g + m], cam [b, n, d], ray_cos [b, n, n],
-            az_cos [b, n, g*g + m], aligned [b, n, d] (or None). O(b (n^2 + n m) + BEV convs), plus
+            :class:`Context`: cond [b, g*g + m, d], cond_valid [b, g*g + m], cam [b, n, d], rays [b, n, 3],
+            az_cos [b, n, g*g + m], aligned [b, n, d] (or None). O(b n m + BEV convs), plus
             O(b n sub^2 m) for the aligned condition.
         """
         bev_feat, bev_pos = self.bev(batch["bev"])
@@ -261,7 +269,9 @@ class ViewsTransformer(nn.Module):
         if self.aligned is not None:
             proj = self.projection(batch) * ~null[:, None, None]
             aligned = self.aligned(proj.to(cam.dtype))
-        return Context(cond_valid, cond=self.cond_norm(cond), cam=cam, ray_cos=ray_cosine(flat_rays),
+        return Context(cond_valid, cond=self.cond_norm(cond), cam=cam, rays=flat_rays,
+                       neighbours=(view_neighbours(batch["T_cam_from_ego"], self.cfg.view_neighbours)
+                                   if self.cfg.view_neighbours else None),
                        az_cos=azimuth_cosine(rays, centres, key_xy), aligned=aligned)
 
     def logits(self, tokens: Tensor, ctx: Context) -> Tensor:

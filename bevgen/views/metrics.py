@@ -27,7 +27,7 @@ from runkit.atomic import atomic_write, atomic_write_text
 
 # cv2 is imported lazily (preview images only): a slow import.
 
-__all__ = ["overlapping_pairs", "seam_consistency", "evaluate_views", "DEFINITIONS", "SeamConfig",
+__all__ = ["overlapping_pairs", "seam_consistency", "evaluate_views", "psnr", "DEFINITIONS", "SeamConfig",
            "iou_by_distance", "DISTANCE_BANDS_M", "token_box_iou"]
 
 DISTANCE_BANDS_M = {"near": (0.0, 15.0), "mid": (15.0, 30.0), "far": (30.0, float("inf"))}
@@ -98,6 +98,10 @@ DEFINITIONS = {
            "features; unbiased, so ~0 (possibly negative) for matching distributions.",
     "fid_extractor": "Feature extractor name; 'bevgen-randconv-v1' numbers are not comparable with "
                      "Inception FIDs (see bevgen.features).",
+    "psnr": "Peak signal-to-noise ratio (dB, 8-bit) of the generated views against the ground-truth views "
+            "(resized to the generated size), per view, averaged. The measure of a tokenizer round trip "
+            "(`--mode reconstruct`); for sampled views, which need not copy the ground truth's pixels, only a "
+            "rough guide.",
     "num_samples": "Images per set used for FID/KID (frames x views).",
     "missing_frames": "Requested frames whose file is missing from the dataset: skipped, not scored.",
 }
@@ -281,7 +285,7 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
     if progress:
 
         bar = tqdm(total=len(ds), desc="evaluate views", unit="frame")
-    acc: dict[str, list] = {k: [] for k in ("pred", "pred_gt", "target", "seam", "seam_gt", "f_gen", "f_gt")}
+    acc: dict[str, list] = {k: [] for k in ("pred", "pred_gt", "target", "seam", "seam_gt", "f_gen", "f_gt", "psnr")}
     preview, pairs, size, t0 = [], None, None, time.perf_counter()
     for batch in loader:
         fake = torch.as_tensor(generate(batch)).cpu()
@@ -296,6 +300,7 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
         acc["seam_gt"].append(seam_consistency(gt, K, T, seam, pairs, per_frame=True)[1])
         acc["f_gen"].append(extractor.features(fake.flatten(0, 1).permute(0, 2, 3, 1)))
         acc["f_gt"].append(extractor.features(gt.flatten(0, 1).permute(0, 2, 3, 1)))
+        acc["psnr"].append(psnr(fake, gt))
         probs = None
         if seg is not None:
             probs = seg.predict(fake, K, T)
@@ -328,6 +333,7 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
         "seam_consistency": _num(np.nanmean(seam_gen)) if np.isfinite(seam_gen).any() else None,
         "seam_consistency_oracle": _num(np.nanmean(seam_gt)) if np.isfinite(seam_gt).any() else None,
         "fid": fid(f_gt, f_gen), "kid": kid(f_gt, f_gen), "fid_extractor": extractor.name,
+        "psnr": _num(np.mean(np.concatenate(acc["psnr"]))),
         "num_samples": int(len(f_gen)), "num_frames": int(len(seam_gen)), "image_size": list(size or ()),
         "seam_pairs": [list(p) for p in (pairs or [])], "bevseg_ckpt": str(bevseg_ckpt) if bevseg_ckpt else None,
         "missing_frames": list(ds.missing), "seconds": round(time.perf_counter() - t0, 2),
@@ -369,6 +375,13 @@ def token_box_iou(pipe, fit: dict, images: torch.Tensor, batch: dict, threshold:
     pred, target = box_code[pipe.encode(images)], covered(batch)
     union = (pred | target).sum()
     return float((pred & target).sum() / union) if union else 0.0
+
+
+def psnr(a: Any, b: Any) -> np.ndarray:
+    """PSNR (dB) of uint8 images a against b, [..., 3, H, W] -> one value per image [...] (inf capped at 99).
+    O(numel)."""
+    mse = (torch.as_tensor(a).float() - torch.as_tensor(b).float()).square().mean(dim=(-3, -2, -1))
+    return (10 * torch.log10(255.0 ** 2 / mse.clamp_min(255.0 ** 2 * 10 ** -9.9))).flatten().numpy()
 
 
 def _num(x: Any) -> float | None:

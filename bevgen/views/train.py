@@ -26,6 +26,7 @@ import typer
 from tqdm.auto import tqdm
 
 from bevgen.render.dataset import FrameDataset, split_frames
+from bevgen.views.adversarial import TokenizerAdversary
 from bevgen.views.config import MODEL_FIELDS, ViewsConfig, config_differences
 from bevgen.views.figures import sample_grid
 from runkit.atomic import atomic_write_text
@@ -219,7 +220,7 @@ def _loop(name: str, params, opt, base_lr: float, start: int, total: int, step_f
         history.append(last["total"])
         if ctx["writer"]:
             for k, v in last.items():
-                group = 'charts' if k in ('acc', 'acc_objects', 'usage', 'perplexity') else 'losses'
+                group = 'charts' if k in ('acc', 'acc_objects', 'usage', 'perplexity', 'adv_lambda') else 'losses'
                 ctx["writer"].add_scalar(f"{group}/{name}_{k}", v, step + 1)
             if (step + 1) % 20 == 0:
                 rate = (step + 1 - start) / (time.perf_counter() - t0)
@@ -247,24 +248,32 @@ def _train_tokenizer(tok, items_or_ds, ctx: dict, resume: bool) -> dict:
     cfg, device, path = ctx["cfg"], ctx["device"], ctx["run_dir"] / "checkpoints" / "tokenizer.pt"
     opt = torch.optim.Adam(tok.parameters(), lr=cfg.train.tokenizer_lr, betas=(0.5, 0.9))
     start, best = _restore(path, tok, opt, device) if resume and path.exists() else (0, math.inf)
+    adv = TokenizerAdversary(cfg.train, device, path if resume and path.exists() else None, ctx["world"],
+                             lr_at=lambda i: cfg.train.discriminator_lr * _lr_factor(i, cfg.train.warmup_steps,
+                                                                                 cfg.train.tokenizer_steps))
     _fresh_streams(ctx, start)
     net = DDP(tok) if ctx["world"] > 1 else tok
     batches = _batches(items_or_ds, cfg.train.tokenizer_batch, cfg, ctx["gen"])
+    step = start
 
     def step_fn():
+        nonlocal step
         if ctx["world"] > 1:  # dead-code restarts happen per rank: keep rank 0's codebook everywhere
             dist.broadcast(tok.quantizer.codebook.data, 0)
         x = images_to_unit(next(batches)["images"].to(device).flatten(0, 1))
         out = net(x)
         stats = tok.usage(out["idx"])
         losses = {k: out[k] for k in ("total", "l1", "mse", "grad", "vq")}
+        if adv.active(step):
+            losses |= adv.losses(x, out["recon"], out["total"], tok.decoder[-1].weight, step)
+        step += 1
         return losses | {k: torch.tensor(v) for k, v in stats.items()}
 
-    def checkpoint(step: int, recent: float) -> None:
+    def checkpoint(at: int, recent: float) -> None:
         nonlocal best
         best = min(best, recent)
         save_checkpoint(path, model=tok.state_dict(), optimizer=opt.state_dict(), config=to_dict(cfg),
-                        step=step, best_metric=best)
+                        step=at, best_metric=best, **adv.state())
 
     return _loop("tokenizer", list(tok.parameters()), opt, cfg.train.tokenizer_lr, start, cfg.train.tokenizer_steps,
                  step_fn, ctx, checkpoint)

@@ -144,6 +144,13 @@ def test_views_commands_end_to_end(tmp_path):
         assert np.isfinite(metrics[key]), (key, metrics)
     assert metrics["num_samples"] == 3 * 6 and metrics["fid_extractor"] == "bevgen-randconv-v1"
     assert metrics["fid"] > 0  # a 12-step model does not reproduce the ground truth
+    res = runner.invoke(app, ["views", "eval", "--ckpt", str(run), "--data", str(data), "--out",
+                              str(tmp_path / "recon"), "--bevseg", str(tmp_path / "eval" / "bevseg"),
+                              "--mode", "reconstruct"])
+    assert res.exit_code == 0, res.output
+    recon = json.loads((tmp_path / "recon" / "metrics.json").read_text())
+    assert recon["mode"] == "reconstruct" and recon["num_samples"] == metrics["num_samples"]
+    assert recon["psnr"] > metrics["psnr"], (recon["psnr"], metrics["psnr"])  # a round trip (12 tokenizer steps)
 
     other = tmp_path / "other_data"  # a dataset without the run's held-out frames
     other.mkdir()

@@ -146,3 +146,14 @@ def test_evaluate_views_metrics_can_fail(synth, bevseg, tmp_path):
     half = run["half_size"]
     assert half["image_size"] == [32, 56] and half["fid"] == pytest.approx(0.0, abs=1e-6)
     assert half["road_iou"] == half["road_iou_oracle"] and half["seam_consistency"] > 0.3
+
+
+def test_psnr_per_image():
+    from bevgen.views.metrics import psnr
+
+    a = torch.zeros(2, 3, 3, 4, 4, dtype=torch.uint8)
+    b = a.clone()
+    b[0, 1] = 10  # one image off by 10 grey levels everywhere: 20 log10(255 / 10) = 28.13 dB
+    out = psnr(b, a)
+    assert out.shape == (6,) and abs(out[1] - 28.13) < 0.01 and out[0] == out[2] == 99.0
+
