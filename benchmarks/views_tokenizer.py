@@ -130,7 +130,39 @@ def bench_views_tokenizer(sets: dict[str, Path], bevseg: Path, train_data: Path,
                     "eval_s": round(time.perf_counter() - t0, 1)}
         out["models"][name] = row
     out["table"] = table(out)
+    out["figure"] = str(figure(models, sets["procedural"]).relative_to(ROOT))
     return out
+
+
+def figure(models: dict[str, Path], data: Path, frame: int = 0, path: Path = ROOT / "docs" / "views_tokenizer.png",
+           views: tuple[int, ...] = (0, 1, 2)) -> Path:
+    """One held-out frame's front views: the truth (128x224), then each tokenizer's round trip (smaller ones
+    enlarged bilinearly), one row each, labelled."""
+    import json as _json
+
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+    from torch.utils.data import default_collate
+
+    from bevgen.render.dataset import FrameDataset
+
+    name = _json.loads((data / "index.json").read_text())["frames"][frame]
+    batch = default_collate([{k: v for k, v in FrameDataset(data, names=[name])[0].items() if k != "name"}])
+    size = tuple(batch["images"].shape[-2:])
+    rows = [("ground truth", batch["images"][0])]
+    for label, ckpt in models.items():
+        tok, cfg = load_tokenizer(ckpt)
+        rows.append((label, round_trip(tok, tuple(cfg.data.image_size), size)(batch)[0]))
+    strips = []
+    for label, imgs in rows:
+        strip = np.concatenate([torch.as_tensor(imgs[v]).permute(1, 2, 0).numpy() for v in views], axis=1)
+        band = Image.new("RGB", (strip.shape[1], 14), "white")
+        ImageDraw.Draw(band).text((4, 1), label, fill="black")
+        strips += [np.asarray(band), strip]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(strips, axis=0)).save(path)
+    return path
 
 
 def table(result: dict) -> list[str]:
