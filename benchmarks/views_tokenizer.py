@@ -138,8 +138,6 @@ def figure(models: dict[str, Path], data: Path, frame: int = 0, path: Path = ROO
            views: tuple[int, ...] = (0, 1, 2)) -> Path:
     """One held-out frame's front views: the truth (128x224), then each tokenizer's round trip (smaller ones
     enlarged bilinearly), one row each, labelled."""
-    import json as _json
-
     import numpy as np
     import torch
     from PIL import Image, ImageDraw
@@ -147,7 +145,7 @@ def figure(models: dict[str, Path], data: Path, frame: int = 0, path: Path = ROO
 
     from bevgen.render.dataset import FrameDataset
 
-    name = _json.loads((data / "index.json").read_text())["frames"][frame]
+    name = json.loads((data / "index.json").read_text())["frames"][frame]
     batch = default_collate([{k: v for k, v in FrameDataset(data, names=[name])[0].items() if k != "name"}])
     size = tuple(batch["images"].shape[-2:])
     rows = [("ground truth", batch["images"][0])]

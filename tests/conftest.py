@@ -72,6 +72,18 @@ def make_straight_road_scenario(length: int = 50, ego_speed: float = 10.0, ego_y
                          "ts": t, "coordinate": "right-handed", "metadrive_processed": False}}
 
 
+def write_straight_road_scenarios(out: Path, specs: list[tuple[float, float]], length: int = 30) -> Path:
+    """A scenario directory of straight-road scenarios ``road<i>.pkl``, one per (ego yaw, ego speed) in specs."""
+    from sim_bridge.dataset import DatasetWriter
+
+    with DatasetWriter(out, resume=False) as w:
+        for i, (yaw, speed) in enumerate(specs):
+            d = make_straight_road_scenario(length=length, ego_speed=speed, ego_yaw=yaw)
+            d["id"] = d["metadata"]["scenario_id"] = f"road{i}"
+            w.add(f"road{i}.pkl", d)
+    return out
+
+
 def make_varied_road_scenario(seed: int, length: int = 30) -> dict:
     """The straight-road scenario with the ego turned / shifted against the road and 2-5 other cars
     (id ``road<seed>``): varied, meaningful layouts for camera tests."""

@@ -13,7 +13,7 @@ from bevgen.views.adversarial import PatchDiscriminator, adaptive_weight, hinge_
 from bevgen.views.config import DataConfig, GeneratorConfig, TokenizerConfig, ViewsConfig, ViewsTrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import make_straight_road_scenario  # noqa: E402
+from conftest import write_straight_road_scenarios  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,9 @@ def frames_dir(tmp_path_factory):
     """Rendered 64x112 frames of two straight-road scenarios."""
     from bevgen.render.dataset import write_synthetic_dataset
     from bevgen.render.scene import SynthConfig
-    from sim_bridge.dataset import DatasetWriter
 
     root = tmp_path_factory.mktemp("views_adv")
-    with DatasetWriter(root / "scenarios", resume=False) as w:
-        for i, (yaw, speed) in enumerate([(0.0, 10.0), (0.9, 6.0)]):
-            d = make_straight_road_scenario(length=30, ego_speed=speed, ego_yaw=yaw)
-            d["id"] = d["metadata"]["scenario_id"] = f"road{i}"
-            w.add(f"road{i}.pkl", d)
+    write_straight_road_scenarios(root / "scenarios", [(0.0, 10.0), (0.9, 6.0)])
     summary = write_synthetic_dataset(root / "scenarios", root / "frames", SynthConfig(image_size=(64, 112)),
                                       frames_per_scenario=3, frame_stride=5, first_frame=0, progress=False)
     assert summary["num_frames"] == 6, summary

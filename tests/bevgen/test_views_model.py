@@ -135,17 +135,12 @@ def frames_dir(tmp_path_factory):
 
     from bevgen.render.dataset import write_synthetic_dataset
     from bevgen.render.scene import SynthConfig
-    from sim_bridge.dataset import DatasetWriter
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from conftest import make_straight_road_scenario
+    from conftest import write_straight_road_scenarios
 
     root = tmp_path_factory.mktemp("views")
-    with DatasetWriter(root / "scenarios", resume=False) as w:
-        for i, (yaw, speed) in enumerate([(0.0, 10.0), (0.7, 6.0), (-1.2, 12.0)]):
-            d = make_straight_road_scenario(length=30, ego_speed=speed, ego_yaw=yaw)
-            d["id"] = d["metadata"]["scenario_id"] = f"road{i}"
-            w.add(f"road{i}.pkl", d)
+    write_straight_road_scenarios(root / "scenarios", [(0.0, 10.0), (0.7, 6.0), (-1.2, 12.0)])
     summary = write_synthetic_dataset(root / "scenarios", root / "frames", SynthConfig(image_size=(32, 56)),
                                       frames_per_scenario=4, frame_stride=5, first_frame=0, progress=False)
     assert summary["num_frames"] == 12, summary
