@@ -841,7 +841,9 @@ def _row_lines(results: dict) -> list[str]:
     if "sampling_hires" in v:
         sm = v["sampling_hires"]
         lines.append(f"| Six views, 128x224 architecture ({sm.get('token_grid', [16, 28])[0]}x"
-                     f"{sm.get('token_grid', [16, 28])[1]} tokens per view, attention to neighbouring views; "
+                     f"{sm.get('token_grid', [16, 28])[1]} tokens per view, attention to the facing "
+                     f"{sm.get('neighbour_span', 1.0):g} of the {sm.get('view_neighbours', 0)} neighbouring "
+                     f"view(s) on each side; "
                      f"untrained weights, same cost), 2 threads: parallel ({sm.get('steps')} steps) vs token by "
                      f"token (estimated from {sm.get('autoregressive_forwards_timed')} of its forwards) | "
                      f"{sm.get('parallel_s')} s vs "

@@ -3,12 +3,14 @@
 Both decoders sample all six views of one frame at the tiny config (64x112, 8x14 tokens per view,
 672 tokens per frame) with the model's sampler defaults (guidance, temperature; with guidance > 0 the
 conditional and unconditional halves are batched in one forward). Parallel decoding does ``steps``
-forward passes; token-by-token decoding does one per token. Run: ``python benchmarks/views_model.py [RUN_DIR]``.
+forward passes (timed ``repeats`` times, the median reported); token-by-token decoding does one per token.
+Run: ``python benchmarks/views_model.py [RUN_DIR]``.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -78,7 +80,7 @@ def _autoregressive_estimate(pipe, batch: dict, forwards: int) -> float:
 
 def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path | None = None,
                          threads: int = 1, steps: int | None = None, config: str = "tiny",
-                         max_ar_forwards: int = 1000) -> dict:
+                         max_ar_forwards: int = 1000, repeats: int = 3) -> dict:
     """Seconds to sample six views with parallel vs token-by-token decoding of the same model.
 
     Args:
@@ -92,6 +94,7 @@ def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path
             is the measured time of this many of its forwards (each one a full forward over all tokens, as in
             ``decode_autoregressive``) scaled to one forward per token, plus the context and the image decode
             (``autoregressive_estimated``: true).
+        repeats: parallel decoding is timed this many times (after a warm-up); ``parallel_s`` is the median.
     Returns:
         dict with parallel_s, autoregressive_s, speedup, tokens_per_view, tokens_per_frame, steps,
         forwards, image_size, model, machine.
@@ -113,9 +116,12 @@ def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path
     steps = int(steps or cfg.train.sample_steps)
     batch, source = _batch(cfg, Path(run_dir) if run_dir else None)
     pipe(batch, mode="parallel", steps=2, seed=0)  # warm-up (allocator, kernels)
-    t0 = time.perf_counter()
-    par = pipe(batch, mode="parallel", steps=steps, seed=0).images
-    t_par = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):  # the median: single runs on a shared 2-core VM spread by about 10%
+        t0 = time.perf_counter()
+        par = pipe(batch, mode="parallel", steps=steps, seed=0).images
+        runs.append(time.perf_counter() - t0)
+    t_par = statistics.median(runs)
     estimated = cfg.tokens_per_frame > max_ar_forwards
     t0 = time.perf_counter()
     if estimated:
@@ -125,12 +131,14 @@ def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path
         ar = pipe(batch, mode="autoregressive", seed=0).images
         t_ar = time.perf_counter() - t0
     h, w = cfg.token_grid
-    result = {"parallel_s": round(t_par, 3), "autoregressive_s": round(t_ar, 3), "speedup": round(t_ar / t_par, 1),
+    result = {"parallel_s": round(t_par, 3), "parallel_runs_s": [round(t, 3) for t in runs],
+              "autoregressive_s": round(t_ar, 3), "speedup": round(t_ar / t_par, 1),
               "steps": steps, "forwards": {"parallel": steps, "autoregressive": cfg.tokens_per_frame},
               "tokens_per_view": h * w, "token_grid": [h, w], "tokens_per_frame": cfg.tokens_per_frame,
               "views": cfg.data.num_views, "image_size": list(cfg.data.image_size), "guidance": cfg.train.guidance,
               "output_shape": list(par.shape), "same_shape": list(par.shape) == list(ar.shape),
               "threads": threads, "model": model, "condition": source,
+              "view_neighbours": cfg.generator.view_neighbours, "neighbour_span": cfg.generator.neighbour_span,
               "parameters_M": round(sum(p.numel() for p in pipe.generator.parameters()) / 1e6, 2),
               "autoregressive_estimated": estimated, "autoregressive_forwards_timed": max_ar_forwards if estimated
               else cfg.tokens_per_frame}

@@ -35,8 +35,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 
-__all__ = ["fourier_features", "token_rays", "view_neighbours", "ray_cosine", "azimuth_cosine", "GeometricBias",
-           "Attention", "MLP"]
+__all__ = ["fourier_features", "token_rays", "view_neighbours", "view_keys", "ray_cosine", "azimuth_cosine",
+           "GeometricBias", "Attention", "MLP"]
 
 
 
@@ -91,6 +91,36 @@ def view_neighbours(T_cam_from_ego: Tensor, k: int) -> Tensor:
     offsets = torch.tensor([0] + [s * i for i in range(1, k + 1) for s in (-1, 1)], device=order.device)
     ring = (rank[..., None] + offsets) % v  # [b, v, 2k+1] ring positions
     return torch.gather(order[:, None, :].expand(b, v, v), 2, ring)
+
+
+def view_keys(neighbours: Tensor, grid_hw: tuple[int, int], span: float = 1.0) -> Tensor:
+    """The keys of each view's self-attention: its own tokens, and of each neighbouring view the columns facing it.
+
+    Adjacent cameras overlap only at their borders, so ``span`` < 1 keeps, of the view to the right (ring offset
+    -i, lower yaw), its left ``span`` of columns and, of the view to the left (+i), its right ones: the part of
+    the neighbour that sees the same scene. Self-attention then costs O(n h w (1 + 2 k span)) instead of
+    O(n h w (2 k + 1)).
+
+    Args:
+        neighbours: [b, v, 2 k + 1] from :func:`view_neighbours` (the view itself, then offsets -1, +1, -2, ...).
+        grid_hw: (h, w) token grid per view (tokens of a view in row-major order).
+        span: fraction of each neighbouring view's columns, in (0, 1] (at least one column).
+    Returns:
+        [b, v, L] long indices into the n = v h w tokens, L = h w + 2 k h round(span w).
+    """
+    h, w = grid_hw
+    cols = max(1, min(w, round(span * w)))
+    dev = neighbours.device
+    rows = torch.arange(h, device=dev)[:, None] * w
+
+    def cells(c: Tensor) -> Tensor:
+        return (rows + c[None]).reshape(-1)
+
+    own, left, right = (cells(torch.arange(a, z, device=dev)) for a, z in ((0, w), (0, cols), (w - cols, w)))
+    parts = [neighbours[..., :1] * (h * w) + own]
+    for slot in range(1, neighbours.shape[-1]):  # odd slots: the view to the right, whose left columns face this one
+        parts.append(neighbours[..., slot:slot + 1] * (h * w) + (left if slot % 2 else right))
+    return torch.cat(parts, -1)
 
 
 def ray_cosine(rays: Tensor) -> Tensor:
@@ -155,12 +185,12 @@ class Attention(nn.Module):
         self.out = nn.Linear(d, d)
 
     def forward(self, x: Tensor, ctx: Tensor | None = None, bias: Tensor | None = None,
-                extra: tuple[Tensor, Tensor] | None = None, groups: Tensor | None = None) -> Tensor:
+                extra: tuple[Tensor, Tensor] | None = None, keys: Tensor | None = None) -> Tensor:
         """Args: x [b, n, d] queries; ctx [b, m, d] keys/values (None: x); bias [b, k, n, m] or None; extra:
         (query part [b, k, n, f], key part [b, 1 or k, m, f]) appended to each head's queries and keys, adding
-        their dot product / sqrt(e) to the logits (:meth:`GeometricBias.ray_features`); groups: [b, g, j] long,
-        self-attention in g equal blocks of the sequence (views), block i attending to blocks groups[:, i]
-        only (:func:`view_neighbours`; no bias then).
+        their dot product / sqrt(e) to the logits (:meth:`GeometricBias.ray_features`); keys: [b, g, L] long,
+        self-attention in g equal blocks of the sequence (views), the queries of block i attending to the tokens
+        keys[:, i] only (:func:`view_keys`; no bias then).
         Returns: [b, n, d]."""
         ctx = x if ctx is None else ctx
         q = rearrange(self.q(x), "b n (k e) -> b k n e", k=self.heads)
@@ -175,13 +205,12 @@ class Attention(nn.Module):
             k = F.pad(torch.cat([k, ke.to(k.dtype).expand(*k.shape[:2], -1, -1)], -1), (0, pad))
             v = F.pad(v, (0, q.shape[-1] - e))
         drop = self.dropout if self.training else 0.0
-        if groups is not None:
-            g = groups.shape[1]
+        if keys is not None:
+            g = keys.shape[1]
             # 4-D [b, (heads views), tokens, e] operands: the fused CPU kernel is about 4x slower on 5-D ones
             q = rearrange(q, "b k (g n) e -> b (k g) n e", g=g)
-            rows = torch.arange(groups.shape[0], device=groups.device)[:, None, None]
-            k, v = (rearrange(t, "b k (g n) e -> b g k n e", g=g)[rows, groups] for t in (k, v))  # [b, g, j, k, n, e]
-            k, v = (rearrange(t, "b g j k n e -> b (k g) (j n) e").contiguous() for t in (k, v))
+            rows = torch.arange(keys.shape[0], device=keys.device)[:, None, None]
+            k, v = (rearrange(t[rows, :, keys], "b g j k e -> b (k g) j e").contiguous() for t in (k, v))
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=e ** -0.5)[..., :e]
             return self.out(rearrange(y, "b (k g) n e -> b (g n) (k e)", g=g))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=e ** -0.5)[..., :e]

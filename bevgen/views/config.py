@@ -132,6 +132,10 @@ class GeneratorConfig:
     of the k nearest views on each side around the rig (ordered by camera yaw, per sample), as BEVGen's
     cross-view attention between neighbouring views: self-attention costs O(n (2k + 1) n / v) instead of
     O(n^2) (k = 1 with 6 views: half)."""
+    neighbour_span: float = 1.0
+    """With ``view_neighbours``: the fraction of each neighbouring view's token columns attended to, on the side
+    facing the view (adjacent cameras overlap at their borders only; ``attention.view_keys``). 0.5 with k = 1:
+    self-attention over 2 views' worth of keys instead of 3."""
     object_loss_weight: float = 3.0
     """Masked-token loss weight 1 + w * (fraction of the token's rays that hit a box): cars are a small part
     of each image, so without it the loss is spent on road and sky. Needs aligned_condition's geometry."""
@@ -145,6 +149,8 @@ class GeneratorConfig:
             raise ValueError("generator.bev_grid and layers must be >= 1")
         if self.view_neighbours < 0:
             raise ValueError("generator.view_neighbours must be >= 0 (0 = attend to all views)")
+        if not 0.0 < self.neighbour_span <= 1.0:
+            raise ValueError("generator.neighbour_span must be in (0, 1]")
         if self.projection_subsamples < 1 or self.object_loss_weight < 0:
             raise ValueError("generator.projection_subsamples must be >= 1 and object_loss_weight >= 0")
 

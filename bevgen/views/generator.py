@@ -37,7 +37,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from bevgen.views.attention import (MLP, Attention, GeometricBias, azimuth_cosine,
-                                    fourier_features, token_rays, view_neighbours)
+                                    fourier_features, token_rays, view_keys,
+                                    view_neighbours)
 from bevgen.views.config import GeneratorConfig
 from bevgen.views.projection import box_coverage, layout_projection, projection_channels
 from sim_bridge.boxes import Boxes3D
@@ -58,8 +59,8 @@ class Context:
         cam: [b, n, d] ray and camera-centre embedding of each image token.
         rays: [b, n, 3] unit ego-frame ray of each image token (self-attention bias beta cos(d_i, d_j), added in
             dot-product form: :meth:`GeometricBias.ray_features`).
-        neighbours: [b, v, 2 k + 1] the views each view's tokens attend to (``view_neighbours`` = k), or None
-            (all views).
+        keys: [b, v, L] the tokens each view's tokens attend to (``attention.view_keys``: their own view, and
+            the facing ``neighbour_span`` of the ``view_neighbours`` = k nearest views on each side), or None (all).
         az_cos: [b, n, m] azimuth agreement of each image token's ray with each condition token (cross bias).
         aligned: [b, n, d] embedding of the layout projected into each token's pixels (None without
             ``aligned_condition``).
@@ -73,7 +74,7 @@ class Context:
     cond: Tensor | None = None
     cam: Tensor | None = None
     rays: Tensor | None = None
-    neighbours: Tensor | None = None
+    keys: Tensor | None = None
     az_cos: Tensor | None = None
     aligned: Tensor | None = None
     biases: tuple[torch.dtype, list[tuple[Tensor, Tensor]]] | None = None
@@ -155,7 +156,7 @@ class Block(nn.Module):
             x = x + self.attn(self.n1(x), bias=mask)
         else:
             self_feats, cross_bias = biases if biases is not None else self.biases(ctx, dt)
-            x = x + self.attn(self.n1(x), extra=self_feats, groups=ctx.neighbours)
+            x = x + self.attn(self.n1(x), extra=self_feats, keys=ctx.keys)
             x = x + self.cross(self.n2(x), ctx.cond, bias=cross_bias)
         return x + self.mlp(self.n3(x))
 
@@ -269,13 +270,16 @@ class ViewsTransformer(nn.Module):
         if self.aligned is not None:
             proj = self.projection(batch) * ~null[:, None, None]
             aligned = self.aligned(proj.to(cam.dtype))
-        return Context(cond_valid, cond=self.cond_norm(cond), cam=cam, rays=flat_rays,
-                       neighbours=(view_neighbours(batch["T_cam_from_ego"], self.cfg.view_neighbours)
-                                   if self.cfg.view_neighbours else None),
+        keys = None
+        if self.cfg.view_neighbours:
+            keys = view_keys(view_neighbours(batch["T_cam_from_ego"], self.cfg.view_neighbours), self.token_grid,
+                             self.cfg.neighbour_span)
+        return Context(cond_valid, cond=self.cond_norm(cond), cam=cam, rays=flat_rays, keys=keys,
                        az_cos=azimuth_cosine(rays, centres, key_xy), aligned=aligned)
 
-    def logits(self, tokens: Tensor, ctx: Context) -> Tensor:
-        """Token indices [b, n] (mask_id = masked) -> logits [b, n, K]. O(layers b (n^2 + n m) d).
+    def logits(self, tokens: Tensor, ctx: Context, positions: Tensor | None = None) -> Tensor:
+        """Token indices [b, n] (mask_id = masked) -> logits [b, n, K] (or [b, len(positions), K]: the head only
+        at those token positions, e.g. the ones still to decode). O(layers b (n^2 + n m) d).
 
         Without grad (sampling) the attention biases are cached in ``ctx`` and reused by the next calls."""
         x = self.tok(tokens) + ctx.cam
@@ -289,7 +293,7 @@ class ViewsTransformer(nn.Module):
             biases = ctx.biases[1]
         for blk, bias in zip(self.blocks, biases):
             x = blk(x, ctx, bias)
-        return self.head(x).float()
+        return self.head(x if positions is None else x[:, positions]).float()
 
     def forward(self, tokens: Tensor, batch: dict[str, Tensor], null: Tensor) -> Tensor:
         """tokens [b, n], batch (see :meth:`context`), null [b] bool -> logits [b, n, K]."""

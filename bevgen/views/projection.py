@@ -53,8 +53,12 @@ def ray_box_hits(origins: Tensor, rays: Tensor, boxes: Boxes3D) -> tuple[Tensor,
         boxes: torch ``Boxes3D`` [b, m].
     Returns:
         t [b, v, p] distance to the nearest hit (inf where none), index [b, v, p] of that box (0 where none),
-        normal [b, v, p, 3] |unit normal| of the face hit, in the box frame (0 where none). O(b v p m).
+        normal [b, v, p, 3] |unit normal| of the face hit, in the box frame (0 where none). O(b v p m_valid),
+        m_valid the most valid boxes of any sample: padding boxes are never hit, so only the valid ones (first,
+        by a stable sort) are tested.
     """
+    keep = (~boxes.valid).to(torch.uint8).argsort(dim=-1, stable=True)[:, :max(1, int(boxes.valid.sum(-1).max()))]
+    boxes = boxes[torch.arange(keep.shape[0], device=keep.device)[:, None], keep]  # [b, m_valid]
     c, s = torch.cos(boxes.yaw.float()), torch.sin(boxes.yaw.float())  # [b, m]
     rel = origins[:, :, None, :] - boxes.center.float()[:, None]  # [b, v, m, 3]
     # world -> box frame: rotate by -yaw about z
@@ -75,6 +79,7 @@ def ray_box_hits(origins: Tensor, rays: Tensor, boxes: Boxes3D) -> tuple[Tensor,
     t_best, idx = t_hit.min(-1)  # [b, v, p]
     normal = F.one_hot(axis.gather(-1, idx[..., None])[..., 0], 3).float()
     normal = normal * torch.isfinite(t_best)[..., None]
+    idx = keep.gather(1, idx.flatten(1)).view_as(idx)  # index into the boxes given
     return t_best, torch.where(torch.isfinite(t_best), idx, torch.zeros_like(idx)), normal
 
 

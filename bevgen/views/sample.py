@@ -179,11 +179,12 @@ class ViewsPipeline:
             null = torch.cat([null, ~null])
         return self.generator.context(batch, null)
 
-    def _logits(self, tokens: Tensor, ctx: Context, guidance: float) -> Tensor:
-        """[b, n] -> guided logits [b, n, k] (one forward of 2b sequences when guided)."""
+    def _logits(self, tokens: Tensor, ctx: Context, guidance: float, positions: Tensor | None = None) -> Tensor:
+        """[b, n] -> guided logits [b, n, k] ([b, len(positions), k] at ``positions`` only; one forward of 2b
+        sequences when guided)."""
         if guidance == 0:
-            return self.generator.logits(tokens, ctx)
-        cond, uncond = self.generator.logits(torch.cat([tokens, tokens]), ctx).chunk(2)
+            return self.generator.logits(tokens, ctx, positions)
+        cond, uncond = self.generator.logits(torch.cat([tokens, tokens]), ctx, positions).chunk(2)
         return (1 + guidance) * cond - guidance * uncond
 
     def decode_parallel(self, ctx: Context, b: int, steps: int, guidance: float, temperature: float,
@@ -201,7 +202,12 @@ class ViewsPipeline:
             return tokens
         for t in range(steps):
             unknown = tokens == mask_id
-            sampled, logp = _sample(self._logits(tokens, ctx, guidance), temperature, generator)
+            # logits and draws only where some row still has a token to decode (the head and the Gumbel draws
+            # over the K codes of every token were a tenth of a step at 128x224)
+            todo = unknown.any(0).nonzero()[:, 0]
+            picked, logp_todo = _sample(self._logits(tokens, ctx, guidance, todo), temperature, generator)
+            sampled, logp = tokens.clone(), torch.zeros(tokens.shape, device=tokens.device)
+            sampled[:, todo], logp[:, todo] = picked, logp_todo
             sampled = torch.where(unknown, sampled, tokens)
             ratio = (t + 1) / steps
             n_left = unknown.sum(-1)

@@ -79,6 +79,14 @@ def test_ray_box_hit_distance_face_and_token_coverage():
     assert t[0, 0, 0] == pytest.approx(9.0, abs=1e-4) and idx[0, 0, 0] == 0
     torch.testing.assert_close(normal[0, 0, 0], torch.tensor([0.0, 1.0, 0.0]))
     assert math.isinf(t[0, 0, 1]) and math.isinf(t[0, 0, 2])  # passes beside it; looks up; invalid box ignored
+    # only valid boxes are tested (padding first in the batch, and a sample with none): same hits, and the index
+    # still points into the boxes given
+    arr = torch.tensor([[[30.0, 0.0, 0.75, 4.0, 2.0, 1.5, 0.0], [10.0, 0.0, 0.75, 4.0, 2.0, 1.5, math.pi / 2]]])
+    padded = Boxes3D.from_array(arr.expand(2, -1, -1), torch.tensor([[0, 1], [0, 1]]),
+                                torch.tensor([[False, True], [False, False]]))
+    t2, idx2, normal2 = ray_box_hits(origin.expand(2, -1, -1), rays.expand(2, -1, -1, -1), padded)
+    torch.testing.assert_close(t2[0], t[0])
+    assert idx2[0, 0, 0] == 1 and torch.equal(normal2[0], normal[0]) and torch.isinf(t2[1]).all()
     # token level: the front camera's tokens covering the box read a box fraction, the sky tokens read none
     from bevgen.cameras import nuscenes_rig
 
