@@ -676,12 +676,21 @@ def bench_views_tokenizer() -> dict:
     return run(sets, bevseg_net(TRAIN_DATA), TRAIN_DATA)
 
 
+def bench_views_span() -> dict:
+    """What attending to part of each neighbouring view costs (generator.neighbour_span 1.0 / 0.75 / 0.5 on the
+    tiny config; benchmarks/views_span.py, trains the arms when missing)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from views_span import bench_views_span as run
+
+    return run(_heldout_camera_data())
+
+
 BENCHES = {"raster": bench_raster, "procedural": bench_procedural, "load": bench_load, "bad_input": bench_bad_input,
            "rl_env": bench_rl_env, "batched_sim": bench_batched_sim, "batched_transfer": bench_batched_transfer,
            "rl_experiment": bench_rl_experiment, "rl_60min": bench_rl_60min, "rl_ablation": bench_rl_ablation,
            "traffic": bench_traffic, "traffic_paper": bench_traffic_paper, "views": bench_views,
            "views_ablation": bench_views_ablation, "views_tokenizer": bench_views_tokenizer,
-           "scene3d": bench_scene3d, "export": bench_export}
+           "views_span": bench_views_span, "scene3d": bench_scene3d, "export": bench_export}
 # Need a CUDA device: `make bench-gpu` (python benchmarks/run.py --gpu). Not part of `make bench`.
 def bench_gpu_batched_sim() -> dict:
     """GPU rows (`make bench-gpu`): the batched simulator's env steps/s at 512-16384 scenes on CUDA."""

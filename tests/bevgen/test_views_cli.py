@@ -115,9 +115,14 @@ def test_views_commands_end_to_end(tmp_path):
     assert torch.load(run / "checkpoints" / "generator.pt", weights_only=True)["step"] == 12
     split = json.loads((run / "split.json").read_text())
     assert len(split["train"]) + len(split["heldout"]) == 9 and len(split["heldout"]) == 3  # one scenario held out
-    # --resume without -c continues with the run's own config.yaml (finished stages: nothing left to do)
+    # --resume without -c continues with the run's own config.yaml (finished stages: nothing left to do, and the
+    # summary keeps the record of their training)
+    trained = json.loads((run / "train_summary.json").read_text())
     res = runner.invoke(app, ["views", "train", "--data", str(data), "--out", str(run), "--resume", "--no-progress"])
     assert res.exit_code == 0, res.output
+    resumed = json.loads((run / "train_summary.json").read_text())
+    assert resumed["generator"] == trained["generator"] and resumed["generator"]["first_loss"] is not None
+    assert resumed["tokenizer"] == trained["tokenizer"]
     res = runner.invoke(app, ["views", "train", "--data", str(data), "--out", str(run), "--resume",
                               "--set", "generator.layers=2"])
     assert res.exit_code == 2 and "generator.layers" in " ".join(res.output.split())
