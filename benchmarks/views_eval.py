@@ -94,27 +94,36 @@ def evaluate_model(run: Path, sets: dict[str, Path], bevseg: Path, out: Path, th
     return rows
 
 
+def train_generator(cfg, data: Path, run: Path, tokenizer: Path, split: dict | None = None) -> Path:
+    """A generator-only run from a frozen tokenizer (copied into ``run`` with ``split`` as its split.json when
+    the run starts; None: the frames of ``data`` split by scenario), resumed when interrupted, reused when
+    finished."""
+    from bevgen.views.train import train_views
+
+    if not (run / "checkpoints" / "tokenizer.pt").exists():
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        shutil.copy(tokenizer, run / "checkpoints" / "tokenizer.pt")
+        if split is not None:
+            (run / "split.json").write_text(json.dumps(split))
+    train_views(cfg, data, run, stage="generator", resume=(run / "checkpoints" / "generator.pt").exists(),
+                progress=False)
+    return run
+
+
 def train_arm(arm: str, out: Path) -> Path:
     """The generator of one ablation arm, trained from the shipped run's tokenizer (resumes)."""
     import dataclasses
 
     from bevgen.views.config import ViewsConfig
-    from bevgen.views.train import train_views
     from runkit.config import load_config
 
     cfg = load_config(ViewsConfig, ROOT / "configs" / "views" / "tiny.yaml")
     cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, **ARMS[arm]),
                               train=dataclasses.replace(cfg.train, generator_steps=ARM_STEPS))
-    run = out / arm
-    if not (run / "checkpoints" / "tokenizer.pt").exists():
-        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-        shutil.copy(TRAIN_RUN / "checkpoints" / "tokenizer.pt", run / "checkpoints" / "tokenizer.pt")
-        split = json.loads((TRAIN_RUN / "split.json").read_text())
-        first16 = [n for n in split["train"] if int(n.split("seed")[1][:6]) < 16]  # the arms' training frames
-        (run / "split.json").write_text(json.dumps(split | {"train": first16}))
-    resume = (run / "checkpoints" / "generator.pt").exists()
-    train_views(cfg, TRAIN_DATA, run, stage="generator", resume=resume, progress=False)
-    return run
+    split = json.loads((TRAIN_RUN / "split.json").read_text())
+    first16 = [n for n in split["train"] if int(n.split("seed")[1][:6]) < 16]  # the arms' training frames
+    return train_generator(cfg, TRAIN_DATA, out / arm, TRAIN_RUN / "checkpoints" / "tokenizer.pt",
+                           split | {"train": first16})
 
 
 def bench_views_ablation(heldout_procedural: Path) -> dict:

@@ -17,7 +17,6 @@ Run: ``python benchmarks/run.py views_span`` (about 20 min per arm on the 2-core
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 from pathlib import Path
 
@@ -29,38 +28,20 @@ SEEDS = (0, 1, 2, 3)
 KEYS = ("road_iou", "vehicle_iou", "seam_consistency", "fid")
 
 
-def frames() -> Path:
-    """Camera frames of procedural seeds 0-15 (cached)."""
-    from bevgen.render.dataset import write_synthetic_dataset
-    from bevgen.render.scene import SynthConfig
-    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
-
-    generate_procedural(ProceduralConfig(num_scenarios=16, start_seed=0, steps=200, traffic_density=0.8, workers=2),
-                        WORK / "scenarios", resume=True)
-    write_synthetic_dataset(WORK / "scenarios", WORK / "camera_data", SynthConfig(), frames_per_scenario=12,
-                            frame_stride=15, first_frame=10, workers=2, resume=True, progress=False)
-    return WORK / "camera_data"
-
-
 def train_arm(span: float, data: Path, tokenizer: Path) -> Path:
     """One arm's generator (resumes; a finished run is reused)."""
     import dataclasses
 
+    from views_eval import train_generator
+
     from bevgen.views.config import ViewsConfig
-    from bevgen.views.train import train_views
     from runkit.config import load_config
 
     cfg = load_config(ViewsConfig, ROOT / "configs" / "views" / "tiny.yaml")
     cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, view_neighbours=1,
                                                                  neighbour_span=span),
                               train=dataclasses.replace(cfg.train, generator_steps=STEPS, threads=2))
-    run = WORK / f"span{span}"
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    if not (run / "checkpoints" / "tokenizer.pt").exists():
-        shutil.copy(tokenizer, run / "checkpoints" / "tokenizer.pt")
-    train_views(cfg, data, run, stage="generator", resume=(run / "checkpoints" / "generator.pt").exists(),
-                progress=False)
-    return run
+    return train_generator(cfg, data, WORK / f"span{span}", tokenizer)
 
 
 def masked_nll(run: Path, data: Path, threads: int = 2) -> dict:
@@ -103,7 +84,7 @@ def masked_nll(run: Path, data: Path, threads: int = 2) -> dict:
 
 def bench_views_span(heldout: Path) -> dict:
     """Train (or reuse) every arm and score it; mean over sampling seeds beside each seed's figures."""
-    from bevgen.pretrained import shipped
+    from bevgen.pretrained import shipped, write_training_frames
     from bevgen.views.bevseg_train import train_bevseg
     from bevgen.views.metrics import evaluate_views
     from bevgen.views.sample import load_views
@@ -111,7 +92,7 @@ def bench_views_span(heldout: Path) -> dict:
     ship = shipped("views_tiny")
     if ship is None:
         return {"skipped": "no shipped views_tiny checkpoint (its tokenizer is every arm's)"}
-    data = frames()
+    data = write_training_frames(WORK, num_scenarios=16)  # make checkpoints' recipe, its first 16 scenes
     bevseg = train_bevseg(data, None, WORK / "bevseg", steps=600, resume=True, progress=False)
     names = json.loads((heldout / "index.json").read_text())["frames"]
     out: dict = {"heldout": str(heldout.relative_to(ROOT)), "train_frames": str(data.relative_to(ROOT)),

@@ -27,7 +27,7 @@ from bevgen.render.scene import SynthConfig
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
-__all__ = ["SHIPPED", "shipped", "build", "export_views", "export_scene3d"]
+__all__ = ["SHIPPED", "shipped", "build", "write_training_frames", "export_views", "export_scene3d"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "checkpoints"
@@ -68,6 +68,18 @@ def export_scene3d(run_dir: Path, out: Path) -> Path:
     return out
 
 
+def write_training_frames(work: Path, num_scenarios: int = 64) -> Path:
+    """The shipped models' training frames: procedural seeds 0 .. num_scenarios - 1 (traffic density 0.8) in
+    ``work / "scenarios"``, 12 six-camera frames each (every 15 steps from step 10) in ``work / "camera_data"``
+    (resumable; returns the latter)."""
+    work = Path(work)
+    generate_procedural(ProceduralConfig(num_scenarios=num_scenarios, start_seed=0, steps=200, traffic_density=0.8,
+                                         workers=2), work / "scenarios", resume=True)
+    write_synthetic_dataset(work / "scenarios", work / "camera_data", SynthConfig(), frames_per_scenario=12,
+                            frame_stride=15, first_frame=10, workers=2, resume=True)
+    return work / "camera_data"
+
+
 def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
     """Make the shipped checkpoints from scratch (resumable: every stage keeps its outputs in ``work``).
 
@@ -82,13 +94,8 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
     work, out = Path(work), Path(out)
     times: dict = {}
     t0 = time.perf_counter()
-    generate_procedural(ProceduralConfig(num_scenarios=64, start_seed=0, steps=200, traffic_density=0.8, workers=2),
-                        work / "scenarios", resume=True)
-    times["scenarios_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    write_synthetic_dataset(work / "scenarios", work / "camera_data", SynthConfig(), frames_per_scenario=12,
-                            frame_stride=15, first_frame=10, workers=2, resume=True)
-    times["dataset_s"] = time.perf_counter() - t0
+    write_training_frames(work)
+    times["data_s"] = time.perf_counter() - t0
     bevgen = [sys.executable, "-m", "bevgen.cli"]
     jobs = [bevgen + ["views", "train", "-c", str(REPO / "configs/views/tiny.yaml"), "--data",
                       str(work / "camera_data"), "--out", str(work / "views"),

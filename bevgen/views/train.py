@@ -448,13 +448,9 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
             writer.add_scalar("charts/tokenizer_perplexity", summary["tokenizer_usage"]["perplexity"], 0)
         writer.close()
         summary_file = run_dir / "train_summary.json"
-        if summary_file.exists():  # a stage resumed with nothing left to do keeps the record of its training
-            before = json.loads(summary_file.read_text())
-            for stage in ("tokenizer", "generator"):
-                now = summary.get(stage) or {}
-                if now.get("start_step", 0) >= now.get("steps", 1) and before.get(stage):
-                    summary[stage] = before[stage]
-        atomic_write_text(summary_file, json.dumps(summary, indent=2, default=str))
+        trained = any(summary[s]["start_step"] < summary[s]["steps"] for s in todo)
+        if trained or not summary_file.exists():  # resuming a finished run keeps the record of its training
+            atomic_write_text(summary_file, json.dumps(summary, indent=2, default=str))
     return summary
 
 
