@@ -6,6 +6,11 @@
 2. :func:`procedural_reference`: MetaDrive's own procedural traffic (PG maps + IDM), generated through
    :mod:`sim_bridge.sources.procedural`. Different maps, so the MMD pools scenes.
 
+And two reference points that say what an MMD figure can reach on given reference scenes
+(:func:`mmd_references`): the logged vehicles themselves, resampled (the estimator's floor for a generator
+that draws from exactly the logged distribution with the logged count), and the logged vehicles moved onto
+the lanes (what any placement bound to lane centre lines reaches at best).
+
 Units: world frame metres, radians, 10 Hz. Einsum letters: a agent, t time, s segment.
 """
 
@@ -20,9 +25,13 @@ import numpy as np
 
 from sim_bridge.dataset import DatasetWriter, ScenarioDataset
 from sim_bridge.scenario import STEP_SECONDS, AgentTracks, Scenario
+from sim_bridge.geometry import wrap_angle
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural, scenario_filename
+from traffic.encoding import point_to_segments
+from traffic.metrics import BANDWIDTHS, mmd, scene_attributes
 
-__all__ = ["random_lane_traffic", "procedural_reference", "write_baseline_dataset", "VEHICLE_SIZE"]
+__all__ = ["random_lane_traffic", "procedural_reference", "write_baseline_dataset", "VEHICLE_SIZE",
+           "logged_on_lanes", "mmd_references"]
 
 # (mean, std, low, high) of (length, width, height) in m: passenger cars, roughly as in nuScenes/Waymo.
 VEHICLE_SIZE = {"mean": (4.6, 1.9, 1.6), "std": (0.4, 0.1, 0.15), "low": (3.6, 1.6, 1.3), "high": (5.8, 2.2, 2.0)}
@@ -197,3 +206,59 @@ def write_baseline_dataset(scenarios: Iterable[Scenario], out_dir: str | Path) -
             seen.add(name)
             writer.add(name, sc)
     return out_dir
+
+
+def logged_on_lanes(scenario: Scenario, t0: int = 0, max_offset_m: float = 3.0) -> dict[str, np.ndarray]:
+    """MMD features (:func:`traffic.metrics.scene_attributes`) of the logged vehicles at ``t0`` as a placement
+    bound to the lanes would put them at best: a vehicle farther than ``max_offset_m`` from every vehicle-lane
+    centre line moves to the nearest point of one and takes that lane's heading; sizes and speeds stay as
+    logged. ``max_offset_m`` is the placement model's lateral bound (``traffic.model.placement.LATERAL_MAX``).
+    Cost O(N S) for N vehicles and S lane segments."""
+    att = scene_attributes(scenario, t0)
+    a, b, _ = _lane_segments(scenario)
+    if not len(att["position"]) or not len(a):
+        return att
+    tr, e = scenario.tracks, scenario.ego_index
+    ego_xy, ego_h = tr.xy[e, t0], tr.heading[e, t0]
+    c, s = np.cos(ego_h), np.sin(ego_h)
+    xy = ego_xy + att["position"] @ np.array([[c, s], [-s, c]])              # ego frame -> world [N, 2]
+    t, _, dist = point_to_segments(xy, a, b)                                   # [N, S]
+    j = dist.argmin(1)
+    far = dist[np.arange(len(xy)), j] > max_offset_m
+    ab = b[j] - a[j]
+    snapped = a[j] + t[np.arange(len(xy)), j][:, None] * ab                    # [N, 2] world
+    d = snapped - ego_xy
+    pos = np.stack([d @ np.array([c, s]), d @ np.array([-s, c])], -1)          # world -> ego frame
+    rel = wrap_angle(np.arctan2(ab[:, 1], ab[:, 0]) - ego_h)
+    out = dict(att)
+    out["position"] = np.where(far[:, None], pos, att["position"])
+    out["heading"] = np.where(far[:, None], np.stack([np.cos(rel), np.sin(rel)], -1), att["heading"])
+    return out
+
+
+def mmd_references(reference: Iterable[Scenario], draws: int = 200, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Reference points for the per-scene MMDs of :func:`traffic.metrics.evaluate_traffic` (mean over scenes).
+
+    ``logged_resampled``: the logged vehicles of a scene drawn with replacement, as many as logged, against the
+    logged set (mean over ``draws`` draws): the estimator's floor for a generator of exactly the logged
+    distribution (a bootstrap, so it somewhat flatters: an independent draw of the same distribution would
+    share no points with the log). ``logged_on_lanes``: :func:`logged_on_lanes` against the logged set.
+
+    Returns:
+        {name: {"mmd_position", "mmd_heading", "mmd_size", "mmd_speed", "mean"}}.
+    """
+    rng = np.random.default_rng(seed)
+    rows: dict[str, dict[str, list[float]]] = {"logged_resampled": {}, "logged_on_lanes": {}}
+    for sc in reference:
+        att, lanes = scene_attributes(sc), logged_on_lanes(sc)
+        n = len(att["position"])
+        for k, sigma in BANDWIDTHS.items():
+            x = att[k]
+            boot = [mmd(x[rng.integers(0, n, n)], x, sigma) for _ in range(draws)] if n else [0.0]
+            rows["logged_resampled"].setdefault(f"mmd_{k}", []).append(float(np.mean(boot)))
+            rows["logged_on_lanes"].setdefault(f"mmd_{k}", []).append(mmd(lanes[k], x, sigma))
+    out = {}
+    for name, r in rows.items():
+        means = {k: float(np.mean(v)) for k, v in r.items()}
+        out[name] = means | {"mean": float(np.mean(list(means.values())))}
+    return out

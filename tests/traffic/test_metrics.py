@@ -12,7 +12,8 @@ import shapely
 
 from sim_bridge.dataset import ScenarioDataset
 from sim_bridge.scenario import Scenario
-from traffic.baselines import procedural_reference, random_lane_traffic, write_baseline_dataset
+from traffic.baselines import (logged_on_lanes, mmd_references, procedural_reference, random_lane_traffic,
+                               write_baseline_dataset)
 from traffic.metrics import (box_overlaps, collision_counts, evaluate_traffic, kinematic_counts, mmd, on_road,
                              scene_attributes)
 
@@ -89,6 +90,22 @@ def test_scene_attributes_are_in_the_ego_frame(road_dict_factory):
     att = scene_attributes(sc, t0=0)
     assert att["position"].shape == (1, 2) and np.allclose(att["position"], [[20.0, 0.0]], atol=1e-6)
     assert np.allclose(att["heading"], [[1.0, 0.0]]) and np.allclose(att["speed"], [[8.0]])
+
+
+def test_logged_on_lanes_moves_only_vehicles_off_the_lanes(road_dict_factory):
+    sc = Scenario.from_dict(road_dict_factory(ego_yaw=0.3))  # lanes at v = -1.75 (ego, lead car) and +1.75
+    yaw = lambda h: h + math.pi / 2  # noqa: E731 (parked across the road)
+    c, s = math.cos(0.3), math.sin(0.3)
+    left = lambda dv: lambda p: p + [-s * dv, c * dv, 0.0]  # noqa: E731 (dv metres to the road's left)
+    near = _edit(sc, position=left(2.0), heading=yaw)   # v = 0.25: 1.5 m from a lane centre line
+    att, moved = scene_attributes(near), logged_on_lanes(near)
+    assert all(np.allclose(moved[k], att[k]) for k in att)  # within the 3 m bound: kept as logged
+    far = _edit(sc, position=left(12.0), heading=yaw)   # v = 10.25: 8.5 m beyond the left lane
+    att, moved = scene_attributes(far), logged_on_lanes(far)
+    assert np.allclose(att["position"], [[20.0, 12.0]], atol=1e-6) and np.allclose(att["heading"], [[0.0, 1.0]])
+    assert np.allclose(moved["position"], [[20.0, 3.5]], atol=1e-6)  # onto the left lane, in the ego frame
+    assert np.allclose(np.abs(moved["heading"]), [[1.0, 0.0]], atol=1e-6)  # along that lane
+    assert np.allclose(moved["size"], att["size"]) and np.allclose(moved["speed"], att["speed"])
 
 
 # ---- collisions, off-road, kinematics on small cases ------------------------------------------
@@ -173,6 +190,19 @@ def test_random_lane_baseline_is_farther_than_real(real, real_metrics):
     for k in ("position", "heading", "size", "speed"):
         assert r[f"mmd_{k}"] > real_metrics[f"mmd_{k}"] + 0.1, k
     assert all(on_road(sc, sc.tracks.xy[1:, 0]).all() for sc in gen)  # on real lanes at t0
+
+
+def test_mmd_reference_points_on_real_scenes(real):
+    rng = np.random.default_rng(0)
+    counts = [len(scene_attributes(sc)["position"]) for sc in real]
+    rand = evaluate_traffic([random_lane_traffic(sc, max(n, 1), 91, rng) for sc, n in zip(real, counts)], real)
+    ref = mmd_references(real, draws=50)
+    floor, lanes = ref["logged_resampled"], ref["logged_on_lanes"]
+    for k in ("position", "heading", "size", "speed"):  # the floor: above 0 (finite samples), below random
+        assert 0.02 < floor[f"mmd_{k}"] < rand[f"mmd_{k}"], k
+    # moved onto lanes, real vehicles keep their sizes and speeds but not the car parks' positions and headings
+    assert lanes["mmd_size"] == lanes["mmd_speed"] == 0.0
+    assert lanes["mmd_heading"] > 0.1 and lanes["mmd_heading"] < rand["mmd_heading"]
 
 
 @pytest.mark.metadrive
