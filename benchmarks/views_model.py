@@ -117,7 +117,7 @@ def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path
     batch, source = _batch(cfg, Path(run_dir) if run_dir else None)
     pipe(batch, mode="parallel", steps=2, seed=0)  # warm-up (allocator, kernels)
     runs = []
-    for _ in range(repeats):  # the median: single runs on a shared 2-core VM spread by about 10%
+    for _ in range(repeats):  # the median: single runs on a shared 2-core VM spread by 10-30%
         t0 = time.perf_counter()
         par = pipe(batch, mode="parallel", steps=steps, seed=0).images
         runs.append(time.perf_counter() - t0)

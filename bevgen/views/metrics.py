@@ -81,6 +81,8 @@ DEFINITIONS = {
     "vehicle_iou": "Same as road_iou for the vehicle channel, the ego's own box excluded (no camera sees it).",
     "vehicle_iou_near": "vehicle_iou over BEV cells within 15 m of the ego (centre distance); _mid: 15-30 m; "
                         "_far: 30 m to the raster's edge. Each also with _oracle.",
+    "road_iou_near": "road_iou in the same distance bands as vehicle_iou_near / _mid / _far (where the "
+                     "views lose the road: a distant road covers few pixels). Each also with _oracle.",
     "road_iou_oracle": "road_iou with the ground-truth images (resized to the generated size) as input: the "
                        "ceiling set by the segmentation network itself.",
     "vehicle_iou_oracle": "vehicle_iou on ground-truth images.",
@@ -327,8 +329,9 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
         for key, pred in (("", torch.cat(acc["pred"])), ("_oracle", torch.cat(acc["pred_gt"]))):
             road, veh = iou(pred, target)
             metrics[f"road_iou{key}"], metrics[f"vehicle_iou{key}"] = _num(road), _num(veh)
-            for band, value in iou_by_distance(pred, target, seg.config.bev_range_m).items():
-                metrics[f"vehicle_iou_{band}{key}"] = _num(value)
+            for name, channel in (("road", 0), ("vehicle", 1)):
+                for band, value in iou_by_distance(pred, target, seg.config.bev_range_m, channel).items():
+                    metrics[f"{name}_iou_{band}{key}"] = _num(value)
     metrics.update({
         "seam_consistency": _num(np.nanmean(seam_gen)) if np.isfinite(seam_gen).any() else None,
         "seam_consistency_oracle": _num(np.nanmean(seam_gt)) if np.isfinite(seam_gt).any() else None,

@@ -102,7 +102,7 @@ def test_a_generator_attending_to_neighbouring_views_trains_and_hires_config_bui
 
     hires = load_config(ViewsConfig, Path(__file__).resolve().parents[2] / "configs" / "views" / "hires.yaml")
     assert hires.token_grid == (16, 28) and hires.generator.view_neighbours == 1 and hires.train.adversarial_weight > 0
-    assert hires.generator.neighbour_span == 0.75
+    assert hires.generator.neighbour_span == 0.5
 
     cfg = ViewsConfig(data=DataConfig(image_size=(32, 56)),
                       tokenizer=TokenizerConfig(downsample=8, channels=8, channel_mult=(1, 2, 2), codebook_size=32,
@@ -127,3 +127,4 @@ def test_a_generator_attending_to_neighbouring_views_trains_and_hires_config_bui
         opt.step()
         losses.append(float(loss.detach()))
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses  # from ln 32 = 3.47 nats
+

@@ -176,6 +176,7 @@ def test_views_commands_end_to_end(tmp_path):
     assert metrics["frames"] == "all" and metrics["num_samples"] == 2 * 6, metrics
     assert metrics["unconditional"] is True  # the null-layout floor
     assert {"vehicle_iou_near", "vehicle_iou_mid_oracle", "vehicle_iou_far"} <= set(metrics)
+    assert {"road_iou_near", "road_iou_mid", "road_iou_far_oracle"} <= set(metrics)  # where the road is lost
 
 
 def test_views_train_rejects_a_folder_that_is_not_a_dataset(tmp_path):

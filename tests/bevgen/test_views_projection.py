@@ -140,3 +140,4 @@ def test_vehicle_iou_by_distance_scores_each_band_on_its_own():
     out = iou_by_distance(pred, target, range_m)
     assert out["near"] == 1.0 and out["mid"] == 0.5 and out["far"] == 0.0, out
     assert np.isnan(iou_by_distance(pred, target, range_m, bands={"none": (80.0, 90.0)})["none"])
+    assert all(np.isnan(v) for v in iou_by_distance(pred, target, range_m, channel=0).values())  # road: empty
