@@ -138,6 +138,7 @@ def traffic_eval(
     (2025 weights) and minADE. metrics.json holds every figure with its definition."""
     from sim_bridge.dataset import ScenarioDataset
     from sim_bridge.scenario import ScenarioError
+    from traffic.baselines import mmd_references
     from traffic.metrics import evaluate_traffic
     from traffic.realism import REALISM_BINS, REALISM_WEIGHTS
     from traffic.sim_agents import ROLLOUT_METHODS, evaluate_realism
@@ -151,6 +152,14 @@ def traffic_eval(
         ref = ScenarioDataset(reference, repair=True)
         if generated is not None:
             m = evaluate_traffic(ScenarioDataset(generated, repair=True), ref)
+            m["mmd_references"] = mmd_references(ref)
+            m["mmd_references_definitions"] = {
+                "logged_resampled": "the reference vehicles of each scene drawn with replacement, as many as logged, "
+                                    "against the reference (mean of 200 draws): the MMD a generator of exactly the "
+                                    "logged distribution gets from sampling alone (the floor)",
+                "logged_on_lanes": "the reference vehicles farther than 3 m from every lane centre line moved onto "
+                                   "the nearest one, along it (sizes and speeds exact): the best any placement "
+                                   "bound to the lanes can score"}
         if realism:
             scenes = [sc for sc in ref if sc.length >= 91 and sc.tracks.valid[sc.ego_index, 10]]
             if not scenes:
@@ -182,6 +191,8 @@ def traffic_eval(
                   "kinematic_violation_rate", "num_scenarios", "num_agents"):
             v = m[k]
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        for k, r in m["mmd_references"].items():  # what the MMDs can reach on these reference scenes
+            table.add_row(f"mean MMD of the reference: {k}", f"{r['mean']:.4f}")
         Console().print(table)
     if "realism" in m:
         table = Table(title=f"sim-agent realism on {reference} ({rollouts} rollouts)")

@@ -242,7 +242,8 @@ def test_augment_extend_continues_short_tracks(traffic_run, real_dir, tmp_path):
 
 
 def test_traffic_eval_writes_the_realism_metric(traffic_run, real_dir, tmp_path):
-    """`bevgen traffic eval --ckpt`: the realism meta-metric of the model and the baselines, with definitions."""
+    """`bevgen traffic eval --ckpt --generated`: the realism meta-metric of the model and the baselines, with
+    definitions, and the MMDs with their reference points."""
     from typer.testing import CliRunner
 
     from bevgen.cli import app
@@ -250,13 +251,17 @@ def test_traffic_eval_writes_the_realism_metric(traffic_run, real_dir, tmp_path)
     run, _ = traffic_run
     ref = _subset(real_dir, ScenarioDataset(real_dir).names[5:6], tmp_path / "ref")  # one Waymo scene (9.1 s)
     res = CliRunner().invoke(app, ["traffic", "eval", "--reference", str(ref), "--ckpt", str(run), "--rollouts", "4",
-                                   "--out", str(tmp_path / "eval")], env={"COLUMNS": "200"})
+                                   "--generated", str(ref), "--out", str(tmp_path / "eval")], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     r = m["realism"]
     assert set(r) == {"model", "constant_velocity", "random", "logged"} and "weights" in m["realism_definitions"]
     assert r["logged"]["meta_metric"] > r["random"]["meta_metric"] and r["logged"]["min_ade"] == 0.0
     assert all(len(v["per_scene"]) == 1 for v in r.values()) and "meta-metric" in res.output
+    # the log against itself scores 0; the reference points say what an MMD can reach on these scenes
+    refs = m["mmd_references"]
+    assert m["mmd_position"] == 0.0 and set(refs) == set(m["mmd_references_definitions"])
+    assert 0.0 < refs["logged_resampled"]["mean"] < 0.5 and "logged_on_lanes" in res.output
 
 
 def test_a_checkpoint_from_before_the_history_input_is_refused_with_a_clear_error(traffic_run, tmp_path):
