@@ -25,9 +25,9 @@ import numpy as np
 
 from sim_bridge.dataset import DatasetWriter, ScenarioDataset
 from sim_bridge.scenario import STEP_SECONDS, AgentTracks, Scenario
-from sim_bridge.geometry import wrap_angle
+from sim_bridge.geometry import from_frame, to_frame, wrap_angle
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural, scenario_filename
-from traffic.encoding import point_to_segments
+from traffic.encoding import EncodingConfig, point_to_segments
 from traffic.metrics import BANDWIDTHS, mmd, scene_attributes
 
 __all__ = ["random_lane_traffic", "procedural_reference", "write_baseline_dataset", "VEHICLE_SIZE",
@@ -208,28 +208,28 @@ def write_baseline_dataset(scenarios: Iterable[Scenario], out_dir: str | Path) -
     return out_dir
 
 
-def logged_on_lanes(scenario: Scenario, t0: int = 0, max_offset_m: float = 3.0) -> dict[str, np.ndarray]:
+def logged_on_lanes(scenario: Scenario, t0: int = 0,
+                    max_offset_m: float = EncodingConfig.lane_assign_m) -> dict[str, np.ndarray]:
     """MMD features (:func:`traffic.metrics.scene_attributes`) of the logged vehicles at ``t0`` as a placement
     bound to the lanes would put them at best: a vehicle farther than ``max_offset_m`` from every vehicle-lane
     centre line moves to the nearest point of one and takes that lane's heading; sizes and speeds stay as
-    logged. ``max_offset_m`` is the placement model's lateral bound (``traffic.model.placement.LATERAL_MAX``).
+    logged. ``max_offset_m``: how far from a lane the traffic models still put a vehicle on it (the encoding's
+    ``lane_assign_m``, the placement model's lateral bound).
     Cost O(N S) for N vehicles and S lane segments."""
     att = scene_attributes(scenario, t0)
     a, b, _ = _lane_segments(scenario)
     if not len(att["position"]) or not len(a):
         return att
     tr, e = scenario.tracks, scenario.ego_index
-    ego_xy, ego_h = tr.xy[e, t0], tr.heading[e, t0]
-    c, s = np.cos(ego_h), np.sin(ego_h)
-    xy = ego_xy + att["position"] @ np.array([[c, s], [-s, c]])              # ego frame -> world [N, 2]
+    ego = np.array([*tr.xy[e, t0], tr.heading[e, t0]])
+    xy = from_frame(att["position"], ego)                                     # world [N, 2]
     t, _, dist = point_to_segments(xy, a, b)                                   # [N, S]
+    n = np.arange(len(xy))
     j = dist.argmin(1)
-    far = dist[np.arange(len(xy)), j] > max_offset_m
+    far = dist[n, j] > max_offset_m
     ab = b[j] - a[j]
-    snapped = a[j] + t[np.arange(len(xy)), j][:, None] * ab                    # [N, 2] world
-    d = snapped - ego_xy
-    pos = np.stack([d @ np.array([c, s]), d @ np.array([-s, c])], -1)          # world -> ego frame
-    rel = wrap_angle(np.arctan2(ab[:, 1], ab[:, 0]) - ego_h)
+    pos = to_frame(a[j] + t[n, j][:, None] * ab, ego)                          # nearest lane point, ego frame
+    rel = wrap_angle(np.arctan2(ab[:, 1], ab[:, 0]) - ego[2])
     out = dict(att)
     out["position"] = np.where(far[:, None], pos, att["position"])
     out["heading"] = np.where(far[:, None], np.stack([np.cos(rel), np.sin(rel)], -1), att["heading"])
