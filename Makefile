@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 WAYMO_PROTOS := waymo-open-dataset-tf-2-12-0==1.6.7
 
-.PHONY: install demo test test-fast bench bench-gpu checkpoints clean help
+.PHONY: install demo test test-fast bench bench-gpu checkpoints checkpoints-hires clean help
 help:
 	@echo "make demo   - install if needed, run the main job on procedural data -> runs/demo/report.html"
 	@echo "make test   - install if needed, run the whole test suite"
 	@echo "make bench  - run the benchmarks -> benchmarks/results/*.json and the README table"
 	@echo "make bench-gpu - the GPU rows (needs CUDA) -> benchmarks/results/gpu_*.json and the README table"
 	@echo "make checkpoints - retrain the shipped tiny camera-view and scene3d checkpoints (about 1 h on 2 cores)"
+	@echo "make checkpoints-hires - retrain the shipped 128x224 camera-view checkpoint (about 2.5 h on 2 cores)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,10 @@ bench-gpu: $(STAMP)
 # configs/views/tiny.yaml + configs/scene3d/tiny.yaml, seeded, one thread per training process.
 checkpoints: $(STAMP)
 	$(BIN)/python -m bevgen.pretrained --out checkpoints --work runs/checkpoints
+
+# checkpoints/views_hires: configs/views/hires.yaml on the same frames, one process on every core.
+checkpoints-hires: $(STAMP)
+	$(BIN)/python -m bevgen.pretrained --hires --out checkpoints --work runs/checkpoints
 
 clean:
 	rm -rf runs .pytest_cache

@@ -590,6 +590,13 @@ def bench_views() -> dict:
     out |= evaluate_model(run, sets, bevseg_net(train_data), WORK / "eval")
     out["eval_seconds"] = round(time.perf_counter() - t0, 1)
     out["drive_flicker"] = drive_flicker(run)
+    hires = shipped("views_hires")
+    if hires is not None:  # the 128x224 model (make checkpoints-hires): same sets, same bevseg network
+        t0 = time.perf_counter()
+        out["hires"] = evaluate_model(hires, sets, bevseg_net(train_data), WORK / "eval_hires")
+        out["hires"]["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        out["hires"]["drive_flicker"] = drive_flicker(hires)
+        out["hires"]["sampling"] = bench_views_sampling(hires, threads=2, max_ar_forwards=32, repeats=5)
     return out
 
 
@@ -704,6 +711,43 @@ def bench_gpu_batched_sim() -> dict:
 
 
 GPU_BENCHES = {"gpu_traffic": bench_gpu_traffic, "gpu_batched_sim": bench_gpu_batched_sim}
+
+
+def _views_model_rows(v: dict, label: str) -> list[str]:
+    """README rows of one views model's held-out metrics and drive flicker (``bench_views`` output)."""
+    lines: list[str] = []
+    if "metrics" in v:
+        m = v["metrics"]
+        lines.append(f"| Views, {label} on held-out synthetic layouts: road / vehicle IoU, seams, FID | "
+                     f"{_r(m.get('road_iou'))} / {_r(m.get('vehicle_iou'))}, seams {_r(m.get('seam_consistency'))}, "
+                     f"FID {_r(m.get('fid'), 1)} ({m.get('fid_extractor')}) | ground truth (oracle): "
+                     f"{_r(m.get('road_iou_oracle'))} / {_r(m.get('vehicle_iou_oracle'))}, seams "
+                     f"{_r(m.get('seam_consistency_oracle'))} |")
+        for key, where in (("metrics", "held-out procedural maps"),
+                           ("metrics_real_maps", "3 held-out real maps, rendered")):
+            m = v.get(key)
+            if not m or m.get("vehicle_iou_oracle") is None:
+                continue
+            ratio = {k: (m[k] / m[f"{k}_oracle"] if m.get(k) is not None and m.get(f"{k}_oracle") else None)
+                     for k in ("vehicle_iou", "road_iou", "seam_consistency")}
+            bands = ("near", "mid", "far")
+            road = (f"; road share of the oracle near / mid / far "
+                    f"{' / '.join(str(_r(m[f'road_iou_{b}'] / m[f'road_iou_{b}_oracle'], 2)) for b in bands)}"
+                    if all(m.get(f"road_iou_{b}") is not None and m.get(f"road_iou_{b}_oracle") for b in bands) else "")
+            lines.append(f"| Views, {label}, {where}: vehicle IoU near / mid / far; share of the oracle "
+                         f"(vehicle, road, seams) | {_r(m.get('vehicle_iou_near'))} / {_r(m.get('vehicle_iou_mid'))} / "
+                         f"{_r(m.get('vehicle_iou_far'))}; {_r(ratio['vehicle_iou'], 2)}, {_r(ratio['road_iou'], 2)}, "
+                         f"{_r(ratio['seam_consistency'], 2)}{road} | targets 0.5, 0.9, 0.75 "
+                         f"(MagicDrive 0.80 / 0.84) |")
+    fl = v.get("drive_flicker") or {}
+    if fl.get("truth"):
+        lines.append(f"| Views, {label}, on a moving drive ({fl['frames']} frames, ego moves {fl['ego_moved_m']} m): "
+                     f"change of static pixels per frame, sequence decoding / independent frames | "
+                     f"{_r(fl['sequence'], 2)} / "
+                     f"{_r(fl['independent'], 2)} grey levels ({_r(fl['sequence_over_truth'], 2)}x / "
+                     f"{_r(fl['independent_over_truth'], 2)}x the ground truth's {_r(fl['truth'], 2)}) | "
+                     f"target <= 3x |")
+    return lines
 
 
 def _row_lines(results: dict) -> list[str]:
@@ -875,32 +919,19 @@ def _row_lines(results: dict) -> list[str]:
                          f"{_r(m['psnr'], 2)} dB, FID {_r(m['fid'], 1)}, {_r(m['road_iou'])} / "
                          f"{_r(m['vehicle_iou'])}{at64} | oracle {_r(m['road_iou_oracle'])} / "
                          f"{_r(m['vehicle_iou_oracle'])} |")
+    lines += _views_model_rows(v, "tiny model")
     if "metrics" in v:
-        m = v["metrics"]
-        lines.append(f"| Views, tiny model on held-out synthetic layouts: road / vehicle IoU, seams, FID | "
-                     f"{_r(m.get('road_iou'))} / {_r(m.get('vehicle_iou'))}, seams {_r(m.get('seam_consistency'))}, "
-                     f"FID {_r(m.get('fid'), 1)} ({m.get('fid_extractor')}) | ground truth (oracle): "
-                     f"{_r(m.get('road_iou_oracle'))} / {_r(m.get('vehicle_iou_oracle'))}, seams "
-                     f"{_r(m.get('seam_consistency_oracle'))} |")
-        for key, label in (("metrics", "held-out procedural maps"),
-                           ("metrics_real_maps", "3 held-out real maps, rendered")):
-            m = v.get(key)
-            if not m or m.get("vehicle_iou_oracle") is None:
-                continue
-            ratio = {k: (m[k] / m[f"{k}_oracle"] if m.get(k) is not None and m.get(f"{k}_oracle") else None)
-                     for k in ("vehicle_iou", "road_iou", "seam_consistency")}
-            bands = ("near", "mid", "far")
-            road = (f"; road share of the oracle near / mid / far "
-                    f"{' / '.join(str(_r(m[f'road_iou_{b}'] / m[f'road_iou_{b}_oracle'], 2)) for b in bands)}"
-                    if all(m.get(f"road_iou_{b}") is not None and m.get(f"road_iou_{b}_oracle") for b in bands) else "")
-            lines.append(f"| Views, tiny model, {label}: vehicle IoU near / mid / far; share of the oracle "
-                         f"(vehicle, road, seams) | {_r(m.get('vehicle_iou_near'))} / {_r(m.get('vehicle_iou_mid'))} / "
-                         f"{_r(m.get('vehicle_iou_far'))}; {_r(ratio['vehicle_iou'], 2)}, {_r(ratio['road_iou'], 2)}, "
-                         f"{_r(ratio['seam_consistency'], 2)}{road} | targets 0.5, 0.9, 0.75 "
-                         f"(MagicDrive 0.80 / 0.84) |")
         took = (f"{v['tiny_train_minutes']} min" if v.get("tiny_train_minutes") is not None
                 else v.get("tiny_train_note", "not measured"))
         lines.append(f"| Views tiny training (both stages, 2-core CPU) | {took} | target < 30 min |")
+    h = v.get("hires") or {}
+    sm = h.get("sampling") or {}
+    if sm.get("parallel_s") is not None:
+        lines.append(f"| Six views, 128x224 model (trained, checkpoints/views_hires), 2 threads: parallel "
+                     f"({sm.get('steps')} steps) vs token by token (estimated from "
+                     f"{sm.get('autoregressive_forwards_timed')} of its forwards) | {sm.get('parallel_s')} s vs "
+                     f"{sm.get('autoregressive_s')} s: **{sm.get('speedup')}x** | target <= 1.5 s and >= 10x |")
+    lines += _views_model_rows(h, "128x224 model")
     ab = results.get("views_ablation", {})
     for arm, a in (ab.get("arms") or {}).items():
         m = (a.get("metrics") or {}).get("procedural") or {}
@@ -921,13 +952,6 @@ def _row_lines(results: dict) -> list[str]:
         lines.append(f"| Views, tiny model sampled from the null layout (the floor), held-out procedural: vehicle / "
                      f"road IoU, seams, FID | {_r(floor['vehicle_iou'])} / {_r(floor['road_iou'])}, seams "
                      f"{_r(floor['seam_consistency'])}, FID {_r(floor['fid'], 1)} | conditioned: see the rows above |")
-    fl = v.get("drive_flicker") or {}
-    if fl.get("truth"):
-        lines.append(f"| Views on a moving drive ({fl['frames']} frames, ego moves {fl['ego_moved_m']} m): change of "
-                     f"static pixels per frame, sequence decoding / independent frames | {_r(fl['sequence'], 2)} / "
-                     f"{_r(fl['independent'], 2)} grey levels ({_r(fl['sequence_over_truth'], 2)}x / "
-                     f"{_r(fl['independent_over_truth'], 2)}x the ground truth's {_r(fl['truth'], 2)}) | "
-                     f"target <= 3x |")
     s3 = results.get("scene3d", {})
     if "images_per_second_64_cpu" in s3:
         lines.append(f"| scene3d renders, tiny preset (configs/scene3d/tiny.yaml), 64x64, CPU, batch 8 | "
