@@ -13,7 +13,7 @@ help:
 	@echo "make bench  - run the benchmarks -> benchmarks/results/*.json and the README table"
 	@echo "make bench-gpu - the GPU rows (needs CUDA) -> benchmarks/results/gpu_*.json and the README table"
 	@echo "make checkpoints - retrain the shipped tiny camera-view and scene3d checkpoints (about 1 h on 2 cores)"
-	@echo "make checkpoints-hires - retrain the shipped 128x224 camera-view checkpoint (about 2.5 h on 2 cores)"
+	@echo "make checkpoints-hires - train the 128x224 camera-view checkpoint into checkpoints/views_hires (not shipped; about 2.5 h on 2 cores)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

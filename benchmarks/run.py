@@ -587,13 +587,14 @@ def bench_views() -> dict:
         train_data = sets["metrics"]
         out["bevseg_trained_on"] = "held-out frames (make checkpoints' data not present)"
     t0 = time.perf_counter()
-    out |= evaluate_model(run, sets, bevseg_net(train_data), WORK / "eval")
+    bevseg = bevseg_net(train_data)
+    out |= evaluate_model(run, sets, bevseg, WORK / "eval")
     out["eval_seconds"] = round(time.perf_counter() - t0, 1)
     out["drive_flicker"] = drive_flicker(run)
     hires = shipped("views_hires")
     if hires is not None:  # the 128x224 model (make checkpoints-hires): same sets, same bevseg network
         t0 = time.perf_counter()
-        out["hires"] = evaluate_model(hires, sets, bevseg_net(train_data), WORK / "eval_hires")
+        out["hires"] = evaluate_model(hires, sets, bevseg, WORK / "eval_hires")
         out["hires"]["eval_seconds"] = round(time.perf_counter() - t0, 1)
         out["hires"]["drive_flicker"] = drive_flicker(hires)
         out["hires"]["sampling"] = bench_views_sampling(hires, threads=2, max_ar_forwards=32, repeats=5)
