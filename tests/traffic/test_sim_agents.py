@@ -9,7 +9,8 @@ import pytest
 from sim_bridge.scenario import Scenario
 from tests.conftest import make_straight_road_scenario
 from traffic.encoding import EncodingConfig
-from traffic.sim_agents import history_state, lane_rollouts, rollouts, sim_agents, track_noise
+from traffic.sim_agents import (history_state, keyframe_phase, keyframe_resample, lane_rollouts, rollouts,
+                                sim_agents, track_noise)
 
 SIGMA = 0.02  # m: tracking noise of the parked car
 
@@ -72,3 +73,41 @@ def test_model_rollouts_carry_each_tracks_own_noise():
     assert np.abs(dev.mean((0, 1))).max() < 0.005
     assert abs(dev.std() / (TRACK_NOISE_SCALE * s_xy[p]) - 1) < 0.1, (dev.std(), s_xy[p])
     assert np.abs(xy[:, w] - sc.tracks.xy[ix["walker"], 10]).max() == 0.0
+
+
+def _with_lead_track(xy: np.ndarray) -> Scenario:
+    """The straight-road scene with the lead car's positions replaced by ``xy`` [100, 2]."""
+    d = make_straight_road_scenario(length=100, origin=(0.0, 0.0))
+    d["tracks"]["lead"]["state"]["position"] = np.c_[xy, np.zeros(len(xy))]
+    return Scenario.from_dict(d)
+
+
+def test_keyframe_logs_are_recognised_and_rollouts_observed_the_same_way():
+    """A track made of keyframes every 5 steps (phase 2) joined by straight lines, as nuScenes' 2 Hz annotations
+    interpolated to 10 Hz: the phase is found; a tracked 10 Hz log (noise at every step) and smooth motion have
+    none. Resampled rollouts keep the keyframe poses, are straight between them and start at the current pose."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(100)
+    keys = steps[steps % 5 == 2]
+    kx = np.cumsum(rng.uniform(3.0, 5.0, len(keys)))                       # speed changes at every keyframe
+    x = np.interp(steps, keys, kx)
+    x[:2] = kx[0] - (2 - steps[:2]) * (kx[1] - kx[0]) / 5
+    lane_y = np.full(100, -1.75)
+    assert keyframe_phase(_with_lead_track(np.c_[x, lane_y]), current=10) == 2
+    assert keyframe_phase(_with_lead_track(np.c_[x + rng.normal(0, 0.05, 100), lane_y]), current=10) is None
+    assert keyframe_phase(_with_lead_track(np.c_[8.0 * 0.1 * steps, lane_y]), current=10) is None
+
+    R, A, F, current = 3, 2, 23, 10
+    t = np.arange(1, F + 1) * 0.1
+    xy = np.stack([np.stack([t ** 2 * (r + 1), np.sin(t) * (a + 1)], -1)
+                   for r in range(R) for a in range(A)]).reshape(R, A, F, 2)
+    h = np.broadcast_to(np.pi - 0.05 + 0.02 * np.arange(1, F + 1), (R, A, F)).copy()  # crosses +-pi
+    start_xy, start_h = np.zeros((A, 2)), np.full(A, np.pi - 0.05)
+    oxy, oh = keyframe_resample(xy, h, start_xy, start_h, current, phase=2)
+    future = np.arange(current + 1, current + 1 + F)
+    kept = (future - 2) % 5 == 0                                               # steps 12, 17, 22, 27, 32
+    assert np.allclose(oxy[:, :, kept], xy[:, :, kept]) and np.allclose(oxy[:, :, -1], xy[:, :, -1])
+    full = np.concatenate([np.broadcast_to(start_xy[None, :, None], (R, A, 1, 2)), oxy], 2)
+    bend = np.abs(full[:, :, 2:] - 2 * full[:, :, 1:-1] + full[:, :, :-2]).max((0, 1, 3))  # at future[:-1]
+    assert bend[~kept[:-1]].max() < 1e-9 and bend[kept[:-1]].min() > 1e-4
+    assert np.abs(np.angle(np.exp(1j * (oh - h)))).max() < 1e-9                # headings straight already, wrapped
