@@ -38,7 +38,6 @@ def tune_decoder(steps: int, adversarial_weight: float, out: Path, lr: float = 2
     codebook frozen). Cost per step: one encoder forward without grad, decoder forward/backward (and the
     discriminator's) over batch x 6 views: about 0.5 s at 64x112 on 2 cores."""
     import torch
-    import torch.nn.functional as F
     from views_eval import TRAIN_DATA
 
     from bevgen.pretrained import shipped
@@ -73,7 +72,7 @@ def tune_decoder(steps: int, adversarial_weight: float, out: Path, lr: float = 2
     batches = _batches(items, batch, cfg, torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(tok.decoder.parameters(), lr=lr, betas=(0.5, 0.9))
     adv = TokenizerAdversary(cfg.train, torch.device("cpu"), None, 1, lr_at=lambda i: 2e-4)
-    c, t0 = tok.cfg, time.perf_counter()
+    t0 = time.perf_counter()
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 20)
@@ -81,8 +80,7 @@ def tune_decoder(steps: int, adversarial_weight: float, out: Path, lr: float = 2
         with torch.no_grad():
             q, _, _ = tok._quantise(x)
         recon = tok.decoder(q)
-        grad = F.l1_loss(recon.diff(dim=-1), x.diff(dim=-1)) + F.l1_loss(recon.diff(dim=-2), x.diff(dim=-2))
-        loss = c.l1_weight * F.l1_loss(recon, x) + c.mse_weight * F.mse_loss(recon, x) + c.grad_weight * grad
+        loss = tok.reconstruction_loss(recon, x)["total"]
         if adv.active(step):
             loss = adv.losses(x, recon, loss, tok.decoder[-1].weight, step)["total"]
         opt.zero_grad(set_to_none=True)

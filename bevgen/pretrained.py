@@ -97,15 +97,9 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
     t0 = time.perf_counter()
     write_training_frames(work)
     times["data_s"] = time.perf_counter() - t0
-    bevgen = [sys.executable, "-m", "bevgen.cli"]
-    jobs = [bevgen + ["views", "train", "-c", str(REPO / "configs/views/tiny.yaml"), "--data",
-                      str(work / "camera_data"), "--out", str(work / "views"),
-                      "--set", f"train.generator_steps={VIEWS_GENERATOR_STEPS}"],
-            bevgen + ["scene3d", "train", "-c", str(REPO / "configs/scene3d/tiny.yaml"), "--data",
-                      str(work / "camera_data"), "--out", str(work / "scene3d")]]
-    for job, run in zip(jobs, ("views", "scene3d")):  # a finished or interrupted run continues
-        if (work / run / "checkpoints").exists():
-            job.append("--resume")
+    jobs = [_train_cmd("views", "configs/views/tiny.yaml", work, "views",
+                       f"train.generator_steps={VIEWS_GENERATOR_STEPS}"),
+            _train_cmd("scene3d", "configs/scene3d/tiny.yaml", work, "scene3d")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     if parallel:
@@ -118,8 +112,7 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
     times["training_s"] = time.perf_counter() - t0
     export_views(work / "views", out / "views_tiny")
     export_scene3d(work / "scene3d", out / "scene3d_tiny")
-    summary = {"seconds": times,
-               "files": {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*.pt"))}}
+    summary = {"seconds": times, "files": _sizes(out, out)}
     (out / "README.json").write_text(json.dumps({"made_by": "make checkpoints (python -m bevgen.pretrained)",
                                                  **summary}, indent=2))
     return summary
@@ -132,16 +125,28 @@ def build_hires(work: Path, out: Path = SHIPPED) -> dict:
     (tokenizer 900 steps ~40 min; generator 1500 steps at 4.4-5.3 s each)."""
     work, out = Path(work), Path(out)
     write_training_frames(work)
-    job = [sys.executable, "-m", "bevgen.cli", "views", "train", "-c", str(REPO / "configs/views/hires.yaml"),
-           "--data", str(work / "camera_data"), "--out", str(work / "views_hires"), "--set", "train.threads=0"]
-    if (work / "views_hires" / "checkpoints").exists():
-        job.append("--resume")
+    job = _train_cmd("views", "configs/views/hires.yaml", work, "views_hires", "train.threads=0")
     t0 = time.perf_counter()
     if subprocess.call(job):
         raise RuntimeError(f"training failed; logs in {work / 'views_hires'}")
     export_views(work / "views_hires", out / "views_hires")
-    return {"training_s": time.perf_counter() - t0,
-            "files": {str(p.relative_to(out)): p.stat().st_size for p in sorted((out / "views_hires").rglob("*.pt"))}}
+    return {"training_s": time.perf_counter() - t0, "files": _sizes(out / "views_hires", out)}
+
+
+def _train_cmd(model: str, config: str, work: Path, run: str, *overrides: str) -> list[str]:
+    """``bevgen MODEL train`` on ``work / "camera_data"`` into ``work / run`` with a repository config and
+    ``--set`` overrides; ``--resume`` when the run already has checkpoints (a finished or interrupted run
+    continues)."""
+    cmd = [sys.executable, "-m", "bevgen.cli", model, "train", "-c", str(REPO / config), "--data",
+           str(work / "camera_data"), "--out", str(work / run)]
+    for o in overrides:
+        cmd += ["--set", o]
+    return cmd + (["--resume"] if (work / run / "checkpoints").exists() else [])
+
+
+def _sizes(folder: Path, root: Path) -> dict[str, int]:
+    """Bytes of every .pt file under ``folder``, keyed by its path relative to ``root``."""
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(folder.rglob("*.pt"))}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -250,16 +250,13 @@ def keyframe_resample(xy: np.ndarray, h: np.ndarray, start_xy: np.ndarray, start
     (start_xy [A, 2], start_h [A]; heading unwrapped along the rollout), the steps after the last keyframe
     joined to the horizon's last pose. O(R A F)."""
     F = h.shape[-1]
-    t = np.arange(current, current + F + 1)                               # 0: the current pose
-    knots = np.flatnonzero((t - phase) % period == 0)
-    knots = np.unique(np.r_[0, knots, F])
-    hi = knots[np.searchsorted(knots, np.arange(F + 1))]                    # the knot at or after each step
-    lo = knots[np.maximum(np.searchsorted(knots, np.arange(F + 1)) - 1, 0)]
-    lo = np.where(hi == np.arange(F + 1), hi, lo)
-    w = np.where(hi > lo, (np.arange(F + 1) - lo) / np.maximum(hi - lo, 1), 0.0)
+    i = np.arange(F + 1)                                                    # 0: the current pose
+    knots = np.unique(np.r_[0, np.flatnonzero((current + i - phase) % period == 0), F])
+    k = np.clip(np.searchsorted(knots, i, side="right"), 1, len(knots) - 1)
+    lo, hi = knots[k - 1], knots[k]                                         # the knots around each step
+    w = (i - lo) / (hi - lo)
     P = np.concatenate([np.broadcast_to(start_xy[None, :, None], xy.shape[:2] + (1, 2)), xy], 2)
-    H = np.concatenate([np.broadcast_to(start_h[None, :, None], h.shape[:2] + (1,)), h], 2)
-    H = H[..., :1] + np.concatenate([np.zeros(h.shape[:2] + (1,)), np.cumsum(wrap_angle(np.diff(H, axis=2)), 2)], 2)
+    H = np.unwrap(np.concatenate([np.broadcast_to(start_h[None, :, None], h.shape[:2] + (1,)), h], 2), axis=2)
     out_xy = P[:, :, lo] * (1 - w)[:, None] + P[:, :, hi] * w[:, None]
     out_h = H[:, :, lo] * (1 - w) + H[:, :, hi] * w
     return out_xy[:, :, 1:], wrap_angle(out_h[:, :, 1:])

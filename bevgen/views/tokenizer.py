@@ -153,11 +153,17 @@ class VQAutoencoder(nn.Module):
         """
         q, idx, vq_loss = self._quantise(x)
         recon = self.decoder(q)
+        rec = self.reconstruction_loss(recon, x)
+        return rec | {"total": rec["total"] + vq_loss, "vq": vq_loss, "recon": recon, "idx": idx}
+
+    def reconstruction_loss(self, recon: Tensor, x: Tensor) -> dict[str, Tensor]:
+        """The decoder's losses of reconstructions ``recon`` of views ``x`` [b, 3, H, W]: total (weighted sum),
+        l1, mse, grad (L1 of horizontal and vertical image differences)."""
         c = self.cfg
         l1, mse = F.l1_loss(recon, x), F.mse_loss(recon, x)
         grad = (F.l1_loss(recon.diff(dim=-1), x.diff(dim=-1)) + F.l1_loss(recon.diff(dim=-2), x.diff(dim=-2)))
-        total = c.l1_weight * l1 + c.mse_weight * mse + c.grad_weight * grad + vq_loss
-        return {"total": total, "l1": l1, "mse": mse, "grad": grad, "vq": vq_loss, "recon": recon, "idx": idx}
+        return {"total": c.l1_weight * l1 + c.mse_weight * mse + c.grad_weight * grad, "l1": l1, "mse": mse,
+                "grad": grad}
 
     def usage(self, idx: Tensor) -> dict[str, float]:
         """Codebook statistics of token indices (any shape): fraction of codes used and perplexity
