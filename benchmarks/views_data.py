@@ -3,6 +3,7 @@
     python benchmarks/views_data.py prepare 256          # frames of procedural seeds 64..319 (+ the device copy)
     python benchmarks/views_data.py tiny 2500            # CPU: the shipped tiny model, 1500 -> 2500 steps on them
     python benchmarks/views_data.py tiny 1500 --scratch  # CPU: the tiny generator trained anew on them
+    python benchmarks/views_data.py tiny 1500 --scratch --object-loss 3   # ... its loss weighted on the boxes
     python benchmarks/views_data.py train 520            # on a CUDA machine, from the repository root (seconds)
     python benchmarks/views_data.py score RUN_OR_PT...   # selection frames; add --heldout for the held-out sets
 
@@ -102,9 +103,10 @@ def prepare(n: int) -> None:
     print(f"{len(index['frames'])} frames ({len(names[extra / 'camera_data'])} new) in {frames}")
 
 
-def tiny(steps: int, scratch: bool = False) -> Path:
+def tiny(steps: int, scratch: bool = False, object_loss: float = 0.0) -> Path:
     """CPU: the shipped tiny model fine-tuned on the 614 + new frames, or (``scratch``) its generator trained
-    anew on them over the shipped tokenizer (resumes; 2 threads)."""
+    anew on them over the shipped tokenizer, its loss weighted on tokens covered by boxes when ``object_loss``
+    (``generator.object_loss_weight``) is above 0 (resumes; 2 threads)."""
     from views_eval import TRAIN_DATA
 
     from bevgen.pretrained import shipped
@@ -113,14 +115,16 @@ def tiny(steps: int, scratch: bool = False) -> Path:
     from bevgen.views.train import train_views
     from runkit.config import load_config
 
-    base, run = WORK / "tiny_base", WORK / f"tiny_{'scratch_' if scratch else ''}{steps}"
+    base = WORK / "tiny_base"
+    run = WORK / (f"tiny_{'scratch_' if scratch else ''}{steps}" + (f"_w{object_loss:g}" if object_loss else ""))
     if not base.exists():  # the shipped weights with the split they were trained on (seed 0, 10% by scenario)
         shutil.copytree(shipped("views_tiny"), base)
         train, held = split_frames(json.loads((TRAIN_DATA / "index.json").read_text())["frames"], 0.1, 0)
         (base / "split.json").write_text(json.dumps({"train": list(train), "heldout": list(held)}))
     merge_datasets({"": TRAIN_DATA, "extra": WORK / "extra" / "camera_data"}, WORK / "merged")
     cfg = load_config(ViewsConfig, ROOT / "configs" / "views" / "tiny.yaml",
-                      [f"train.generator_steps={steps}", "train.threads=2"])
+                      [f"train.generator_steps={steps}", "train.threads=2",
+                       f"generator.object_loss_weight={object_loss}"])
     if scratch:
         if not (run / "split.json").exists():
             held = json.loads((base / "split.json").read_text())["heldout"]
@@ -259,7 +263,8 @@ if __name__ == "__main__":
     if sys.argv[1] == "prepare":
         prepare(int(sys.argv[2]))
     elif sys.argv[1] == "tiny":
-        tiny(int(sys.argv[2]), "--scratch" in sys.argv)
+        w = float(sys.argv[sys.argv.index("--object-loss") + 1]) if "--object-loss" in sys.argv else 0.0
+        tiny(int(sys.argv[2]), "--scratch" in sys.argv, w)
     elif sys.argv[1] == "train":
         train(float(sys.argv[2]), *(int(a) for a in sys.argv[3:5]), *sys.argv[5:6])
     else:
