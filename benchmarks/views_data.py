@@ -58,85 +58,75 @@ def _base_run() -> Path:
     return run
 
 
+def _frames() -> tuple[Path, list[str], list[str]]:
+    """The merged dataset of the 614 + new frames (links, ``WORK / "merged"``; the new ones named ``extra-*``),
+    its training names (every frame but the held-out ones) and the held-out names: the split the shipped models
+    were made with (seed 0, 10% of make checkpoints' frames by scenario; the selection frames come from it)."""
+    from views_eval import TRAIN_DATA
+
+    from bevgen.render.dataset import merge_datasets, split_frames
+
+    index = merge_datasets({"": TRAIN_DATA, "extra": WORK / "extra" / "camera_data"}, WORK / "merged")
+    _, held = split_frames(json.loads((TRAIN_DATA / "index.json").read_text())["frames"], 0.1, 0)
+    held = set(held)
+    return WORK / "merged", [n for n in index["frames"] if n not in held], [n for n in index["frames"] if n in held]
+
+
 def prepare(n: int) -> None:
     """Render the extra frames (resumable) and write the device copy of both arms' data."""
     import numpy as np
-    from views_eval import TRAIN_DATA
 
-    from bevgen.render.dataset import split_frames, write_synthetic_dataset
-    from bevgen.render.scene import SynthConfig
+    from bevgen.pretrained import write_training_frames
     from runkit.checkpoint import load_checkpoint, save_checkpoint
-    from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
-    extra = WORK / "extra"
-    generate_procedural(ProceduralConfig(num_scenarios=n, start_seed=64, steps=200, traffic_density=0.8, workers=2),
-                        extra / "scenarios", resume=True)
-    write_synthetic_dataset(extra / "scenarios", extra / "camera_data", SynthConfig(), frames_per_scenario=12,
-                            frame_stride=15, first_frame=10, workers=2, resume=True)
-    frames, names, index = CARRY / "frames", {}, None
-    (frames / "frames").mkdir(parents=True, exist_ok=True)
-    for src in (TRAIN_DATA, extra / "camera_data"):
-        idx = json.loads((src / "index.json").read_text())
-        if index is None:
-            index = idx
-        elif idx["rig"] != index["rig"] or idx.get("bev") != index.get("bev"):
-            raise SystemExit(f"{src}: another rig or BEV than {TRAIN_DATA}")
-        names[src] = idx["frames"]
-        for name in idx["frames"]:
-            dst = frames / "frames" / f"{name}.npz"
-            if not dst.exists():
-                z = dict(np.load(src / "frames" / f"{name}.npz"))
-                z.pop("depth", None)
-                z["semantic"] = np.zeros_like(z["semantic"])
-                np.savez_compressed(dst, **z)
-    index["frames"] = [n for v in names.values() for n in v]
-    (frames / "index.json").write_text(json.dumps(index, indent=1))
-    base = _base_run()
-    ck = load_checkpoint(base / "checkpoints" / "tokenizer.pt")
+    write_training_frames(WORK / "extra", num_scenarios=n, start_seed=64)
+    merged, train, held = _frames()
+    (CARRY / "frames" / "frames").mkdir(parents=True, exist_ok=True)
+    for name in train + held:
+        dst = CARRY / "frames" / "frames" / f"{name}.npz"
+        if not dst.exists():
+            z = dict(np.load(merged / "frames" / f"{name}.npz"))
+            z.pop("depth", None)
+            z["semantic"] = np.zeros_like(z["semantic"])
+            np.savez_compressed(dst, **z)
+    shutil.copy(merged / "index.json", CARRY / "frames" / "index.json")
+    ck = load_checkpoint(_base_run() / "checkpoints" / "tokenizer.pt")
     save_checkpoint(CARRY / "tokenizer.pt", **{k: ck[k] for k in ("model", "config", "step", "best_metric")})
-    split = json.loads((base / "split.json").read_text()) if (base / "split.json").exists() else None
-    if split is None:  # an exported checkpoint: the split make checkpoints-hires made (seed 0, 10% by scenario)
-        train, held = split_frames(names[TRAIN_DATA], 0.1, 0)
-        split = {"train": list(train), "heldout": list(held)}
-    for arm, train in (("A", split["train"]), ("B", split["train"] + names[extra / "camera_data"])):
-        (CARRY / f"split_{arm}.json").write_text(json.dumps({"train": train, "heldout": split["heldout"]}))
-    print(f"{len(index['frames'])} frames ({len(names[extra / 'camera_data'])} new) in {frames}")
+    arms = {"A": [n for n in train if not n.startswith("extra-")], "B": train}
+    for arm, names in arms.items():
+        (CARRY / f"split_{arm}.json").write_text(json.dumps({"train": names, "heldout": held}))
+    print(f"{len(train) + len(held)} frames in {CARRY / 'frames'}; arm A trains on {len(arms['A'])}, "
+          f"arm B on {len(arms['B'])}")
 
 
 def tiny(steps: int, scratch: bool = False, object_loss: float = 0.0) -> Path:
     """CPU: the shipped tiny model fine-tuned on the 614 + new frames, or (``scratch``) its generator trained
     anew on them over the shipped tokenizer, its loss weighted on tokens covered by boxes when ``object_loss``
     (``generator.object_loss_weight``) is above 0 (resumes; 2 threads)."""
-    from views_eval import TRAIN_DATA
-
     from bevgen.pretrained import shipped
-    from bevgen.render.dataset import merge_datasets, split_frames
     from bevgen.views.config import ViewsConfig
     from bevgen.views.train import train_views
     from runkit.config import load_config
 
     base = WORK / "tiny_base"
     run = WORK / (f"tiny_{'scratch_' if scratch else ''}{steps}" + (f"_w{object_loss:g}" if object_loss else ""))
-    if not base.exists():  # the shipped weights with the split they were trained on (seed 0, 10% by scenario)
+    merged, train, held = _frames()
+    if not base.exists():  # the shipped weights with the split they were made with (init_from keeps it held out)
         shutil.copytree(shipped("views_tiny"), base)
-        train, held = split_frames(json.loads((TRAIN_DATA / "index.json").read_text())["frames"], 0.1, 0)
-        (base / "split.json").write_text(json.dumps({"train": list(train), "heldout": list(held)}))
-    merge_datasets({"": TRAIN_DATA, "extra": WORK / "extra" / "camera_data"}, WORK / "merged")
+        (base / "split.json").write_text(json.dumps({"train": [n for n in train if not n.startswith("extra-")],
+                                                     "heldout": held}))
     cfg = load_config(ViewsConfig, ROOT / "configs" / "views" / "tiny.yaml",
                       [f"train.generator_steps={steps}", "train.threads=2",
                        f"generator.object_loss_weight={object_loss}"])
     if scratch:
         if not (run / "split.json").exists():
-            held = json.loads((base / "split.json").read_text())["heldout"]
-            names = json.loads((WORK / "merged" / "index.json").read_text())["frames"]
             (run / "checkpoints").mkdir(parents=True)
             shutil.copy(base / "checkpoints" / "tokenizer.pt", run / "checkpoints" / "tokenizer.pt")
-            (run / "split.json").write_text(json.dumps({"train": [n for n in names if n not in held],
-                                                        "heldout": held}))
-        summary = train_views(cfg, WORK / "merged", run, stage="generator",
+            (run / "split.json").write_text(json.dumps({"train": train, "heldout": held}))
+        summary = train_views(cfg, merged, run, stage="generator",
                               resume=(run / "checkpoints" / "generator.pt").exists())
     else:
-        summary = train_views(cfg, WORK / "merged", run, stage="generator", init_from=base)
+        summary = train_views(cfg, merged, run, stage="generator", init_from=base)
     print(json.dumps(summary, default=str))
     return run
 

@@ -69,13 +69,13 @@ def export_scene3d(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def write_training_frames(work: Path, num_scenarios: int = 64) -> Path:
-    """The shipped models' training frames: procedural seeds 0 .. num_scenarios - 1 (traffic density 0.8) in
-    ``work / "scenarios"``, 12 six-camera frames each (every 15 steps from step 10) in ``work / "camera_data"``
-    (resumable; returns the latter)."""
+def write_training_frames(work: Path, num_scenarios: int = 64, start_seed: int = 0) -> Path:
+    """The shipped models' training frames: procedural seeds start_seed .. start_seed + num_scenarios - 1 (traffic
+    density 0.8) in ``work / "scenarios"``, 12 six-camera frames each (every 15 steps from step 10) in
+    ``work / "camera_data"`` (resumable; returns the latter). Other seeds give more frames of the same recipe."""
     work = Path(work)
-    generate_procedural(ProceduralConfig(num_scenarios=num_scenarios, start_seed=0, steps=200, traffic_density=0.8,
-                                         workers=2), work / "scenarios", resume=True)
+    generate_procedural(ProceduralConfig(num_scenarios=num_scenarios, start_seed=start_seed, steps=200,
+                                         traffic_density=0.8, workers=2), work / "scenarios", resume=True)
     write_synthetic_dataset(work / "scenarios", work / "camera_data", SynthConfig(), frames_per_scenario=12,
                             frame_stride=15, first_frame=10, workers=2, resume=True)
     return work / "camera_data"
