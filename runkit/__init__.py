@@ -9,6 +9,7 @@ Nothing here knows about scenarios, cameras or models:
 * ``runkit.seeding``: ``seed_everything`` and ``stream_seed``.
 * ``runkit.distributed``: ``setup_distributed`` (rank, world size, device; torchrun or one process).
 * ``runkit.rundir``: a run directory's resume checks (``check_resume``, ``config_differences``).
+* ``runkit.links``: ``relative_symlink`` (links that survive moving the folder that holds both ends).
 
 Importing runkit (or any of its modules) does not import torch.
 """

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runkit.links import relative_symlink
 from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError, safe_load
 from sim_bridge.scenario import (MAPPING_FILE, SUMMARY_FILE, Scenario, ScenarioError, atomic_pickle,
                                  load_scenario)
@@ -130,7 +131,7 @@ def merge_datasets(roots: list[str | Path], out: str | Path) -> Path:
     that holds it (relative to ``out``), so MetaDrive and :class:`ScenarioDataset` read the union without a
     copy. A file name that two sources share (an augmented copy of a real scene keeps its name) is indexed
     under ``sd_<source folder>__<name without sd_>`` (MetaDrive reads only names that start with ``sd_``)
-    through a symbolic link in ``out``.
+    through a relative symbolic link in ``out``.
 
     Every source is opened (and so checked) first; ``out`` is rewritten only when all of them open.
     """
@@ -150,9 +151,9 @@ def merge_datasets(roots: list[str | Path], out: str | Path) -> Path:
                 mapping[key] = os.path.relpath(target.parent, out.resolve())
             else:
                 link = out / key
-                if link.is_symlink() or link.exists():
+                if link.exists() and not link.is_symlink():
                     link.unlink()
-                link.symlink_to(target)
+                relative_symlink(link, target)  # survives moving the folder that holds sources and merge
                 mapping[key] = ""
             summaries[key] = ds.summary.get(name, {})
     write_index(out, summaries, mapping)

@@ -34,6 +34,7 @@ from bevgen.layout import CHANNELS
 from bevgen.render.scene import SEMANTIC_CLASSES, SceneRenderer, SynthConfig
 from runkit.atomic import atomic_write, atomic_write_text
 from runkit.config import to_dict
+from runkit.links import relative_symlink
 from sim_bridge.boxes import Boxes3D
 from sim_bridge.dataset import ScenarioDataset
 
@@ -253,8 +254,10 @@ def merge_datasets(sources: dict[str, str | Path], out_dir: str | Path) -> dict:
     """One frame dataset over several (e.g. procedural frames + real-map frames), without copying frames.
 
     Frames become symbolic links ``out_dir/frames/<tag>-<name>.npz`` (tag "" keeps the name), so the same
-    scenario rendered twice (logged and traffic-augmented) stays two scenarios. Every source must have the
-    same rig and BEV settings (ValueError naming the first that differs). Idempotent: existing links are kept.
+    scenario rendered twice (logged and traffic-augmented) stays two scenarios. The links are relative
+    (:func:`runkit.links.relative_symlink`): moving a folder that holds the sources and the merge together keeps
+    them working. Every source must have the same rig and BEV settings (ValueError naming the first that
+    differs). Idempotent: existing links are kept; an absolute or dangling one from an older merge is replaced.
     Cost: O(frames) links.
 
     Args:
@@ -278,11 +281,9 @@ def merge_datasets(sources: dict[str, str | Path], out_dir: str | Path) -> dict:
         raise ValueError("merge_datasets: two sources hold frames of the same name; give them distinct tags")
     out_dir = Path(out_dir)
     (out_dir / "frames").mkdir(parents=True, exist_ok=True)
-    for tag, pairs in names.items():
+    for tag, pairs in names.items():  # relative links: moving the folder that holds sources and merge keeps them
         for merged, name in pairs:
-            link = out_dir / "frames" / f"{merged}.npz"
-            if not link.is_symlink():
-                link.symlink_to(roots[tag] / "frames" / f"{name}.npz")
+            relative_symlink(out_dir / "frames" / f"{merged}.npz", roots[tag] / "frames" / f"{name}.npz")
     return write_index(out_dir, frames, CameraRig.from_dict(indexes[first]["rig"]), indexes[first]["bev"], "merged",
                        {"sources": {t: str(r) for t, r in roots.items()}})
 

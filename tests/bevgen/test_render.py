@@ -246,3 +246,19 @@ def test_frame_dataset_and_split(scenario_dir, tmp_path):
     assert len(held) == 9 and len(train) + len(held) == len(names)
     assert split_frames(names, 0.3, seed=1) == (train, held)
     assert split_frames(ds.names, 0.5)[1] and split_frames(ds.names, 0.5)[0]
+
+
+def test_a_merged_frame_dataset_survives_moving_its_folder(scenario_dir, tmp_path):
+    import shutil
+
+    from bevgen.render.dataset import merge_datasets
+
+    work = tmp_path / "work"
+    write_synthetic_dataset(scenario_dir, work / "synth", SynthConfig(image_size=(32, 56), buildings=False),
+                            frames_per_scenario=1, progress=False, scenarios=["sd_road0.pkl"])
+    index = merge_datasets({"": work / "synth", "aug": work / "synth"}, work / "merged")
+    before = FrameDataset(work / "merged", names=["aug-sd_road0__0010"])[0]
+    shutil.move(work, tmp_path / "moved")                 # relative links: both ends moved together
+    after = FrameDataset(tmp_path / "moved" / "merged")
+    assert len(after) == len(index["frames"]) == 2 and "aug-sd_road0__0010" in after.names
+    assert np.array_equal(after[after.names.index("aug-sd_road0__0010")]["images"], before["images"])
