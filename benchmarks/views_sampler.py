@@ -2,15 +2,18 @@
 
     python benchmarks/views_sampler.py 1,1,12 1,0.7,12 0.5,0.5,24     # guidance,temperature,steps per setting
 
-Selection frames are never scored by the benchmarks: the shipped run's validation frames (``make checkpoints``'
-camera data, its 10% held-out scenarios, every 2nd frame) and the 4 real scenarios the benchmarks train on
-(``split_real``'s train part; nuScenes 0061, 0103, 0553, Waymo 2a1e) rendered every 0.5 s, every 2nd frame.
-The shipped tiny model was trained on the first set (its run kept its own 24 validation frames, procedural
-seeds 2 and 11, from a split of seeds 0-15 made before it was extended to seeds 0-63), so that set flatters the
-shipped model against any model trained without those frames; a third set, ``procedural_unseen`` (seeds
-20000-20003 with the training recipe, every 2nd frame), is unseen by every model here and is the one to
-compare the shipped model with others on. The held-out sets of ``views_eval`` (procedural seeds 10000+, the 3
-held-out real scenes) stay untouched. Each
+Selection frames are never scored by the benchmarks:
+
+* ``procedural_validation``: the validation split a from-scratch ``make checkpoints`` run makes (its camera
+  data's 10% held-out scenarios, every 2nd frame). The shipped tiny model was trained on these frames (its run
+  kept the 24 validation frames, seeds 2 and 11, of a split of seeds 0-15 made before it was extended to seeds
+  0-63), so this set flatters it against any model trained without them;
+* ``real_maps_train_scenes``: the 4 real scenarios the benchmarks train on (``split_real``'s train part;
+  nuScenes 0061, 0103, 0553, Waymo 2a1e) rendered every 0.5 s, every 2nd frame;
+* ``procedural_unseen``: procedural seeds 20000-20015 with the training recipe, every 2nd frame (79 frames),
+  unseen by every model here: the set to compare the shipped model with others on.
+
+The held-out sets of ``views_eval`` (procedural seeds 10000+, the 3 held-out real scenes) stay untouched. Each
 setting is scored with the benchmarks' evaluator (same bevseg network, same extractor) and printed as the
 share of the oracle; all rows go to ``benchmarks/work/views_sampler.json``.
 """
@@ -44,7 +47,7 @@ def selection_sets() -> dict[str, tuple[Path, list[str]]]:
         sets["real_maps_train_scenes"] = (real, json.loads((real / "index.json").read_text())["frames"][::2])
     from bevgen.pretrained import write_training_frames
 
-    unseen = write_training_frames(WORK / "selection_unseen", num_scenarios=4, start_seed=20_000)
+    unseen = write_training_frames(WORK / "selection_unseen", num_scenarios=16, start_seed=20_000)
     sets["procedural_unseen"] = (unseen, json.loads((unseen / "index.json").read_text())["frames"][::2])
     return sets
 
