@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def selection_sets() -> dict[str, tuple[Path, list[str]]]:
     from views_eval import REAL_DIR, TRAIN_DATA, WORK
 
+    from bevgen.pretrained import write_training_frames
     from bevgen.render.dataset import split_frames, write_synthetic_dataset
     from bevgen.render.scene import SynthConfig
     from sim_bridge.rl.experiment import split_real
@@ -45,8 +46,6 @@ def selection_sets() -> dict[str, tuple[Path, list[str]]]:
         write_synthetic_dataset(train, real, SynthConfig(), frames_per_scenario=24, frame_stride=5, first_frame=10,
                                 workers=2, resume=True, progress=False, repair=True)
         sets["real_maps_train_scenes"] = (real, json.loads((real / "index.json").read_text())["frames"][::2])
-    from bevgen.pretrained import write_training_frames
-
     unseen = write_training_frames(WORK / "selection_unseen", num_scenarios=16, start_seed=20_000)
     sets["procedural_unseen"] = (unseen, json.loads((unseen / "index.json").read_text())["frames"][::2])
     return sets

@@ -150,10 +150,7 @@ def merge_datasets(roots: list[str | Path], out: str | Path) -> Path:
             if key == name:
                 mapping[key] = os.path.relpath(target.parent, out.resolve())
             else:
-                link = out / key
-                if link.exists() and not link.is_symlink():
-                    link.unlink()
-                relative_symlink(link, target)  # survives moving the folder that holds sources and merge
+                relative_symlink(out / key, target)  # survives moving the folder that holds sources and merge
                 mapping[key] = ""
             summaries[key] = ds.summary.get(name, {})
     write_index(out, summaries, mapping)

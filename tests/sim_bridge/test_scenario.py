@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError, safe_load, safe_loads
-from sim_bridge.dataset import DatasetWriter, ScenarioDataset, write_index
+from sim_bridge.dataset import DatasetWriter, ScenarioDataset, merge_datasets, write_index
 from sim_bridge.scenario import Scenario, ScenarioError, load_scenario, load_scenario_dict, save_scenario
 from sim_bridge.sources.convert import iter_scenarionet_dir, write_items
+from tests.conftest import write_straight_road_scenarios
 
 
 # ---- typed view and round trip ------------------------------------------------------------------
@@ -287,3 +289,18 @@ def test_convert_directory_with_bad_files_keeps_good_ones(tmp_path, real_dir, ro
     assert [n for n, _ in report.repaired] == ["sd_training.tfrecord-00000-of-01000_8a346109094cd5aa.pkl"]
     assert len(ScenarioDataset(tmp_path / "out")) == 5
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_merged_scenario_index_survives_moving_its_folder(tmp_path):
+    work = tmp_path / "work"
+    a = write_straight_road_scenarios(work / "a", [(0.0, 8.0), (0.3, 6.0)])
+    b = write_straight_road_scenarios(work / "b", [(0.1, 9.0)])            # road0.pkl again: indexed through a link
+    before = ScenarioDataset(merge_datasets([a, b], work / "merged"))
+    assert len(before) == 3 and any((work / "merged").iterdir())
+    ids = [sc.id for sc in before]
+    shutil.move(work, tmp_path / "moved")
+    after = ScenarioDataset(tmp_path / "moved" / "merged")
+    assert [sc.id for sc in after] == ids
+    linked = after.names[-1]
+    assert linked.startswith("sd_b__") and (tmp_path / "moved" / "merged" / linked).is_symlink()
+    assert after.load(linked).tracks.speed[0, 0] == pytest.approx(9.0, abs=1e-6)
