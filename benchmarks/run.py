@@ -369,9 +369,10 @@ TRAFFIC_FRAMES = tuple(range(0, 120, 10))
 def _traffic_model() -> Path:
     """The tiny traffic model of the traffic and RL benchmarks, trained once (BEVGEN_TRAFFIC_STEPS steps, default
     1500, cosine learning-rate decay) on the 4 real training scenes, each encoded at 12 start frames (0, 1, ...,
-    11 s); the 3 other real scenes are held out. The earlier recipe (24 procedural + 4 real scenes, 400 steps,
-    frames 0-4 s) taught it MetaDrive's traffic, which starts at rest and accelerates: parked real cars drove
-    off in its rollouts."""
+    11 s), each sampled scene seen in a random frame (rotated about the ego, mirrored with probability 0.5: chosen
+    by leave-one-scene-out realism on the training scenes, docs/traffic_realism.md); the 3 other real scenes are
+    held out. The earlier recipe (24 procedural + 4 real scenes, 400 steps, frames 0-4 s) taught it MetaDrive's
+    traffic, which starts at rest and accelerates: parked real cars drove off in its rollouts."""
     from sim_bridge.rl.experiment import split_real
     from traffic.train import TrafficTrainConfig, load_models, train
 
@@ -381,13 +382,14 @@ def _traffic_model() -> Path:
     train_real, _, _ = split_real(REAL_DIR, work, held_out=3)
     run = work / "run"
     cfg = TrafficTrainConfig(data=(str(train_real),), steps=steps, batch_size=8, start_frames=TRAFFIC_FRAMES,
-                             checkpoint_every=500)
+                             checkpoint_every=500, symmetry="rotate_mirror")
     try:
         old = load_models(run)[2] if (run / "checkpoints" / "latest.pt").exists() else None
     except ValueError:  # a run of an older model version: retrain
         old = None
     if old is None or old.steps != steps or tuple(old.start_frames) != TRAFFIC_FRAMES or \
-            old.schedule != cfg.schedule or [Path(d).name for d in old.data] != [train_real.name]:
+            old.schedule != cfg.schedule or old.symmetry != cfg.symmetry or \
+            [Path(d).name for d in old.data] != [train_real.name]:
         import shutil
 
         shutil.rmtree(run, ignore_errors=True)

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = ["EncodingConfig", "encode_scene", "collate", "to_world", "to_scene", "agent_feature_rows", "MAP_TYPES",
-           "AGENT_TYPES", "MAP_FEATURES", "AGENT_FEATURES", "HIST_STEPS", "wrap", "point_to_segments"]
+           "AGENT_TYPES", "MAP_FEATURES", "AGENT_FEATURES", "HIST_STEPS", "wrap", "point_to_segments",
+           "transform_batch"]
 
 MAP_TYPES = ("lane", "road_line", "road_edge", "crosswalk")
 AGENT_TYPES = ("VEHICLE", "PEDESTRIAN", "CYCLIST")
@@ -285,3 +286,52 @@ def collate(scenes: list[EncodedScene]) -> SceneBatch:
     import torch
 
     return {k: torch.from_numpy(np.stack([s[k] for s in scenes])) for k in scenes[0]}
+
+
+def transform_batch(batch: SceneBatch, angle: Tensor, mirror: Tensor) -> SceneBatch:
+    """The same scenes seen in another scene frame: mirrored across the ego's x axis where ``mirror``, then
+    rotated by ``angle`` about the ego (a symmetry of the driving task, for training-time augmentation).
+
+    Every position, vector and heading of the batch moves with the frame (map vectors, agent states and features,
+    history, futures); the lane offsets' lateral and heading terms change sign under a mirror. Padding stays zero.
+
+    Args:
+        batch: collated scenes; angle: float [b] radians; mirror: bool [b].
+    Returns:
+        a new batch (the input is not modified). Cost: O(b (M + A T)).
+    """
+    import torch
+
+    s = 1.0 - 2.0 * mirror.to(angle.dtype)  # [b] +1 or -1
+    c, n = angle.cos(), angle.sin()
+    mat = torch.stack([torch.stack([c, -n * s], -1), torch.stack([n, c * s], -1)], -2)  # [b, 2, 2] R(angle) diag(1, s)
+
+    def vec(x: Tensor) -> Tensor:  # [b, ..., 2] -> same, transformed
+        m = mat.view(mat.shape[0], *([1] * (x.dim() - 2)), 2, 2)
+        return (m @ x[..., None]).squeeze(-1)
+
+    def head(h: Tensor, mask: Tensor) -> Tensor:
+        sv = s.view(-1, *([1] * (h.dim() - 1)))
+        return wrap(h * sv + angle.view_as(sv)) * mask
+
+    out = dict(batch)
+    mf = batch["map_feats"].clone()
+    mf[..., 0:2], mf[..., 2:4], mf[..., 4:6] = vec(mf[..., 0:2]), vec(mf[..., 2:4]), vec(mf[..., 4:6])
+    out["map_feats"], out["map_pts"] = mf, vec(batch["map_pts"])
+    st = batch["agent_state"].clone()
+    st[..., 0:2], st[..., 3:5] = vec(st[..., 0:2]), vec(st[..., 3:5])
+    st[..., 2] = head(st[..., 2], batch["agent_mask"])
+    out["agent_state"] = st
+    af = batch["agent_feats"].clone()
+    af[..., 0:2], af[..., 2:4], af[..., 4:6] = vec(af[..., 0:2]), vec(af[..., 2:4]), vec(af[..., 4:6])
+    out["agent_feats"] = af
+    out["agent_hist"] = vec(batch["agent_hist"])
+    fut = batch["future"].clone()
+    fut[..., 0:2] = vec(fut[..., 0:2])
+    fut[..., 2] = head(fut[..., 2], batch["future_mask"])
+    out["future"] = fut
+    off = batch["lane_offset"].clone()
+    off[..., 1:3] = off[..., 1:3] * s.view(-1, 1, 1)
+    out["lane_offset"] = off
+    return out
+

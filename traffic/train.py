@@ -28,7 +28,7 @@ from runkit.distributed import setup_distributed
 from runkit.rundir import check_resume
 from runkit.seeding import seed_everything, stream_seed
 from sim_bridge.dataset import ScenarioDataset
-from traffic.encoding import EncodingConfig, collate, encode_scene
+from traffic.encoding import EncodingConfig, collate, encode_scene, transform_batch
 
 # torch, tensorboard and traffic.model.* (torch) are imported lazily: configs load without the `ml` extra.
 
@@ -52,6 +52,10 @@ class TrafficTrainConfig:
     schedule: Literal["constant", "cosine"] = "cosine"
     """Learning rate after a 20-step warm-up: constant, or cosine decay to 5% of ``lr`` at the last step."""
     weight_decay: float = 1e-4
+    symmetry: Literal["none", "mirror", "rotate", "rotate_mirror"] = "none"
+    """Training-time augmentation: each sampled scene is seen in a random scene frame, rotated about the ego by an
+    angle uniform in [-pi, pi) ("rotate"), mirrored across the ego's heading with probability 0.5 ("mirror"; a
+    mirror swaps the side of the road traffic keeps to), or both ("rotate_mirror"). ``encoding.transform_batch``."""
     start_frames: tuple[int, ...] = (0, 10, 20, 30, 40)
     """Frames each scenario is encoded at (more training samples per scenario)."""
     checkpoint_every: int = 100
@@ -66,6 +70,8 @@ class TrafficTrainConfig:
             raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.symmetry not in ("none", "mirror", "rotate", "rotate_mirror"):
+            raise ValueError(f"symmetry must be 'none', 'mirror', 'rotate' or 'rotate_mirror', got {self.symmetry!r}")
         _model_config(self.preset)
 
 
@@ -161,6 +167,7 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
     # a resumed run replays the streams of step 0 (unlike views and scene3d, which pass the start step)
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, rank))  # batch indices (CPU)
     gen_dev = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, rank))  # sampling inside the models
+    gen_aug = torch.Generator().manual_seed(stream_seed(cfg.seed, rank) + 500)  # scene frames (cfg.symmetry; CPU)
 
     samples, problems = build_samples(cfg.data, cfg.encoding, cfg.start_frames, rank, world)
     if not samples:
@@ -194,7 +201,12 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and device.type == "cuda")
     for step in range(start, cfg.steps):
         idx = torch.randint(len(samples), (min(cfg.batch_size, len(samples)),), generator=gen).tolist()
-        batch = {k: v.to(device) for k, v in collate([samples[i] for i in idx]).items()}
+        batch = collate([samples[i] for i in idx])
+        if cfg.symmetry != "none":
+            angle = (torch.rand(len(idx), generator=gen_aug) * 2 - 1) * math.pi * cfg.symmetry.startswith("rotate")
+            mirror = torch.rand(len(idx), generator=gen_aug) < (0.0 if cfg.symmetry == "rotate" else 0.5)
+            batch = transform_batch(batch, angle, mirror)
+        batch = {k: v.to(device) for k, v in batch.items()}
         with autocast:
             lp, lt = net(batch, generator=gen_dev)
             total = lp["total"] + lt["total"]

@@ -62,14 +62,19 @@ def test_training_loss_falls_and_run_is_complete(traffic_run):
 
 
 def test_resume_continues(traffic_run, tmp_path):
+    """A resumed run goes on from its step; its last steps see the scenes in random frames (symmetry)."""
     run, _ = traffic_run
     import shutil
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    cfg = TrafficTrainConfig(**{**load_models(copy)[2].__dict__, "steps": 44})
+    cfg = TrafficTrainConfig(**{**load_models(copy)[2].__dict__, "steps": 44, "symmetry": "rotate_mirror"})
     summary = train(cfg, copy, resume=True, progress=False)
     assert summary["start_step"] == 40 and summary["final_step"] == 44 and len(summary["history"]) == 4
+    assert all(np.isfinite(h["total"]) for h in summary["history"])
+    assert "symmetry: rotate_mirror" in (copy / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="symmetry"):
+        TrafficTrainConfig(symmetry="flip")
 
 
 def test_generate_keeps_sizes_limits_and_replays(traffic_run, real_dir, tmp_path):

@@ -317,3 +317,40 @@ def test_cosine_schedule_warms_up_decays_to_its_floor_and_resumes_mid_schedule()
     assert opt.param_groups[0]["lr"] == pytest.approx(f[121])
     with pytest.raises(ValueError, match="schedule"):
         TrafficTrainConfig(schedule="linear")
+
+
+def test_a_rotated_or_mirrored_batch_is_the_same_scene_in_another_frame(batch):
+    """transform_batch (the training's symmetry augmentation) moves every geometric field with the frame: each
+    vehicle keeps its lateral offset (sign flipped by a mirror) and heading to its lane vector, futures keep
+    their heading along their motion, and a mirror applied twice or a rotation undone gives the batch back."""
+    from traffic.encoding import point_to_segments, transform_batch
+
+    b = _first(batch, 4)
+    angle, mirror = torch.tensor([0.7, -2.0, 3.0, 0.0]), torch.tensor([True, False, True, False])
+    t = transform_batch(b, angle, mirror)
+    sign = 1.0 - 2.0 * mirror.float()
+    for i in range(4):
+        lane = b["agent_lane"][i]
+        rows = (lane >= 0).nonzero().flatten().numpy()
+        assert len(rows)
+        pts, st = t["map_pts"][i].numpy(), t["agent_state"][i].numpy()
+        _, lat, _ = point_to_segments(st[rows, :2], pts[lane[rows], 0], pts[lane[rows], 1])
+        lat = lat[np.arange(len(rows)), np.arange(len(rows))]
+        assert np.abs(lat - sign[i].item() * b["lane_offset"][i, rows, 1].numpy()).max() < 1e-3
+        vec_heading = torch.atan2(t["map_feats"][i, lane[rows], 5], t["map_feats"][i, lane[rows], 4])
+        rel = _wrap(t["agent_state"][i, rows, 2] - vec_heading - t["lane_offset"][i, rows, 2])
+        assert rel.abs().max() < 1e-4
+        assert torch.allclose(t["map_pts"][i].flatten(-2) / 50.0, t["map_feats"][i, :, :4], atol=1e-5)
+    f, fm = t["future"], t["future_mask"]
+    step = f[:, :, 1:, :2] - f[:, :, :-1, :2]
+    moving = fm[:, :, 1:] & fm[:, :, :-1] & (step.norm(dim=-1) > 0.3)
+    assert moving.sum() > 50
+    assert _wrap(torch.atan2(step[..., 1], step[..., 0]) - f[:, :, 1:, 2])[moving].abs().median() < 0.05
+    back = transform_batch(t, torch.where(mirror, angle, -angle), mirror)  # a mirror is its own inverse
+    m = b["agent_mask"]
+    cols = [0, 1, 3, 4, 5, 6]
+    assert torch.allclose(back["agent_state"][m][:, cols], b["agent_state"][m][:, cols], atol=1e-4)
+    assert _wrap(back["agent_state"][m][:, 2] - b["agent_state"][m][:, 2]).abs().max() < 1e-4
+    assert torch.allclose(back["map_pts"], b["map_pts"], atol=1e-3)
+    assert torch.allclose(back["future"][..., :2], b["future"][..., :2], atol=1e-3)
+    assert torch.allclose(back["lane_offset"], b["lane_offset"])
