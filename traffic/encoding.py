@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, TypedDict
 import numpy as np
 
 from sim_bridge.scenario import LANE_TYPES, ROAD_EDGE_TYPES, ROAD_LINE_TYPES, Scenario
-from sim_bridge.geometry import from_frame, to_frame, vectors_to_frame
+from sim_bridge.geometry import from_frame, rotate, to_frame, vectors_to_frame
 from sim_bridge.geometry import wrap_angle as wrap
 from traffic.lanes import resample_polylines
 
@@ -303,12 +303,10 @@ def transform_batch(batch: SceneBatch, angle: Tensor, mirror: Tensor) -> SceneBa
     import torch
 
     s = 1.0 - 2.0 * mirror.to(angle.dtype)  # [b] +1 or -1
-    c, n = angle.cos(), angle.sin()
-    mat = torch.stack([torch.stack([c, -n * s], -1), torch.stack([n, c * s], -1)], -2)  # [b, 2, 2] R(angle) diag(1, s)
 
-    def vec(x: Tensor) -> Tensor:  # [b, ..., 2] -> same, transformed
-        m = mat.view(mat.shape[0], *([1] * (x.dim() - 2)), 2, 2)
-        return (m @ x[..., None]).squeeze(-1)
+    def vec(x: Tensor) -> Tensor:  # [b, ..., 2] -> same: y scaled by s (the mirror), then rotated by the angle
+        shape = (-1, *([1] * (x.dim() - 2)))
+        return rotate(torch.stack([x[..., 0], x[..., 1] * s.view(shape)], -1), angle.view(shape))
 
     def head(h: Tensor, mask: Tensor) -> Tensor:
         sv = s.view(-1, *([1] * (h.dim() - 1)))
@@ -334,4 +332,3 @@ def transform_batch(batch: SceneBatch, angle: Tensor, mirror: Tensor) -> SceneBa
     off[..., 1:3] = off[..., 1:3] * s.view(-1, 1, 1)
     out["lane_offset"] = off
     return out
-
