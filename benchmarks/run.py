@@ -366,6 +366,14 @@ def bench_rl_ablation() -> dict:
 TRAFFIC_FRAMES = tuple(range(0, 120, 10))
 
 
+def traffic_recipe(train_data: Path, steps: int = 1500):
+    """The benchmark's traffic training config on ``train_data`` (``_traffic_model``; ``traffic_cv.py``'s arms)."""
+    from traffic.train import TrafficTrainConfig
+
+    return TrafficTrainConfig(data=(str(train_data),), steps=steps, batch_size=8, start_frames=TRAFFIC_FRAMES,
+                              checkpoint_every=500, symmetry="rotate_mirror")
+
+
 def _traffic_model() -> Path:
     """The tiny traffic model of the traffic and RL benchmarks, trained once (BEVGEN_TRAFFIC_STEPS steps, default
     1500, cosine learning-rate decay) on the 4 real training scenes, each encoded at 12 start frames (0, 1, ...,
@@ -374,15 +382,14 @@ def _traffic_model() -> Path:
     held out. The earlier recipe (24 procedural + 4 real scenes, 400 steps, frames 0-4 s) taught it MetaDrive's
     traffic, which starts at rest and accelerates: parked real cars drove off in its rollouts."""
     from sim_bridge.rl.experiment import split_real
-    from traffic.train import TrafficTrainConfig, load_models, train
+    from traffic.train import load_models, train
 
     work = ROOT / "benchmarks" / "work" / "traffic"
     work.mkdir(parents=True, exist_ok=True)
     steps = int(os.environ.get("BEVGEN_TRAFFIC_STEPS", "1500"))
     train_real, _, _ = split_real(REAL_DIR, work, held_out=3)
     run = work / "run"
-    cfg = TrafficTrainConfig(data=(str(train_real),), steps=steps, batch_size=8, start_frames=TRAFFIC_FRAMES,
-                             checkpoint_every=500, symmetry="rotate_mirror")
+    cfg = traffic_recipe(train_real, steps)
     try:
         old = load_models(run)[2] if (run / "checkpoints" / "latest.pt").exists() else None
     except ValueError:  # a run of an older model version: retrain
