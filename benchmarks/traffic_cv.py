@@ -33,22 +33,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 WORK = ROOT / "benchmarks" / "work" / "traffic_cv"
-RESULTS = WORK / "results.jsonl"
 CV_STARTS = (10, 40, 70, 100)
 ROLLOUT_STEPS = 80
 
 
-def _splits() -> tuple[Path, Path]:
+def _splits(work: Path) -> tuple[Path, Path]:
     from run import REAL_DIR
     from sim_bridge.rl.experiment import split_real
 
     if not REAL_DIR.exists():
         raise SystemExit(f"no real scenes at {REAL_DIR}: the cross-validation needs them")
-    train_dir, test_dir, _ = split_real(REAL_DIR, WORK, held_out=3)
+    train_dir, test_dir, _ = split_real(REAL_DIR, work, held_out=3)
     return train_dir, test_dir
 
 
-def _fold_data(train_dir: Path, fold: int) -> tuple[Path, str]:
+def _fold_data(train_dir: Path, fold: int, work: Path) -> tuple[Path, str]:
     """The training split without its ``fold``-th scene (sorted by name), and that scene's name."""
     from sim_bridge.dataset import ScenarioDataset
     from sim_bridge.rl.experiment import write_items
@@ -56,7 +55,7 @@ def _fold_data(train_dir: Path, fold: int) -> tuple[Path, str]:
 
     src = ScenarioDataset(train_dir)
     names = sorted(src.names)
-    out = WORK / "folds" / f"fold{fold}"
+    out = work / "folds" / f"fold{fold}"
     items = ((n, load_scenario_dict(src.path_of(n))) for n in names if n != names[fold])
     report = write_items(items, out, lambda n, d: n, resume=True, repair=True)
     if report.failed:
@@ -89,26 +88,25 @@ def _realism(run: Path, scenes, current: int) -> float:
     return S.evaluate_realism(scenes, run, methods=("model",), seed=0, current=current)["model"]["meta_metric"]
 
 
-def _job(kind: str, arm: str, overrides: list[str], seed: int, fold: int | None) -> dict:
-    """One training run and its scores (in a worker process with 1 thread)."""
+def _job(kind: str, arm: str, overrides: list[str], seed: int, fold: int | None, data: Path, train_dir: Path,
+         test_dir: Path, val: str | None, work: Path) -> dict:
+    """One training run on ``data`` and its scores (in a worker process with 1 thread): ``cv`` scores the
+    training split's scene ``val`` (left out of ``data``), ``heldout`` the test and training splits."""
     import torch
 
     from runkit.config import to_dict
     from sim_bridge.dataset import ScenarioDataset
 
     torch.set_num_threads(1)
-    train_dir, test_dir = _splits()
     row: dict = {"kind": kind, "arm": arm, "overrides": overrides, "seed": seed}
+    cfg = _config(data, overrides, seed)
     if kind == "cv":
-        data, val = _fold_data(train_dir, fold)
-        cfg = _config(data, overrides, seed)
-        run = _trained(cfg, WORK / arm / f"fold{fold}_s{seed}")
+        run = _trained(cfg, work / arm / f"fold{fold}_s{seed}")
         sc = ScenarioDataset(train_dir).load(val)
         windows = {c: _realism(run, [sc], c) for c in CV_STARTS if c + ROLLOUT_STEPS < sc.length}
         row.update(fold=fold, scene=val, windows=windows, score=sum(windows.values()) / len(windows))
     else:
-        cfg = _config(train_dir, overrides, seed)
-        run = _trained(cfg, WORK / arm / f"full_s{seed}")
+        run = _trained(cfg, work / arm / f"full_s{seed}")
         for split, d in (("heldout", test_dir), ("train", train_dir)):
             ds = ScenarioDataset(d)
             row[split] = _realism(run, [ds.load(n) for n in sorted(ds.names)], 10)
@@ -117,24 +115,32 @@ def _job(kind: str, arm: str, overrides: list[str], seed: int, fold: int | None)
     return row
 
 
-def _done() -> list[dict]:
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()] if RESULTS.exists() else []
+def _done(work: Path = WORK) -> list[dict]:
+    """Every result row so far (``work / "results.jsonl"``)."""
+    path = work / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def run_jobs(kind: str, arm: str, overrides: list[str], seeds: list[int], jobs: int) -> list[dict]:
+def run_jobs(kind: str, arm: str, overrides: list[str], seeds: list[int], jobs: int = 2,
+             work: Path = WORK) -> list[dict]:
+    """Train and score every (seed, fold) of ``arm`` not measured yet, ``jobs`` at a time; returns the new rows."""
     from tqdm.auto import tqdm
 
-    rows = _done()
+    from sim_bridge.dataset import ScenarioDataset
+
+    rows = _done(work)
     for r in rows:
         if r["arm"] == arm and r["overrides"] != overrides:
             raise SystemExit(f"arm '{arm}' was measured with {r['overrides']}, not {overrides}: choose another name")
+    _config(work, overrides, 0)  # a bad override fails here, naming the key, before anything trains
+    train_dir, test_dir = _splits(work)  # written here, once, before the workers read them
+    if kind == "cv":  # (fold, its training data, the scene it leaves out)
+        parts = [(f, *_fold_data(train_dir, f, work)) for f in range(len(ScenarioDataset(train_dir).names))]
+    else:
+        parts = [(None, train_dir, None)]
     have = {(r["kind"], r["seed"], r.get("fold")) for r in rows if r["arm"] == arm}
-    todo = [(kind, arm, overrides, s, f) for s in seeds for f in (range(4) if kind == "cv" else [None])
+    todo = [(kind, arm, overrides, s, f, data, train_dir, test_dir, val, work) for s in seeds for f, data, val in parts
             if (kind, s, f) not in have]
-    train_dir, _ = _splits()  # written here, before the workers read them
-    if kind == "cv":
-        for fold in range(4):
-            _fold_data(train_dir, fold)
     new = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(_job, *t): t for t in todo}
@@ -142,9 +148,9 @@ def run_jobs(kind: str, arm: str, overrides: list[str], seeds: list[int], jobs: 
             try:
                 row = fut.result()
             except Exception:  # one failed run is reported; the others go on
-                print(f"job {futures[fut][3:]} failed:\n{traceback.format_exc()}", file=sys.stderr)
+                print(f"job (seed, fold) {futures[fut][3:5]} failed:\n{traceback.format_exc()}", file=sys.stderr)
                 continue
-            with RESULTS.open("a") as f:
+            with (work / "results.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
             new.append(row)
     return new
@@ -166,6 +172,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from runkit.config import ConfigError
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -179,7 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("table", help="print every arm measured so far")
     a = p.parse_args(argv)
     if a.cmd != "table":
-        run_jobs(a.cmd, a.arm, a.overrides, a.seeds, a.jobs)
+        try:
+            run_jobs(a.cmd, a.arm, a.overrides, a.seeds, a.jobs)
+        except ConfigError as e:  # a bad --set names its key
+            raise SystemExit(f"--set: {e}") from None
     print(table(_done()))
 
 
