@@ -4,7 +4,8 @@
 
 Recipe (:func:`build`): procedural scenarios (MetaDrive maps + IDM traffic, seeds 0-63, denser traffic than
 the default) -> synthetic six-camera dataset (pybullet CPU renderer, 128x224) -> ``configs/views/tiny.yaml``
-(generator steps: ``VIEWS_GENERATOR_STEPS``) -> ``configs/scene3d/tiny.yaml``; then only the weights and
+(generator steps: ``VIEWS_GENERATOR_STEPS``; then its decoder learns to read the layout through every pixel,
+``VIEWS_DECODER_STEPS``, its own weights frozen) -> ``configs/scene3d/tiny.yaml``; then only the weights and
 configs are exported (no optimizer state), read back with ``weights_only=True`` by the ordinary loaders
 (``bevgen.views.sample.load_views``, ``bevgen.scene3d.train.load_scene3d``). Every step is seeded and runs on
 one CPU thread per process, so the same versions on the same kind of machine reproduce the same files; the
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from bevgen.render.dataset import write_synthetic_dataset
 from bevgen.render.scene import SynthConfig
+from bevgen.views.decoder_tune import tune_decoder
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
@@ -37,6 +39,10 @@ _FILES = {"views_tiny": ("checkpoints/tokenizer.pt", "checkpoints/generator.pt")
           "scene3d_tiny": ("checkpoints/latest.pt",)}
 VIEWS_GENERATOR_STEPS = 1500
 """Generator steps of the shipped views model (the tiny preset itself stops at 600 for a quick user run)."""
+VIEWS_DECODER_STEPS = 1200
+"""Steps of the shipped views model's layout injection (``bevgen.views.decoder_tune``, the decoder's own weights
+frozen), trained after the generator over the frozen encoder and codebook (reconstruction losses, 2 threads:
+about 7.5 min)."""
 
 
 def shipped(name: str, root: Path = SHIPPED) -> Path | None:
@@ -51,7 +57,7 @@ def export_views(run_dir: Path, out: Path) -> Path:
         ck = load_checkpoint(run_dir / "checkpoints" / f"{name}.pt")
         save_checkpoint(out / "checkpoints" / f"{name}.pt",
                         **{k: ck[k] for k in ("model", "config", "step", "best_metric")})
-    for extra in ("config.yaml", "train_summary.json"):
+    for extra in ("config.yaml", "train_summary.json", "decoder_tune.json"):
         if (run_dir / extra).exists():
             (out / extra).write_bytes((run_dir / extra).read_bytes())
     return out
@@ -110,7 +116,11 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
     if any(codes):
         raise RuntimeError(f"training failed (exit codes views={codes[0]}, scene3d={codes[1]}); logs in {work}")
     times["training_s"] = time.perf_counter() - t0
-    export_views(work / "views", out / "views_tiny")
+    t0 = time.perf_counter()
+    tune_decoder(work / "views", work / "camera_data", work / "views_layout", steps=VIEWS_DECODER_STEPS, threads=2,
+                 train_decoder=False)
+    times["decoder_s"] = time.perf_counter() - t0
+    export_views(work / "views_layout", out / "views_tiny")
     export_scene3d(work / "scene3d", out / "scene3d_tiny")
     summary = {"seconds": times, "files": _sizes(out, out)}
     (out / "README.json").write_text(json.dumps({"made_by": "make checkpoints (python -m bevgen.pretrained)",

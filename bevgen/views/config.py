@@ -79,6 +79,10 @@ class TokenizerConfig:
     grad_weight: float = 0.5
     """Weight of the L1 loss on image gradients (finite differences): sharpens edges without a
     pretrained perceptual network."""
+    layout_channels: int = 0
+    """Channels of the layout seen through every pixel (``projection.layout_projection`` at one ray per pixel:
+    ``projection_channels(data.bev_channels, generator.num_classes)``) that the decoder adds, through
+    zero-initialised convolutions, at each of its scales; 0 = the decoder reads the tokens alone."""
 
     def __post_init__(self):
         stages = {4: 2, 8: 3, 16: 4}[self.downsample]
@@ -236,6 +240,10 @@ class ViewsConfig:
         if H % s or W % s:
             raise ValueError(f"data.image_size {self.data.image_size} must be divisible by "
                              f"tokenizer.downsample {s}; e.g. use {(H // s * s, W // s * s)}")
+        want = self.data.bev_channels + self.generator.num_classes + 8  # projection.projection_channels
+        if self.tokenizer.layout_channels not in (0, want):
+            raise ValueError(f"tokenizer.layout_channels must be 0 (tokens only) or {want} (data.bev_channels + "
+                             f"generator.num_classes + 8), got {self.tokenizer.layout_channels}")
 
     @property
     def token_grid(self) -> tuple[int, int]:

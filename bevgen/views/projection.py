@@ -32,7 +32,7 @@ from torch import Tensor
 from bevgen.views.attention import token_rays
 from sim_bridge.boxes import Boxes3D
 
-__all__ = ["ray_box_hits", "layout_projection", "projection_channels", "box_coverage",
+__all__ = ["ray_box_hits", "layout_projection", "pixel_layout", "projection_channels", "box_coverage",
            "MAX_DEPTH_M"]
 
 MAX_DEPTH_M = 100.0
@@ -130,3 +130,19 @@ def layout_projection(bev: Tensor, boxes: Boxes3D, K: Tensor, T_cam_from_ego: Te
 def box_coverage(features: Tensor, bev_channels: int, num_classes: int) -> Tensor:
     """Fraction of each token's rays that hit a box: [..., c] projection features -> [...]."""
     return features[..., bev_channels + num_classes]
+
+
+def pixel_layout(batch: dict[str, Tensor], image_size: tuple[int, int], range_m: float, num_classes: int,
+                 max_objects: int) -> Tensor:
+    """The layout seen through every pixel (one ray per pixel centre), for a decoder that reads it.
+
+    Args:
+        batch: a collated ``FrameDataset`` dict at the model's image size (bev, boxes / classes / box_valid, K,
+            T_cam_from_ego). image_size: (H, W). range_m, num_classes, max_objects: the generator's settings.
+    Returns:
+        [b v, projection_channels(C, num_classes), H, W] float32. O(b v H W (m + C)).
+    """
+    boxes = Boxes3D.from_array(batch["boxes"], batch["classes"], batch["box_valid"].bool())[:, :max_objects]
+    feats = layout_projection(batch["bev"], boxes, batch["K"], batch["T_cam_from_ego"], tuple(image_size), 1, 1,
+                              range_m, num_classes)
+    return rearrange(feats, "b v H W c -> (b v) c H W")

@@ -37,6 +37,7 @@ from bevgen.layout import BevLayout
 from bevgen.views.bevseg import resize_views
 from bevgen.views.config import ViewsConfig, config_differences, with_legacy_defaults
 from bevgen.views.generator import Context, ViewsTransformer
+from bevgen.views.projection import pixel_layout
 from bevgen.views.tokenizer import VQAutoencoder
 from runkit.checkpoint import load_checkpoint
 from runkit.config import from_dict
@@ -230,11 +231,24 @@ class ViewsPipeline:
             tokens[:, i] = _sample(self._logits(tokens, ctx, guidance)[:, i], temperature, generator)[0]
         return tokens
 
-    def tokens_to_images(self, tokens: Tensor) -> Tensor:
-        """[b, n] code indices -> uint8 [b, v, 3, H, W]."""
+    def pixel_layout(self, batch: dict) -> Tensor | None:
+        """The layout seen through every pixel, [b v, c, H, W] (``projection.pixel_layout``), for a decoder that
+        reads it (``tokenizer.layout_channels`` > 0); None for a tokens-only decoder."""
+        if not self.tokenizer.cfg.layout_channels:
+            return None
+        g = self.generator
+        return pixel_layout(batch, self.image_size, g.range_m, g.cfg.num_classes, g.cfg.max_objects)
+
+    def tokens_to_images(self, tokens: Tensor, batch: dict | None = None) -> Tensor:
+        """[b, n] code indices -> uint8 [b, v, 3, H, W]; ``batch`` (the frames' condition at the model's image
+        size) is needed by a decoder that reads the layout (``tokenizer.layout_channels`` > 0)."""
         h, w = self.config.token_grid
         grid = rearrange(tokens, "b (v h w) -> (b v) h w", v=self.num_views, h=h, w=w)
-        return rearrange(unit_to_uint8(self.tokenizer.decode(grid)), "(b v) c H W -> b v c H W", v=self.num_views)
+        if self.tokenizer.cfg.layout_channels and batch is None:
+            raise ValueError("this model's decoder reads the layout: pass the frames' condition batch")
+        layout = None if batch is None else self.pixel_layout(batch)
+        images = self.tokenizer.decode(grid, layout)
+        return rearrange(unit_to_uint8(images), "(b v) c H W -> b v c H W", v=self.num_views)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
@@ -245,10 +259,11 @@ class ViewsPipeline:
         return rearrange(idx, "(b v) h w -> b (v h w)", b=b)
 
     @torch.no_grad()
-    def reconstruct(self, images: Tensor) -> Tensor:
-        """Tokenizer round trip (the quality ceiling of generation): uint8 [b, v, 3, H, W] -> same."""
+    def reconstruct(self, images: Tensor, batch: dict | None = None) -> Tensor:
+        """Tokenizer round trip (the quality ceiling of generation): uint8 [b, v, 3, H, W] -> same; ``batch``:
+        the frames' condition, for a decoder that reads the layout (see :meth:`tokens_to_images`)."""
         with self._eval_mode():
-            return self.tokens_to_images(self.encode(images))
+            return self.tokens_to_images(self.encode(images), batch)
 
     @torch.no_grad()
     def __call__(self, batch: dict | BevLayout | Sequence[BevLayout], rig: CameraRig | None = None,
@@ -287,7 +302,10 @@ class ViewsPipeline:
                 tokens = self.decode_parallel(ctx, b, steps, guidance, temperature, gen)
             else:
                 tokens = self.decode_autoregressive(ctx, b, guidance, temperature, gen)
-            return ViewsOutput(self.tokens_to_images(tokens), names)
+            if unconditional:  # the decoder sees the null layout too: the rig's geometry, no raster and no boxes
+                batch = {**batch, "bev": torch.zeros_like(batch["bev"]),
+                         "box_valid": torch.zeros_like(batch["box_valid"])}
+            return ViewsOutput(self.tokens_to_images(tokens, batch), names)
 
     def _temperature(self, temperature: float | None) -> float:
         return float(self.config.train.sample_temperature if temperature is None else temperature)
@@ -343,7 +361,7 @@ class ViewsPipeline:
                 prev = self.decode_parallel(self._context(row, guidance), 1, steps, guidance, temperature, gen,
                                             init=init)[0]
                 out.append(prev)
-            return ViewsOutput(self.tokens_to_images(torch.stack(out)), names)
+            return ViewsOutput(self.tokens_to_images(torch.stack(out), batch), names)
 
 
 def load_views(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") -> ViewsPipeline:

@@ -97,6 +97,13 @@ class VectorQuantizer(nn.Module):
             self.unused_steps[dead] = 0
 
 
+def _zero_out(net: nn.Sequential) -> nn.Sequential:
+    """``net`` with its last convolution's weight and bias set to zero (its output starts at 0)."""
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net
+
+
 class VQAutoencoder(nn.Module):
     """Per-view VQ autoencoder: images [b, 3, H, W] in [-1, 1] <-> tokens [b, H/s, W/s].
 
@@ -117,12 +124,24 @@ class VQAutoencoder(nn.Module):
         self.encoder = nn.Sequential(*enc)
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.commitment, cfg.dead_code_steps)
         dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, cin, 3, padding=1), ResBlock(cin, cin)]
+        points = [(1, cin)]  # (decoder layer, width) after which the layout is added
         for w in reversed(widths):  # each stage: nearest 2x upsample, conv, res blocks
             dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, w, 3, padding=1)]
             dec += [ResBlock(w, w) for _ in range(cfg.res_blocks)]
+            points.append((len(dec) - 1, w))
             cin = w
         dec += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
+        # Layout-aware decoding: after the token-resolution block and after each upsampling stage, the layout
+        # seen through the pixels (pooled to that scale) is added through a small conv net whose last layer
+        # starts at zero, so a tokens-only decoder is where training starts (ControlNet's zero convolution).
+        self.layout_in: nn.ModuleList | None = None
+        self._inject: dict[int, int] = {}  # decoder layer index -> layout_in index
+        if cfg.layout_channels:
+            self._inject = {at: j for j, (at, _) in enumerate(points)}
+            self.layout_in = nn.ModuleList([_zero_out(nn.Sequential(
+                nn.Conv2d(cfg.layout_channels, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, w, 3, padding=1)))
+                for _, w in points])
 
     @property
     def codebook_size(self) -> int:
@@ -140,19 +159,37 @@ class VQAutoencoder(nn.Module):
         """Images [b, 3, H, W] in [-1, 1] -> token indices [b, H/s, W/s] (int64)."""
         return self._quantise(x)[1]
 
-    def decode(self, idx: Tensor) -> Tensor:
-        """Token indices [b, h, w] -> images [b, 3, h s, w s], roughly in [-1, 1] (not clamped)."""
+    def decode(self, idx: Tensor, layout: Tensor | None = None) -> Tensor:
+        """Token indices [b, h, w] -> images [b, 3, h s, w s], roughly in [-1, 1] (not clamped); ``layout``
+        [b, layout_channels, h s, w s] is required when ``cfg.layout_channels`` > 0."""
         q = self.quantizer.codes[idx]  # [b, h, w, d]
-        return self.decoder(rearrange(q, "b h w d -> b d h w"))
+        return self.run_decoder(rearrange(q, "b h w d -> b d h w"), layout)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Reconstruction losses of images [b, 3, H, W] in [-1, 1].
+    def run_decoder(self, q: Tensor, layout: Tensor | None = None) -> Tensor:
+        """Quantised codes [b, d, h, w] (+ the layout through every pixel [b, c, H, W]) -> images [b, 3, H, W].
+        The layout is average-pooled to each injection scale: O(b H W c) on top of the convolutions."""
+        if self.layout_in is None:
+            return self.decoder(q)
+        if layout is None or layout.shape[1] != self.cfg.layout_channels:
+            got = None if layout is None else tuple(layout.shape)
+            raise ValueError(f"this decoder reads the layout through every pixel ([b, {self.cfg.layout_channels}, "
+                             f"H, W]); got {got}")
+        x = q
+        for i, layer in enumerate(self.decoder):
+            x = layer(x)
+            j = self._inject.get(i)
+            if j is not None:
+                x = x + self.layout_in[j](F.adaptive_avg_pool2d(layout.to(x.dtype), x.shape[-2:]))
+        return x
+
+    def forward(self, x: Tensor, layout: Tensor | None = None) -> dict[str, Tensor]:
+        """Reconstruction losses of images [b, 3, H, W] in [-1, 1] (``layout``: as :meth:`run_decoder`).
 
         Returns:
             dict with total, l1, mse, grad, vq (scalars), recon [b, 3, H, W], idx [b, h, w].
         """
         q, idx, vq_loss = self._quantise(x)
-        recon = self.decoder(q)
+        recon = self.run_decoder(q, layout)
         rec = self.reconstruction_loss(recon, x)
         return rec | {"total": rec["total"] + vq_loss, "vq": vq_loss, "recon": recon, "idx": idx}
 

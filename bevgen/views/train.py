@@ -190,7 +190,7 @@ def _write_samples(writer, run_dir: Path, pipe, preview: dict, step: int, tag: s
     import cv2
 
     gen = pipe(preview, steps=pipe.config.train.sample_steps, seed=0).images
-    recon = pipe.reconstruct(preview["images"])
+    recon = pipe.reconstruct(preview["images"], preview)
     grid = sample_grid([[preview["images"][b], recon[b], gen[b]] for b in range(len(gen))])
     writer.add_image(f"samples/{tag}", grid, step)
     (run_dir / "samples").mkdir(exist_ok=True)
@@ -243,6 +243,7 @@ def _train_tokenizer(tok, items_or_ds, ctx: dict, resume: bool) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    from bevgen.views.projection import pixel_layout
     from bevgen.views.sample import images_to_unit
 
     cfg, device, path = ctx["cfg"], ctx["device"], ctx["run_dir"] / "checkpoints" / "tokenizer.pt"
@@ -260,8 +261,13 @@ def _train_tokenizer(tok, items_or_ds, ctx: dict, resume: bool) -> dict:
         nonlocal step
         if ctx["world"] > 1:  # dead-code restarts happen per rank: keep rank 0's codebook everywhere
             dist.broadcast(tok.quantizer.codebook.data, 0)
-        x = images_to_unit(next(batches)["images"].to(device).flatten(0, 1))
-        out = net(x)
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        x = images_to_unit(batch["images"].flatten(0, 1))
+        layout = None
+        if cfg.tokenizer.layout_channels:
+            g = cfg.generator
+            layout = pixel_layout(batch, cfg.data.image_size, cfg.data.bev_range_m, g.num_classes, g.max_objects)
+        out = net(x, layout)
         stats = tok.usage(out["idx"])
         losses = {k: out[k] for k in ("total", "l1", "mse", "grad", "vq")}
         if adv.active(step):

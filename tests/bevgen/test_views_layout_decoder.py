@@ -1,0 +1,176 @@
+"""A decoder that reads the layout through every pixel (``tokenizer.layout_channels``): it starts as the
+tokens-only decoder, refuses to run without the layout, and a tiny model trained with it learns to use it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bevgen.views.config import TokenizerConfig, ViewsConfig  # noqa: E402
+from bevgen.views.projection import pixel_layout, projection_channels  # noqa: E402
+from bevgen.views.tokenizer import VQAutoencoder  # noqa: E402
+from tests.bevgen.test_views_model import (_one_thread, _synthetic_batch, _tiny_config,  # noqa: E402, F401
+                                           frames_dir, trained)
+
+LAYOUT = projection_channels(8, 4)
+
+
+def test_layout_decoder_starts_as_the_tokens_only_decoder_and_needs_the_layout():
+    torch.manual_seed(0)
+    plain = VQAutoencoder(TokenizerConfig())
+    aware = VQAutoencoder(TokenizerConfig(layout_channels=LAYOUT))
+    missing, unexpected = aware.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("layout_in.") for k in missing)
+    q = torch.randn(2, 32, 8, 14)
+    layout = torch.rand(2, LAYOUT, 64, 112)
+    torch.testing.assert_close(aware.run_decoder(q, layout), plain.run_decoder(q))  # zero-initialised injection
+    # one injection per scale: the token grid and each of the three upsampling stages
+    assert len(aware.layout_in) == 4 and sorted(aware._inject) == [1, 4, 7, 10]
+    with pytest.raises(ValueError, match="layout through every pixel"):
+        aware.run_decoder(q)
+    with pytest.raises(ValueError, match="layout through every pixel"):
+        aware.run_decoder(q, layout[:, :5])
+    out = aware.run_decoder(q, layout)
+    out.square().mean().backward()  # the injection is trainable from the first step (its last conv gets gradient)
+    assert all(float(m[-1].weight.grad.abs().sum()) > 0 for m in aware.layout_in)
+
+
+def test_config_refuses_a_layout_width_that_does_not_match_the_projection():
+    with pytest.raises(ValueError, match="layout_channels"):
+        ViewsConfig(tokenizer=TokenizerConfig(layout_channels=7))
+    assert ViewsConfig(tokenizer=TokenizerConfig(layout_channels=projection_channels(8, 4))).tokenizer.layout_channels
+
+
+def test_pixel_layout_is_the_token_projection_at_one_ray_per_pixel():
+    from bevgen.views.generator import batch_boxes
+    from bevgen.views.projection import layout_projection
+
+    batch = _synthetic_batch(b=1, size=(32, 56))
+    batch["bev"] = torch.zeros(1, 8, 200, 200)
+    batch["bev"][:, 0, 100:, :] = 1  # drivable area behind the ego (raster rows below the centre: x < 0)
+    per_pixel = pixel_layout(batch, (32, 56), 50.0, 4, 64)
+    assert per_pixel.shape == (6, LAYOUT, 32, 56)
+    per_token = layout_projection(batch["bev"], batch_boxes(batch), batch["K"], batch["T_cam_from_ego"], (4, 7), 8,
+                                  8, 50.0, 4)[0]  # [v, h, w, c] with 8x8 rays per token = every pixel
+    pooled = torch.nn.functional.avg_pool2d(per_pixel, 8).permute(0, 2, 3, 1)
+    torch.testing.assert_close(pooled, per_token)
+    # the back camera (index 4 in the nuScenes order) sees the drivable area on its lower half, the front none
+    assert float(per_pixel[4, 0, 20:].mean()) > 0.9 and float(per_pixel[1, 0].max()) == 0
+
+
+def _reconstruction_errors(pipe, data) -> tuple[float, float]:
+    """Mean absolute error of the round trip of every frame with its own layout and with another frame's, on the
+    pixels where the two layouts disagree about the drivable area (elsewhere the decoder sees the same input)."""
+    from torch.utils.data import default_collate
+
+    from bevgen.render.dataset import FrameDataset
+    from bevgen.views.sample import fit_batch
+
+    ds = FrameDataset(data)
+    batch = fit_batch(default_collate([ds[i] for i in range(len(ds))]), pipe.image_size)
+    swapped = {**batch, **{k: batch[k].roll(1, 0) for k in ("bev", "boxes", "classes", "box_valid")}}
+    differs = (pipe.pixel_layout(batch)[:, 0] != pipe.pixel_layout(swapped)[:, 0]).view(len(ds), 6, 1,
+                                                                                      *pipe.image_size)
+    truth = batch["images"].float()
+
+    def error(b: dict) -> float:
+        err = (pipe.reconstruct(batch["images"], b).float() - truth).abs()
+        return float((err * differs).sum() / (differs.sum() * 3))
+
+    with pytest.raises(ValueError, match="reads the layout"):
+        pipe.reconstruct(batch["images"])
+    own, other = error(batch), error(swapped)
+    return own, other
+
+
+def test_tune_decoder_gives_a_trained_run_a_layout_decoder(trained, frames_dir, tmp_path):  # noqa: F811
+    """The tokens-only run's decoder is tuned with the layout: encoder, codebook and generator unchanged, the loss
+    falls, the decoder uses the layout, the run samples, and a finished run is not retrained."""
+    from bevgen.views.decoder_tune import tune_decoder
+    from bevgen.views.sample import load_views
+
+    run, _ = trained
+    out = tmp_path / "tuned"
+    summary = tune_decoder(run, frames_dir, out, steps=60, lr=2e-3, checkpoint_every=20, progress=False)
+    assert summary["steps"] == 60 and summary["frames"] == 8 and not summary["problems"], summary
+    assert summary["final_loss_mean20"] < summary["first_loss"], summary
+    base, tuned = load_views(run), load_views(out)
+    assert tuned.tokenizer.cfg.layout_channels == LAYOUT and base.tokenizer.cfg.layout_channels == 0
+    for name in ("encoder", "quantizer"):
+        for (k, a), b in zip(getattr(base.tokenizer, name).state_dict().items(),
+                             getattr(tuned.tokenizer, name).state_dict().values()):
+            if k != "unused_steps":
+                torch.testing.assert_close(a, b)
+    for a, b in zip(base.generator.state_dict().values(), tuned.generator.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    own, other = _reconstruction_errors(tuned, frames_dir)
+    assert own < 0.9 * other, (own, other)  # measured 26.5 vs 35.6 grey levels (0.12% of the pixels differ)
+    assert tuned(_synthetic_batch(b=1, size=(32, 56)), steps=2, seed=0).images.shape == (1, 6, 3, 32, 56)
+    assert (out / "config.yaml").exists() and not (out / "checkpoints" / "decoder_tune.pt").exists()
+    assert tune_decoder(run, frames_dir, out, steps=60, progress=False) == summary  # finished: returned as is
+    with pytest.raises(ValueError, match="new directory"):
+        tune_decoder(run, frames_dir, run, steps=1, progress=False)
+
+
+def test_tiny_model_with_a_layout_decoder_trains_and_reads_the_layout(frames_dir, tmp_path):  # noqa: F811
+    """Trained with the layout from scratch, the decoder reconstructs a frame better with its own layout than with
+    another frame's where the two differ (the layout carries information the decoder uses), and the pipeline
+    samples with it."""
+    from bevgen.views.sample import load_views
+    from bevgen.views.train import train_views
+
+    cfg = _tiny_config(tokenizer_steps=60, generator_steps=4)
+    cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, layout_channels=LAYOUT))
+    torch.manual_seed(0)
+    summary = train_views(cfg, frames_dir, tmp_path / "run", stage="all", progress=False)
+    tok = summary["tokenizer"]
+    assert tok["final_loss_mean20"] < 0.7 * tok["first_loss"], tok
+    pipe = load_views(tmp_path / "run")
+    assert pipe.tokenizer.cfg.layout_channels == LAYOUT
+    own, other = _reconstruction_errors(pipe, frames_dir)
+    assert own < 0.9 * other, (own, other)  # measured 27.1 vs 35.7
+    out = pipe(_synthetic_batch(b=1, size=(32, 56)), steps=2, seed=0)
+    assert out.images.shape == (1, 6, 3, 32, 56)
+
+
+def test_tune_decoder_resumes_an_interrupted_run(trained, frames_dir, tmp_path, monkeypatch):  # noqa: F811
+    from bevgen.views.decoder_tune import tune_decoder
+
+    run, _ = trained
+    out, calls = tmp_path / "tuned", []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 15:
+            raise RuntimeError("interrupted")
+        return real_clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_then_die)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        tune_decoder(run, frames_dir, out, steps=20, checkpoint_every=10, progress=False)
+    state = torch.load(out / "checkpoints" / "decoder_tune.pt", weights_only=True)
+    assert state["step"] == 10 and len(state["losses"]) == 10 and not (out / "decoder_tune.json").exists()
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
+    summary = tune_decoder(run, frames_dir, out, steps=20, checkpoint_every=10, progress=False)
+    assert summary["start_step"] == 10 and summary["steps"] == 20 and summary["first_loss"] == state["first_loss"]
+    assert (out / "checkpoints" / "tokenizer.pt").exists() and not (out / "checkpoints" / "decoder_tune.pt").exists()
+
+
+def test_tune_decoder_frozen_trains_only_the_layout_injection(trained, frames_dir, tmp_path):  # noqa: F811
+    from bevgen.views.decoder_tune import tune_decoder
+    from bevgen.views.sample import load_views
+
+    run, _ = trained
+    summary = tune_decoder(run, frames_dir, tmp_path / "frozen", steps=10, lr=2e-3, train_decoder=False,
+                           progress=False)
+    assert summary["train_decoder"] is False
+    base, tuned = load_views(run).tokenizer, load_views(tmp_path / "frozen").tokenizer
+    for a, b in zip(base.decoder.state_dict().values(), tuned.decoder.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert all(float(m[-1].weight.detach().abs().sum()) > 0 for m in tuned.layout_in)  # the injection left zero
+    with pytest.raises(ValueError, match="nothing to train"):
+        tune_decoder(run, frames_dir, tmp_path / "none", steps=1, layout=False, train_decoder=False, progress=False)
