@@ -52,6 +52,12 @@ class DataConfig:
             raise ValueError("data.heldout_fraction must be in [0, 1)")
 
 
+def projection_channels(bev_channels: int, num_classes: int) -> int:
+    """Feature channels of the layout seen through a ray (``projection.layout_projection``): C raster + classes +
+    hit + 3 normal + 2 heading + depth + sky."""
+    return bev_channels + num_classes + 8
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """VQ autoencoder turning each view into a grid of discrete tokens (trained from scratch)."""
@@ -240,7 +246,7 @@ class ViewsConfig:
         if H % s or W % s:
             raise ValueError(f"data.image_size {self.data.image_size} must be divisible by "
                              f"tokenizer.downsample {s}; e.g. use {(H // s * s, W // s * s)}")
-        want = self.data.bev_channels + self.generator.num_classes + 8  # projection.projection_channels
+        want = projection_channels(self.data.bev_channels, self.generator.num_classes)
         if self.tokenizer.layout_channels not in (0, want):
             raise ValueError(f"tokenizer.layout_channels must be 0 (tokens only) or {want} (data.bev_channels + "
                              f"generator.num_classes + 8), got {self.tokenizer.layout_channels}")

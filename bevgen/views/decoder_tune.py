@@ -52,8 +52,9 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
         checkpoint_every: steps between atomic checkpoints (resume points). threads: torch threads (0 = torch's
             default, every core). progress: tqdm bar.
     Returns:
-        summary: steps, start_step, seconds, first_loss, final_loss_mean20, frames, problems (also written to
-        ``out / "decoder_tune.json"``). A finished ``out`` is returned as is.
+        summary: the settings, start_step, seconds, first_loss, final_loss_mean20, frames, problems (also written
+        to ``out / "decoder_tune.json"``). A finished ``out`` is returned as is; one finished or interrupted with
+        other settings is refused (ValueError).
     """
     import torch
     from tqdm.auto import tqdm
@@ -70,8 +71,14 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
     src = run / "checkpoints" if (run / "checkpoints").is_dir() else run
     if out.resolve() == run.resolve():
         raise ValueError("--out must be a new directory: the tuned decoder does not overwrite the run it starts from")
-    if (out / "decoder_tune.json").exists():
-        return json.loads((out / "decoder_tune.json").read_text())
+    if not (layout or train_decoder):
+        raise ValueError("nothing to train: a tokens-only decoder with its weights frozen")
+    settings = {"from": str(run), "steps": steps, "layout": layout, "train_decoder": train_decoder,
+                "adversarial_weight": adversarial_weight, "lr": lr, "batch": batch, "seed": seed}
+    if (out / "decoder_tune.json").exists():  # finished: returned as is, unless it was made with other settings
+        done = json.loads((out / "decoder_tune.json").read_text())
+        _same_settings(done, settings, out)
+        return done
     for name in ("tokenizer", "generator"):
         if not (src / f"{name}.pt").exists():
             raise FileNotFoundError(f"{src / f'{name}.pt'} missing: not a trained views run")
@@ -90,8 +97,6 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
     if unexpected or any(not k.startswith("layout_in.") for k in missing):
         raise ValueError(f"{src / 'tokenizer.pt'} does not fit its own config: missing {missing}, "
                          f"unexpected {unexpected}")
-    if not (layout or train_decoder):
-        raise ValueError("nothing to train: a tokens-only decoder with its weights frozen")
     tok.encoder.requires_grad_(False)
     tok.quantizer.requires_grad_(False)
     tok.decoder.requires_grad_(train_decoder)
@@ -106,6 +111,7 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
     start, losses, first = 0, [], None
     if state_path.exists():  # resume an interrupted run
         st = load_checkpoint(state_path)
+        _same_settings(st.get("settings", {}), settings, out)
         tok.load_state_dict(st["model"], strict=True)
         opt.load_state_dict(st["optimizer"])
         start, losses, first = int(st["step"]), list(st["losses"]), st["first_loss"]
@@ -118,7 +124,7 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
 
     def save(step: int) -> None:
         save_checkpoint(state_path, model=tok.state_dict(), optimizer=opt.state_dict(), step=step, losses=losses,
-                        first_loss=first, config=saved_cfg, **adv.state())
+                        first_loss=first, config=saved_cfg, settings=settings, **adv.state())
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, steps), desc="decoder", unit="step", disable=not progress, initial=start, total=steps)
@@ -155,12 +161,16 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
     for extra in ("split.json", "train_summary.json"):
         if (run / extra).exists():
             atomic_write_text(out / extra, (run / extra).read_text())
-    summary = {"from": str(run), "data": str(data), "steps": steps, "start_step": start,
-               "seconds": round(time.perf_counter() - t0, 1), "first_loss": first,
-               "final_loss_mean20": sum(losses[-20:]) / max(1, len(losses[-20:])), "layout": layout,
-               "layout_channels": channels, "train_decoder": train_decoder, "adversarial_weight": adversarial_weight,
-               "lr": lr, "batch": batch,
-               "frames": len(items), "problems": problems}
+    summary = {**settings, "data": str(data), "start_step": start, "seconds": round(time.perf_counter() - t0, 1),
+               "first_loss": first, "final_loss_mean20": sum(losses[-20:]) / max(1, len(losses[-20:])),
+               "layout_channels": channels, "frames": len(items), "problems": problems}
     atomic_write_text(out / "decoder_tune.json", json.dumps(summary, indent=2))
     state_path.unlink(missing_ok=True)
     return summary
+
+
+def _same_settings(stored: dict, settings: dict, out: Path) -> None:
+    """Refuse to return or resume a run in ``out`` that was made with other settings (ValueError naming them)."""
+    diff = [f"{k}: {stored.get(k)!r} there, {v!r} asked" for k, v in settings.items() if stored.get(k) != v]
+    if diff:
+        raise ValueError(f"{out} holds a decoder tuned with other settings ({'; '.join(diff)}); choose another --out")

@@ -40,7 +40,7 @@ from bevgen.views.attention import (MLP, Attention, GeometricBias, azimuth_cosin
                                     fourier_features, token_rays, view_keys,
                                     view_neighbours)
 from bevgen.views.config import GeneratorConfig
-from bevgen.views.projection import box_coverage, layout_projection, projection_channels
+from bevgen.views.projection import batch_boxes, box_coverage, layout_projection, projection_channels
 from sim_bridge.boxes import Boxes3D
 
 __all__ = ["ViewsTransformer", "Context", "masked_token_loss", "batch_boxes"]
@@ -170,12 +170,6 @@ def _key_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
     """[b, m] bool -> [b, 1, 1, m] additive mask (0 valid, finfo.min invalid)."""
     zero = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
     return zero.masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]
-
-
-def batch_boxes(batch: dict[str, Tensor]) -> Boxes3D:
-    """The boxes of a collated ``FrameDataset`` batch (frame-file keys ``boxes``, ``classes``, ``box_valid``)
-    as a torch ``Boxes3D`` [b, m]."""
-    return Boxes3D.from_array(batch["boxes"], batch["classes"], batch["box_valid"].bool())
 
 
 class ViewsTransformer(nn.Module):

@@ -30,19 +30,21 @@ from einops import rearrange
 from torch import Tensor
 
 from bevgen.views.attention import token_rays
+from bevgen.views.config import projection_channels
 from sim_bridge.boxes import Boxes3D
 
-__all__ = ["ray_box_hits", "layout_projection", "pixel_layout", "projection_channels", "box_coverage",
-           "MAX_DEPTH_M"]
+__all__ = ["ray_box_hits", "layout_projection", "pixel_layout", "batch_boxes", "projection_channels",
+           "box_coverage", "MAX_DEPTH_M"]
 
 MAX_DEPTH_M = 100.0
 """Depths are encoded as log(1 + t) / log(1 + MAX_DEPTH_M) (clipped to 1)."""
 _EPS = 1e-6
 
 
-def projection_channels(bev_channels: int, num_classes: int) -> int:
-    """Feature channels of :func:`layout_projection`: C raster + classes + hit + 3 normal + 2 heading + depth + sky."""
-    return bev_channels + num_classes + 8
+def batch_boxes(batch: dict[str, Tensor]) -> Boxes3D:
+    """The boxes of a collated ``FrameDataset`` batch (frame-file keys ``boxes``, ``classes``, ``box_valid``)
+    as a torch ``Boxes3D`` [b, m]."""
+    return Boxes3D.from_array(batch["boxes"], batch["classes"], batch["box_valid"].bool())
 
 
 def ray_box_hits(origins: Tensor, rays: Tensor, boxes: Boxes3D) -> tuple[Tensor, Tensor, Tensor]:
@@ -142,7 +144,7 @@ def pixel_layout(batch: dict[str, Tensor], image_size: tuple[int, int], range_m:
     Returns:
         [b v, projection_channels(C, num_classes), H, W] float32. O(b v H W (m + C)).
     """
-    boxes = Boxes3D.from_array(batch["boxes"], batch["classes"], batch["box_valid"].bool())[:, :max_objects]
+    boxes = batch_boxes(batch)[:, :max_objects]
     feats = layout_projection(batch["bev"], boxes, batch["K"], batch["T_cam_from_ego"], tuple(image_size), 1, 1,
                               range_m, num_classes)
     return rearrange(feats, "b v H W c -> (b v) c H W")

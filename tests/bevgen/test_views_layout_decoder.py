@@ -4,6 +4,7 @@ tokens-only decoder, refuses to run without the layout, and a tiny model trained
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -110,7 +111,9 @@ def test_tune_decoder_gives_a_trained_run_a_layout_decoder(trained, frames_dir, 
     assert own < 0.9 * other, (own, other)  # measured 26.5 vs 35.6 grey levels (0.12% of the pixels differ)
     assert tuned(_synthetic_batch(b=1, size=(32, 56)), steps=2, seed=0).images.shape == (1, 6, 3, 32, 56)
     assert (out / "config.yaml").exists() and not (out / "checkpoints" / "decoder_tune.pt").exists()
-    assert tune_decoder(run, frames_dir, out, steps=60, progress=False) == summary  # finished: returned as is
+    assert tune_decoder(run, frames_dir, out, steps=60, lr=2e-3, progress=False) == summary  # finished: as is
+    with pytest.raises(ValueError, match="other settings.*steps: 60 there, 80 asked"):
+        tune_decoder(run, frames_dir, out, steps=80, lr=2e-3, progress=False)
     with pytest.raises(ValueError, match="new directory"):
         tune_decoder(run, frames_dir, run, steps=1, progress=False)
 
@@ -174,3 +177,23 @@ def test_tune_decoder_frozen_trains_only_the_layout_injection(trained, frames_di
     assert all(float(m[-1].weight.detach().abs().sum()) > 0 for m in tuned.layout_in)  # the injection left zero
     with pytest.raises(ValueError, match="nothing to train"):
         tune_decoder(run, frames_dir, tmp_path / "none", steps=1, layout=False, train_decoder=False, progress=False)
+
+
+def test_tune_decoder_command(trained, frames_dir, tmp_path):  # noqa: F811
+    """``bevgen views tune-decoder``: a frozen-decoder run from the command line, and clear errors on bad input."""
+    from typer.testing import CliRunner
+
+    from bevgen.cli import app
+
+    run, _ = trained
+    runner = CliRunner()
+    base = ["views", "tune-decoder", "--ckpt", str(run), "--no-progress", "--steps", "3"]
+    res = runner.invoke(app, base + ["--data", str(frames_dir), "--out", str(tmp_path / "t"), "--freeze-decoder"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "t" / "decoder_tune.json").read_text())["train_decoder"] is False
+    res = runner.invoke(app, base + ["--data", str(tmp_path), "--out", str(tmp_path / "u")])
+    assert res.exit_code != 0 and "not a views dataset" in " ".join(res.output.split())
+    res = runner.invoke(app, ["views", "tune-decoder", "--ckpt", str(tmp_path / "nope"), "--data", str(frames_dir),
+                              "--out", str(tmp_path / "v")])
+    assert res.exit_code != 0 and "not a trained views run" in " ".join(res.output.split())
+    assert not (tmp_path / "u").exists() and not (tmp_path / "v").exists()
