@@ -3,6 +3,7 @@
     python benchmarks/views_decoder.py 600,0.05 400,0.0         # steps,adversarial weight per arm
     python benchmarks/views_decoder.py 600,0.05,layout          # the decoder also reads the layout per pixel
     python benchmarks/views_decoder.py 600,0.0,layout,frozen    # ... and only the layout injection trains
+    python benchmarks/views_decoder.py 600,0.0,layout,frozen,gen0.5  # half the frames from generated tokens
 
 The generator predicts token indices, so a new decoder over the same encoder and codebook changes the pixels of
 every sample without retraining the generator. Each arm starts from ``checkpoints/views_tiny``'s tokenizer,
@@ -17,7 +18,9 @@ Each arm (and the shipped decoder) is scored with the benchmarks' evaluator on t
 generator's samples (seed 0, the shipped sampler settings) decoded by the arm's decoder, as shares of the
 oracle. Rows are printed and written to ``benchmarks/work/views_decoder.json``; an arm's run
 (``benchmarks/work/views_decoder/<steps>_<weight>[_layout]``: the shipped run with the new tokenizer.pt) is reused
-when present. A ``layout`` arm's decoder also reads the layout through every pixel (``tokenizer.layout_channels``,
+when present. Since the shipped decoder reads the layout, arms go on from it and are named ``shipped+<arm>``;
+``gen<share>`` decodes that share of each batch's frames from the shipped generator's tokens (``generated`` of
+``tune_decoder``). A ``layout`` arm's decoder also reads the layout through every pixel (``tokenizer.layout_channels``,
 ``bevgen views tune-decoder``); its injection starts at zero, so it starts from the shipped decoder. Add
 ``--heldout`` to score the arms once on the held-out sets too (for the record only).
 """
@@ -36,7 +39,7 @@ TARGETS = ("vehicle_iou", "road_iou", "seam_consistency")
 
 
 def tune_decoder(steps: int, adversarial_weight: float, out: Path, layout: bool = False,
-                 train_decoder: bool = True) -> Path:
+                 train_decoder: bool = True, generated: float = 0.0) -> Path:
     """A copy of the shipped views run whose tokenizer decoder was trained ``steps`` more steps on the shipped
     run's training frames (``bevgen.views.decoder_tune.tune_decoder``: encoder and codebook frozen; ``layout``:
     the decoder also reads the layout through every pixel), 2 threads."""
@@ -49,10 +52,18 @@ def tune_decoder(steps: int, adversarial_weight: float, out: Path, layout: bool 
     if ship is None:
         raise SystemExit("checkpoints/views_tiny missing: run `make checkpoints` first")
     summary = tune(ship, TRAIN_DATA, out, steps=steps, adversarial_weight=adversarial_weight, layout=layout,
-                   threads=2, train_decoder=train_decoder)
+                   threads=2, train_decoder=train_decoder, generated=generated)
     for p in summary["problems"]:
         print(f"skipped {p}", file=sys.stderr)
     return out
+
+
+def evaluator_id(bevseg: Path) -> str:
+    """Which bevseg network scored a row (the first 12 hex digits of its checkpoint's SHA-256): a network trained
+    on another machine or with another seed is another evaluator, and shares compare only under one."""
+    import hashlib
+
+    return hashlib.sha256(Path(bevseg).read_bytes()).hexdigest()[:12]
 
 
 def score(run: Path, sets: dict, bevseg: Path, tag: str) -> list[dict]:
@@ -77,7 +88,7 @@ def score(run: Path, sets: dict, bevseg: Path, tag: str) -> list[dict]:
                 f, data, names, where, bevseg_ckpt=bevseg, progress=False)
             rows.append({"arm": tag, "mode": mode, "set": name, "frames": len(names),
                          "share_of_oracle": {k: round(m[k] / m[f"{k}_oracle"], 4) for k in TARGETS},
-                         "fid": round(m["fid"], 2), "psnr": round(m["psnr"], 2)})
+                         "fid": round(m["fid"], 2), "psnr": round(m["psnr"], 2), "evaluator": evaluator_id(bevseg)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -104,13 +115,18 @@ def main(argv: list[str]) -> None:
             sets["heldout_real_maps"] = real
         sets = {k: (v, json.loads((v / "index.json").read_text())["frames"]) for k, v in sets.items()}
     rows = score(shipped("views_tiny"), sets, bevseg, "shipped")
+    # the shipped tokenizer reads the layout already (since 2026-12-05): arms tuned from it go on from there and
+    # are named "shipped+<arm>", apart from the earlier arms that started from the tokens-only decoder
+    base = "shipped+" if "layout_channels: 0" not in (shipped("views_tiny") / "config.yaml").read_text() else ""
     for steps, weight, *kind in arms:
-        if set(kind) - {"layout", "frozen"}:
-            raise SystemExit(f"unknown arm options {kind}: layout, frozen")
+        gen = [k for k in kind if k.startswith("gen")]
+        if set(kind) - {"layout", "frozen", *gen} or len(gen) > 1:
+            raise SystemExit(f"unknown arm options {kind}: layout, frozen, gen<share>")
         layout, frozen = "layout" in kind, "frozen" in kind  # frozen: only the layout injection trains
-        run = WORK / "_".join([str(int(steps)), str(float(weight)), *kind])
+        generated = float(gen[0][3:]) if gen else 0.0  # share of frames decoded from the generator's tokens
+        run = WORK / (base + "_".join([str(int(steps)), str(float(weight)), *kind]))
         if not run.exists():
-            tune_decoder(int(steps), float(weight), run, layout=layout, train_decoder=not frozen)
+            tune_decoder(int(steps), float(weight), run, layout=layout, train_decoder=not frozen, generated=generated)
         rows += score(run, sets, bevseg, run.name)
     out = WORK.parent / ("views_decoder_heldout.json" if heldout else "views_decoder.json")
     out.write_text(json.dumps(rows, indent=1))
@@ -124,12 +140,18 @@ def record(rows: list[dict], kind: str) -> Path:
 
     path = ROOT / "benchmarks" / "results" / "views_decoder.json"
     data = json.loads(path.read_text()) if path.exists() else {"benchmark": "views_decoder"}
-    merged = {(r["arm"], r["mode"], r["set"]): r for r in data.get(kind, [])}
-    merged |= {(r["arm"], r["mode"], r["set"]): {**r, "date": time.strftime("%Y-%m-%d")} for r in rows}
+    def key(r: dict) -> tuple:  # rows scored by another evaluator are other rows (older rows name none)
+        return r["arm"], r["mode"], r["set"], r.get("evaluator")
+
+    merged = {key(r): r for r in data.get(kind, [])}
+    merged |= {key(r): {**r, "date": time.strftime("%Y-%m-%d")} for r in rows}
     data[kind] = sorted(merged.values(), key=lambda r: (r["arm"] != "shipped", r["arm"], r["mode"], r["set"]))
     data["machine"] = machine()
-    data["note"] = ("shares of the oracle under the benchmarks' bevseg network; selection rows choose, held-out rows "
-                    "are for the record; arms: <steps>_<adversarial weight>[_layout][_frozen] (module docstring)")
+    data["note"] = ("shares of the oracle under the benchmarks' bevseg network (compare rows of one evaluator id "
+                    "only; rows without one were scored before ids were recorded, by the network of their day); "
+                    "selection rows choose, held-out rows "
+                    "are for the record; arms: [shipped+]<steps>_<adversarial weight>[_layout][_frozen][_gen<share>] "
+                    "(module docstring; shipped+: tuned on from the shipped layout decoder)")
     path.write_text(json.dumps(data, indent=1))
     return path
 

@@ -73,14 +73,14 @@ def _autoregressive_estimate(pipe, batch: dict, forwards: int) -> float:
             tokens[:, i] = pipe._logits(tokens, ctx, guidance)[:, i].argmax(-1)
         per_forward = (time.perf_counter() - t0) / forwards
         t0 = time.perf_counter()
-        pipe.tokens_to_images(tokens.clamp(max=mask_id - 1))
+        pipe.tokens_to_images(tokens.clamp(max=mask_id - 1), cond)
         t_dec = time.perf_counter() - t0
     return t_ctx + n * per_forward + t_dec
 
 
 def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path | None = None,
                          threads: int = 1, steps: int | None = None, config: str = "tiny",
-                         max_ar_forwards: int = 1000, repeats: int = 3) -> dict:
+                         max_ar_forwards: int = 1000, repeats: int = 3, overrides: tuple[str, ...] = ()) -> dict:
     """Seconds to sample six views with parallel vs token-by-token decoding of the same model.
 
     Args:
@@ -95,6 +95,8 @@ def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path
             ``decode_autoregressive``) scaled to one forward per token, plus the context and the image decode
             (``autoregressive_estimated``: true).
         repeats: parallel decoding is timed this many times (after a warm-up); ``parallel_s`` is the median.
+        overrides: ``dotted.key=value`` changes to the untrained model's config (e.g.
+            ``tokenizer.layout_channels=20``: the decoder that reads the layout per pixel).
     Returns:
         dict with parallel_s, autoregressive_s, speedup, tokens_per_view, tokens_per_frame, steps,
         forwards, image_size, model, machine.
@@ -109,9 +111,11 @@ def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path
     if run_dir is not None:
         pipe, model = load_views(run_dir), str(run_dir)
     else:
-        cfg = load_config(ViewsConfig, ROOT / "configs" / "views" / f"{config}.yaml")
+        cfg = load_config(ViewsConfig, ROOT / "configs" / "views" / f"{config}.yaml", overrides)
         torch.manual_seed(0)
         pipe, model = ViewsPipeline(*build_models(cfg), cfg), f"configs/views/{config}.yaml (untrained weights)"
+        if overrides:
+            model += f" with {' '.join(overrides)}"
     cfg = pipe.config
     steps = int(steps or cfg.train.sample_steps)
     batch, source = _batch(cfg, Path(run_dir) if run_dir else None)
@@ -140,6 +144,7 @@ def bench_views_sampling(run_dir: str | Path | None = None, out_json: str | Path
               "threads": threads, "model": model, "condition": source,
               "view_neighbours": cfg.generator.view_neighbours, "neighbour_span": cfg.generator.neighbour_span,
               "parameters_M": round(sum(p.numel() for p in pipe.generator.parameters()) / 1e6, 2),
+              "layout_decoder": cfg.tokenizer.layout_channels > 0,
               "autoregressive_estimated": estimated, "autoregressive_forwards_timed": max_ar_forwards if estimated
               else cfg.tokens_per_frame}
     if out_json is not None:

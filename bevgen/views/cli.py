@@ -146,6 +146,10 @@ def tune_decoder_cmd(
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate."),
     train_decoder: bool = typer.Option(True, "--train-decoder/--freeze-decoder", help="Train the decoder's own "
                                        "weights too (default), or only the layout injection (the decoder frozen)."),
+    generated: float = typer.Option(0.0, "--generated", help="Share of each batch's frames decoded from the run's "
+                                    "generator's tokens (one MaskGIT step, half to all of them masked) instead of "
+                                    "the true ones, the target staying the true views: the decoder meets the "
+                                    "tokens it gets at sampling time (0 = true tokens only)."),
     threads: int = typer.Option(0, "--threads", help="torch threads (0 = every core)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bar."),
 ):
@@ -159,7 +163,8 @@ def tune_decoder_cmd(
         _fail(f"{data}: not a views dataset (no index.json); make one with `bevgen views dataset`")
     try:
         summary = tune_decoder(ckpt, data, out, steps=steps, adversarial_weight=adversarial, layout=layout, lr=lr,
-                               threads=threads, train_decoder=train_decoder, progress=progress)
+                               threads=threads, train_decoder=train_decoder, generated=generated,
+                               progress=progress)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     _console().print_json(json.dumps(summary, default=str))

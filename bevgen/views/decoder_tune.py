@@ -8,7 +8,9 @@ With ``layout`` the decoder also gets the layout seen through each pixel (``proj
 raster at the ground point of the pixel's ray, the box it hits, its face, heading and depth, a sky flag) at each
 of its scales, through convolutions that start at zero (``tokenizer.layout_channels``). Tokens are 8x8 pixels, so
 a road edge or a far car that covers a few pixels of a token is placed by the tokens only to within a token; the
-geometry is exact, and the decoder learns to draw those edges where the layout puts them.
+geometry is exact, and the decoder learns to draw those edges where the layout puts them. With ``generated`` a share
+of the frames is decoded from the run's generator's guesses instead of the true tokens (the target staying the true
+views): at sampling time the decoder gets generated tokens, wrong in places, and learns to follow the layout there.
 
 Training: the tokenizer's reconstruction losses (L1 + MSE + image gradients) of the true views of the run's
 training frames (its ``split.json``, else the config's split of ``FRAMES``), optionally the patch-adversarial term
@@ -37,7 +39,7 @@ __all__ = ["tune_decoder"]
 
 def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int = 600, adversarial_weight: float = 0.0,
                  layout: bool = True, lr: float = 2e-4, batch: int = 4, seed: int = 0, checkpoint_every: int = 100,
-                 threads: int = 0, train_decoder: bool = True, progress: bool = True) -> dict:
+                 threads: int = 0, train_decoder: bool = True, generated: float = 0.0, progress: bool = True) -> dict:
     """Train the decoder of ``run``'s tokenizer ``steps`` more steps (encoder and codebook frozen) into ``out``.
 
     Args:
@@ -49,6 +51,11 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
         lr, batch, seed: Adam learning rate, frames per step, seed of weights init and frame draws.
         train_decoder: train the decoder's own weights too; False (with ``layout``) trains only the layout
             injection, the decoder staying as it was (ControlNet's recipe: the base model frozen).
+        generated: share of each batch's frames whose tokens are the run's generator's (one MaskGIT step from the
+            true tokens with 50-100% of them masked, conditioned on the frame's layout, drawn at the sampling
+            temperature), the target staying the true views: the decoder meets the tokens it will be given at
+            sampling time, wrong where the generator errs, and learns to draw what the layout says there
+            (0 = true tokens only, as before).
         checkpoint_every: steps between atomic checkpoints (resume points). threads: torch threads (0 = torch's
             default, every core). progress: tqdm bar.
     Returns:
@@ -73,8 +80,12 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
         raise ValueError("--out must be a new directory: the tuned decoder does not overwrite the run it starts from")
     if not (layout or train_decoder):
         raise ValueError("nothing to train: a tokens-only decoder with its weights frozen")
+    if not 0.0 <= generated <= 1.0:
+        raise ValueError(f"generated must lie in [0, 1] (a share of each batch's frames), got {generated}")
     settings = {"from": str(run), "steps": steps, "layout": layout, "train_decoder": train_decoder,
                 "adversarial_weight": adversarial_weight, "lr": lr, "batch": batch, "seed": seed}
+    if generated:  # runs tuned before this option existed keep their settings (and resume) unchanged
+        settings["generated"] = generated
     if (out / "decoder_tune.json").exists():  # finished: returned as is, unless it was made with other settings
         done = json.loads((out / "decoder_tune.json").read_text())
         _same_settings(done, settings, out)
@@ -121,6 +132,7 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
     items = _load_items(data, train, cfg, problems)
     batches = _batches(items, batch, cfg, torch.Generator().manual_seed(seed + start))
     g = cfg.generator
+    corrupt = _generated_tokens(cfg, gen_state, seed + start) if generated else None
 
     def save(step: int) -> None:
         save_checkpoint(state_path, model=tok.state_dict(), optimizer=opt.state_dict(), step=step, losses=losses,
@@ -134,7 +146,9 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
         b = next(batches)
         x = images_to_unit(b["images"].flatten(0, 1))
         with torch.no_grad():
-            q, _, _ = tok._quantise(x)
+            q, idx, _ = tok._quantise(x)
+            if corrupt is not None:
+                q = corrupt(b, idx, tok.quantizer.codes, generated)
             lay = pixel_layout(b, cfg.data.image_size, cfg.data.bev_range_m, g.num_classes, g.max_objects) \
                 if layout else None
         recon = tok.run_decoder(q, lay)
@@ -167,6 +181,41 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
     atomic_write_text(out / "decoder_tune.json", json.dumps(summary, indent=2))
     state_path.unlink(missing_ok=True)
     return summary
+
+
+def _generated_tokens(cfg, gen_state: dict, seed: int):
+    """``corrupt(batch, idx, codes, share) -> q``: the quantised tokens of a batch (``idx`` [b v, h, w] true code
+    indices, ``codes`` the codebook) with the frames of a random ``share`` of the batch replaced by the generator's
+    guesses: per frame, a random 50-100% of its tokens masked and re-drawn in one MaskGIT step (the rest kept),
+    conditioned on the frame's layout. One generator forward per batch: O(layers b n^2 d)."""
+    import torch
+    from einops import rearrange
+
+    from bevgen.views.sample import COND_KEYS, _sample, build_models
+
+    gen = build_models(cfg)[1]
+    gen.load_state_dict(gen_state["model"], strict=True)
+    gen.eval().requires_grad_(False)
+    rng = torch.Generator().manual_seed(seed)
+    v = cfg.data.num_views
+
+    @torch.no_grad()
+    def corrupt(batch: dict, idx, codes, share: float):
+        h, w = idx.shape[-2:]
+        tokens = rearrange(idx, "(b v) h w -> b (v h w)", v=v)
+        b, n = tokens.shape
+        which = torch.rand(b, generator=rng) < share  # frames that get the generator's tokens
+        if not bool(which.any()):
+            return rearrange(codes[idx], "bv h w d -> bv d h w")
+        ratio = 0.5 + 0.5 * torch.rand(b, 1, generator=rng)
+        masked = (torch.rand(b, n, generator=rng) < ratio) & which[:, None]
+        cond = {k: batch[k] for k in COND_KEYS + ("projection",) if k in batch}
+        logits = gen(tokens.masked_fill(masked, gen.mask_id), cond, torch.zeros(b, dtype=torch.bool))
+        drawn = _sample(logits, cfg.train.sample_temperature, rng)[0]
+        out = torch.where(masked, drawn, tokens)
+        return rearrange(codes[out], "b (v h w) d -> (b v) d h w", v=v, h=h, w=w)
+
+    return corrupt
 
 
 def _same_settings(stored: dict, settings: dict, out: Path) -> None:

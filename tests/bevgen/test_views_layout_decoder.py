@@ -188,12 +188,52 @@ def test_tune_decoder_command(trained, frames_dir, tmp_path):  # noqa: F811
     run, _ = trained
     runner = CliRunner()
     base = ["views", "tune-decoder", "--ckpt", str(run), "--no-progress", "--steps", "3"]
-    res = runner.invoke(app, base + ["--data", str(frames_dir), "--out", str(tmp_path / "t"), "--freeze-decoder"])
+    res = runner.invoke(app, base + ["--data", str(frames_dir), "--out", str(tmp_path / "t"), "--freeze-decoder",
+                                      "--generated", "0.5"])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "t" / "decoder_tune.json").read_text())["train_decoder"] is False
+    done = json.loads((tmp_path / "t" / "decoder_tune.json").read_text())
+    assert done["train_decoder"] is False and done["generated"] == 0.5
     res = runner.invoke(app, base + ["--data", str(tmp_path), "--out", str(tmp_path / "u")])
     assert res.exit_code != 0 and "not a views dataset" in " ".join(res.output.split())
     res = runner.invoke(app, ["views", "tune-decoder", "--ckpt", str(tmp_path / "nope"), "--data", str(frames_dir),
                               "--out", str(tmp_path / "v")])
     assert res.exit_code != 0 and "not a trained views run" in " ".join(res.output.split())
     assert not (tmp_path / "u").exists() and not (tmp_path / "v").exists()
+
+
+def test_generated_tokens_keep_the_unmasked_tokens_and_tune_runs_on_them(trained, frames_dir, tmp_path):  # noqa: F811
+    """``tune_decoder(generated=...)``: the frames chosen get the generator's one-step guesses (codes of the
+    codebook, seeded); a share of 0 keeps every true token; the share is checked and recorded."""
+    from bevgen.views.config import with_legacy_defaults
+    from bevgen.views.decoder_tune import _generated_tokens, tune_decoder
+    from bevgen.views.sample import load_views
+    from bevgen.views.train import _batches, _frames, _load_items
+    from runkit.checkpoint import load_checkpoint
+    from runkit.config import from_dict
+
+    run, _ = trained
+    gen_state = load_checkpoint(run / "checkpoints" / "generator.pt")
+    cfg = from_dict(ViewsConfig, with_legacy_defaults(gen_state["config"]))
+    train, _ = _frames(cfg, frames_dir, None)
+    batch = next(_batches(_load_items(frames_dir, train, cfg, []), 2, cfg, torch.Generator().manual_seed(0)))
+    tok = load_views(run).tokenizer
+    x = batch["images"].flatten(0, 1).float() / 127.5 - 1
+    with torch.no_grad():
+        q, idx, _ = tok._quantise(x)
+    codes = tok.quantizer.codes
+    corrupt = _generated_tokens(cfg, gen_state, seed=0)
+    torch.testing.assert_close(corrupt(batch, idx, codes, 0.0), q)  # share 0: the true tokens
+    out = corrupt(batch, idx, codes, 1.0)
+    assert out.shape == q.shape
+    same = (out - q).abs().amax(1) < 1e-6  # [b v, h, w] tokens equal to the truth (kept, or guessed right)
+    assert bool((same.view(2, -1).float().mean(1) < 1).all())  # every frame gets some of the generator's tokens
+    flat = out.permute(0, 2, 3, 1).reshape(-1, codes.shape[1])
+    assert float((flat @ codes.T).amax(1).min()) > 1 - 1e-5  # every token is a code of the codebook
+    again = _generated_tokens(cfg, gen_state, seed=0)  # seeded: the same calls draw the same tokens
+    again(batch, idx, codes, 0.0)
+    torch.testing.assert_close(again(batch, idx, codes, 1.0), out)
+    summary = tune_decoder(run, frames_dir, tmp_path / "g", steps=3, train_decoder=False, generated=0.5,
+                           progress=False)
+    assert summary["generated"] == 0.5
+    with pytest.raises(ValueError, match="generated must lie"):
+        tune_decoder(run, frames_dir, tmp_path / "bad", steps=1, generated=1.5, progress=False)
