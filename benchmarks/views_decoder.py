@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 WORK = ROOT / "benchmarks" / "work" / "views_decoder"
@@ -71,7 +73,7 @@ def score(run: Path, sets: dict, bevseg: Path, tag: str) -> list[dict]:
     from bevgen.views.metrics import evaluate_views
     from bevgen.views.sample import fit_batch, load_views
 
-    pipe, rows = load_views(run), []
+    pipe, rows, eid = load_views(run), [], evaluator_id(bevseg)  # hashed once: the checkpoint is 6 MB
 
     def round_trip(b: dict):
         fitted = fit_batch(b, pipe.image_size)  # the frame's condition too: a layout-reading decoder needs it
@@ -88,7 +90,7 @@ def score(run: Path, sets: dict, bevseg: Path, tag: str) -> list[dict]:
                 f, data, names, where, bevseg_ckpt=bevseg, progress=False)
             rows.append({"arm": tag, "mode": mode, "set": name, "frames": len(names),
                          "share_of_oracle": {k: round(m[k] / m[f"{k}_oracle"], 4) for k in TARGETS},
-                         "fid": round(m["fid"], 2), "psnr": round(m["psnr"], 2), "evaluator": evaluator_id(bevseg)})
+                         "fid": round(m["fid"], 2), "psnr": round(m["psnr"], 2), "evaluator": eid})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -104,6 +106,23 @@ def main(argv: list[str]) -> None:
     arms = [tuple(a.split(",")) for a in argv if not a.startswith("--")]
     if not arms:
         raise SystemExit(__doc__)
+    if shipped("views_tiny") is None:
+        raise SystemExit("checkpoints/views_tiny missing: run `make checkpoints` first")
+    ship_cfg = yaml.safe_load((shipped("views_tiny") / "config.yaml").read_text())
+    # the shipped tokenizer reads the layout already (since 2026-12-05): arms tuned from it go on from there and
+    # are named "shipped+<arm>", apart from the earlier arms that started from the tokens-only decoder
+    base = "shipped+" if (ship_cfg.get("tokenizer") or {}).get("layout_channels", 0) else ""
+    todo = []  # every arm checked before anything is scored or trained
+    for steps, weight, *kind in arms:
+        gen = [k for k in kind if k.startswith("gen")]
+        if set(kind) - {"layout", "frozen", *gen} or len(gen) > 1:
+            raise SystemExit(f"unknown arm options {kind}: layout, frozen, gen<share>")
+        try:  # share of frames decoded from the generator's tokens
+            generated = float(gen[0][3:]) if gen else 0.0
+        except ValueError:
+            raise SystemExit(f"{gen[0]}: gen<share> takes a number in [0, 1], e.g. gen0.5") from None
+        todo.append((int(steps), float(weight), "layout" in kind, "frozen" in kind, generated,
+                     WORK / (base + "_".join([str(int(steps)), str(float(weight)), *kind]))))
     torch.set_num_threads(2)
     bevseg, sets = bevseg_net(TRAIN_DATA), selection_sets()
     if heldout:
@@ -115,18 +134,9 @@ def main(argv: list[str]) -> None:
             sets["heldout_real_maps"] = real
         sets = {k: (v, json.loads((v / "index.json").read_text())["frames"]) for k, v in sets.items()}
     rows = score(shipped("views_tiny"), sets, bevseg, "shipped")
-    # the shipped tokenizer reads the layout already (since 2026-12-05): arms tuned from it go on from there and
-    # are named "shipped+<arm>", apart from the earlier arms that started from the tokens-only decoder
-    base = "shipped+" if "layout_channels: 0" not in (shipped("views_tiny") / "config.yaml").read_text() else ""
-    for steps, weight, *kind in arms:
-        gen = [k for k in kind if k.startswith("gen")]
-        if set(kind) - {"layout", "frozen", *gen} or len(gen) > 1:
-            raise SystemExit(f"unknown arm options {kind}: layout, frozen, gen<share>")
-        layout, frozen = "layout" in kind, "frozen" in kind  # frozen: only the layout injection trains
-        generated = float(gen[0][3:]) if gen else 0.0  # share of frames decoded from the generator's tokens
-        run = WORK / (base + "_".join([str(int(steps)), str(float(weight)), *kind]))
+    for steps, weight, layout, frozen, generated, run in todo:  # frozen: only the layout injection trains
         if not run.exists():
-            tune_decoder(int(steps), float(weight), run, layout=layout, train_decoder=not frozen, generated=generated)
+            tune_decoder(steps, weight, run, layout=layout, train_decoder=not frozen, generated=generated)
         rows += score(run, sets, bevseg, run.name)
     out = WORK.parent / ("views_decoder_heldout.json" if heldout else "views_decoder.json")
     out.write_text(json.dumps(rows, indent=1))
@@ -134,12 +144,13 @@ def main(argv: list[str]) -> None:
 
 
 def record(rows: list[dict], kind: str) -> Path:
-    """Merge rows into ``benchmarks/results/views_decoder.json`` (keyed by arm, mode and set; the arms of earlier
-    runs kept), with the machine of this run."""
+    """Merge rows into ``benchmarks/results/views_decoder.json`` (keyed by arm, mode, set and evaluator; the arms of
+    earlier runs kept), with the machine of this run."""
     from run import machine
 
     path = ROOT / "benchmarks" / "results" / "views_decoder.json"
     data = json.loads(path.read_text()) if path.exists() else {"benchmark": "views_decoder"}
+
     def key(r: dict) -> tuple:  # rows scored by another evaluator are other rows (older rows name none)
         return r["arm"], r["mode"], r["set"], r.get("evaluator")
 

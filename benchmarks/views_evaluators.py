@@ -13,7 +13,7 @@ reports each evaluator's shares of the oracle (vehicle / road / seams, per dista
 minimum. Seams and FID need no network: they are the same under every evaluator and are listed once.
 
 Results: ``benchmarks/results/views_evaluators.json`` (with the machine). Runs: ``benchmarks/work/cameras/
-bevseg_seed<k>`` (resumable; one network takes about 4 min on 2 cores).
+bevseg_seed<k>_<steps>`` (resumable; one network takes about 3 min on 2 cores).
 """
 
 from __future__ import annotations

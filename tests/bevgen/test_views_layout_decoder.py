@@ -201,12 +201,12 @@ def test_tune_decoder_command(trained, frames_dir, tmp_path):  # noqa: F811
     assert not (tmp_path / "u").exists() and not (tmp_path / "v").exists()
 
 
-def test_generated_tokens_keep_the_unmasked_tokens_and_tune_runs_on_them(trained, frames_dir, tmp_path):  # noqa: F811
+def test_generated_tokens_are_seeded_codebook_guesses_and_tune_runs_on_them(trained, frames_dir, tmp_path):  # noqa: F811
     """``tune_decoder(generated=...)``: the frames chosen get the generator's one-step guesses (codes of the
     codebook, seeded); a share of 0 keeps every true token; the share is checked and recorded."""
     from bevgen.views.config import with_legacy_defaults
     from bevgen.views.decoder_tune import _generated_tokens, tune_decoder
-    from bevgen.views.sample import load_views
+    from bevgen.views.sample import images_to_unit, load_views
     from bevgen.views.train import _batches, _frames, _load_items
     from runkit.checkpoint import load_checkpoint
     from runkit.config import from_dict
@@ -217,7 +217,7 @@ def test_generated_tokens_keep_the_unmasked_tokens_and_tune_runs_on_them(trained
     train, _ = _frames(cfg, frames_dir, None)
     batch = next(_batches(_load_items(frames_dir, train, cfg, []), 2, cfg, torch.Generator().manual_seed(0)))
     tok = load_views(run).tokenizer
-    x = batch["images"].flatten(0, 1).float() / 127.5 - 1
+    x = images_to_unit(batch["images"].flatten(0, 1))
     with torch.no_grad():
         q, idx, _ = tok._quantise(x)
     codes = tok.quantizer.codes
