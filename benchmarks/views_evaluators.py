@@ -2,6 +2,7 @@
 
     python benchmarks/views_evaluators.py                 # seeds 0 1 2, 600 steps each
     python benchmarks/views_evaluators.py --seeds 0 3 4
+    python benchmarks/views_evaluators.py --real-training-maps   # evaluators that also saw real road layouts
 
 Vehicle and road IoU are read off generated views by a BEV segmentation network that this project trains
 (``bevgen.views.bevseg_train``); a network trained with another seed is another evaluator, and its oracle (the
@@ -12,7 +13,13 @@ every evaluator reads the same images) and its oracle on both held-out sets of `
 reports each evaluator's shares of the oracle (vehicle / road / seams, per distance too), their mean and their
 minimum. Seams and FID need no network: they are the same under every evaluator and are listed once.
 
-Results: ``benchmarks/results/views_evaluators.json`` (with the machine). Runs: ``benchmarks/work/cameras/
+``--real-training-maps`` trains each network on those frames plus the four real training scenes rendered by the
+synthetic renderer (``benchmarks/views_sampler.py``'s selection frames; the three held-out real scenes are never
+used): a network trained on procedural maps alone reads the real-map oracle's vehicles at IoU 0.07 and its
+road at 0.44, so its real-map shares are mostly its own noise.
+
+Results: ``benchmarks/results/views_evaluators.json`` (``views_evaluators_real_maps.json`` with
+``--real-training-maps``; with the machine). Runs: ``benchmarks/work/cameras/
 bevseg_seed<k>_<steps>`` (resumable; one network takes about 3 min on 2 cores).
 """
 
@@ -30,24 +37,41 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from run import _heldout_camera_data, machine  # noqa: E402  (benchmarks/ is not a package)
-from views_eval import TRAIN_DATA, WORK, bevseg_net, evaluate_model, real_map_data  # noqa: E402
+from views_eval import REAL_DIR, TRAIN_DATA, WORK, bevseg_net, evaluate_model, real_map_data  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "views_evaluators.json"
+RESULT_REAL = ROOT / "benchmarks" / "results" / "views_evaluators_real_maps.json"
 SHARES = ("vehicle_iou", "road_iou", "vehicle_iou_near", "vehicle_iou_mid", "vehicle_iou_far", "road_iou_near",
           "road_iou_mid", "road_iou_far")
 SHARED = ("seam_consistency", "seam_consistency_oracle", "fid", "psnr")
 
 
-def evaluator(seed: int, steps: int = 600) -> Path:
-    """The BEV segmentation network of ``seed`` on the shipped model's training frames (cached)."""
+def evaluator(seed: int, steps: int = 600, data: Path = TRAIN_DATA, tag: str = "") -> Path:
+    """The BEV segmentation network of ``seed`` trained on ``data`` (default the shipped model's training frames;
+    cached under ``WORK / bevseg<tag>_seed<seed>_<steps>``)."""
     from bevgen.views.bevseg import BevSegConfig
     from bevgen.views.bevseg_train import train_bevseg
 
-    if seed == 0 and steps == 600:
+    if seed == 0 and steps == 600 and data == TRAIN_DATA:
         return bevseg_net(TRAIN_DATA)  # the benchmark's own network
     cfg = replace(BevSegConfig(), seed=seed)
-    return train_bevseg(TRAIN_DATA, None, WORK / f"bevseg_seed{seed}_{steps}", steps=steps, config=cfg,
+    return train_bevseg(data, None, WORK / f"bevseg{tag}_seed{seed}_{steps}", steps=steps, config=cfg,
                         resume=True, progress=True)
+
+
+def with_real_training_maps() -> Path:
+    """``TRAIN_DATA``'s frames and the real training scenes' rendered frames as one dataset (links, no copies):
+    ``WORK / "bevseg_data_real_maps"``."""
+    from views_sampler import selection_sets  # the real training scenes' frames, rendered when missing
+
+    from bevgen.render.dataset import merge_datasets
+
+    real = selection_sets().get("real_maps_train_scenes")
+    if real is None:
+        raise SystemExit(f"{REAL_DIR} missing: no real scenes to train the evaluator on")
+    out = WORK / "bevseg_data_real_maps"
+    merge_datasets({"": TRAIN_DATA, "real": real[0]}, out)
+    return out
 
 
 def shares(row: dict) -> dict:
@@ -78,8 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=600, help="training steps of each evaluator (default 600)")
     ap.add_argument("--ckpt", type=Path, default=ROOT / "checkpoints" / "views_tiny",
                     help="views run to score (default: the shipped tiny model)")
-    ap.add_argument("--out", type=Path, default=RESULT, help=f"result JSON (default {RESULT.relative_to(ROOT)})")
+    ap.add_argument("--real-training-maps", action="store_true",
+                    help="train each evaluator on the real training scenes' rendered frames too")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"result JSON (default {RESULT.relative_to(ROOT)}, or {RESULT_REAL.relative_to(ROOT)})")
     args = ap.parse_args(argv)
+    args.out = args.out or (RESULT_REAL if args.real_training_maps else RESULT)
     if not (TRAIN_DATA / "index.json").exists():
         raise SystemExit(f"{TRAIN_DATA}: no training frames; run `make checkpoints` (or "
                          "`python -c 'from bevgen.pretrained import write_training_frames as w; "
@@ -88,13 +116,14 @@ def main(argv: list[str] | None = None) -> dict:
     real = real_map_data()
     if real is not None:
         sets["real_maps"] = real
+    data, tag = (with_real_training_maps(), "_real_maps") if args.real_training_maps else (TRAIN_DATA, "")
     per_seed: dict[int, dict] = {}
     shared: dict = {}
     for seed in args.seeds:
         t0 = time.perf_counter()
-        net = evaluator(seed, args.steps)
+        net = evaluator(seed, args.steps, data, tag)
         t_train = time.perf_counter() - t0
-        rows = evaluate_model(args.ckpt, sets, net, WORK / "eval_evaluators" / args.ckpt.name / f"seed{seed}")
+        rows = evaluate_model(args.ckpt, sets, net, WORK / f"eval_evaluators{tag}" / args.ckpt.name / f"seed{seed}")
         per_seed[seed] = {name: {"shares": shares(r),
                                  "oracle": {k: round(r[f"{k}_oracle"], 4) for k in SHARES if f"{k}_oracle" in r},
                                  "generated": {k: round(r[k], 4) for k in SHARES if r.get(k) is not None}}
@@ -105,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                                               if k in ("vehicle_iou", "road_iou"))
                           for n, r in per_seed[seed].items()), flush=True)
     result = {"benchmark": "views_evaluators", "machine": machine(), "model": str(args.ckpt),
-              "evaluator": {"trained_on": str(TRAIN_DATA), "steps": args.steps, "seeds": args.seeds},
+              "evaluator": {"trained_on": str(data), "steps": args.steps, "seeds": args.seeds},
               "sets": {k: str(v) for k, v in sets.items()}, "per_seed": per_seed, "summary": summary(per_seed),
               "same_under_every_evaluator": shared}
     if args.out.exists():  # rows added by hand beside a run (other models scored for the record) stay

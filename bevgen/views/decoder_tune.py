@@ -59,8 +59,9 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
         checkpoint_every: steps between atomic checkpoints (resume points). threads: torch threads (0 = torch's
             default, every core). progress: tqdm bar.
     Returns:
-        summary: the settings, start_step, seconds, first_loss, final_loss_mean20, frames, problems (also written
-        to ``out / "decoder_tune.json"``). A finished ``out`` is returned as is; one finished or interrupted with
+        summary: the settings, start_step, seconds, first_loss, final_loss_mean20, frames, problems, and
+        ``previous``: ``run``'s own summary where ``run`` was tuned before (also written to
+        ``out / "decoder_tune.json"``). A finished ``out`` is returned as is; one finished or interrupted with
         other settings is refused (ValueError).
     """
     import torch
@@ -178,6 +179,8 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
     summary = {**settings, "data": str(data), "start_step": start, "seconds": round(time.perf_counter() - t0, 1),
                "first_loss": first, "final_loss_mean20": sum(losses[-20:]) / max(1, len(losses[-20:])),
                "layout_channels": channels, "frames": len(items), "problems": problems}
+    if (run / "decoder_tune.json").exists():  # a run tuned before: its segments stay on record, oldest innermost
+        summary["previous"] = json.loads((run / "decoder_tune.json").read_text())
     atomic_write_text(out / "decoder_tune.json", json.dumps(summary, indent=2))
     state_path.unlink(missing_ok=True)
     return summary

@@ -192,7 +192,13 @@ def test_tune_decoder_command(trained, frames_dir, tmp_path):  # noqa: F811
                                       "--generated", "0.5"])
     assert res.exit_code == 0, res.output
     done = json.loads((tmp_path / "t" / "decoder_tune.json").read_text())
-    assert done["train_decoder"] is False and done["generated"] == 0.5
+    assert done["train_decoder"] is False and done["generated"] == 0.5 and "previous" not in done
+    # tuning the tuned run again (a second segment, as make checkpoints does) keeps the first on record
+    res = runner.invoke(app, ["views", "tune-decoder", "--ckpt", str(tmp_path / "t"), "--no-progress", "--steps", "2",
+                              "--data", str(frames_dir), "--out", str(tmp_path / "t2"), "--freeze-decoder"])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "t2" / "decoder_tune.json").read_text())
+    assert again["steps"] == 2 and again["previous"] == done
     res = runner.invoke(app, base + ["--data", str(tmp_path), "--out", str(tmp_path / "u")])
     assert res.exit_code != 0 and "not a views dataset" in " ".join(res.output.split())
     res = runner.invoke(app, ["views", "tune-decoder", "--ckpt", str(tmp_path / "nope"), "--data", str(frames_dir),

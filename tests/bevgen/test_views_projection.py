@@ -141,3 +141,49 @@ def test_vehicle_iou_by_distance_scores_each_band_on_its_own():
     assert out["near"] == 1.0 and out["mid"] == 0.5 and out["far"] == 0.0, out
     assert np.isnan(iou_by_distance(pred, target, range_m, bands={"none": (80.0, 90.0)})["none"])
     assert all(np.isnan(v) for v in iou_by_distance(pred, target, range_m, channel=0).values())  # road: empty
+
+
+def test_culled_ray_box_hits_equal_the_slab_test_of_every_pair():
+    """ray_box_hits slab-tests only the pairs that pass a bounding-sphere test: its output is exactly that of the
+    slab test run on every (ray, box) pair, nearest hit first, lowest box index on ties, padding never hit."""
+    from bevgen.cameras import nuscenes_rig
+    from bevgen.views.attention import token_rays
+    from bevgen.views.projection import _slab
+
+    g = torch.Generator().manual_seed(0)
+    b, m = 2, 24
+    arr = torch.cat([torch.rand(b, m, 2, generator=g) * 60 - 30, torch.rand(b, m, 1, generator=g) + 0.3,
+                     torch.rand(b, m, 3, generator=g) * 4 + 0.5, torch.rand(b, m, 1, generator=g) * 6.3], -1)
+    arr[0, 0] = torch.tensor([1.0, 0.0, 1.0, 5.0, 2.0, 2.0, 0.3])  # holds the front camera: hit at t = 0
+    arr[0, 1] = arr[0, 0]  # an exact duplicate: the tie goes to box 0
+    valid = torch.rand(b, m, generator=g) > 0.2
+    valid[0, :2] = True
+    valid[1, 5] = False
+    boxes = Boxes3D.from_array(arr, torch.zeros(b, m, dtype=torch.long), valid)
+    rig = nuscenes_rig((32, 56))
+    K = torch.tensor(rig.K, dtype=torch.float32)[None].expand(b, -1, -1, -1)
+    T = torch.tensor(rig.T_cam_from_ego, dtype=torch.float32)[None].expand(b, -1, -1, -1)
+    rays, origins = token_rays(K, T, (32, 56), 1, 1)
+    rays = rays.flatten(2, 3) * 1.7  # not unit: distances are in units of the ray's length
+    t, idx, normal = ray_box_hits(origins, rays, boxes)
+    # reference: every pair, broadcast [b, v, p, m]
+    yaw = arr[..., 6][:, None, None]
+    c, s = torch.cos(yaw), torch.sin(yaw)
+    rel = (origins[:, :, None] - arr[..., :3][:, None])[:, :, None]  # [b, v, 1, m, 3]
+    o = torch.stack([c * rel[..., 0] + s * rel[..., 1], -s * rel[..., 0] + c * rel[..., 1],
+                     rel[..., 2].expand_as(c * rel[..., 0])], -1)
+    shape = (*rays.shape[:3], m)
+    hit, t_pair, axis = _slab(o.expand(*shape, 3), rays[:, :, :, None].expand(*shape, 3), c.expand(shape),
+                              s.expand(shape), 0.5 * arr[..., 3:6][:, None, None].expand(*shape, 3))
+    hit &= valid[:, None, None]
+    t_ref = torch.where(hit, t_pair, torch.full_like(t_pair, math.inf)).min(-1).values
+    torch.testing.assert_close(t, t_ref, rtol=0, atol=0)
+    assert torch.isfinite(t).float().mean() > 0.1  # the test means something: many rays hit
+    first = hit & (torch.where(hit, t_pair, torch.full_like(t_pair, math.inf)) == t_ref[..., None])
+    idx_ref = torch.where(first, torch.arange(m), torch.full_like(axis, m)).min(-1).values
+    assert torch.equal(idx, torch.where(idx_ref == m, 0, idx_ref))
+    assert not valid.gather(1, idx.flatten(1))[torch.isfinite(t).flatten(1)].logical_not().any()
+    front = rig.names.index("CAM_FRONT")
+    assert (t[0, front] == 0).all() and (idx[0, front] == 0).all()  # inside box 0 (and its twin, box 1)
+    axis_ref = axis.gather(-1, idx[..., None])[..., 0]
+    torch.testing.assert_close(normal, torch.nn.functional.one_hot(axis_ref, 3).float() * torch.isfinite(t)[..., None])
