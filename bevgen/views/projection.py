@@ -33,6 +33,7 @@ from torch import Tensor
 from bevgen.views.attention import token_rays
 from bevgen.views.config import projection_channels
 from sim_bridge.boxes import Boxes3D
+from sim_bridge.geometry import vectors_to_frame
 
 __all__ = ["ray_box_hits", "layout_projection", "pixel_layout", "batch_boxes", "projection_channels",
            "box_coverage", "MAX_DEPTH_M"]
@@ -48,14 +49,13 @@ def batch_boxes(batch: dict[str, Tensor]) -> Boxes3D:
     return Boxes3D.from_array(batch["boxes"], batch["classes"], batch["box_valid"].bool())
 
 
-def _slab(o: Tensor, rays: Tensor, c: Tensor, s: Tensor, half: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _slab(o: Tensor, rays: Tensor, yaw: Tensor, half: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Slab test of rays against yawed boxes, elementwise over matching leading shapes.
 
-    o: [..., 3] ray origin in the box frame; rays: [..., 3] direction (ego frame); c, s: [...] cos / sin of the
-    box yaw; half: [..., 3] half size. Returns hit [...], entry distance [...] (clamped at 0), entry axis [...].
+    o: [..., 3] ray origin in the box frame; rays: [..., 3] direction (ego frame); yaw: [...] the box yaw;
+    half: [..., 3] half size. Returns hit [...], entry distance [...] (clamped at 0), entry axis [...].
     """
-    dx, dy = rays[..., 0], rays[..., 1]
-    d = torch.stack([c * dx + s * dy, -s * dx + c * dy, rays[..., 2]], -1)  # direction in the box frame
+    d = torch.cat([vectors_to_frame(rays[..., :2], yaw), rays[..., 2:]], -1)  # direction in the box frame
     inv = 1.0 / torch.where(d.abs() < _EPS, torch.full_like(d, _EPS), d)
     t1, t2 = (-half - o) * inv, (half - o) * inv
     t_near, axis = torch.minimum(t1, t2).max(-1)  # entry distance and the slab it enters through
@@ -90,10 +90,9 @@ def ray_box_hits(origins: Tensor, rays: Tensor, boxes: Boxes3D) -> tuple[Tensor,
     near = (along >= -r) & (along.square() >= r2) & boxes.valid[:, None, None]  # the ray passes through the sphere
     bi, vi, pi, mi = near.nonzero(as_tuple=True)  # k candidate pairs
     yaw = boxes.yaw.float()[bi, mi]
-    c, s = torch.cos(yaw), torch.sin(yaw)
     rel = -w[bi, vi, mi]  # box centre -> origin, ego axes; world -> box frame: rotate by -yaw about z
-    o = torch.stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1], rel[:, 2]], -1)
-    hit, t_pair, axis = _slab(o, rays.float()[bi, vi, pi], c, s, half[bi, mi])
+    o = torch.cat([vectors_to_frame(rel[:, :2], yaw), rel[:, 2:]], -1)
+    hit, t_pair, axis = _slab(o, rays.float()[bi, vi, pi], yaw, half[bi, mi])
     t_pair = torch.where(hit, t_pair, torch.full_like(t_pair, math.inf))
     ray = (bi * v + vi) * p + pi  # flat ray index of each pair
     t_best = torch.full((b * v * p,), math.inf, device=rays.device).scatter_reduce(0, ray, t_pair, "amin")

@@ -149,6 +149,7 @@ def test_culled_ray_box_hits_equal_the_slab_test_of_every_pair():
     from bevgen.cameras import nuscenes_rig
     from bevgen.views.attention import token_rays
     from bevgen.views.projection import _slab
+    from sim_bridge.geometry import vectors_to_frame
 
     g = torch.Generator().manual_seed(0)
     b, m = 2, 24
@@ -167,14 +168,12 @@ def test_culled_ray_box_hits_equal_the_slab_test_of_every_pair():
     rays = rays.flatten(2, 3) * 1.7  # not unit: distances are in units of the ray's length
     t, idx, normal = ray_box_hits(origins, rays, boxes)
     # reference: every pair, broadcast [b, v, p, m]
-    yaw = arr[..., 6][:, None, None]
-    c, s = torch.cos(yaw), torch.sin(yaw)
-    rel = (origins[:, :, None] - arr[..., :3][:, None])[:, :, None]  # [b, v, 1, m, 3]
-    o = torch.stack([c * rel[..., 0] + s * rel[..., 1], -s * rel[..., 0] + c * rel[..., 1],
-                     rel[..., 2].expand_as(c * rel[..., 0])], -1)
     shape = (*rays.shape[:3], m)
-    hit, t_pair, axis = _slab(o.expand(*shape, 3), rays[:, :, :, None].expand(*shape, 3), c.expand(shape),
-                              s.expand(shape), 0.5 * arr[..., 3:6][:, None, None].expand(*shape, 3))
+    yaw = arr[..., 6][:, None, None].expand(shape)
+    rel = (origins[:, :, None] - arr[..., :3][:, None])[:, :, None].expand(*shape, 3)  # [b, v, p, m, 3]
+    o = torch.cat([vectors_to_frame(rel[..., :2], yaw), rel[..., 2:]], -1)
+    hit, t_pair, axis = _slab(o, rays[:, :, :, None].expand(*shape, 3), yaw,
+                              0.5 * arr[..., 3:6][:, None, None].expand(*shape, 3))
     hit &= valid[:, None, None]
     t_ref = torch.where(hit, t_pair, torch.full_like(t_pair, math.inf)).min(-1).values
     torch.testing.assert_close(t, t_ref, rtol=0, atol=0)
