@@ -74,22 +74,28 @@ def bevseg_net(train_data: Path) -> Path:
 
 
 def evaluate_model(run: Path, sets: dict[str, Path], bevseg: Path, out: Path, threads: int = 2,
-                   unconditional: bool = False) -> dict:
+                   unconditional: bool = False, round_trip: bool = False) -> dict:
     """Metrics of one views model on every held-out set (seed 0, the config's decoding steps and guidance;
-    ``unconditional``: samples of the null layout, the floor)."""
+    ``unconditional``: samples of the null layout, the floor; ``round_trip``: the true views encoded to tokens
+    and decoded with the frame's layout, what the tokenizer keeps, no generator)."""
     import torch
 
     from bevgen.views.metrics import evaluate_views
-    from bevgen.views.sample import load_views
+    from bevgen.views.sample import fit_batch, load_views
 
     torch.set_num_threads(threads)
     pipe = load_views(run)
+
+    def reconstruct(b: dict):
+        fitted = fit_batch(b, pipe.image_size)  # the frame's condition too: a layout-reading decoder needs it
+        return pipe.reconstruct(fitted["images"], fitted)
+
+    views = reconstruct if round_trip else (lambda b: pipe(b, seed=0, unconditional=unconditional).images)
     rows = {}
     for name, data in sets.items():
         names = json.loads((data / "index.json").read_text())["frames"]
         t0 = time.perf_counter()
-        m = evaluate_views(lambda b: pipe(b, seed=0, unconditional=unconditional).images, data, names, out / name,
-                           bevseg_ckpt=bevseg, progress=False)
+        m = evaluate_views(views, data, names, out / name, bevseg_ckpt=bevseg, progress=False)
         rows[name] = {k: v for k, v in m.items() if k != "definitions"} | {"eval_s": round(time.perf_counter() - t0, 1)}
     return rows
 

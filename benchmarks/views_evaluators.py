@@ -5,13 +5,15 @@
     python benchmarks/views_evaluators.py --real-training-maps   # evaluators that also saw real road layouts
 
 Vehicle and road IoU are read off generated views by a BEV segmentation network that this project trains
-(``bevgen.views.bevseg_train``); a network trained with another seed is another evaluator, and its oracle (the
-same network on the true views) moves with it. This script trains one network per seed on ``make checkpoints``'
-training frames (600 steps, the benchmark's recipe; seed 0 is the network ``make bench`` uses,
-``benchmarks/work/cameras/bevseg``, reused when present), scores the shipped tiny model (seed-0 samples, so
-every evaluator reads the same images) and its oracle on both held-out sets of ``benchmarks/views_eval.py``, and
-reports each evaluator's shares of the oracle (vehicle / road / seams, per distance too), their mean and their
-minimum. Seams and FID need no network: they are the same under every evaluator and are listed once.
+(``bevgen.views.bevseg_train``); a network trained with another seed is another evaluator, and its oracle (the same
+network on the true views) moves with it. This script trains one network per seed on ``make checkpoints``' training
+frames (600 steps, the benchmark's recipe; seed 0 is the network ``make bench`` uses,
+``benchmarks/work/cameras/bevseg``, reused when present), scores the shipped tiny model (seed-0 samples, so every
+evaluator reads the same images) and its oracle on both held-out sets of ``benchmarks/views_eval.py``, and reports
+each evaluator's shares of the oracle (vehicle / road / seams, per distance too), their mean and their minimum, and
+the same shares of the round trip (the true views through the tokenizer and the layout-reading decoder, no
+generator: where the generated share is lost, in the tokens or in the generator). Seams and FID need no network:
+they are the same under every evaluator and are listed once.
 
 ``--real-training-maps`` trains each network on those frames plus the four real training scenes rendered by the
 synthetic renderer (``benchmarks/views_sampler.py``'s selection frames; the three held-out real scenes are never
@@ -85,12 +87,13 @@ def shares(row: dict) -> dict:
 
 
 def summary(per_seed: dict[int, dict]) -> dict:
-    """Mean, minimum and maximum over evaluators of every share, per set."""
+    """Mean, minimum and maximum over evaluators of every share, per set (``<set>_round_trip``: the round trip's)."""
     out: dict = {}
     for seed_rows in per_seed.values():
         for name, row in seed_rows.items():
-            for k, v in row["shares"].items():
-                out.setdefault(name, {}).setdefault(k, []).append(v)
+            for key, suffix in (("shares", ""), ("round_trip_shares", "_round_trip")):
+                for k, v in row.get(key, {}).items():
+                    out.setdefault(name + suffix, {}).setdefault(k, []).append(v)
     return {name: {k: {"mean": round(statistics.fmean(v), 4), "min": min(v), "max": max(v), "n": len(v)}
                    for k, v in ks.items()} for name, ks in out.items()}
 
@@ -123,8 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         net = evaluator(seed, args.steps, data, tag)
         t_train = time.perf_counter() - t0
-        rows = evaluate_model(args.ckpt, sets, net, WORK / f"eval_evaluators{tag}" / args.ckpt.name / f"seed{seed}")
-        per_seed[seed] = {name: {"shares": shares(r),
+        where = WORK / f"eval_evaluators{tag}" / args.ckpt.name / f"seed{seed}"
+        rows = evaluate_model(args.ckpt, sets, net, where)
+        trips = evaluate_model(args.ckpt, sets, net, where / "round_trip", round_trip=True)
+        per_seed[seed] = {name: {"shares": shares(r), "round_trip_shares": shares(trips[name]),
                                  "oracle": {k: round(r[f"{k}_oracle"], 4) for k in SHARES if f"{k}_oracle" in r},
                                  "generated": {k: round(r[k], 4) for k in SHARES if r.get(k) is not None}}
                           for name, r in rows.items()}
