@@ -5,12 +5,13 @@
 Recipe (:func:`build`): procedural scenarios (MetaDrive maps + IDM traffic, seeds 0-63, denser traffic than the
 default) -> synthetic six-camera dataset (pybullet CPU renderer, 128x224) -> ``configs/views/tiny.yaml`` (generator
 steps: ``VIEWS_GENERATOR_STEPS``; then its decoder learns to read the layout through every pixel,
-``VIEWS_DECODER_STEPS`` + ``VIEWS_DECODER_MORE_STEPS``, its own weights frozen) -> ``configs/scene3d/tiny.yaml``;
-then only the weights and configs are exported (no optimizer state), read back with ``weights_only=True`` by the
-ordinary loaders (``bevgen.views.sample.load_views``, ``bevgen.scene3d.train.load_scene3d``). Every step is seeded
-and runs on one CPU thread per process, so the same versions on the same kind of machine reproduce the same files;
-the demo says in its report when it used them. About two hours on a 2-core laptop CPU (estimated from the timed
-segments, checkpoints/README.json), both models training side by side.
+``VIEWS_DECODER_STEPS`` + ``VIEWS_DECODER_MORE_STEPS``, then ``VIEWS_DECODER_REAL_STEPS`` on real road layouts too
+where ``REAL_DIR`` holds real scenarios, its own weights frozen) -> ``configs/scene3d/tiny.yaml``; then only the
+weights and configs are exported (no optimizer state), read back with ``weights_only=True`` by the ordinary loaders
+(``bevgen.views.sample.load_views``, ``bevgen.scene3d.train.load_scene3d``). Every step is seeded and runs on one
+CPU thread per process, so the same versions on the same kind of machine reproduce the same files; the demo says in
+its report when it used them. About two hours on a 2-core laptop CPU (estimated from the timed segments,
+checkpoints/README.json), both models training side by side.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from bevgen.render.dataset import write_synthetic_dataset
+from bevgen.render.dataset import merge_datasets, write_synthetic_dataset
 from bevgen.render.scene import SynthConfig
 from bevgen.views.decoder_tune import tune_decoder
+from runkit.atomic import atomic_write_text
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
@@ -48,6 +50,16 @@ VIEWS_DECODER_MORE_STEPS = 600
 weights (about 4 min). Measured as the "+600 true tokens" arm of ``benchmarks/views_decoder.py``: procedural road
 IoU share 0.904-0.922 under three evaluator seeds against 0.886-0.911 without it
 (``benchmarks/results/views_evaluators.json``)."""
+VIEWS_DECODER_REAL_STEPS = 600
+"""A third segment on the procedural frames plus real road layouts: the real training scenes of ``REAL_DIR``
+(all but the 3 that ``sim_bridge.rl.experiment.split_real`` holds out for evaluation, and ``REAL_SELECTION_SCENE``,
+kept for choosing) rendered by the synthetic renderer, 24 frames each (about 4 min). Chosen with
+``benchmarks/views_decoder.py``'s rule on scene-0553 and unseen procedural frames (worst share of a target 1.000
+against 0.822 for 600 more procedural steps; README, camera views). Skipped, with a message, without ``REAL_DIR``."""
+REAL_DIR = REPO.parent / "shared" / "data" / "real-scenarios"
+"""The real scenarios (scenario contract pickles) beside a source checkout."""
+REAL_SELECTION_SCENE = "sd_nuscenes_v1.0-mini_scene-0553"
+"""A real training scene the decoder never trains on: the real selection set of ``VIEWS_DECODER_REAL_STEPS``."""
 
 
 def shipped(name: str, root: Path = SHIPPED) -> Path | None:
@@ -92,13 +104,33 @@ def write_training_frames(work: Path, num_scenarios: int = 64, start_seed: int =
     return work / "camera_data"
 
 
-def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
+def real_layout_frames(work: Path, real_dir: Path = REAL_DIR) -> Path | None:
+    """``work / "camera_data"`` plus the real training scenes rendered (``work / "real_frames"``: 24 frames each,
+    every 5 steps from step 10) as one dataset, ``work / "camera_data_real"`` (links, no copies), without
+    ``REAL_SELECTION_SCENE``; None when ``real_dir`` holds no scenarios. Resumable."""
+    from sim_bridge.rl.experiment import split_real  # imported lazily: pulls the RL stack
+
+    real_dir = Path(real_dir)
+    if not real_dir.is_dir() or not any(real_dir.glob("*.pkl")):
+        return None
+    train, _, _ = split_real(real_dir, work / "real_split", held_out=3)
+    write_synthetic_dataset(train, work / "real_frames", SynthConfig(), frames_per_scenario=24, frame_stride=5,
+                            first_frame=10, workers=2, resume=True, progress=False, repair=True)
+    out = work / "camera_data_real"
+    index = merge_datasets({"": work / "camera_data", "real": work / "real_frames"}, out)
+    index["frames"] = [f for f in index["frames"] if REAL_SELECTION_SCENE not in f]
+    atomic_write_text(out / "index.json", json.dumps(index, indent=1))
+    return out
+
+
+def build(work: Path, out: Path = SHIPPED, parallel: bool = True, real_dir: Path = REAL_DIR) -> dict:
     """Make the shipped checkpoints from scratch (resumable: every stage keeps its outputs in ``work``).
 
     Args:
         work: scratch directory (scenarios, dataset, full training runs with optimizer state, logs).
         out: where the slim checkpoints go (``checkpoints/`` of the repository by default).
         parallel: train the two models in two processes side by side (one CPU thread each).
+        real_dir: real scenarios for the views decoder's real-layout segment (skipped where there are none).
     Returns:
         summary: seconds per stage and each training summary.
     """
@@ -126,8 +158,17 @@ def build(work: Path, out: Path = SHIPPED, parallel: bool = True) -> dict:
                  train_decoder=False)
     tune_decoder(work / "views_layout", work / "camera_data", work / "views_layout_more",
                  steps=VIEWS_DECODER_MORE_STEPS, threads=2, train_decoder=False)
+    final = work / "views_layout_more"
+    mixed = real_layout_frames(work, real_dir)
+    if mixed is None:
+        print(f"{real_dir}: no real scenarios; the views decoder's real-layout segment is skipped", file=sys.stderr)
+    else:  # from the weights alone (no split.json: the mixed frames are split by scenario afresh)
+        export_views(final, work / "views_layout_base")
+        final = work / "views_layout_real"
+        tune_decoder(work / "views_layout_base", mixed, final, steps=VIEWS_DECODER_REAL_STEPS, threads=2,
+                     train_decoder=False)
     times["decoder_s"] = time.perf_counter() - t0
-    export_views(work / "views_layout_more", out / "views_tiny")
+    export_views(final, out / "views_tiny")
     export_scene3d(work / "scene3d", out / "scene3d_tiny")
     summary = {"seconds": times, "files": _sizes(out, out)}
     (out / "README.json").write_text(json.dumps({"made_by": "make checkpoints (python -m bevgen.pretrained)",
@@ -172,13 +213,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=SHIPPED, help="where the slim checkpoints go")
     parser.add_argument("--work", type=Path, default=Path("runs/checkpoints"), help="scratch directory (resumable)")
     parser.add_argument("--sequential", action="store_true", help="train the two models one after the other")
+    parser.add_argument("--real-dir", type=Path, default=REAL_DIR,
+                        help="real scenarios for the views decoder's real-layout segment (skipped when absent)")
     parser.add_argument("--hires", action="store_true",
                         help="make views_hires instead (the 128x224 model; about 2.5 h on 2 cores)")
     args = parser.parse_args(argv)
     if args.hires:
         print(json.dumps(build_hires(args.work, args.out), indent=2))
     else:
-        print(json.dumps(build(args.work, args.out, parallel=not args.sequential), indent=2))
+        print(json.dumps(build(args.work, args.out, parallel=not args.sequential, real_dir=args.real_dir), indent=2))
 
 
 if __name__ == "__main__":

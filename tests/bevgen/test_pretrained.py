@@ -48,3 +48,32 @@ def test_build_hires_reports_a_failed_training(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="training failed"):
         pretrained.build_hires(tmp_path / "work", tmp_path / "ship")
     assert pretrained.shipped("views_hires", tmp_path / "ship") is None
+
+
+def test_real_layout_frames_join_the_procedural_frames_without_the_selection_scene(tmp_path):
+    """The views decoder's real-layout segment trains on the procedural frames plus the real training scenes
+    rendered, never on the 3 scenes held out for evaluation nor on the scene kept for selection; without real
+    scenarios it is skipped (None)."""
+    import json
+
+    from conftest import REAL_DIR, make_varied_road_scenario
+
+    from bevgen import pretrained
+    from bevgen.render.dataset import FrameDataset, write_synthetic_dataset
+    from bevgen.render.scene import SynthConfig
+    from sim_bridge.scenario import Scenario, save_scenario
+
+    assert pretrained.real_layout_frames(tmp_path, tmp_path / "no_real") is None
+    if not (REAL_DIR / "dataset_summary.pkl").exists():
+        pytest.skip(f"shared real scenarios not found at {REAL_DIR} (expected ../shared beside the repo)")
+    save_scenario(Scenario.from_dict(make_varied_road_scenario(0)), tmp_path / "scenarios" / "road00.pkl")
+    write_synthetic_dataset(tmp_path / "scenarios", tmp_path / "camera_data", SynthConfig(), frames_per_scenario=2,
+                            frame_stride=8, first_frame=0, progress=False)
+    mixed = pretrained.real_layout_frames(tmp_path, REAL_DIR)
+    frames = json.loads((mixed / "index.json").read_text())["frames"]
+    scenes = {f.split("__")[0] for f in frames}
+    held_out = {p.stem for p in (tmp_path / "real_split" / "real_test").glob("sd_*.pkl")}
+    assert len(held_out) == 3 and not scenes & {f"real-{s}" for s in held_out}
+    assert f"real-{pretrained.REAL_SELECTION_SCENE}" not in scenes
+    assert "road00" in scenes and len([s for s in scenes if s.startswith("real-")]) == 3
+    assert len(FrameDataset(mixed, names=frames[:1])) == 1  # the links resolve
