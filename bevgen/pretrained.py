@@ -31,7 +31,11 @@ from runkit.atomic import atomic_write_text
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 
-__all__ = ["SHIPPED", "shipped", "build", "build_hires", "write_training_frames", "export_views", "export_scene3d"]
+# sim_bridge.rl.experiment (split_real) is imported lazily: it pulls the RL stack (PPO training, evaluation),
+# which only the real-layout stage needs.
+
+__all__ = ["SHIPPED", "shipped", "build", "build_hires", "write_training_frames", "real_layout_frames", "export_views",
+           "export_scene3d"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "checkpoints"
@@ -108,7 +112,7 @@ def real_layout_frames(work: Path, real_dir: Path = REAL_DIR) -> Path | None:
     """``work / "camera_data"`` plus the real training scenes rendered (``work / "real_frames"``: 24 frames each,
     every 5 steps from step 10) as one dataset, ``work / "camera_data_real"`` (links, no copies), without
     ``REAL_SELECTION_SCENE``; None when ``real_dir`` holds no scenarios. Resumable."""
-    from sim_bridge.rl.experiment import split_real  # imported lazily: pulls the RL stack
+    from sim_bridge.rl.experiment import split_real
 
     real_dir = Path(real_dir)
     if not real_dir.is_dir() or not any(real_dir.glob("*.pkl")):
