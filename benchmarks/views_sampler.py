@@ -31,20 +31,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def selection_sets() -> dict[str, tuple[Path, list[str]]]:
     from views_eval import REAL_DIR, TRAIN_DATA, WORK
 
-    from bevgen.pretrained import write_training_frames
-    from bevgen.render.dataset import split_frames, write_synthetic_dataset
-    from bevgen.render.scene import SynthConfig
-    from sim_bridge.rl.experiment import split_real
+    from bevgen.pretrained import write_real_training_frames, write_training_frames
+    from bevgen.render.dataset import split_frames
 
     if not (TRAIN_DATA / "index.json").exists():
         raise SystemExit(f"{TRAIN_DATA} missing: run `make checkpoints` first (its frames hold the validation set)")
     _, val = split_frames(json.loads((TRAIN_DATA / "index.json").read_text())["frames"], 0.1, 0)
     sets = {"procedural_validation": (TRAIN_DATA, val[::2])}
-    if REAL_DIR.exists():
-        train, _, _ = split_real(REAL_DIR, WORK / "real_split", held_out=3)
-        real = WORK / "selection_real_maps"
-        write_synthetic_dataset(train, real, SynthConfig(), frames_per_scenario=24, frame_stride=5, first_frame=10,
-                                workers=2, resume=True, progress=False, repair=True)
+    real = write_real_training_frames(REAL_DIR, WORK / "real_split", WORK / "selection_real_maps")
+    if real is not None:
         sets["real_maps_train_scenes"] = (real, json.loads((real / "index.json").read_text())["frames"][::2])
     unseen = write_training_frames(WORK / "selection_unseen", num_scenarios=16, start_seed=20_000)
     sets["procedural_unseen"] = (unseen, json.loads((unseen / "index.json").read_text())["frames"][::2])

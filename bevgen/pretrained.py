@@ -34,8 +34,8 @@ from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 # sim_bridge.rl.experiment (split_real) is imported lazily: it pulls the RL stack (PPO training, evaluation),
 # which only the real-layout stage needs.
 
-__all__ = ["SHIPPED", "shipped", "build", "build_hires", "write_training_frames", "real_layout_frames", "export_views",
-           "export_scene3d"]
+__all__ = ["SHIPPED", "shipped", "build", "build_hires", "write_training_frames", "write_real_training_frames",
+           "real_layout_frames", "export_views", "export_scene3d"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "checkpoints"
@@ -108,20 +108,31 @@ def write_training_frames(work: Path, num_scenarios: int = 64, start_seed: int =
     return work / "camera_data"
 
 
-def real_layout_frames(work: Path, real_dir: Path = REAL_DIR) -> Path | None:
-    """``work / "camera_data"`` plus the real training scenes rendered (``work / "real_frames"``: 24 frames each,
-    every 5 steps from step 10) as one dataset, ``work / "camera_data_real"`` (links, no copies), without
-    ``REAL_SELECTION_SCENE``; None when ``real_dir`` holds no scenarios. Resumable."""
+def write_real_training_frames(real_dir: Path, split_dir: Path, out: Path) -> Path | None:
+    """The real training scenes of ``real_dir`` (``split_real`` into ``split_dir``: all but 3 held out for
+    evaluation) rendered by the synthetic renderer into ``out``, 24 frames each, every 5 steps from step 10; None
+    when ``real_dir`` holds no scenarios. Resumable. The views decoder's real-layout data and the views selection
+    frames (``benchmarks/views_sampler.py``) are both this recipe."""
     from sim_bridge.rl.experiment import split_real
 
     real_dir = Path(real_dir)
     if not real_dir.is_dir() or not any(real_dir.glob("*.pkl")):
         return None
-    train, _, _ = split_real(real_dir, work / "real_split", held_out=3)
-    write_synthetic_dataset(train, work / "real_frames", SynthConfig(), frames_per_scenario=24, frame_stride=5,
-                            first_frame=10, workers=2, resume=True, progress=False, repair=True)
+    train, _, _ = split_real(real_dir, Path(split_dir), held_out=3)
+    write_synthetic_dataset(train, out, SynthConfig(), frames_per_scenario=24, frame_stride=5, first_frame=10,
+                            workers=2, resume=True, progress=False, repair=True)
+    return Path(out)
+
+
+def real_layout_frames(work: Path, real_dir: Path = REAL_DIR) -> Path | None:
+    """``work / "camera_data"`` plus the real training scenes rendered (:func:`write_real_training_frames` into
+    ``work / "real_frames"``) as one dataset, ``work / "camera_data_real"`` (links, no copies), without
+    ``REAL_SELECTION_SCENE``; None when ``real_dir`` holds no scenarios. Resumable."""
+    real = write_real_training_frames(real_dir, work / "real_split", work / "real_frames")
+    if real is None:
+        return None
     out = work / "camera_data_real"
-    index = merge_datasets({"": work / "camera_data", "real": work / "real_frames"}, out)
+    index = merge_datasets({"": work / "camera_data", "real": real}, out)
     index["frames"] = [f for f in index["frames"] if REAL_SELECTION_SCENE not in f]
     atomic_write_text(out / "index.json", json.dumps(index, indent=1))
     return out
