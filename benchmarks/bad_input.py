@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sim_bridge.sources.real import REAL_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-REAL_DIR = ROOT.parent / "shared" / "data" / "real-scenarios"
 
 
 class _Reduce:

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sim_bridge.sources.real import REAL_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-REAL_DIR = ROOT.parent / "shared" / "data" / "real-scenarios"
 
 
 def _vec_steps_per_s(batch, num_envs: int, steps: int, warmup: int = 5, seed: int = 0, traffic: str = "log",

@@ -12,8 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from sim_bridge.sources.real import REAL_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-REAL_DIR = ROOT.parent / "shared" / "data" / "real-scenarios"
 PROCEDURAL = dict(num_scenarios=3, steps=100, workers=1)
 
 

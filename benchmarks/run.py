@@ -16,9 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from sim_bridge.sources.real import REAL_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-REAL_DIR = ROOT.parent / "shared" / "data" / "real-scenarios"
 README = ROOT / "README.md"
 # Reference figures measured on this kind of machine (../shared/ANCHORS.md, +-20%).
 ANCHOR_EXPORT_4X200_S = 13.0  # MetaDrive 0.4.3 export_scenarios, 4 procedural maps x 200 steps, IDM traffic

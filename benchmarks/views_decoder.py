@@ -23,6 +23,15 @@ when present. Since the shipped decoder reads the layout, arms go on from it and
 ``tune_decoder``). A ``layout`` arm's decoder also reads the layout through every pixel (``tokenizer.layout_channels``,
 ``bevgen views tune-decoder``); its injection starts at zero, so it starts from the shipped decoder. Add
 ``--heldout`` to score the arms once on the held-out sets too (for the record only).
+
+A ``real`` arm trains on the procedural frames plus the real training scenes of ``../shared`` rendered
+(``bevgen.pretrained.real_layout_frames``: ``REAL_SELECTION_SCENE`` left out). ``--real-selection`` scores the
+generated samples on that scene (24 frames) and the unseen procedural frames instead, and prints each arm's worst
+share of a target's bar (vehicle 0.5, road 0.9, seams 0.75 of the oracle): the rule that chose the shipped
+decoder's real-layout segments (README, camera views). ``run=DIR`` scores a views run trained elsewhere (e.g. a
+generator fine-tuned with ``bevgen views train --init-from``) as one more arm, named by its directory;
+``--bevseg=CKPT`` scores with another segmentation network (e.g. one of ``benchmarks/views_evaluators.py``'s) instead
+of the benchmark's (the rows name their evaluator).
 """
 
 from __future__ import annotations
@@ -38,22 +47,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 WORK = ROOT / "benchmarks" / "work" / "views_decoder"
 TARGETS = ("vehicle_iou", "road_iou", "seam_consistency")
+BARS = {"vehicle_iou": 0.5, "road_iou": 0.9, "seam_consistency": 0.75}
+"""Issue 16's targets as shares of the oracle: an arm's selection figure is its worst share of one of these."""
 
 
 def tune_decoder(steps: int, adversarial_weight: float, out: Path, layout: bool = False,
-                 train_decoder: bool = True, generated: float = 0.0) -> Path:
+                 train_decoder: bool = True, generated: float = 0.0, real: bool = False) -> Path:
     """A copy of the shipped views run whose tokenizer decoder was trained ``steps`` more steps on the shipped
     run's training frames (``bevgen.views.decoder_tune.tune_decoder``: encoder and codebook frozen; ``layout``:
-    the decoder also reads the layout through every pixel), 2 threads."""
-    from views_eval import TRAIN_DATA
+    the decoder also reads the layout through every pixel; ``real``: the real training scenes' frames too), 2
+    threads."""
+    from views_eval import REAL_DIR, TRAIN_DATA
 
-    from bevgen.pretrained import shipped
+    from bevgen.pretrained import real_layout_frames, shipped
     from bevgen.views.decoder_tune import tune_decoder as tune
 
     ship = shipped("views_tiny")
     if ship is None:
         raise SystemExit("checkpoints/views_tiny missing: run `make checkpoints` first")
-    summary = tune(ship, TRAIN_DATA, out, steps=steps, adversarial_weight=adversarial_weight, layout=layout,
+    data = TRAIN_DATA
+    if real:
+        data = real_layout_frames(TRAIN_DATA.parent, REAL_DIR)
+        if data is None:
+            raise SystemExit(f"{REAL_DIR}: no real scenarios for a real arm")
+    summary = tune(ship, data, out, steps=steps, adversarial_weight=adversarial_weight, layout=layout,
                    threads=2, train_decoder=train_decoder, generated=generated)
     for p in summary["problems"]:
         print(f"skipped {p}", file=sys.stderr)
@@ -68,8 +85,10 @@ def evaluator_id(bevseg: Path) -> str:
     return hashlib.sha256(Path(bevseg).read_bytes()).hexdigest()[:12]
 
 
-def score(run: Path, sets: dict, bevseg: Path, tag: str) -> list[dict]:
-    """Round trip (procedural sets) and the shipped generator's samples of ``run`` on every set."""
+def score(run: Path, sets: dict, bevseg: Path, tag: str, modes: tuple[str, ...] = ("round_trip", "generated"),
+          keyed: bool = False) -> list[dict]:
+    """Round trip (procedural sets) and the shipped generator's samples of ``run`` on every set (``keyed``: the
+    scores are cached under the evaluator's id, for a network other than the benchmark's)."""
     from bevgen.views.metrics import evaluate_views
     from bevgen.views.sample import fit_batch, load_views
 
@@ -79,12 +98,12 @@ def score(run: Path, sets: dict, bevseg: Path, tag: str) -> list[dict]:
         fitted = fit_batch(b, pipe.image_size)  # the frame's condition too: a layout-reading decoder needs it
         return pipe.reconstruct(fitted["images"], fitted)
 
-    for mode in ("round_trip", "generated"):
+    for mode in modes:
         for name, (data, names) in sets.items():
             if mode == "round_trip" and "real" in name:
                 continue  # the real maps' round trip is not a selection figure
             f = round_trip if mode == "round_trip" else (lambda b: pipe(b, seed=0).images)
-            where = WORK / "eval" / tag / mode / name
+            where = WORK / "eval" / tag / mode / (f"{name}@{eid}" if keyed else name)
             done = where / "metrics.json"  # an arm's run never changes once written: its scores are reused
             m = json.loads(done.read_text()) if done.exists() and tag != "shipped" else evaluate_views(
                 f, data, names, where, bevseg_ckpt=bevseg, progress=False)
@@ -102,9 +121,11 @@ def main(argv: list[str]) -> None:
 
     from bevgen.pretrained import shipped
 
-    heldout = "--heldout" in argv
-    arms = [tuple(a.split(",")) for a in argv if not a.startswith("--")]
-    if not arms:
+    heldout, real_selection = "--heldout" in argv, "--real-selection" in argv
+    runs = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("run=")]  # trained elsewhere: scored only
+    other = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("--bevseg=")]  # another evaluator
+    arms = [tuple(a.split(",")) for a in argv if not a.startswith(("--", "run="))]
+    if not arms and not runs:
         raise SystemExit(__doc__)
     if shipped("views_tiny") is None:
         raise SystemExit("checkpoints/views_tiny missing: run `make checkpoints` first")
@@ -115,16 +136,16 @@ def main(argv: list[str]) -> None:
     todo = []  # every arm checked before anything is scored or trained
     for steps, weight, *kind in arms:
         gen = [k for k in kind if k.startswith("gen")]
-        if set(kind) - {"layout", "frozen", *gen} or len(gen) > 1:
-            raise SystemExit(f"unknown arm options {kind}: layout, frozen, gen<share>")
+        if set(kind) - {"layout", "frozen", "real", *gen} or len(gen) > 1:
+            raise SystemExit(f"unknown arm options {kind}: layout, frozen, real, gen<share>")
         try:  # share of frames decoded from the generator's tokens
             generated = float(gen[0][3:]) if gen else 0.0
         except ValueError:
             raise SystemExit(f"{gen[0]}: gen<share> takes a number in [0, 1], e.g. gen0.5") from None
-        todo.append((int(steps), float(weight), "layout" in kind, "frozen" in kind, generated,
+        todo.append((int(steps), float(weight), "layout" in kind, "frozen" in kind, generated, "real" in kind,
                      WORK / (base + "_".join([str(int(steps)), str(float(weight)), *kind]))))
     torch.set_num_threads(2)
-    bevseg, sets = bevseg_net(TRAIN_DATA), selection_sets()
+    bevseg, sets = (other[-1] if other else bevseg_net(TRAIN_DATA)), selection_sets()
     if heldout:
         import run as bench
 
@@ -133,14 +154,48 @@ def main(argv: list[str]) -> None:
         if real is not None:
             sets["heldout_real_maps"] = real
         sets = {k: (v, json.loads((v / "index.json").read_text())["frames"]) for k, v in sets.items()}
-    rows = score(shipped("views_tiny"), sets, bevseg, "shipped")
-    for steps, weight, layout, frozen, generated, run in todo:  # frozen: only the layout injection trains
+    elif real_selection:
+        sets = real_selection_sets(sets)
+    modes = ("generated",) if real_selection else ("round_trip", "generated")
+    rows = score(shipped("views_tiny"), sets, bevseg, "shipped", modes, bool(other))
+    for steps, weight, layout, frozen, generated, real, run in todo:  # frozen: only the layout injection trains
         if not run.exists():
-            tune_decoder(steps, weight, run, layout=layout, train_decoder=not frozen, generated=generated)
-        rows += score(run, sets, bevseg, run.name)
+            tune_decoder(steps, weight, run, layout=layout, train_decoder=not frozen, generated=generated, real=real)
+        rows += score(run, sets, bevseg, run.name, modes, bool(other))
+    for run in runs:
+        if not (run / "checkpoints" / "generator.pt").exists():
+            raise SystemExit(f"run={run}: no checkpoints/generator.pt (a views run directory)")
+        rows += score(run, sets, bevseg, run.name, modes, bool(other))
+    if real_selection:
+        for arm, (worst, where) in worst_shares(rows).items():
+            print(f"{arm}: worst share of a target's bar {worst:.3f} ({where})")
     out = WORK.parent / ("views_decoder_heldout.json" if heldout else "views_decoder.json")
     out.write_text(json.dumps(rows, indent=1))
     record(rows, "heldout" if heldout else "selection")
+
+
+def real_selection_sets(sets: dict) -> dict:
+    """``REAL_SELECTION_SCENE``'s frames of the real selection set (every one) and the unseen procedural frames."""
+    from bevgen.pretrained import REAL_SELECTION_SCENE
+
+    if "real_maps_train_scenes" not in sets:
+        raise SystemExit("--real-selection needs the real scenarios of ../shared (none found)")
+    data = sets["real_maps_train_scenes"][0]
+    names = [f for f in json.loads((data / "index.json").read_text())["frames"] if REAL_SELECTION_SCENE in f]
+    return {"real_maps_scene_0553": (data, names), "procedural_unseen": sets["procedural_unseen"]}
+
+
+def worst_shares(rows: list[dict]) -> dict[str, tuple[float, str]]:
+    """Per arm, the lowest share of a target's bar (``BARS``) over its generated rows, and where it is."""
+    out: dict[str, tuple[float, str]] = {}
+    for r in rows:
+        if r["mode"] != "generated":
+            continue
+        for k, bar in BARS.items():
+            v = r["share_of_oracle"][k] / bar
+            if r["arm"] not in out or v < out[r["arm"]][0]:
+                out[r["arm"]] = (round(v, 4), f"{r['set']} {k} {r['share_of_oracle'][k]:.3f}")
+    return out
 
 
 def record(rows: list[dict], kind: str) -> Path:
@@ -162,7 +217,8 @@ def record(rows: list[dict], kind: str) -> Path:
                     "only; rows without one were scored before ids were recorded, by the network of their day); "
                     "selection rows choose, held-out rows "
                     "are for the record; arms: [shipped+]<steps>_<adversarial weight>[_layout][_frozen][_gen<share>] "
-                    "(module docstring; shipped+: tuned on from the shipped layout decoder)")
+                    "(module docstring; shipped+: tuned on from the shipped layout decoder of the row's date; _real: "
+                    "the real training scenes' frames too, selection set real_maps_scene_0553 kept out)")
     path.write_text(json.dumps(data, indent=1))
     return path
 

@@ -30,8 +30,9 @@ import shutil
 import time
 from pathlib import Path
 
+from sim_bridge.sources.real import REAL_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-REAL_DIR = ROOT.parent / "shared" / "data" / "real-scenarios"
 WORK = ROOT / "benchmarks" / "work" / "cameras"
 TRAIN_RUN = ROOT / "runs" / "checkpoints" / "views"
 TRAIN_DATA = ROOT / "runs" / "checkpoints" / "camera_data"

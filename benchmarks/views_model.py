@@ -14,8 +14,9 @@ import statistics
 import time
 from pathlib import Path
 
+from sim_bridge.sources.real import REAL_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-REAL_DIR = ROOT.parent / "shared" / "data" / "real-scenarios"
 
 
 def _batch(cfg, run_dir: Path | None) -> tuple[dict, str]:

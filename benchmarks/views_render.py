@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from sim_bridge.sources.real import REAL_DIR
+
 ANCHOR_MS_PER_CAMERA = {"128x224": 6.0, "224x400": 20.0}
-REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-scenarios"
 
 
 def _scenarios(tmp: Path) -> tuple[Path, str]:

@@ -30,6 +30,7 @@ from bevgen.views.decoder_tune import tune_decoder
 from runkit.atomic import atomic_write_text
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
+from sim_bridge.sources.real import REAL_DIR
 
 # sim_bridge.rl.experiment (split_real) is imported lazily: it pulls the RL stack (PPO training, evaluation),
 # which only the real-layout stage needs.
@@ -60,8 +61,6 @@ VIEWS_DECODER_REAL_STEPS = 600
 kept for choosing) rendered by the synthetic renderer, 24 frames each (about 4 min). Chosen with
 ``benchmarks/views_decoder.py``'s rule on scene-0553 and unseen procedural frames (worst share of a target 1.000
 against 0.822 for 600 more procedural steps; README, camera views). Skipped, with a message, without ``REAL_DIR``."""
-REAL_DIR = REPO.parent / "shared" / "data" / "real-scenarios"
-"""The real scenarios (scenario contract pickles) beside a source checkout."""
 REAL_SELECTION_SCENE = "sd_nuscenes_v1.0-mini_scene-0553"
 """A real training scene the decoder never trains on: the real selection set of ``VIEWS_DECODER_REAL_STEPS``."""
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sim_bridge.sources.real import REAL_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-REAL_DIR = REPO.parent / "shared" / "data" / "real-scenarios"
 
 
 def make_straight_road_scenario(length: int = 50, ego_speed: float = 10.0, ego_yaw: float = 0.0,

@@ -20,13 +20,14 @@ import pytest
 from sim_bridge.sources.nuscenes import (NuScenesConversionError, iter_nuscenes_scenarios, scenario_filename,
                                          track_type_for_category)
 
+from sim_bridge.sources.real import REAL_DIR
+
 try:
     from tests.sim_bridge.nuscenes_fixture import AGENTS, SCENES, write_nuscenes_fixture
 except ImportError:  # pytest rootdir-relative import mode
     from nuscenes_fixture import AGENTS, SCENES, write_nuscenes_fixture
 
 VERSION = "v1.0-mini"
-REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real-scenarios"
 STATE_KEYS = {"position", "heading", "velocity", "valid", "length", "width", "height"}
 
 
