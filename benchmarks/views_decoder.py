@@ -89,14 +89,13 @@ def score(run: Path, sets: dict, bevseg: Path, tag: str, modes: tuple[str, ...] 
           keyed: bool = False) -> list[dict]:
     """Round trip (procedural sets) and the shipped generator's samples of ``run`` on every set (``keyed``: the
     scores are cached under the evaluator's id, for a network other than the benchmark's)."""
+    from views_eval import round_trip_views
+
     from bevgen.views.metrics import evaluate_views
-    from bevgen.views.sample import fit_batch, load_views
+    from bevgen.views.sample import load_views
 
     pipe, rows, eid = load_views(run), [], evaluator_id(bevseg)  # hashed once: the checkpoint is 6 MB
-
-    def round_trip(b: dict):
-        fitted = fit_batch(b, pipe.image_size)  # the frame's condition too: a layout-reading decoder needs it
-        return pipe.reconstruct(fitted["images"], fitted)
+    round_trip = round_trip_views(pipe)
 
     for mode in modes:
         for name, (data, names) in sets.items():

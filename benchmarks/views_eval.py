@@ -74,6 +74,18 @@ def bevseg_net(train_data: Path) -> Path:
     return train_bevseg(train_data, None, WORK / "bevseg", steps=600, resume=True, progress=False)
 
 
+def round_trip_views(pipe):
+    """``batch -> views``: the batch's true views encoded to tokens and decoded with the frame's layout (what the
+    tokenizer keeps; no generator), at the pipeline's image size."""
+    from bevgen.views.sample import fit_batch
+
+    def reconstruct(b: dict):
+        fitted = fit_batch(b, pipe.image_size)  # the frame's condition too: a layout-reading decoder needs it
+        return pipe.reconstruct(fitted["images"], fitted)
+
+    return reconstruct
+
+
 def evaluate_model(run: Path, sets: dict[str, Path], bevseg: Path, out: Path, threads: int = 2,
                    unconditional: bool = False, round_trip: bool = False) -> dict:
     """Metrics of one views model on every held-out set (seed 0, the config's decoding steps and guidance;
@@ -82,16 +94,11 @@ def evaluate_model(run: Path, sets: dict[str, Path], bevseg: Path, out: Path, th
     import torch
 
     from bevgen.views.metrics import evaluate_views
-    from bevgen.views.sample import fit_batch, load_views
+    from bevgen.views.sample import load_views
 
     torch.set_num_threads(threads)
     pipe = load_views(run)
-
-    def reconstruct(b: dict):
-        fitted = fit_batch(b, pipe.image_size)  # the frame's condition too: a layout-reading decoder needs it
-        return pipe.reconstruct(fitted["images"], fitted)
-
-    views = reconstruct if round_trip else (lambda b: pipe(b, seed=0, unconditional=unconditional).images)
+    views = round_trip_views(pipe) if round_trip else (lambda b: pipe(b, seed=0, unconditional=unconditional).images)
     rows = {}
     for name, data in sets.items():
         names = json.loads((data / "index.json").read_text())["frames"]

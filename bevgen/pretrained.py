@@ -27,7 +27,6 @@ from pathlib import Path
 from bevgen.render.dataset import merge_datasets, write_synthetic_dataset
 from bevgen.render.scene import SynthConfig
 from bevgen.views.decoder_tune import tune_decoder
-from runkit.atomic import atomic_write_text
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from sim_bridge.sources.procedural import ProceduralConfig, generate_procedural
 from sim_bridge.sources.real import REAL_DIR
@@ -131,9 +130,7 @@ def real_layout_frames(work: Path, real_dir: Path = REAL_DIR) -> Path | None:
     if real is None:
         return None
     out = work / "camera_data_real"
-    index = merge_datasets({"": work / "camera_data", "real": real}, out)
-    index["frames"] = [f for f in index["frames"] if REAL_SELECTION_SCENE not in f]
-    atomic_write_text(out / "index.json", json.dumps(index, indent=1))
+    merge_datasets({"": work / "camera_data", "real": real}, out, keep=lambda name: REAL_SELECTION_SCENE not in name)
     return out
 
 

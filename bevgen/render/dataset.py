@@ -23,7 +23,7 @@ import multiprocessing as mp
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -250,7 +250,8 @@ def split_frames(names: Sequence[str], heldout_fraction: float = 0.2, seed: int 
     return ([n for n in names if scenario_of(n) not in held], [n for n in names if scenario_of(n) in held])
 
 
-def merge_datasets(sources: dict[str, str | Path], out_dir: str | Path) -> dict:
+def merge_datasets(sources: dict[str, str | Path], out_dir: str | Path,
+                   keep: Callable[[str], bool] | None = None) -> dict:
     """One frame dataset over several (e.g. procedural frames + real-map frames), without copying frames.
 
     Frames become symbolic links ``out_dir/frames/<tag>-<name>.npz`` (tag "" keeps the name), so the same
@@ -263,6 +264,7 @@ def merge_datasets(sources: dict[str, str | Path], out_dir: str | Path) -> dict:
     Args:
         sources: {tag: dataset directory}.
         out_dir: the merged dataset (index.json source "merged", config {"sources": {tag: path}}).
+        keep: frames to take, by their name in the source (e.g. all but one scenario's); None: every frame.
     Returns:
         the merged index.
     """
@@ -275,7 +277,8 @@ def merge_datasets(sources: dict[str, str | Path], out_dir: str | Path) -> dict:
         for key in ("rig", "bev"):
             if index[key] != indexes[first][key]:
                 raise ValueError(f"merge_datasets: {roots[tag]} has another {key!r} than {roots[first]}")
-    names = {tag: [(f"{tag}-{n}" if tag else n, n) for n in index["frames"]] for tag, index in indexes.items()}
+    names = {tag: [(f"{tag}-{n}" if tag else n, n) for n in index["frames"] if keep is None or keep(n)]
+             for tag, index in indexes.items()}
     frames = [merged for pairs in names.values() for merged, _ in pairs]
     if len(set(frames)) != len(frames):
         raise ValueError("merge_datasets: two sources hold frames of the same name; give them distinct tags")

@@ -262,3 +262,6 @@ def test_a_merged_frame_dataset_survives_moving_its_folder(scenario_dir, tmp_pat
     after = FrameDataset(tmp_path / "moved" / "merged")
     assert len(after) == len(index["frames"]) == 2 and "aug-sd_road0__0010" in after.names
     assert np.array_equal(after[after.names.index("aug-sd_road0__0010")]["images"], before["images"])
+    kept = merge_datasets({"": tmp_path / "moved" / "synth", "aug": tmp_path / "moved" / "synth"}, tmp_path / "some",
+                          keep=lambda name: False)  # a filter by source name: nothing kept, nothing linked
+    assert kept["frames"] == [] and not any((tmp_path / "some" / "frames").iterdir())
