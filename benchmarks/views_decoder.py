@@ -108,9 +108,47 @@ def score(run: Path, sets: dict, bevseg: Path, tag: str, modes: tuple[str, ...] 
                 f, data, names, where, bevseg_ckpt=bevseg, progress=False)
             rows.append({"arm": tag, "mode": mode, "set": name, "frames": len(names),
                          "share_of_oracle": {k: round(m[k] / m[f"{k}_oracle"], 4) for k in TARGETS},
+                         "share_ci90": m.get("shares_ci90"),  # absent from scores cached before intervals
                          "fid": round(m["fid"], 2), "psnr": round(m["psnr"], 2), "evaluator": eid})
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def parse_args(argv: list[str], base: str = "shipped+") -> dict:
+    """The command line (module docstring), every arm checked before anything is scored or trained.
+
+    Returns:
+        heldout, real_selection: the flags; arms: (steps, weight, layout, frozen, generated share, real, run
+        directory) per arm, the directory ``WORK / <base><steps>_<weight>[_<option>...]``; runs: the ``run=``
+        directories; bevseg: the ``--bevseg=`` checkpoints (the last one scores). SystemExit with the docstring
+        when there is nothing to score, with the reason on an unknown option.
+    """
+    runs = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("run=")]  # trained elsewhere: scored only
+    other = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("--bevseg=")]  # another evaluator
+    flags = [a for a in argv if a.startswith("--") and not a.startswith("--bevseg=")]
+    unknown = set(flags) - {"--heldout", "--real-selection"}
+    if unknown:
+        raise SystemExit(f"unknown option(s) {sorted(unknown)}: --heldout, --real-selection, --bevseg=CKPT, run=DIR")
+    todo = []
+    for arm in (a for a in argv if not a.startswith(("--", "run="))):
+        steps, weight, *kind = arm.split(",") if "," in arm else (arm, "?")  # "?": fails below, with the form
+        gen = [k for k in kind if k.startswith("gen")]
+        if set(kind) - {"layout", "frozen", "real", *gen} or len(gen) > 1:
+            raise SystemExit(f"{arm}: unknown arm options {kind}: layout, frozen, real, gen<share>")
+        try:  # share of frames decoded from the generator's tokens
+            generated = float(gen[0][3:]) if gen else 0.0
+            steps_n, weight_f = int(steps), float(weight)
+        except ValueError:
+            raise SystemExit(f"{arm}: an arm is STEPS,WEIGHT[,option...] with gen<share> a number in [0, 1], "
+                             "e.g. 600,0.0,layout,frozen,gen0.5") from None
+        if not 0.0 <= generated <= 1.0:
+            raise SystemExit(f"{arm}: gen<share> takes a number in [0, 1], got {generated}")
+        todo.append((steps_n, weight_f, "layout" in kind, "frozen" in kind, generated, "real" in kind,
+                     WORK / (base + "_".join([str(steps_n), str(weight_f), *kind]))))
+    if not todo and not runs:
+        raise SystemExit(__doc__)
+    return {"heldout": "--heldout" in flags, "real_selection": "--real-selection" in flags, "arms": todo,
+            "runs": runs, "bevseg": other}
 
 
 def main(argv: list[str]) -> None:
@@ -120,29 +158,15 @@ def main(argv: list[str]) -> None:
 
     from bevgen.pretrained import shipped
 
-    heldout, real_selection = "--heldout" in argv, "--real-selection" in argv
-    runs = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("run=")]  # trained elsewhere: scored only
-    other = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("--bevseg=")]  # another evaluator
-    arms = [tuple(a.split(",")) for a in argv if not a.startswith(("--", "run="))]
-    if not arms and not runs:
-        raise SystemExit(__doc__)
     if shipped("views_tiny") is None:
         raise SystemExit("checkpoints/views_tiny missing: run `make checkpoints` first")
     ship_cfg = yaml.safe_load((shipped("views_tiny") / "config.yaml").read_text())
     # the shipped tokenizer reads the layout already (since 2026-12-05): arms tuned from it go on from there and
     # are named "shipped+<arm>", apart from the earlier arms that started from the tokens-only decoder
     base = "shipped+" if (ship_cfg.get("tokenizer") or {}).get("layout_channels", 0) else ""
-    todo = []  # every arm checked before anything is scored or trained
-    for steps, weight, *kind in arms:
-        gen = [k for k in kind if k.startswith("gen")]
-        if set(kind) - {"layout", "frozen", "real", *gen} or len(gen) > 1:
-            raise SystemExit(f"unknown arm options {kind}: layout, frozen, real, gen<share>")
-        try:  # share of frames decoded from the generator's tokens
-            generated = float(gen[0][3:]) if gen else 0.0
-        except ValueError:
-            raise SystemExit(f"{gen[0]}: gen<share> takes a number in [0, 1], e.g. gen0.5") from None
-        todo.append((int(steps), float(weight), "layout" in kind, "frozen" in kind, generated, "real" in kind,
-                     WORK / (base + "_".join([str(int(steps)), str(float(weight)), *kind]))))
+    args = parse_args(argv, base)
+    heldout, real_selection, todo, runs, other = (args[k] for k in ("heldout", "real_selection", "arms", "runs",
+                                                                    "bevseg"))
     torch.set_num_threads(2)
     bevseg, sets = (other[-1] if other else bevseg_net(TRAIN_DATA)), selection_sets()
     if heldout:
@@ -181,7 +205,16 @@ def real_selection_sets(sets: dict) -> dict:
         raise SystemExit("--real-selection needs the real scenarios of ../shared (none found)")
     data = sets["real_maps_train_scenes"][0]
     names = [f for f in json.loads((data / "index.json").read_text())["frames"] if REAL_SELECTION_SCENE in f]
-    return {"real_maps_scene_0553": (data, names), "procedural_unseen": sets["procedural_unseen"]}
+    return {real_selection_name(): (data, names), "procedural_unseen": sets["procedural_unseen"]}
+
+
+def real_selection_name(scene: str | None = None) -> str:
+    """The rows' name of the real selection set: ``real_maps_`` and the scene part of ``REAL_SELECTION_SCENE``
+    (``scene``), e.g. ``real_maps_scene_0553``."""
+    from bevgen.pretrained import REAL_SELECTION_SCENE
+
+    scene = scene or REAL_SELECTION_SCENE
+    return "real_maps_" + scene.rsplit("_", 1)[-1].replace("-", "_")
 
 
 def worst_shares(rows: list[dict]) -> dict[str, tuple[float, str]]:
@@ -217,7 +250,8 @@ def record(rows: list[dict], kind: str) -> Path:
                     "selection rows choose, held-out rows "
                     "are for the record; arms: [shipped+]<steps>_<adversarial weight>[_layout][_frozen][_gen<share>] "
                     "(module docstring; shipped+: tuned on from the shipped layout decoder of the row's date; _real: "
-                    "the real training scenes' frames too, selection set real_maps_scene_0553 kept out)")
+                    "the real training scenes' frames too, the real selection set kept out; share_ci90: 90% interval "
+                    "over another draw of frames, bevgen.views.bootstrap, null on rows scored before it)")
     path.write_text(json.dumps(data, indent=1))
     return path
 

@@ -10,7 +10,9 @@ network on the true views) moves with it. This script trains one network per see
 frames (600 steps, the benchmark's recipe; seed 0 is the network ``make bench`` uses,
 ``benchmarks/work/cameras/bevseg``, reused when present), scores the shipped tiny model (seed-0 samples, so every
 evaluator reads the same images) and its oracle on both held-out sets of ``benchmarks/views_eval.py``, and reports
-each evaluator's shares of the oracle (vehicle / road / seams, per distance too), their mean and their minimum, and
+each evaluator's shares of the oracle (vehicle / road / seams, per distance too; with ``shares_ci90``, the 90%
+interval of the vehicle, road and seam shares over another draw of frames from the same scenarios,
+``bevgen.views.bootstrap``), their mean and their minimum, and
 the same shares of the round trip (the true views through the tokenizer and the layout-reading decoder, no
 generator: where the generated share is lost, in the tokens or in the generator). Seams and FID need no network:
 they are the same under every evaluator and are listed once.
@@ -129,14 +131,15 @@ def main(argv: list[str] | None = None) -> dict:
         where = WORK / f"eval_evaluators{tag}" / args.ckpt.name / f"seed{seed}"
         rows = evaluate_model(args.ckpt, sets, net, where)
         trips = evaluate_model(args.ckpt, sets, net, where / "round_trip", round_trip=True)
-        per_seed[seed] = {name: {"shares": shares(r), "round_trip_shares": shares(trips[name]),
+        per_seed[seed] = {name: {"shares": shares(r), "shares_ci90": r.get("shares_ci90"),
+                                 "round_trip_shares": shares(trips[name]),
                                  "oracle": {k: round(r[f"{k}_oracle"], 4) for k in SHARES if f"{k}_oracle" in r},
                                  "generated": {k: round(r[k], 4) for k in SHARES if r.get(k) is not None}}
                           for name, r in rows.items()}
         shared = {name: {k: r.get(k) for k in SHARED} for name, r in rows.items()}
         print(f"seed {seed} (evaluator {t_train:.0f} s): "
-              + "; ".join(f"{n}: " + " ".join(f"{k} {v:.3f}" for k, v in r["shares"].items()
-                                              if k in ("vehicle_iou", "road_iou"))
+              + "; ".join(f"{n}: " + " ".join(f"{k} {v:.3f} {(r['shares_ci90'] or {}).get(k)}"
+                                              for k, v in r["shares"].items() if k in ("vehicle_iou", "road_iou"))
                           for n, r in per_seed[seed].items()), flush=True)
     result = {"benchmark": "views_evaluators", "machine": machine(), "model": str(args.ckpt),
               "evaluator": {"trained_on": str(data), "steps": args.steps, "seeds": args.seeds},

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from bevgen.features import fid, kid, load_extractor
 from bevgen.render.dataset import FrameDataset, view_mosaic
+from bevgen.views.bootstrap import share_interval
 from bevgen.views.bevseg import BevSegConfig, bev_targets, channel_indices, iou, project, resize_views
 from bevgen.views.bevseg_train import load_bevseg
 from runkit.atomic import atomic_write, atomic_write_text
@@ -104,6 +105,12 @@ DEFINITIONS = {
             "(resized to the generated size), per view, averaged. The measure of a tokenizer round trip "
             "(`--mode reconstruct`); for sampled views, which need not copy the ground truth's pixels, only a "
             "rough guide.",
+    "shares": "Each of road_iou, vehicle_iou and seam_consistency as a share of its oracle (generated / "
+              "oracle; null where the oracle is 0 or missing): the form the targets take.",
+    "shares_ci90": "90% interval of each share under a paired circular-block bootstrap of the frames (blocks of "
+                   "4 consecutive frames within each scenario, 2000 draws; bevgen.views.bootstrap): how far the "
+                   "share moves with another draw of frames from the same scenarios. Not covered: other "
+                   "scenarios, another evaluator. Per-frame sums in per_frame.json.",
     "num_samples": "Images per set used for FID/KID (frames x views).",
     "missing_frames": "Requested frames whose file is missing from the dataset: skipped, not scored.",
 }
@@ -287,7 +294,8 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
     if progress:
 
         bar = tqdm(total=len(ds), desc="evaluate views", unit="frame")
-    acc: dict[str, list] = {k: [] for k in ("pred", "pred_gt", "target", "seam", "seam_gt", "f_gen", "f_gt", "psnr")}
+    acc: dict[str, list] = {k: [] for k in ("pred", "pred_gt", "target", "seam", "seam_gt", "f_gen", "f_gt", "psnr",
+                                            "names")}
     preview, pairs, size, t0 = [], None, None, time.perf_counter()
     for batch in loader:
         fake = torch.as_tensor(generate(batch)).cpu()
@@ -303,6 +311,7 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
         acc["f_gen"].append(extractor.features(fake.flatten(0, 1).permute(0, 2, 3, 1)))
         acc["f_gt"].append(extractor.features(gt.flatten(0, 1).permute(0, 2, 3, 1)))
         acc["psnr"].append(psnr(fake, gt))
+        acc["names"].extend(batch["name"])
         probs = None
         if seg is not None:
             probs = seg.predict(fake, K, T)
@@ -332,6 +341,7 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
             for name, channel in (("road", 0), ("vehicle", 1)):
                 for band, value in iou_by_distance(pred, target, seg.config.bev_range_m, channel).items():
                     metrics[f"{name}_iou_{band}{key}"] = _num(value)
+    per_frame = _per_frame(acc)
     metrics.update({
         "seam_consistency": _num(np.nanmean(seam_gen)) if np.isfinite(seam_gen).any() else None,
         "seam_consistency_oracle": _num(np.nanmean(seam_gt)) if np.isfinite(seam_gt).any() else None,
@@ -341,10 +351,46 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
         "seam_pairs": [list(p) for p in (pairs or [])], "bevseg_ckpt": str(bevseg_ckpt) if bevseg_ckpt else None,
         "missing_frames": list(ds.missing), "seconds": round(time.perf_counter() - t0, 2),
         "definitions": DEFINITIONS})
+    metrics.update(_shares(metrics, per_frame))
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out_dir / "per_frame.json", json.dumps(per_frame))
     if preview:
         _write_preview(out_dir / "preview.png", preview)
     return metrics
+
+
+def _per_frame(acc: dict) -> dict:
+    """Per-frame sums behind the shares: names, seams (NaN where undefined) and, with a segmentation network,
+    intersections and unions per channel of the generated (no suffix) and true (``_oracle``) views."""
+    out: dict[str, Any] = {"names": list(acc["names"])}
+    for key, seams in (("seam", acc["seam"]), ("seam_oracle", acc["seam_gt"])):
+        out[key] = [_num(v) for v in np.concatenate(seams)]  # null, not NaN: strict JSON
+    if acc["target"]:
+        t = torch.cat(acc["target"])
+        for key, pred in (("", torch.cat(acc["pred"])), ("_oracle", torch.cat(acc["pred_gt"]))):
+            for name, ch in (("road", 0), ("vehicle", 1)):
+                out[f"{name}_inter{key}"] = (pred[:, ch] & t[:, ch]).sum(dim=(1, 2)).tolist()
+                out[f"{name}_union{key}"] = (pred[:, ch] | t[:, ch]).sum(dim=(1, 2)).tolist()
+    return out
+
+
+def _shares(metrics: dict, per_frame: dict) -> dict:
+    """``shares`` and ``shares_ci90`` (see ``DEFINITIONS``) from the dataset-level metrics and the per-frame sums."""
+    shares, ci = {}, {}
+    for key in ("road_iou", "vehicle_iou", "seam_consistency"):
+        gen, ora = metrics.get(key), metrics.get(f"{key}_oracle")
+        shares[key] = _num(gen / ora) if gen is not None and ora else None
+        if key == "seam_consistency":
+            g, o = (np.array(per_frame[k], dtype=float) for k in ("seam", "seam_oracle"))  # null -> NaN
+            sums = (np.nan_to_num(g), np.isfinite(g), np.nan_to_num(o), np.isfinite(o))
+        elif f"{key[:-4]}_inter" in per_frame:
+            sums = tuple(per_frame[f"{key[:-4]}_{part}{suffix}"]
+                         for suffix in ("", "_oracle") for part in ("inter", "union"))
+        else:
+            sums = None
+        interval = share_interval(per_frame["names"], *sums) if sums is not None and shares[key] is not None else None
+        ci[key] = [round(v, 4) for v in interval] if interval else None
+    return {"shares": shares, "shares_ci90": ci}
 
 
 def token_box_iou(pipe, fit: dict, images: torch.Tensor, batch: dict, threshold: float = 0.5) -> float:

@@ -137,9 +137,17 @@ def test_evaluate_views_metrics_can_fail(synth, bevseg, tmp_path):
     assert (ident["road_iou"] == ident["road_iou_oracle"]
             and ident["seam_consistency"] == ident["seam_consistency_oracle"])
     assert ident["fid"] == pytest.approx(0.0, abs=1e-6)
+    # shares of the oracle and their bootstrap intervals: exactly 1 for the ground truth, per-frame sums on disk
+    assert all(v == pytest.approx(1.0) for v in ident["shares"].values()), ident["shares"]
+    assert all(ci == pytest.approx([1.0, 1.0]) for ci in ident["shares_ci90"].values()), ident["shares_ci90"]
+    frames = json.loads((tmp_path / "identity" / "per_frame.json").read_text())
+    assert frames["names"] == list(held) and len(frames["road_inter"]) == len(held)
+    assert sum(frames["road_inter"]) / sum(frames["road_union"]) == pytest.approx(ident["road_iou"])
     # IoU fails for images of another frame, seams for shuffled cameras, FID for blur
     assert run["wrong_frame"]["road_iou"] < ident["road_iou"] - 0.1, (run["wrong_frame"], ident)
     assert run["wrong_frame"]["vehicle_iou"] < ident["vehicle_iou"]
+    lo, hi = run["wrong_frame"]["shares_ci90"]["road_iou"]  # the interval excludes the oracle's share
+    assert lo - 1e-4 <= run["wrong_frame"]["shares"]["road_iou"] <= hi + 1e-4 and hi < 0.9, run["wrong_frame"]
     assert run["shuffled_cameras"]["seam_consistency"] < ident["seam_consistency"] - 0.2
     assert run["blurred"]["fid"] > 1.5 * run["wrong_frame"]["fid"], (run["blurred"], run["wrong_frame"])
     # generated images smaller than the dataset: GT is resized and K scaled before every metric

@@ -1,5 +1,6 @@
 """The views benchmarks' selection tools: benchmarks/views_decoder.py's rule (an arm's worst share of a target's
-bar over its sampled rows) and benchmarks/views_eval.py's round trip (the true views through the tokenizer)."""
+bar over its sampled rows) and command line, and benchmarks/views_eval.py's round trip (the true views through the
+tokenizer)."""
 
 import sys
 from pathlib import Path
@@ -26,6 +27,24 @@ def test_the_worst_share_of_a_bar_picks_the_limiting_target_and_ignores_round_tr
     assert worst["a"] == (0.8, "real seam_consistency 0.600")
     assert worst["b"] == (0.9, "real vehicle_iou 0.450")
     assert max(worst, key=lambda arm: worst[arm][0]) == "b"  # the rule keeps the arm whose worst bar is highest
+
+
+def test_the_command_line_names_arms_runs_and_evaluators_and_refuses_what_it_cannot_run():
+    args = views_decoder.parse_args(["600,0.0,layout,frozen,gen0.5", "400,0.05,real", "run=/r/a", "--bevseg=/n.pt",
+                                     "--real-selection"])
+    assert args["real_selection"] and not args["heldout"]
+    assert args["runs"] == [Path("/r/a")] and args["bevseg"] == [Path("/n.pt")]
+    (s1, w1, lay1, fro1, gen1, real1, dir1), (s2, w2, lay2, fro2, gen2, real2, dir2) = args["arms"]
+    assert (s1, w1, lay1, fro1, gen1, real1) == (600, 0.0, True, True, 0.5, False)
+    assert (s2, w2, lay2, fro2, gen2, real2) == (400, 0.05, False, False, 0.0, True)
+    # run directories keep the names of the recorded rows (benchmarks/results/views_decoder.json)
+    assert dir1.name == "shipped+600_0.0_layout_frozen_gen0.5" and dir2.name == "shipped+400_0.05_real"
+    assert views_decoder.parse_args(["run=/r/b"])["arms"] == []  # scoring a run alone needs no arm
+    for bad in (["600,0.0,sharp"], ["600,0.0,gen2"], ["600,0.0,genhalf"], ["600"], ["x,0.0"], ["600,0.0", "--fast"],
+                []):
+        with pytest.raises(SystemExit):
+            views_decoder.parse_args(bad)
+    assert views_decoder.real_selection_name("sd_nuscenes_v1.0-mini_scene-0553") == "real_maps_scene_0553"
 
 
 def test_the_round_trip_scores_the_true_views_through_the_tokenizer_closer_than_samples(tmp_path):
