@@ -770,15 +770,18 @@ def _views_model_rows(v: dict, label: str) -> list[str]:
                 continue
             ratio = {k: (m[k] / m[f"{k}_oracle"] if m.get(k) is not None and m.get(f"{k}_oracle") else None)
                      for k in ("vehicle_iou", "road_iou", "seam_consistency")}
+            ci = m.get("shares_ci90") or {}  # 90% interval over the frames (bevgen.views.bootstrap)
+            share = {k: f"{_r(v, 2)}" + (f" [{ci[k][0]:.2f}, {ci[k][1]:.2f}]" if ci.get(k) else "")
+                     for k, v in ratio.items()}
             bands = ("near", "mid", "far")
             road = (f"; road share of the oracle near / mid / far "
                     f"{' / '.join(str(_r(m[f'road_iou_{b}'] / m[f'road_iou_{b}_oracle'], 2)) for b in bands)}"
                     if all(m.get(f"road_iou_{b}") is not None and m.get(f"road_iou_{b}_oracle") for b in bands) else "")
             lines.append(f"| Views, {label}, {where}: vehicle IoU near / mid / far; share of the oracle "
                          f"(vehicle, road, seams) | {_r(m.get('vehicle_iou_near'))} / {_r(m.get('vehicle_iou_mid'))} / "
-                         f"{_r(m.get('vehicle_iou_far'))}; {_r(ratio['vehicle_iou'], 2)}, {_r(ratio['road_iou'], 2)}, "
-                         f"{_r(ratio['seam_consistency'], 2)}{road} | targets 0.5, 0.9, 0.75 "
-                         f"(MagicDrive 0.80 / 0.84) |")
+                         f"{_r(m.get('vehicle_iou_far'))}; {share['vehicle_iou']}, {share['road_iou']}, "
+                         f"{share['seam_consistency']}{road} | targets 0.5, 0.9, 0.75 "
+                         f"(MagicDrive 0.80 / 0.84); [90% interval over the frames] |")
     fl = v.get("drive_flicker") or {}
     if fl.get("truth"):
         lines.append(f"| Views, {label}, on a moving drive ({fl['frames']} frames, ego moves {fl['ego_moved_m']} m): "
