@@ -47,6 +47,44 @@ def test_the_command_line_names_arms_runs_and_evaluators_and_refuses_what_it_can
     assert views_decoder.real_selection_name("sd_nuscenes_v1.0-mini_scene-0553") == "real_maps_scene_0553"
 
 
+def test_other_egos_are_vehicles_the_render_recipe_sees_longest_paths_first():
+    """``views_real_egos.other_egos``: every other vehicle valid on at least 3/4 of the logged ego's rendered frames,
+    the ones that drive furthest first; the ego itself, walkers and cars that leave early are not viewpoints."""
+    import copy
+
+    import numpy as np
+    from conftest import make_varied_road_scenario  # tests/conftest.py (on sys.path)
+    from views_real_egos import other_egos
+
+    from sim_bridge.scenario import Scenario
+
+    d = make_varied_road_scenario(3, length=130)  # the render recipe: 24 frames every 5 steps from step 10
+    cars = sorted(k for k in d["tracks"] if k.startswith("car"))
+    for k, name in enumerate(cars):  # car k drives k m/s: paths grow with k
+        pos = d["tracks"][name]["state"]["position"]
+        pos[:, 0] = pos[0, 0] + k * np.arange(130) * 0.1
+    d["tracks"][cars[-1]]["state"]["valid"][40:] = False  # the fastest car leaves the log after 4 s
+    walker = copy.deepcopy(d["tracks"][cars[0]])
+    walker["type"] = "PEDESTRIAN"
+    d["tracks"]["walker"] = walker
+    egos = other_egos(Scenario.from_dict(d), per_scene=8)
+    assert egos == cars[-2::-1], egos  # fastest first, the one that left and the walker not at all
+    assert other_egos(Scenario.from_dict(d), per_scene=1) == [cars[-2]]
+
+
+def test_fit_gap_counts_the_frames_a_run_trained_on(tmp_path):
+    """``views_fit_gap.trained_share``: frames of a merged dataset count under their source name too."""
+    import json
+
+    from views_fit_gap import spread, trained_share
+
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["p__0010", "real-r__0010"], "heldout": ["p__0020"]}))
+    assert trained_share(tmp_path, ["p__0010", "r__0010", "p__0020", "q__0010"]) == 0.5
+    assert trained_share(tmp_path / "none", ["p__0010"]) is None
+    assert spread([f"f{i:03d}" for i in range(100)], 4) == ["f000", "f025", "f050", "f075"]
+    assert spread(["b", "a"], 4) == ["a", "b"]
+
+
 def test_the_round_trip_scores_the_true_views_through_the_tokenizer_closer_than_samples(tmp_path):
     """``views_eval.evaluate_model(round_trip=True)`` (the round-trip shares of views_evaluators.py and the
     selection rows of views_decoder.py): the true views encoded and decoded with their layout come back far
