@@ -62,8 +62,9 @@ def share_interval(names: Sequence[str], a: Sequence[float], b: Sequence[float],
         names: frame names (``<scenario>__<t>``), one per entry of a, b, c, d (per-frame sums, see the module).
         level: coverage (0.9: the 5th and 95th percentiles). n_draws, block, seed: the resampling.
     Returns:
-        (low, high), or None where the share is undefined (no frames, or an empty denominator in the full set).
-        Draws whose denominators vanish are left out. O(n_draws len(names)).
+        (low, high), or None where the share is undefined or unstable: no frames, or sum b, c or d not positive
+        in the full set (e.g. an oracle seam score at or below 0). Draws whose sums b, c or d are not positive
+        are left out. O(n_draws len(names)).
     """
     a, b, c, d = (np.asarray(x, dtype=np.float64) for x in (a, b, c, d))
     if not len(names) or min(b.sum(), c.sum(), d.sum()) <= 0:

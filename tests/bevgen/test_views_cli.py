@@ -149,6 +149,14 @@ def test_views_commands_end_to_end(tmp_path):
         assert np.isfinite(metrics[key]), (key, metrics)
     assert metrics["num_samples"] == 3 * 6 and metrics["fid_extractor"] == "bevgen-randconv-v1"
     assert metrics["fid"] > 0  # a 12-step model does not reproduce the ground truth
+    # every share of the oracle comes with its interval over the frames, and the per-frame sums behind it
+    assert set(metrics["shares_ci90"]) == {"road_iou", "vehicle_iou", "seam_consistency"}
+    lo, hi = metrics["shares_ci90"]["seam_consistency"]
+    assert lo - 1e-4 <= metrics["shares"]["seam_consistency"] <= hi + 1e-4, metrics["shares_ci90"]
+    for key in ("road_iou", "vehicle_iou"):  # a 6-step bevseg network may read no road in the truth: no share then
+        assert (metrics["shares"][key] is None) == (not metrics[f"{key}_oracle"]), metrics
+        assert (metrics["shares_ci90"][key] is None) == (metrics["shares"][key] is None), metrics
+    assert len(json.loads((tmp_path / "eval" / "per_frame.json").read_text())["names"]) == 3
     res = runner.invoke(app, ["views", "eval", "--ckpt", str(run), "--data", str(data), "--out",
                               str(tmp_path / "recon"), "--bevseg", str(tmp_path / "eval" / "bevseg"),
                               "--mode", "reconstruct"])
