@@ -34,6 +34,11 @@ RECIPE = {"frames_per_scenario": 24, "frame_stride": 5, "first_frame": 10}
 """The render recipe of ``bevgen.pretrained.write_real_training_frames``."""
 
 
+def as_ego(scenario, agent_id: str):
+    """``scenario`` seen from ``agent_id``: the same scenario with ``metadata.sdc_id`` set to it."""
+    return dataclasses.replace(scenario, metadata={**scenario.metadata, "sdc_id": agent_id})
+
+
 def other_egos(scenario, per_scene: int) -> list[str]:
     """Ids of up to ``per_scene`` vehicles other than the ego that the render recipe sees on at least 3/4 of the
     frames it renders for the logged ego, longest driven path first. O(A T)."""
@@ -47,8 +52,7 @@ def other_egos(scenario, per_scene: int) -> list[str]:
     for i, (aid, kind) in enumerate(zip(tr.ids, tr.types)):
         if kind != "VEHICLE" or i == scenario.ego_index:
             continue
-        alt = dataclasses.replace(scenario, metadata={**scenario.metadata, "sdc_id": aid})
-        if len(select_frames(alt, **RECIPE)) < need:
+        if len(select_frames(as_ego(scenario, aid), **RECIPE)) < need:
             continue
         xy = tr.xy[i][tr.valid[i]]
         found.append((float(np.linalg.norm(np.diff(xy, axis=0), axis=1).sum()), aid))
@@ -73,7 +77,7 @@ def write_other_egos(real_dir: Path, out: Path, per_scene: int) -> Path:
         for aid in egos:
             dst = out / f"{path.stem}_ego{aid.replace('/', '_')}.pkl"
             if not dst.exists():
-                save_scenario(dataclasses.replace(scenario, metadata={**scenario.metadata, "sdc_id": aid}), dst)
+                save_scenario(as_ego(scenario, aid), dst)
     return out
 
 

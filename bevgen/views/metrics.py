@@ -333,6 +333,9 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
     seam_gen, seam_gt = np.concatenate(acc["seam"]), np.concatenate(acc["seam_gt"])
     metrics: dict[str, Any] = {"road_iou": None, "vehicle_iou": None, "road_iou_oracle": None,
                                "vehicle_iou_oracle": None}
+    # per-frame sums behind the shares' intervals (null, not NaN, where a seam is undefined: strict JSON)
+    per_frame: dict[str, Any] = {"names": list(acc["names"]), "seam": [_num(v) for v in seam_gen],
+                                 "seam_oracle": [_num(v) for v in seam_gt]}
     if seg is not None:
         target = torch.cat(acc["target"])
         for key, pred in (("", torch.cat(acc["pred"])), ("_oracle", torch.cat(acc["pred_gt"]))):
@@ -341,7 +344,9 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
             for name, channel in (("road", 0), ("vehicle", 1)):
                 for band, value in iou_by_distance(pred, target, seg.config.bev_range_m, channel).items():
                     metrics[f"{name}_iou_{band}{key}"] = _num(value)
-    per_frame = _per_frame(acc)
+                hit, t = pred[:, channel], target[:, channel]
+                per_frame[f"{name}_inter{key}"] = (hit & t).sum(dim=(1, 2)).tolist()
+                per_frame[f"{name}_union{key}"] = (hit | t).sum(dim=(1, 2)).tolist()
     metrics.update({
         "seam_consistency": _num(np.nanmean(seam_gen)) if np.isfinite(seam_gen).any() else None,
         "seam_consistency_oracle": _num(np.nanmean(seam_gt)) if np.isfinite(seam_gt).any() else None,
@@ -357,21 +362,6 @@ def evaluate_views(generate: Callable[[dict], Any], data_root: str | Path, names
     if preview:
         _write_preview(out_dir / "preview.png", preview)
     return metrics
-
-
-def _per_frame(acc: dict) -> dict:
-    """Per-frame sums behind the shares: names, seams (NaN where undefined) and, with a segmentation network,
-    intersections and unions per channel of the generated (no suffix) and true (``_oracle``) views."""
-    out: dict[str, Any] = {"names": list(acc["names"])}
-    for key, seams in (("seam", acc["seam"]), ("seam_oracle", acc["seam_gt"])):
-        out[key] = [_num(v) for v in np.concatenate(seams)]  # null, not NaN: strict JSON
-    if acc["target"]:
-        t = torch.cat(acc["target"])
-        for key, pred in (("", torch.cat(acc["pred"])), ("_oracle", torch.cat(acc["pred_gt"]))):
-            for name, ch in (("road", 0), ("vehicle", 1)):
-                out[f"{name}_inter{key}"] = (pred[:, ch] & t[:, ch]).sum(dim=(1, 2)).tolist()
-                out[f"{name}_union{key}"] = (pred[:, ch] | t[:, ch]).sum(dim=(1, 2)).tolist()
-    return out
 
 
 def _shares(metrics: dict, per_frame: dict) -> dict:
