@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> Path:
         steps = int(yaml.safe_load((ship / "config.yaml").read_text())["train"]["generator_steps"])
         cmd = [sys.executable, "-m", "bevgen.cli", "views", "train", "-c", str(ship / "config.yaml"),
                "--init-from", str(ship), "--data", str(data), "--out", str(run), "--stage", "generator",
-               "--set", f"train.generator_steps={steps + args.steps}", "--no-progress"]
+               "--set", f"train.generator_steps={steps + args.steps}"]  # with its progress bar
         subprocess.run(cmd, check=True)
     print(f"frames: {data}\nrun: {run}")
     return run
