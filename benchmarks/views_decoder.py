@@ -32,6 +32,13 @@ decoder's real-layout segments (README, camera views). ``run=DIR`` scores a view
 generator fine-tuned with ``bevgen views train --init-from``) as one more arm, named by its directory;
 ``--bevseg=CKPT`` scores with another segmentation network (e.g. one of ``benchmarks/views_evaluators.py``'s) instead
 of the benchmark's (the rows name their evaluator).
+
+``from=DIR`` starts the arms from another views run than the shipped one, scores it as the baseline row and names
+the arms ``<DIR name>+<arm>``. ``--real-selection`` needs it: the shipped decoder's real-layout segment is the chosen
+recipe refit on every real training scene, ``REAL_SELECTION_SCENE`` included
+(``bevgen.pretrained.SHIPPED_SAW_SELECTION_SCENE``), so that scene no longer chooses anything tuned from it. Start
+from the selected arm before the refit instead: ``from=benchmarks/work/views_decoder/shipped+600_real3_frozen``
+(``600,0.0,layout,frozen,real`` tuned from the two-segment model; remake it with ``bevgen views tune-decoder``).
 """
 
 from __future__ import annotations
@@ -52,17 +59,18 @@ BARS = {"vehicle_iou": 0.5, "road_iou": 0.9, "seam_consistency": 0.75}
 
 
 def tune_decoder(steps: int, adversarial_weight: float, out: Path, layout: bool = False,
-                 train_decoder: bool = True, generated: float = 0.0, real: bool = False) -> Path:
-    """A copy of the shipped views run whose tokenizer decoder was trained ``steps`` more steps on the shipped
-    run's training frames (``bevgen.views.decoder_tune.tune_decoder``: encoder and codebook frozen; ``layout``:
-    the decoder also reads the layout through every pixel; ``real``: the real training scenes' frames too), 2
-    threads."""
+                 train_decoder: bool = True, generated: float = 0.0, real: bool = False,
+                 start: Path | None = None) -> Path:
+    """A copy of the views run ``start`` (default the shipped one) whose tokenizer decoder was trained ``steps``
+    more steps on the shipped run's training frames (``bevgen.views.decoder_tune.tune_decoder``: encoder and
+    codebook frozen; ``layout``: the decoder also reads the layout through every pixel; ``real``: the real training
+    scenes' frames too, ``REAL_SELECTION_SCENE`` left out), 2 threads."""
     from views_eval import REAL_DIR, TRAIN_DATA
 
     from bevgen.pretrained import real_layout_frames, shipped
     from bevgen.views.decoder_tune import tune_decoder as tune
 
-    ship = shipped("views_tiny")
+    ship = start or shipped("views_tiny")
     if ship is None:
         raise SystemExit("checkpoints/views_tiny missing: run `make checkpoints` first")
     data = TRAIN_DATA
@@ -119,10 +127,16 @@ def parse_args(argv: list[str], base: str = "shipped+") -> dict:
 
     Returns:
         heldout, real_selection: the flags; arms: (steps, weight, layout, frozen, generated share, real, run
-        directory) per arm, the directory ``WORK / <base><steps>_<weight>[_<option>...]``; runs: the ``run=``
-        directories; bevseg: the ``--bevseg=`` checkpoints (the last one scores). SystemExit with the docstring
-        when there is nothing to score, with the reason on an unknown option.
+        directory) per arm, the directory ``WORK / <base><steps>_<weight>[_<option>...]`` (``<DIR name>+`` for
+        the base with ``from=DIR``); runs: the ``run=`` directories; bevseg: the ``--bevseg=`` checkpoints (the
+        last one scores); start: the ``from=`` directory or None. SystemExit with the docstring when there is
+        nothing to score, with the reason on an unknown option or a second ``from=``.
     """
+    starts = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("from=")]  # the arms' starting run
+    if len(starts) > 1:
+        raise SystemExit(f"one from=DIR at most, got {[str(s) for s in starts]}")
+    if starts:
+        base = f"{starts[0].name}+"
     runs = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("run=")]  # trained elsewhere: scored only
     other = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("--bevseg=")]  # another evaluator
     flags = [a for a in argv if a.startswith("--") and not a.startswith("--bevseg=")]
@@ -130,7 +144,7 @@ def parse_args(argv: list[str], base: str = "shipped+") -> dict:
     if unknown:
         raise SystemExit(f"unknown option(s) {sorted(unknown)}: --heldout, --real-selection, --bevseg=CKPT, run=DIR")
     todo = []
-    for arm in (a for a in argv if not a.startswith(("--", "run="))):
+    for arm in (a for a in argv if not a.startswith(("--", "run=", "from="))):
         steps, weight, *kind = arm.split(",") if "," in arm else (arm, "?")  # "?": fails below, with the form
         gen = [k for k in kind if k.startswith("gen")]
         if set(kind) - {"layout", "frozen", "real", *gen} or len(gen) > 1:
@@ -148,7 +162,7 @@ def parse_args(argv: list[str], base: str = "shipped+") -> dict:
     if not todo and not runs:
         raise SystemExit(__doc__)
     return {"heldout": "--heldout" in flags, "real_selection": "--real-selection" in flags, "arms": todo,
-            "runs": runs, "bevseg": other}
+            "runs": runs, "bevseg": other, "start": starts[0] if starts else None}
 
 
 def main(argv: list[str]) -> None:
@@ -156,7 +170,7 @@ def main(argv: list[str]) -> None:
     from views_eval import TRAIN_DATA, bevseg_net, real_map_data
     from views_sampler import selection_sets
 
-    from bevgen.pretrained import shipped
+    from bevgen.pretrained import REAL_SELECTION_SCENE, SHIPPED_SAW_SELECTION_SCENE, shipped
 
     if shipped("views_tiny") is None:
         raise SystemExit("checkpoints/views_tiny missing: run `make checkpoints` first")
@@ -165,8 +179,14 @@ def main(argv: list[str]) -> None:
     # are named "shipped+<arm>", apart from the earlier arms that started from the tokens-only decoder
     base = "shipped+" if (ship_cfg.get("tokenizer") or {}).get("layout_channels", 0) else ""
     args = parse_args(argv, base)
-    heldout, real_selection, todo, runs, other = (args[k] for k in ("heldout", "real_selection", "arms", "runs",
-                                                                    "bevseg"))
+    heldout, real_selection, todo, runs, other, start = (
+        args[k] for k in ("heldout", "real_selection", "arms", "runs", "bevseg", "start"))
+    if real_selection and start is None and SHIPPED_SAW_SELECTION_SCENE:
+        raise SystemExit(f"--real-selection: the shipped decoder trained on {REAL_SELECTION_SCENE} (the chosen "
+                         "recipe refit on every real training scene), so that scene cannot choose arms tuned from it; "
+                         "start them from a run that did not see it with from=DIR (module docstring)")
+    if start is not None and not (start / "checkpoints" / "tokenizer.pt").exists():
+        raise SystemExit(f"from={start}: no checkpoints/tokenizer.pt (a views run directory)")
     torch.set_num_threads(2)
     bevseg, sets = (other[-1] if other else bevseg_net(TRAIN_DATA)), selection_sets()
     if heldout:
@@ -180,10 +200,12 @@ def main(argv: list[str]) -> None:
     elif real_selection:
         sets = real_selection_sets(sets)
     modes = ("generated",) if real_selection else ("round_trip", "generated")
-    rows = score(shipped("views_tiny"), sets, bevseg, "shipped", modes, bool(other))
+    rows = (score(start, sets, bevseg, start.name, modes, bool(other)) if start is not None
+            else score(shipped("views_tiny"), sets, bevseg, "shipped", modes, bool(other)))
     for steps, weight, layout, frozen, generated, real, run in todo:  # frozen: only the layout injection trains
         if not run.exists():
-            tune_decoder(steps, weight, run, layout=layout, train_decoder=not frozen, generated=generated, real=real)
+            tune_decoder(steps, weight, run, layout=layout, train_decoder=not frozen, generated=generated, real=real,
+                         start=start)
         rows += score(run, sets, bevseg, run.name, modes, bool(other))
     for run in runs:
         if not (run / "checkpoints" / "generator.pt").exists():

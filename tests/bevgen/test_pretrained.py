@@ -51,9 +51,10 @@ def test_build_hires_reports_a_failed_training(tmp_path, monkeypatch):
 
 
 def test_real_layout_frames_join_the_procedural_frames_without_the_selection_scene(tmp_path):
-    """The views decoder's real-layout segment trains on the procedural frames plus the real training scenes
-    rendered, never on the 3 scenes held out for evaluation nor on the scene kept for selection; without real
-    scenarios it is skipped (None)."""
+    """The arms of the views decoder's real-layout segment train on the procedural frames plus the real training
+    scenes rendered, never on the 3 scenes held out for evaluation nor on the scene kept for selection; the
+    shipped refit adds the selection scene, still never a held-out one; without real scenarios it is skipped
+    (None)."""
     import json
 
     from conftest import REAL_DIR, make_varied_road_scenario
@@ -77,3 +78,7 @@ def test_real_layout_frames_join_the_procedural_frames_without_the_selection_sce
     assert f"real-{pretrained.REAL_SELECTION_SCENE}" not in scenes
     assert "road00" in scenes and len([s for s in scenes if s.startswith("real-")]) == 3
     assert len(FrameDataset(mixed, names=frames[:1])) == 1  # the links resolve
+    refit = pretrained.real_layout_frames(tmp_path, REAL_DIR, selection_scene=True)
+    assert refit != mixed and json.loads((mixed / "index.json").read_text())["frames"] == frames  # both kept
+    refit_scenes = {f.split("__")[0] for f in json.loads((refit / "index.json").read_text())["frames"]}
+    assert refit_scenes == scenes | {f"real-{pretrained.REAL_SELECTION_SCENE}"}

@@ -39,9 +39,14 @@ def test_the_command_line_names_arms_runs_and_evaluators_and_refuses_what_it_can
     assert (s2, w2, lay2, fro2, gen2, real2) == (400, 0.05, False, False, 0.0, True)
     # run directories keep the names of the recorded rows (benchmarks/results/views_decoder.json)
     assert dir1.name == "shipped+600_0.0_layout_frozen_gen0.5" and dir2.name == "shipped+400_0.05_real"
+    assert args["start"] is None
     assert views_decoder.parse_args(["run=/r/b"])["arms"] == []  # scoring a run alone needs no arm
+    # from=DIR: the arms start from another run (the shipped one saw the real selection scene) and say so
+    other = views_decoder.parse_args(["from=/w/shipped+600_real3_frozen", "600,0.0,layout,frozen,real"])
+    assert other["start"] == Path("/w/shipped+600_real3_frozen")
+    assert other["arms"][0][-1].name == "shipped+600_real3_frozen+600_0.0_layout_frozen_real"
     for bad in (["600,0.0,sharp"], ["600,0.0,gen2"], ["600,0.0,genhalf"], ["600"], ["x,0.0"], ["600,0.0", "--fast"],
-                []):
+                [], ["from=/a", "from=/b", "600,0.0"]):
         with pytest.raises(SystemExit):
             views_decoder.parse_args(bad)
     assert views_decoder.real_selection_name("sd_nuscenes_v1.0-mini_scene-0553") == "real_maps_scene_0553"
