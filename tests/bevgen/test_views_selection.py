@@ -117,3 +117,22 @@ def test_the_round_trip_scores_the_true_views_through_the_tokenizer_closer_than_
     # measured (shipped tiny, 3 frames at 64x112): PSNR round trip 24.6 dB, samples 15.1 dB
     assert trip["psnr"] > sampled["psnr"] + 3.0, (trip["psnr"], sampled["psnr"])
     assert trip["num_frames"] == sampled["num_frames"] == 3
+
+
+def test_the_real_scene_curve_leaves_each_scene_out_and_drops_each_other_scene_once():
+    """``views_real_curve.arms``: per left-out scene, every other scene (3) and those less one (2), no arm trains on
+    the scene it is scored on, each scene is the dropped one exactly once, and one procedural control."""
+    from views_real_curve import arms, short
+
+    scenes = ["sd_nuscenes_v1.0-mini_scene-0553", "sd_nuscenes_v1.0-mini_scene-0061",
+              "sd_training.tfrecord-00000-of-01000_2a1e44d405a6833f", "sd_nuscenes_v1.0-mini_scene-0103"]
+    plan = arms(scenes)
+    assert plan.pop("procedural") == [] and len(plan) == 8
+    dropped = []
+    for left in scenes:
+        out3, out2 = plan[f"{short(left)}_out3"], plan[f"{short(left)}_out2"]
+        assert sorted(out3) == sorted(s for s in scenes if s != left) and left not in out2
+        assert len(out2) == 2 and set(out2) < set(out3)
+        dropped += sorted(set(out3) - set(out2))
+    assert sorted(dropped) == sorted(scenes)
+    assert short(scenes[2]) == "2a1e44d405a6833f" and short(scenes[0]) == "scene-0553"
