@@ -38,7 +38,8 @@ the arms ``<DIR name>+<arm>``. ``--real-selection`` needs it: the shipped decode
 recipe refit on every real training scene, ``REAL_SELECTION_SCENE`` included
 (``bevgen.pretrained.SHIPPED_SAW_SELECTION_SCENE``), so that scene no longer chooses anything tuned from it. Start
 from the selected arm before the refit instead: ``from=benchmarks/work/views_decoder/shipped+600_real3_frozen``
-(``600,0.0,layout,frozen,real`` tuned from the two-segment model; remake it with ``bevgen views tune-decoder``).
+(``600,0.0,layout,frozen,real`` tuned from the two-segment model). After ``make checkpoints``,
+``benchmarks/views_real_curve.py`` remakes it bit for bit as ``benchmarks/work/views_real_curve/scene-0553_out3``.
 """
 
 from __future__ import annotations
