@@ -7,7 +7,7 @@ from typing import Any
 
 # torch is imported lazily (optional `ml` extra): importing runkit stays light.
 
-__all__ = ["setup_distributed"]
+__all__ = ["setup_distributed", "finish_distributed"]
 
 
 def setup_distributed(device_pref: str) -> tuple[int, int, Any]:
@@ -31,3 +31,18 @@ def setup_distributed(device_pref: str) -> tuple[int, int, Any]:
     if cuda:
         torch.cuda.set_device(device)
     return rank, world, device
+
+
+def finish_distributed() -> None:
+    """Leave the process group at the end of a torchrun run (no-op in one process).
+
+    Every rank waits at a barrier for the others (rank 0 writes the last checkpoint and summaries after the final
+    step), then the group is destroyed. Without it a rank that finished first exited while gloo's threads still
+    served its peer, and the C++ runtime aborted it ("terminate called without an active exception", SIGABRT),
+    failing the whole torchrun job after training had succeeded.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from runkit.config import from_dict, load_config, save_config, to_dict
-from runkit.distributed import setup_distributed
+from runkit.distributed import finish_distributed, setup_distributed
 from runkit.rundir import check_resume
 from runkit.seeding import seed_everything, stream_seed
 from sim_bridge.dataset import ScenarioDataset
@@ -240,6 +240,7 @@ def train(cfg: TrafficTrainConfig, run_dir: str | Path, resume: bool = False, pr
         with open(run_dir / "losses.jsonl", "a") as f:
             for h in history:
                 f.write(json.dumps(h) + "\n")
+    finish_distributed()
     return summary
 
 

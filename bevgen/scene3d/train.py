@@ -34,7 +34,7 @@ from bevgen.scene3d.metrics import box_alpha_iou, sample_grid
 from bevgen.scene3d.model import Scene3DGenerator, Scene3DModelConfig, sample_latents
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from runkit.config import from_dict, load_config, save_config, to_dict
-from runkit.distributed import setup_distributed
+from runkit.distributed import finish_distributed, setup_distributed
 from runkit.rundir import check_resume
 from runkit.seeding import seed_everything, stream_seed
 
@@ -333,6 +333,7 @@ def train_scene3d(cfg: Scene3DTrainConfig, data_dir: str | Path, run_dir: str | 
             for h in history:
                 f.write(json.dumps(h) + "\n")
     summary["history"] = history
+    finish_distributed()
     return summary
 
 

@@ -32,7 +32,7 @@ from bevgen.views.figures import sample_grid
 from runkit.atomic import atomic_write_text
 from runkit.checkpoint import load_checkpoint, save_checkpoint
 from runkit.config import save_config, to_dict
-from runkit.distributed import setup_distributed
+from runkit.distributed import finish_distributed, setup_distributed
 from runkit.seeding import seed_everything, stream_seed
 
 # torch, cv2, tensorboard and the torch modules (views.sample, views.generator) are imported lazily:
@@ -457,6 +457,7 @@ def train_views(cfg: ViewsConfig, data_dir: str | Path, run_dir: str | Path, sta
         trained = any(summary[s]["start_step"] < summary[s]["steps"] for s in todo)
         if trained or not summary_file.exists():  # resuming a finished run keeps the record of its training
             atomic_write_text(summary_file, json.dumps(summary, indent=2, default=str))
+    finish_distributed()
     return summary
 
 

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from runkit.atomic import atomic_write, atomic_write_text  # noqa: E402
 from runkit.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from runkit.config import to_dict  # noqa: E402
-from runkit.distributed import setup_distributed  # noqa: E402
+from runkit.distributed import finish_distributed, setup_distributed  # noqa: E402
 from runkit.rundir import check_resume, config_differences  # noqa: E402
 from runkit.seeding import seed_everything, stream_seed  # noqa: E402
 
@@ -72,6 +72,7 @@ def test_seed_everything_and_single_process_setup():
     seed_everything(3, rank=1)
     assert (random.random(), np.random.rand()) == expected
     assert setup_distributed("cpu")[:2] == (0, 1)
+    finish_distributed()  # one process: no group to leave, nothing raised
 
 
 def test_load_checkpoint_reads_a_run_directory_and_names_what_is_missing(tmp_path):
