@@ -39,11 +39,6 @@ RESULT = ROOT / "benchmarks" / "results" / "views_real_curve.json"
 KEYS = ("vehicle_iou", "road_iou", "seam_consistency")
 
 
-def scene_of(name: str) -> str:
-    """The scenario part of a frame name (``<scenario>__<frame>``)."""
-    return name.split("__")[0]
-
-
 def arms(scenes: list[str]) -> dict[str, list[str]]:
     """{arm name: its real scenes}: per left-out scene L, ``L_out3`` (every other scene) and ``L_out2`` (those less
     the next scene after L in name order), plus ``procedural`` (none). Each scene is dropped from one 2-scene arm."""
@@ -67,7 +62,8 @@ def train_arm(name: str, real_scenes: list[str], base: Path, real_frames: Path, 
     when finished)."""
     from views_eval import TRAIN_DATA
 
-    from bevgen.render.dataset import merge_datasets
+    from bevgen.pretrained import VIEWS_DECODER_REAL_STEPS
+    from bevgen.render.dataset import merge_datasets, scenario_of
     from bevgen.views.config import ViewsConfig
     from bevgen.views.decoder_tune import tune_decoder
     from bevgen.views.train import _frames
@@ -75,15 +71,13 @@ def train_arm(name: str, real_scenes: list[str], base: Path, real_frames: Path, 
 
     data = WORK / "data" / name
     dropped = set(every_real) - set(real_scenes)
-    merge_datasets({"": TRAIN_DATA, "real": real_frames}, data, keep=lambda n: scene_of(n) not in dropped)
+    merge_datasets({"": TRAIN_DATA, "real": real_frames}, data, keep=lambda n: scenario_of(n) not in dropped)
     run = WORK / name
     if not (run / "decoder_tune.json").exists():
-        from bevgen.pretrained import VIEWS_DECODER_REAL_STEPS
-
         tune_decoder(base, data, run, steps=VIEWS_DECODER_REAL_STEPS, threads=2, train_decoder=False)
     cfg = load_config(ViewsConfig, run / "config.yaml")
     train, _ = _frames(cfg, data, None)
-    trained = sorted({scene_of(n)[len("real-"):] for n in train if n.startswith("real-")})
+    trained = sorted({scenario_of(n)[len("real-"):] for n in train if n.startswith("real-")})
     return {"run": str(run.relative_to(ROOT)), "real_scenes": real_scenes, "trained_real": trained}
 
 
@@ -98,7 +92,7 @@ def score(run: Path, data: Path, names: list[str], bevseg: Path, where: Path) ->
     else:
         pipe = load_views(run)
         m = evaluate_views(lambda b: pipe(b, seed=0).images, data, names, where, bevseg_ckpt=bevseg, progress=False)
-    return {"shares": {k: round(m[k] / m[f"{k}_oracle"], 4) for k in KEYS}, "shares_ci90": m.get("shares_ci90")}
+    return {"shares": {k: round(m["shares"][k], 4) for k in KEYS}, "shares_ci90": m["shares_ci90"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -107,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     from views_evaluators import evaluator
     from views_sampler import selection_sets
 
+    from bevgen.pretrained import write_real_training_frames
+    from bevgen.render.dataset import scenario_of
     from run import machine
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -122,19 +118,17 @@ def main(argv: list[str] | None = None) -> dict:
     sel = selection_sets()
     if "real_maps_train_scenes" not in sel:
         raise SystemExit(f"{REAL_DIR}: no real scenarios")
-    from bevgen.pretrained import write_real_training_frames
-
     real_frames = write_real_training_frames(REAL_DIR, TRAIN_DATA.parent / "real_split",
                                              TRAIN_DATA.parent / "real_frames")
     frames_data = sel["real_maps_train_scenes"][0]
     all_names = json.loads((frames_data / "index.json").read_text())["frames"]
-    scenes = sorted({scene_of(n) for n in all_names})
+    scenes = sorted({scenario_of(n) for n in all_names})
     plan = arms(scenes)
     trained = {name: train_arm(name, real, args.base, real_frames, scenes) for name, real in plan.items()}
     nets = {seed: evaluator(seed) for seed in args.seeds}
     folds = {}
     for left in scenes:
-        names = [n for n in all_names if scene_of(n) == left]
+        names = [n for n in all_names if scenario_of(n) == left]
         row = {"frames": len(names)}
         for arm in ("procedural", f"{short(left)}_out2", f"{short(left)}_out3"):
             row[arm.split("_")[-1]] = {seed: score(ROOT / trained[arm]["run"], frames_data, names, net,

@@ -52,6 +52,20 @@ def test_the_command_line_names_arms_runs_and_evaluators_and_refuses_what_it_can
     assert views_decoder.real_selection_name("sd_nuscenes_v1.0-mini_scene-0553") == "real_maps_scene_0553"
 
 
+def test_real_selection_refuses_to_choose_from_the_shipped_model_that_saw_the_selection_scene(tmp_path):
+    """The shipped decoder trained on ``REAL_SELECTION_SCENE`` (the refit), so ``--real-selection`` asks for a run
+    that did not see it (``from=DIR``) and refuses a ``from=`` that is no views run, before anything trains."""
+    from bevgen.pretrained import SHIPPED_SAW_SELECTION_SCENE, shipped
+
+    if shipped("views_tiny") is None:
+        pytest.skip("checkpoints/views_tiny not in this checkout")
+    assert SHIPPED_SAW_SELECTION_SCENE
+    with pytest.raises(SystemExit, match="from=DIR"):
+        views_decoder.main(["--real-selection", "600,0.0,layout,frozen,real"])
+    with pytest.raises(SystemExit, match="no checkpoints/tokenizer.pt"):
+        views_decoder.main(["--real-selection", f"from={tmp_path}", "600,0.0,layout,frozen,real"])
+
+
 def test_other_egos_are_vehicles_the_render_recipe_sees_longest_paths_first():
     """``views_real_egos.other_egos``: every other vehicle valid on at least 3/4 of the logged ego's rendered frames,
     the ones that drive furthest first; the ego itself, walkers and cars that leave early are not viewpoints."""
