@@ -86,19 +86,29 @@ def round_trip_views(pipe):
     return reconstruct
 
 
+def model_views(run: Path, unconditional: bool = False, round_trip: bool = False):
+    """``batch -> views`` of one views model, each batch drawn once (``SampleOnce``: pass it to several
+    ``evaluate_model`` calls to score the same samples under several evaluators). Seed 0, the config's decoding
+    steps and guidance; ``unconditional``: samples of the null layout, the floor; ``round_trip``: the true views
+    encoded to tokens and decoded with the frame's layout, what the tokenizer keeps, no generator."""
+    from bevgen.views.metrics import SampleOnce
+    from bevgen.views.sample import load_views
+
+    pipe = load_views(run)
+    return SampleOnce(round_trip_views(pipe) if round_trip
+                      else (lambda b: pipe(b, seed=0, unconditional=unconditional).images))
+
+
 def evaluate_model(run: Path, sets: dict[str, Path], bevseg: Path, out: Path, threads: int = 2,
-                   unconditional: bool = False, round_trip: bool = False) -> dict:
-    """Metrics of one views model on every held-out set (seed 0, the config's decoding steps and guidance;
-    ``unconditional``: samples of the null layout, the floor; ``round_trip``: the true views encoded to tokens
-    and decoded with the frame's layout, what the tokenizer keeps, no generator)."""
+                   unconditional: bool = False, round_trip: bool = False, views=None) -> dict:
+    """Metrics of one views model on every held-out set (``model_views``' samples; ``views``: samples already
+    made by ``model_views`` for this run and these flags, reused)."""
     import torch
 
     from bevgen.views.metrics import evaluate_views
-    from bevgen.views.sample import load_views
 
     torch.set_num_threads(threads)
-    pipe = load_views(run)
-    views = round_trip_views(pipe) if round_trip else (lambda b: pipe(b, seed=0, unconditional=unconditional).images)
+    views = views or model_views(run, unconditional, round_trip)
     rows = {}
     for name, data in sets.items():
         names = json.loads((data / "index.json").read_text())["frames"]

@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from run import _heldout_camera_data, machine  # noqa: E402  (benchmarks/ is not a package)
-from views_eval import REAL_DIR, TRAIN_DATA, WORK, bevseg_net, evaluate_model, real_map_data  # noqa: E402
+from views_eval import (REAL_DIR, TRAIN_DATA, WORK, bevseg_net, evaluate_model, model_views,  # noqa: E402
+                        real_map_data)
 
 RESULT = ROOT / "benchmarks" / "results" / "views_evaluators.json"
 RESULT_REAL = ROOT / "benchmarks" / "results" / "views_evaluators_real_maps.json"
@@ -124,13 +125,14 @@ def main(argv: list[str] | None = None) -> dict:
     data, tag = (with_real_training_maps(), "_real_maps") if args.real_training_maps else (TRAIN_DATA, "")
     per_seed: dict[int, dict] = {}
     shared: dict = {}
+    samples, round_trips = model_views(args.ckpt), model_views(args.ckpt, round_trip=True)  # drawn once
     for seed in args.seeds:
         t0 = time.perf_counter()
         net = evaluator(seed, args.steps, data, tag)
         t_train = time.perf_counter() - t0
         where = WORK / f"eval_evaluators{tag}" / args.ckpt.name / f"seed{seed}"
-        rows = evaluate_model(args.ckpt, sets, net, where)
-        trips = evaluate_model(args.ckpt, sets, net, where / "round_trip", round_trip=True)
+        rows = evaluate_model(args.ckpt, sets, net, where, views=samples)
+        trips = evaluate_model(args.ckpt, sets, net, where / "round_trip", round_trip=True, views=round_trips)
         per_seed[seed] = {name: {"shares": shares(r), "shares_ci90": r.get("shares_ci90"),
                                  "round_trip_shares": shares(trips[name]),
                                  "oracle": {k: round(r[f"{k}_oracle"], 4) for k in SHARES if f"{k}_oracle" in r},

@@ -81,17 +81,23 @@ def train_arm(name: str, real_scenes: list[str], base: Path, real_frames: Path, 
     return {"run": str(run.relative_to(ROOT)), "real_scenes": real_scenes, "trained_real": trained}
 
 
+_SAMPLES: dict[Path, object] = {}
+"""Each run's samples (``views_eval.model_views``), drawn once and scored under every evaluator."""
+
+
 def score(run: Path, data: Path, names: list[str], bevseg: Path, where: Path) -> dict:
     """Shares of the oracle (with their 90% intervals) of ``run``'s samples of ``names``; cached in ``where``."""
+    from views_eval import model_views
+
     from bevgen.views.metrics import evaluate_views
-    from bevgen.views.sample import load_views
 
     done = where / "metrics.json"
     if done.exists():
         m = json.loads(done.read_text())
     else:
-        pipe = load_views(run)
-        m = evaluate_views(lambda b: pipe(b, seed=0).images, data, names, where, bevseg_ckpt=bevseg, progress=False)
+        if run not in _SAMPLES:
+            _SAMPLES[run] = model_views(run)
+        m = evaluate_views(_SAMPLES[run], data, names, where, bevseg_ckpt=bevseg, progress=False)
     return {"shares": {k: round(m["shares"][k], 4) for k in KEYS}, "shares_ci90": m["shares_ci90"]}
 
 

@@ -156,6 +156,33 @@ def test_evaluate_views_metrics_can_fail(synth, bevseg, tmp_path):
     assert half["road_iou"] == half["road_iou_oracle"] and half["seam_consistency"] > 0.3
 
 
+def test_sample_once_scores_the_same_samples_under_every_evaluator(synth, bevseg, tmp_path):
+    """A generator that draws new noise on every call, wrapped in SampleOnce: a second evaluation (another
+    evaluator, another out_dir) gets the very same images, drawn once per batch; another frame set is drawn."""
+    from bevgen.views.metrics import SampleOnce
+
+    root, _, held = synth
+    rng = torch.Generator().manual_seed(0)
+
+    def noisy(batch):  # the true views plus fresh noise: each call differs
+        x = batch["images"].float() + 40 * torch.randn(batch["images"].shape, generator=rng)
+        return x.clamp(0, 255).to(torch.uint8)
+
+    once = SampleOnce(noisy)
+    first, again = (evaluate_views(once, root, held, tmp_path / d, bevseg_ckpt=bevseg, batch_size=4,
+                                   progress=False, num_preview=0) for d in ("a", "b"))
+    batches = -(-len(held) // 4)
+    assert once.draws == batches
+    for key in ("road_iou", "vehicle_iou", "seam_consistency", "fid", "psnr"):
+        assert first[key] == again[key], key
+    fresh = evaluate_views(noisy, root, held, tmp_path / "c", bevseg_ckpt=bevseg, batch_size=4, progress=False,
+                           num_preview=0)
+    assert fresh["psnr"] != first["psnr"]  # without the wrapper the samples change
+    evaluate_views(once, root, held[:2], tmp_path / "d", bevseg_ckpt=bevseg, batch_size=4, progress=False,
+                   num_preview=0)
+    assert once.draws == batches + 1  # another batch: drawn, not mistaken for a kept one
+
+
 def test_psnr_per_image():
     from bevgen.views.metrics import psnr
 
