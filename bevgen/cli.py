@@ -57,7 +57,7 @@ app.add_typer(scene3d_app, name="scene3d")
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory."),
     fast: bool = typer.Option(False, "--fast", help="Smallest settings: a smoke run in well under 3 minutes."),
-    workers: int = typer.Option(2, "--workers", "-j", help="Worker processes."),
+    workers: int = typer.Option(2, "--workers", "-j", min=1, help="Worker processes."),
 ):
     """Run the main job on the embedded default data (procedural scenarios) and write report.html."""
     from bevgen.demo import run_demo

@@ -17,7 +17,7 @@ from runkit.atomic import atomic_write_text
 # cv2 or numpy, so only typer, rich, yaml and the command-line plumbing are imported here.
 
 __all__ = ["ConfigOpt", "SetOpt", "SCENARIOS", "SCENARIO", "LAYOUT", "SCENARIO_METAVARS", "console", "fail",
-           "progress", "save_run_config"]
+           "progress", "save_run_config", "save_invocation", "check_device"]
 
 # Metavars of every option or argument that reads scenario pickles (a dataset directory, a scenario
 # file, or a layout that may be a scenario file). Besides documenting the input in --help, they let
@@ -55,3 +55,35 @@ def save_run_config(out: Path, command: str, config: dict) -> None:
     """Record the command and its resolved config as ``out/bevgen_run.yaml``."""
 
     atomic_write_text(out / "bevgen_run.yaml", yaml.safe_dump({"command": command, "config": config}, sort_keys=False))
+
+
+def _plain(value):
+    """An option value as YAML can hold it (paths as strings, sequences as lists)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def save_invocation(ctx: typer.Context, out: Path) -> None:
+    """Record the running command (``views eval``, ...) and every option's resolved value, defaults included, as
+    ``out/bevgen_run.yaml`` (``save_run_config``): for commands whose options are their whole configuration.
+    ``ctx``: the command's ``typer.Context`` (a ``ctx: typer.Context`` parameter)."""
+    names, c = [], ctx
+    while c.parent is not None:  # the sub-command chain below the root command
+        names.append(c.info_name)
+        c = c.parent
+    save_run_config(out, " ".join(reversed(names)), {k: _plain(v) for k, v in ctx.params.items()})
+
+
+def check_device(device: str) -> None:
+    """Fail with a clear message when ``--device`` names a device this machine lacks (imports torch)."""
+    import torch
+
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        fail(f"--device must be cpu or cuda[:N], got {device!r}")
+    if not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")

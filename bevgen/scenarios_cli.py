@@ -43,10 +43,11 @@ def _report_conversion(report, out: Path) -> None:
 @app.command("procedural")
 def procedural_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
-    num: Optional[int] = typer.Option(None, "--num", "-n", help="Number of scenarios (config: num_scenarios)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="First seed (config: start_seed)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes, one MetaDrive engine each."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Steps per scenario at 10 Hz."),
+    num: Optional[int] = typer.Option(None, "--num", "-n", min=1, help="Number of scenarios (config: num_scenarios)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="First seed (config: start_seed)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1,
+                                          help="Worker processes, one MetaDrive engine each."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Steps per scenario at 10 Hz."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     resume: bool = typer.Option(True, help="Keep scenarios already in --out and only add missing seeds."),
@@ -106,7 +107,7 @@ def convert_nuscenes(
     version: str = typer.Option("v1.0-mini", "--version", help="nuScenes version folder, e.g. v1.0-trainval."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
     scene: Optional[List[str]] = typer.Option(None, "--scene", help="Only these scene names (repeatable)."),
-    map_radius: float = typer.Option(500.0, help="Map features within this many metres of the ego path."),
+    map_radius: float = typer.Option(500.0, min=0.0, help="Map features within this many metres of the ego path."),
     resume: bool = typer.Option(True, help="Keep scenarios already in --out."),
 ):
     """Convert nuScenes scenes (devkit + map expansion); 2 Hz keyframes are interpolated to 10 Hz."""
@@ -155,7 +156,7 @@ def validate_cmd(
     paths: List[Path] = typer.Argument(..., metavar=SCENARIOS, help="Dataset directories or scenario files."),
     repair: bool = typer.Option(False, help="Accept what a conversion would repair (lanes with < 2 points)."),
 ):
-    """Check scenario files against the contract; one line per problem; exit 1 if any file is bad."""
+    """Check scenario files against the contract; one line per bad file (its first problem); exit 1 if any is bad."""
     from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
     from sim_bridge.scenario import ScenarioError, load_scenario
 
@@ -226,7 +227,7 @@ def bev_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for PNG previews."),
     frames: Optional[List[int]] = typer.Option(None, "--frame", "-t",
                                                help="Frame index (repeatable); default: 3 spread frames."),
-    limit: int = typer.Option(0, help="At most this many scenarios (0 = all)."),
+    limit: int = typer.Option(0, min=0, help="At most this many scenarios (0 = all)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     save_npz: bool = typer.Option(False, "--npz", help="Also save raster/boxes as .npz."),
@@ -247,7 +248,7 @@ def bev_cmd(
         _fail(str(e))
     targets = targets[:limit] if limit else targets
     _save_run_config(out, "scenarios bev", to_dict(cfg))
-    failed = 0
+    failed = written = 0
     with progress() as prog:
         task = prog.add_task("bev previews", total=len(targets))
         for name, p in targets:
@@ -267,9 +268,12 @@ def bev_cmd(
                 layout = r(t)
                 stem = f"{Path(name).stem}_t{t:04d}"
                 save_preview(layout, out / f"{stem}.png", title=f"{sc.id}  t={t / 10:.1f}s")
+                written += 1
                 if save_npz:
                     np.savez_compressed(out / f"{stem}.npz", raster=layout.raster, boxes=layout.boxes,
                                         classes=layout.classes, valid=layout.valid, channels=np.array(layout.channels))
             prog.advance(task)
-    _console().print(f"previews in {out}")
+    if not written and not failed:
+        _fail(f"no preview written: no requested frame lies inside any scenario (frames {frames})", code=1)
+    _console().print(f"{written} previews in {out}")
     raise typer.Exit(1 if failed else 0)

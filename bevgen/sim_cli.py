@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt
+from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt, save_invocation
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 
@@ -28,18 +28,19 @@ def sim_train(
                                               "several directories in one run (procedural, real and augmented "
                                               "scenario folders): they are indexed together in OUT/train_data."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard logs, checkpoints)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Environment steps (config: total_steps)."),
-    envs: Optional[int] = typer.Option(None, "--envs", help="Worker processes, one MetaDrive engine each."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Environment steps (config: total_steps)."),
+    envs: Optional[int] = typer.Option(None, "--envs", min=1, help="Worker processes, one MetaDrive engine each."),
     backend: Optional[str] = typer.Option(None, "--backend", help="'metadrive' or 'batched' (the tensor simulator: "
                                           "replays the --train data, observation 'scene'). Default: the config's."),
-    slots: Optional[int] = typer.Option(None, "--slots", help="Batched backend: scene slots stepping together "
+    slots: Optional[int] = typer.Option(None, "--slots", min=1, help="Batched backend: scene slots stepping together "
                                         "(config: batched.num_scenes)."),
     self_play: Optional[bool] = typer.Option(None, "--self-play/--no-self-play", help="Batched backend: the policy "
                                              "drives every moving vehicle of each scene (up to "
                                              "batched.self_play_agents), each an agent of its own (config: "
                                              "batched.self_play)."),
-    scenarios_n: Optional[int] = typer.Option(None, "--scenarios", help="Number of scenarios (0 = whole directory)."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    scenarios_n: Optional[int] = typer.Option(None, "--scenarios", min=0,
+                                              help="Number of scenarios (0 = whole directory)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (config: seed)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
@@ -91,8 +92,8 @@ def sim_eval(
     data: str = typer.Option(..., "--data", metavar=SCENARIOS,
                              help="Dataset directory to evaluate on (or 'procedural')."),
     out: Path = typer.Option(..., "--out", "-o", help="Where metrics.json and metrics.md go."),
-    episodes: int = typer.Option(0, "--episodes", help="Episodes in total (0 = one per scenario)."),
-    workers: int = typer.Option(1, "--workers", "-j", help="Parallel shards, one MetaDrive engine each."),
+    episodes: int = typer.Option(0, "--episodes", min=0, help="Episodes in total (0 = one per scenario)."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel shards, one MetaDrive engine each."),
     backend: str = typer.Option("metadrive", help="Simulator: 'metadrive' or 'batched' (the tensor simulator; "
                                 "policies trained with --backend batched, or 'random'). 'process' / 'ray' are "
                                 "accepted for --pool (older spelling)."),
@@ -116,7 +117,9 @@ def sim_eval(
         cfg = from_dict(EvalConfig, {"episodes": episodes, "workers": workers, "backend": pool,
                                      "simulator": backend, "reference": reference, "self_play": self_play},
                         "options")
-        result = evaluate(policy, data, cfg, env_cfg)
+        with _console().status(f"evaluating {policy} on {data}" + (" with the random and IDM references"
+                                                                   if reference else "")):
+            result = evaluate(policy, data, cfg, env_cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     path = write_metrics(result, out)
@@ -129,12 +132,12 @@ def sim_experiment(
     real: Path = typer.Option(..., "--real", metavar=SCENARIOS,
                               help="Real scenario directory; part of it is held out for testing."),
     out: Path = typer.Option(..., "--out", "-o", help="Experiment directory (runs, results.json, experiment.png)."),
-    budget: int = typer.Option(20_000, "--budget", help="PPO environment steps per arm."),
-    held_out: int = typer.Option(3, "--held-out", help="Real scenarios held out for testing."),
+    budget: int = typer.Option(20_000, "--budget", min=1, help="PPO environment steps per arm."),
+    held_out: int = typer.Option(3, "--held-out", min=1, help="Real scenarios held out for testing."),
     augmented: Optional[Path] = typer.Option(None, "--augmented", metavar=SCENARIOS,
                                              help="Traffic-augmented dataset (third arm)."),
-    envs: int = typer.Option(2, "--envs", help="Worker processes per training run."),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Training runs per arm, for the 95% intervals "
+    envs: int = typer.Option(2, "--envs", min=1, help="Worker processes per training run."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Training runs per arm, for the 95% intervals "
                                         "(config: seeds, default 3)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Training simulator: 'metadrive' or 'batched' "
                                           "(observation 'scene'); evaluation is MetaDrive's either way."),
@@ -175,11 +178,12 @@ def sim_experiment(
 
 @app.command("rollout")
 def sim_rollout(
+    ctx: typer.Context,
     policy: str = typer.Option(..., "--policy", help="A training run directory, 'random' or 'idm'."),
     data: str = typer.Option(..., "--data", metavar=SCENARIOS, help="Dataset directory (or 'procedural')."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the animation."),
-    scenario: int = typer.Option(0, "--scenario", help="Scenario index in the directory (or seed offset)."),
-    steps: int = typer.Option(300, "--steps", help="At most this many steps."),
+    scenario: int = typer.Option(0, "--scenario", min=0, help="Scenario index in the directory (or seed offset)."),
+    steps: int = typer.Option(300, "--steps", min=1, help="At most this many steps."),
     fmt: str = typer.Option("gif", "--format", help="gif or mp4."),
 ):
     """Drive one episode and write an animated top-down view: the agent, the traffic and its route."""
@@ -202,10 +206,12 @@ def sim_rollout(
             act = make_policy(policy, env, seed=0)
         except (FileNotFoundError, ValueError) as e:
             _fail(str(e))
-        result = record_rollout(env, act, max_steps=steps, seed=scenario)
+        with _console().status(f"driving up to {steps} steps"):
+            result = record_rollout(env, act, max_steps=steps, seed=scenario)
     finally:
         env.close()
     out.mkdir(parents=True, exist_ok=True)
+    save_invocation(ctx, out)
     path = save_animation(result.frames, out / f"rollout.{fmt}", fps=10)
     last = result.infos[-1] if result.infos else {}
     summary = {"steps": result.steps, "total_reward": round(float(result.total_reward), 3),

@@ -16,8 +16,10 @@ from rich.table import Table
 from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt, progress
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
+from bevgen.cli_common import save_invocation
 from bevgen.cli_common import save_run_config as _save_run_config
 from bevgen.scenarios_cli import _report_conversion
+from runkit.atomic import atomic_write_text
 from runkit.rundir import run_config_file
 
 # Command bodies import their implementation lazily: `bevgen --help` must not import torch, MetaDrive, pybullet,
@@ -34,7 +36,7 @@ def traffic_train(
                                     help="Dataset directories to learn from (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard, checkpoints)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="tiny (CPU, minutes) or paper (TrafficGen widths)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimizer steps (default: the preset's)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
@@ -68,13 +70,26 @@ def traffic_train(
 
 def _traffic_generate(mode: str, data: Path, ckpt: Path, out: Path, num: int, density: float, batch: int, seed: int,
                       extend: bool = False):
+    import yaml
+
     from traffic.generate import GenerateConfig, augment, generate
+    from traffic.train import load_models
 
     if not data.is_dir():
         _fail(f"not a dataset directory: {data}")
     try:
         cfg = GenerateConfig(num_vehicles=num, density=density, batch_size=batch, seed=seed, extend=extend)
-        _save_run_config(out, f"traffic {mode}", {"data": str(data), "ckpt": str(ckpt), **cfg.__dict__})
+        record = {"data": str(data), "ckpt": str(ckpt), **cfg.__dict__}
+        # --out resumes: the scenarios already there stay, so they must come from the same command and settings
+        before = out / "bevgen_run.yaml"
+        old = yaml.safe_load(before.read_text()) if before.exists() else None
+        if old is not None and (old.get("command"), old.get("config")) != (f"traffic {mode}", record):
+            changed = sorted(k for k in set(record) | set(old.get("config") or {})
+                             if (old.get("config") or {}).get(k) != record.get(k))
+            _fail(f"{out} holds a `{old.get('command')}` run with other settings ({', '.join(changed) or 'command'}); "
+                  "it resumes only with the same ones: use another --out, or repeat them")
+        load_models(ckpt)  # a bad checkpoint fails here, before --out is touched
+        _save_run_config(out, f"traffic {mode}", record)
         with progress() as prog:
             task = prog.add_task(f"traffic {mode}", total=None)
             fn = augment if mode == "augment" else generate
@@ -93,9 +108,10 @@ def traffic_generate(
     data: Path = typer.Option(..., "--data", metavar=SCENARIOS, help="Scenarios whose maps (and ego routes) to reuse."),
     ckpt: Path = typer.Option(..., "--ckpt", help="Traffic training run directory or checkpoint file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
-    num_vehicles: int = typer.Option(32, "--num-vehicles", "-n", help="Vehicles to place per scenario."),
-    batch: int = typer.Option(8, "--batch", help="Scenes generated together."),
-    seed: int = typer.Option(0, "--seed"),
+    num_vehicles: int = typer.Option(32, "--num-vehicles", "-n", min=-1,
+                                     help="Vehicles to place per scenario (-1: as many as were logged near the ego)."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Scenes generated together."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (placement and trajectories)."),
 ):
     """New scenarios: the maps of DATA with N learned vehicles and their trajectories."""
     _traffic_generate("generate", data, ckpt, out, num_vehicles, 2.0, batch, seed)
@@ -106,9 +122,10 @@ def traffic_augment(
     data: Path = typer.Option(..., "--data", metavar=SCENARIOS, help="Real scenarios to densify."),
     ckpt: Path = typer.Option(..., "--ckpt", help="Traffic training run directory or checkpoint file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
-    density: float = typer.Option(2.0, "--density", help="Target vehicle count as a multiple of the logged count."),
-    batch: int = typer.Option(8, "--batch", help="Scenes processed together."),
-    seed: int = typer.Option(0, "--seed"),
+    density: float = typer.Option(2.0, "--density", min=1.0,
+                                  help="Target vehicle count as a multiple of the logged count."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Scenes processed together."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (placement and trajectories)."),
     extend: bool = typer.Option(False, "--extend", help="Also continue logged vehicles whose tracks end early "
                                                         "(their logged steps stay bit-identical)."),
 ):
@@ -118,6 +135,7 @@ def traffic_augment(
 
 @app.command("eval")
 def traffic_eval(
+    ctx: typer.Context,
     reference: Path = typer.Option(..., "--reference", metavar=SCENARIOS, help="Real reference scenarios."),
     out: Path = typer.Option(..., "--out", "-o", help="Where metrics.json goes."),
     generated: Optional[Path] = typer.Option(None, "--generated", metavar=SCENARIOS,
@@ -125,11 +143,11 @@ def traffic_eval(
                                                   "against --reference."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Traffic training run: also score its rollouts with the "
                                                              "realism meta-metric."),
-    rollouts: int = typer.Option(32, "--rollouts", help="Rollouts per scene for the realism meta-metric."),
+    rollouts: int = typer.Option(32, "--rollouts", min=1, help="Rollouts per scene for the realism meta-metric."),
     realism: bool = typer.Option(True, "--realism/--no-realism",
                                  help="Score sim-agent realism (WOSAC-style) on --reference: constant velocity, "
                                       "random and the logged future (upper bound), and --ckpt's model."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the rollouts."),
 ):
     """Score traffic. With --generated: MMD (position, heading, size, speed), collision, off-road and
     kinematic-violation rates against --reference. Realism: from 1 s of logged history every agent of each
@@ -165,7 +183,8 @@ def traffic_eval(
             if not scenes:
                 _fail(f"{reference}: no scene has the 9.1 s (1 s history + 8 s future) the realism metric needs")
             methods = tuple(x for x in ROLLOUT_METHODS if x != "model" or ckpt is not None)
-            m["realism"] = evaluate_realism(scenes, ckpt, methods, n=rollouts, seed=seed)
+            with _console().status(f"rolling out {len(scenes)} scenes x {rollouts} for {', '.join(methods)}"):
+                m["realism"] = evaluate_realism(scenes, ckpt, methods, n=rollouts, seed=seed)
             m["realism_definitions"] = {
                 "meta_metric": "sum over features of weight x likelihood (weights renormalised over the features a "
                                "scene defines); mean over scenes",
@@ -181,7 +200,8 @@ def traffic_eval(
     except (ScenarioError, OSError) as e:
         _fail(str(e))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(m, indent=2, default=float))
+    atomic_write_text(out / "metrics.json", json.dumps(m, indent=2, default=float))
+    save_invocation(ctx, out)
 
     if generated is not None:
         table = Table(title=f"{generated} vs {reference}")

@@ -25,7 +25,7 @@ HELP = {
          ("traffic", "Learned traffic (TrafficGen-style)"), ("views", "Camera views from BEV layouts"),
          ("scene3d", "Compositional 3D-aware scene generator"), ("demo", "Run the main job")],
     "scenarios": [("procedural", "Generate scenarios on MetaDrive procedural maps"),
-                  ("validate", "Check scenario files against the contract; one line per problem"),
+                  ("validate", "Check scenario files against the contract; one line per bad file"),
                   ("info", "Table of scenarios"), ("bev", "Rasterize ego-centric BEV frames"),
                   ("convert", "Convert real driving logs"), ("export", "Export scenarios to Waymo TFRecords")],
     "scenarios procedural": [("--out", "Output dataset directory."), ("--num", "Number of scenarios"),
@@ -70,7 +70,7 @@ def test_help(cmd):
     assert text.startswith(f"Usage: {' '.join(['bevgen', *cmd.split()])} "), text[:200]
     for name, explanation in HELP[cmd]:
         # the explanation in the same table row as its option or subcommand (after short flag, type, ...)
-        row = re.escape(name) + r"(?: \S+){0,3} " + re.escape(explanation)
+        row = re.escape(name) + r"(?: \S+){0,5} " + re.escape(explanation)  # short flag, type, range
         assert re.search(row, text), (cmd, name, explanation, text)
 
 

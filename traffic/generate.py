@@ -297,6 +297,11 @@ def _run(data: str | Path, run: str | Path, out: str | Path, cfg: GenerateConfig
     stats = {"scenes": 0, "placed": 0, "requested": 0, "seconds": 0.0}
     with DatasetWriter(out, resume=True, repair=True) as writer:
         todo = [n for n in ds.names if not writer.has(n)]
+        for n in ds.names:
+            if writer.has(n):
+                writer.reuse(n)  # written by an earlier run into ``out``: kept, and counted as kept
+        if on_scene:
+            on_scene(0, len(todo))
         for start in range(0, len(todo), cfg.batch_size):
             # each file is read once; the Scenario drives the models and is written back through typed edits
             # (logged agents bit-identical); only one batch of scenes is in memory at a time

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import typer
 
-from bevgen.cli_common import LAYOUT, ConfigOpt, SetOpt
+from bevgen.cli_common import LAYOUT, ConfigOpt, SetOpt, check_device, save_invocation
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
 
@@ -53,7 +53,7 @@ def _indexed(text: str, what: str) -> tuple[int, str]:
 def train_cmd(
     data: Path = typer.Option(..., "--data", help="Frame dataset directory (bevgen.render format)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard, samples, checkpoints)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (config: steps)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimizer steps (config: steps)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
@@ -81,12 +81,15 @@ def train_cmd(
 
 @app.command("render")
 def render_cmd(
+    ctx: typer.Context,
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory or checkpoint file."),
     layout: Path = typer.Option(..., "--layout", metavar=LAYOUT,
                                 help="Layout: .json (SceneLayout), frame .npz or scenario .pkl."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-    frame: int = typer.Option(0, "--frame", help="Frame of a scenario layout."),
-    camera: str = typer.Option("CAM_FRONT", "--camera", help="Camera of a frame/scenario layout."),
+    frame: int = typer.Option(0, "--frame", min=0, help="Frame of a scenario layout."),
+    camera: str = typer.Option("CAM_FRONT", "--camera", help="Camera of a frame/scenario layout: CAM_FRONT, "
+                               "CAM_FRONT_RIGHT, CAM_BACK_RIGHT, CAM_BACK, CAM_BACK_LEFT or CAM_FRONT_LEFT on the "
+                               "nuScenes rig (or the frame file's own camera names)."),
     seed: int = typer.Option(0, "--seed", help="Latent seed."),
     move: Optional[List[str]] = typer.Option(None, "--move", help="I:dx,dy,dz  move object I (ego frame, m)."),
     rotate: Optional[List[str]] = typer.Option(None, "--rotate", help="I:degrees  turn object I (CCW)."),
@@ -96,13 +99,14 @@ def render_cmd(
     camera_move: Optional[str] = typer.Option(None, "--camera-move", help="dx,dy,dz,yaw_deg  move/turn the camera."),
     orbit: float = typer.Option(0.0, "--orbit", help="Orbit the camera by DEG about a point 15 m ahead."),
     gif: bool = typer.Option(False, "--gif", help="Also write orbit.gif and move.gif (first object)."),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (a CUDA GPU)."),
 ):
     """Render a layout, apply edits, write before/after PNGs, the edited layout and optional GIFs."""
     from bevgen.scene3d import edit as E
     from bevgen.scene3d.layout import load_layout
     from bevgen.scene3d.train import load_scene3d
 
+    check_device(device)
     try:
         gen = load_scene3d(ckpt, device)
         size = gen.cfg.image_size
@@ -111,14 +115,16 @@ def render_cmd(
     except (FileNotFoundError, ValueError, KeyError, OSError) as e:
         _fail(str(e))
     lat = E.SceneLatents.from_seed(lay.num_boxes, gen.cfg.z_dim, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    before = E.render(gen, lay, lat)
-    try:
+    try:  # edits are checked before anything is rendered or written
         edited, elat = _apply_edits(lay, lat, seed, move, rotate, add, delete, restyle, camera_move, orbit)
     except (IndexError, ValueError) as e:
         _fail(str(e))
-    after = E.render(gen, edited, elat)
-    _save_render_outputs(gen, out, lay, lat, edited, before, after, gif)
+    out.mkdir(parents=True, exist_ok=True)
+    save_invocation(ctx, out)
+    with _console().status("rendering" + (" and the GIFs" if gif else "")):
+        before = E.render(gen, lay, lat)
+        after = E.render(gen, edited, elat)
+        _save_render_outputs(gen, out, lay, lat, edited, before, after, gif)
     _console().print(f"{int(lay.valid.sum())} objects; wrote {out}/render.png, edited.png"
                      + (", orbit.gif, move.gif" if gif else ""))
 
@@ -185,15 +191,16 @@ def _save_render_outputs(gen, out: Path, lay, lat, edited, before, after, gif: b
 
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory or checkpoint file."),
     data: Path = typer.Option(..., "--data", help="Frame dataset with the real images and the layouts."),
     out: Path = typer.Option(..., "--out", "-o", help="Where metrics.json goes."),
-    num_samples: int = typer.Option(256, "--num-samples", "-n", help="Renders (layouts cycled)."),
-    batch: int = typer.Option(8, "--batch", help="Renders per forward pass."),
+    num_samples: int = typer.Option(256, "--num-samples", "-n", min=1, help="Renders (layouts cycled)."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Renders per forward pass."),
     extractor: Optional[Path] = typer.Option(None, "--extractor", help="FID Inception weights (default: the "
                                                                      "built-in random-conv extractor)."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the latent codes and the sampled layouts."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (a CUDA GPU)."),
 ):
     """FID, KID, object-crop FID, box-alpha IoU and images/s -> metrics.json."""
     from bevgen.features import load_extractor
@@ -201,11 +208,14 @@ def eval_cmd(
     from bevgen.scene3d.metrics import evaluate_scene3d
     from bevgen.scene3d.train import load_scene3d
 
+    check_device(device)
     try:
         gen = load_scene3d(ckpt, device)
         dc = gen.train_config.data
         ds = load_scene3d_data(data, dc.cameras, gen.cfg.image_size, dc.max_objects, dc.class_filter, dc.max_depth_m)
-        m = evaluate_scene3d(gen, ds, num_samples, batch, seed, load_extractor(extractor, device), out)
+        with _console().status(f"rendering {num_samples} scenes and scoring them"):
+            m = evaluate_scene3d(gen, ds, num_samples, batch, seed, load_extractor(extractor, device), out)
+        save_invocation(ctx, out)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(m, indent=2))

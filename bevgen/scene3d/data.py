@@ -118,7 +118,7 @@ def load_scene3d_data(root: str | Path, cameras: Sequence[str] = ("CAM_FRONT",),
     root = Path(root)
     index_path = root / "index.json"
     if not index_path.exists():
-        raise FileNotFoundError(f"{root}: no index.json (make a dataset with `bevgen render ...`)")
+        raise FileNotFoundError(f"{root}: no index.json (make one with `bevgen views dataset`)")
     index = json.loads(index_path.read_text())
     cams = index.get("rig", {}).get("names")
     if isinstance(cameras, str):

@@ -204,7 +204,11 @@ def square_camera(rig: CameraRig, camera: str | int, resolution: int) -> tuple[C
     Returns:
         (the view as a one-view rig for the R x R image, crop (top, left, side) in source pixels).
     """
+    if isinstance(camera, str) and camera not in rig.names:
+        raise ValueError(f"camera {camera!r}: not in this rig; its cameras are {', '.join(rig.names)}")
     v = rig.names.index(camera) if isinstance(camera, str) else int(camera)
+    if not 0 <= v < len(rig.names):
+        raise ValueError(f"camera {v}: this rig has cameras 0..{len(rig.names) - 1} ({', '.join(rig.names)})")
     H, W = rig.image_size
     side = min(H, W)
     top, left = (H - side) // 2, (W - side) // 2

@@ -30,9 +30,11 @@ def block_indices(names: Sequence[str], n_draws: int, block: int = 4, seed: int 
     """Frame indices of ``n_draws`` circular-block resamples of ``names``, stratified by scenario.
 
     Within each scenario (``scenario_of``; frames ordered by name, i.e. by step) a draw concatenates blocks of
-    ``min(block, n)`` consecutive frames starting anywhere, then keeps the scenario's first n, n being its frame
-    count. Blocks wrap around the scenario's end (the circular block bootstrap, Politis & Romano 1992): a plain
-    moving block draws the first and last frames less often than the middle ones, which biases the interval
+    ``block`` consecutive frames starting anywhere, then keeps the scenario's first n, n being its frame count. A
+    scenario of at most ``block`` frames is drawn in blocks of ``max(1, n // 2)``: one block of all its frames
+    would redraw the same frames every time and give it no spread at all (a zero-width interval for sets of
+    short scenarios). Blocks wrap around the scenario's end (the circular block bootstrap, Politis & Romano
+    1992): a plain moving block draws the first and last frames less often than the middle ones, which biases the interval
     wherever the score drifts along the drive. Returns int [n_draws, len(names)]. O(n_draws len(names)).
     """
     if block < 1:
@@ -45,7 +47,7 @@ def block_indices(names: Sequence[str], n_draws: int, block: int = 4, seed: int 
     for members in groups.values():
         members = np.array(sorted(members, key=lambda i: names[i]))
         n = len(members)
-        size = min(block, n)
+        size = block if n > block else max(1, n // 2)
         k = -(-n // size)  # blocks per draw
         starts = rng.integers(0, n, size=(n_draws, k))  # circular: every frame equally likely to be drawn
         local = ((starts[..., None] + np.arange(size)) % n).reshape(n_draws, -1)[:, :n]

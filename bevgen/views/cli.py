@@ -22,6 +22,7 @@ import typer
 from bevgen.cli_common import SCENARIO, SCENARIOS, ConfigOpt, SetOpt
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
+from bevgen.cli_common import save_invocation
 from bevgen.cli_common import save_run_config as _save_run_config
 
 # Command bodies import their implementation lazily: `bevgen --help` must not import torch, MetaDrive, pybullet,
@@ -45,10 +46,12 @@ def dataset_cmd(
     version: str = typer.Option("v1.0-mini", "--version", help="nuScenes version (with --nuscenes)."),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = SetOpt,
-    frames_per_scenario: int = typer.Option(10, "--frames-per-scenario", "-n", help="Frames rendered per scenario."),
-    frame_stride: int = typer.Option(5, "--frame-stride", help="Steps between rendered frames (10 steps = 1 s)."),
-    first_frame: int = typer.Option(10, "--first-frame", help="First rendered step of each scenario."),
-    workers: int = typer.Option(2, "--workers", "-j", help="Renderer processes (one pybullet client each)."),
+    frames_per_scenario: int = typer.Option(10, "--frames-per-scenario", "-n", min=1,
+                                            help="Frames rendered per scenario."),
+    frame_stride: int = typer.Option(5, "--frame-stride", min=1,
+                                     help="Steps between rendered frames (10 steps = 1 s)."),
+    first_frame: int = typer.Option(10, "--first-frame", min=0, help="First rendered step of each scenario."),
+    workers: int = typer.Option(2, "--workers", "-j", min=1, help="Renderer processes (one pybullet client each)."),
     resume: bool = typer.Option(True, "--resume/--overwrite", help="Keep frames already written."),
     repair: bool = typer.Option(False, "--repair", help="Drop unusable map features (lanes with < 2 points) while "
                                 "reading instead of skipping the scenario (synthetic only)."),
@@ -139,18 +142,21 @@ def tune_decoder_cmd(
     ckpt: Path = typer.Option(..., "--ckpt", help="A trained views run (or exported model) directory."),
     data: Path = typer.Option(..., "--data", "-d", help="Its frame dataset (the run's training frames are used)."),
     out: Path = typer.Option(..., "--out", "-o", help="New run directory: the tuned tokenizer + the same generator."),
-    steps: int = typer.Option(600, "--steps", help="Decoder training steps (about 0.7 s each at 64x112 on 2 cores)."),
-    adversarial: float = typer.Option(0.0, "--adversarial", help="Weight of the patch-adversarial term (0 = off)."),
+    steps: int = typer.Option(600, "--steps", min=1,
+                              help="Decoder training steps (about 0.7 s each at 64x112 on 2 cores)."),
+    adversarial: float = typer.Option(0.0, "--adversarial", min=0.0,
+                                      help="Weight of the patch-adversarial term (0 = off)."),
     layout: bool = typer.Option(True, "--layout/--tokens-only", help="The decoder also reads the layout through "
                                 "every pixel (default), or fine-tune the tokens-only decoder."),
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate."),
     train_decoder: bool = typer.Option(True, "--train-decoder/--freeze-decoder", help="Train the decoder's own "
                                        "weights too (default), or only the layout injection (the decoder frozen)."),
-    generated: float = typer.Option(0.0, "--generated", help="Share of each batch's frames decoded from the run's "
+    generated: float = typer.Option(0.0, "--generated", min=0.0, max=1.0,
+                                    help="Share of each batch's frames decoded from the run's "
                                     "generator's tokens (one MaskGIT step, half to all of them masked) instead of "
                                     "the true ones, the target staying the true views: the decoder meets the "
                                     "tokens it gets at sampling time (0 = true tokens only)."),
-    threads: int = typer.Option(0, "--threads", help="torch threads (0 = every core)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0 = every core)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bar."),
 ):
     """Train a views model's decoder alone (encoder and codebook frozen, so the generator is unchanged), by default
@@ -204,15 +210,19 @@ def layout_arrays(scenario, frame: int, image_size, bev_range_m: float = 50.0) -
 
 @app.command("sample")
 def sample_cmd(
+    ctx: typer.Context,
     ckpt: Path = typer.Option(..., "--ckpt", help="Run directory of `bevgen views train` (or its checkpoints/)."),
     scenario: Path = typer.Option(..., "--scenario", metavar=SCENARIO,
                                   help="Scenario file (.pkl) to take the BEV layout from."),
-    frame: int = typer.Option(0, "--frame", "-t", help="Frame index in the scenario."),
+    frame: int = typer.Option(0, "--frame", "-t", min=0, help="Frame index in the scenario."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     mode: str = typer.Option("parallel", "--mode", help="parallel (MaskGIT) | autoregressive (token by token)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Parallel decoding steps (default: the config's)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Token sampling temperature "
+    steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                        help="Parallel decoding steps (default: the config's)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0,
+                                             help="Classifier-free guidance weight. Default: the config's "
+                                                  "train.guidance."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Token sampling temperature "
                                                 "(default: the config's train.sample_temperature; 0 = greedy)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     truth: bool = typer.Option(True, "--truth/--no-truth",
@@ -225,6 +235,8 @@ def sample_cmd(
     from bevgen.views.sample import load_views
     from sim_bridge.scenario import load_scenario
 
+    if mode not in ("parallel", "autoregressive"):
+        _fail(f"--mode must be parallel or autoregressive, got {mode!r}")
     try:
         pipe = load_views(ckpt)
         sc = load_scenario(scenario)
@@ -236,8 +248,9 @@ def sample_cmd(
     render = render_ground_truth if truth else layout_arrays
     arrays = render(sc, frame, pipe.image_size, pipe.config.data.bev_range_m)
     gen_s = time.perf_counter()
-    images = pipe(frame_batch(arrays), mode=mode, steps=steps, guidance=guidance, temperature=temperature,
-                  seed=seed).images
+    with _console().status(f"generating six views ({mode})"):
+        images = pipe(frame_batch(arrays), mode=mode, steps=steps, guidance=guidance, temperature=temperature,
+                      seed=seed).images
     gen_s = time.perf_counter() - gen_s
     views = images[0].permute(0, 2, 3, 1).cpu().numpy()
     out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +262,7 @@ def sample_cmd(
     Image.fromarray(fig).save(out / "bev_views.png")
     if truth:
         Image.fromarray(panorama(arrays["images"])).save(out / "panorama_truth.png")
+    save_invocation(ctx, out)  # every option, defaults included (ckpt, steps, guidance, temperature)
     info = {"scenario": str(scenario), "frame": frame, "mode": mode, "seed": seed, "seconds": gen_s,
             "total_seconds": time.perf_counter() - t0, "image_size": list(pipe.image_size)}
     (out / "sample.json").write_text(json.dumps(info, indent=2))
@@ -258,6 +272,7 @@ def sample_cmd(
 # ---- eval ---------------------------------------------------------------------------------------
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     ckpt: Path = typer.Option(..., "--ckpt", help="Views model: a `bevgen views train` run directory, its "
                               "checkpoints/, or a shipped checkpoint directory (e.g. checkpoints/views_tiny)."),
     data: Path = typer.Option(..., "--data", "-d", help="Frame dataset directory (`bevgen views dataset`)."),
@@ -266,14 +281,16 @@ def eval_cmd(
                                "frames), all (every frame of --data is treated as held out), or auto (heldout "
                                "when CKPT has a split.json that lists frames of --data, else all)."),
     bevseg: Optional[Path] = typer.Option(None, "--bevseg", help="Trained BEV segmentation checkpoint; "
-                                          "default: train one (cached in OUT/bevseg) on --bevseg-data."),
+                                          "default: train one on --bevseg-data (about 2-3 s a step on 2 CPU cores), "
+                                          "cached in OUT/bevseg_<key> for those frames and steps."),
     bevseg_data: Optional[Path] = typer.Option(None, "--bevseg-data", help="Frames to train the BEV segmentation "
                                                "network on; default: the run's training split of --data with "
                                                "--frames heldout, else --data itself."),
-    bevseg_steps: int = typer.Option(600, "--bevseg-steps", help="Steps when training the BEV segmentation network."),
+    bevseg_steps: int = typer.Option(600, "--bevseg-steps", min=1,
+                                     help="Steps when training the BEV segmentation network."),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="pytorch-fid Inception weights file "
                                                "(pt_inception-2015-12-05-*.pth); default: in-project extractor."),
-    num: int = typer.Option(0, "--num", help="Frames to score (0 = all selected)."),
+    num: int = typer.Option(0, "--num", min=0, help="Frames to score (0 = all selected)."),
     mode: str = typer.Option("parallel", "--mode", help="parallel or autoregressive (decoding modes), or reconstruct: "
                              "score the tokenizer's round trip of each frame's ground-truth views (the ceiling of "
                              "generation; read psnr and fid)."),
@@ -327,7 +344,9 @@ def eval_cmd(
     try:
         pipe = load_views(ckpt)
         if bevseg is None:
-            bevseg = train_bevseg(seg_data, bevseg_train_names, out / "bevseg", steps=bevseg_steps, resume=True)
+            bevseg = train_bevseg(seg_data, bevseg_train_names, _bevseg_cache(out, seg_data, bevseg_train_names,
+                                                                             bevseg_steps),
+                                  steps=bevseg_steps, resume=True)
         if mode == "reconstruct":
             def generate(b):
                 fitted = {k: v.to(pipe.device) for k, v in fit_batch(b, pipe.image_size).items()
@@ -341,9 +360,21 @@ def eval_cmd(
         _fail(str(e))
     metrics |= {"frames": frames, "bevseg_trained_on": seg_source, "unconditional": unconditional, "mode": mode}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    save_invocation(ctx, out)
     _console().print_json(json.dumps({k: v for k, v in metrics.items() if k != "definitions"}, default=str))
     for name in metrics.get("missing_frames") or []:
         _console().print(f"[yellow]skipped[/] {name}: frame file missing", highlight=False)
+
+
+def _bevseg_cache(out: Path, data: Path, names: list[str] | None, steps: int) -> Path:
+    """Where ``views eval`` keeps the BEV segmentation network it trains: one folder per training set (the frame
+    list of ``data/index.json`` or ``names``) and step count, so a later eval into the same --out on other frames
+    trains its own network instead of reusing one trained on other frames."""
+    import hashlib
+
+    frames = sorted(names) if names is not None else json.loads((data / "index.json").read_text()).get("frames", [])
+    key = json.dumps({"data": str(data.resolve()), "frames": frames, "steps": steps}, sort_keys=True)
+    return out / f"bevseg_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
 def _check_eval_data(data: Path, split: dict, heldout: list[str], split_file: Path) -> None:

@@ -102,7 +102,13 @@ def _trained_env(spec: str) -> dict | None:
     from sim_bridge.rl.train import latest_checkpoint
 
     ckpt = latest_checkpoint(spec) if spec not in REFERENCE_POLICIES else None
-    return None if ckpt is None else load_checkpoint(ckpt)["config"]["env"]
+    if ckpt is None:
+        return None
+    config = load_checkpoint(ckpt).get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("env"), dict):
+        raise ValueError(f"{spec}: not a driving-policy run (its checkpoint {ckpt.name} holds no env config); "
+                         "give a `bevgen sim train` run directory, 'random' or 'idm'")
+    return config["env"]
 
 
 def _with_trained_observation(env_cfg: EnvConfig, trained: dict | None) -> EnvConfig:

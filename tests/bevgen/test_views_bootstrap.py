@@ -24,8 +24,12 @@ def test_block_indices_stay_within_scenario_and_keep_blocks():
     assert np.isin(np.diff(step[idx[:, :4]], axis=1), [10, -70]).all()
     counts = np.bincount(idx.ravel(), minlength=24)
     assert len(np.unique(step[idx[:, 0]])) == 8 and counts.min() > 0.85 * counts.mean()
-    short = block_indices(_names(1, 2), 10, block=4)  # a scenario shorter than a block: one (circular) block of it
-    assert short.shape == (10, 2) and (np.sort(short, axis=1) == [[0, 1]]).all()
+    # a scenario no longer than a block is drawn in blocks of half its length (not one block of all of it: the
+    # same frames in every draw, no spread): a 2-frame scenario draws single frames, a 4-frame one pairs
+    short = block_indices(_names(1, 2), 200, block=4)
+    assert short.shape == (200, 2) and (short[:, 0] == short[:, 1]).any() and (short[:, 0] != short[:, 1]).any()
+    four = block_indices(_names(1, 4), 200, block=4)
+    assert np.isin((four[:, 1] - four[:, 0]) % 4, [1]).all() and np.isin((four[:, 3] - four[:, 2]) % 4, [1]).all()
     with pytest.raises(ValueError):
         block_indices(names, 10, block=0)
 
@@ -50,6 +54,11 @@ def test_share_interval_follows_the_frames():
     drift = np.tile(np.linspace(0.3, 1.7, 8), 3)
     blocks, single = (share_interval(names, oracle * drift, union, oracle, union, block=b) for b in (4, 1))
     assert blocks[1] - blocks[0] > single[1] - single[0]
+    # sets of short scenarios (3 frames each) still get an interval of some width when the frames disagree
+    few = _names(4, 3)
+    u = rng.uniform(50, 100, len(few))
+    lo, hi = share_interval(few, 0.8 * u * rng.uniform(0.4, 1.4, len(few)), u, 0.8 * u, u)
+    assert hi - lo > 0.05, (lo, hi)
     # undefined shares
     assert share_interval(names, oracle, union, 0 * oracle, union) is None
     assert share_interval([], [], [], [], []) is None

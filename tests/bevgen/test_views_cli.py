@@ -86,7 +86,7 @@ def test_help(cmd):
     assert text.startswith(f"Usage: bevgen {cmd} "), text[:200]
     for name, explanation in HELP[cmd]:
         # the explanation in the same table row as its option or subcommand (after short flag, type, ...)
-        row = re.escape(name) + r"(?: \S+){0,3} " + re.escape(explanation)
+        row = re.escape(name) + r"(?: \S+){0,5} " + re.escape(explanation)  # short flag, type, range
         assert re.search(row, text), (cmd, name, explanation, text)
 
 
@@ -136,6 +136,9 @@ def test_views_commands_end_to_end(tmp_path):
     assert Image.open(out / "panorama.png").size == (6 * 56, 32)
     assert Image.open(out / "bev_views.png").size[0] > 3 * 56
     assert json.loads((out / "sample.json").read_text())["frame"] == 12
+    record = yaml.safe_load((out / "bevgen_run.yaml").read_text())  # every option, defaults included
+    assert record["command"] == "views sample" and record["config"]["ckpt"] == str(run), record
+    assert {"steps", "guidance", "temperature", "seed", "mode"} <= set(record["config"]), record
 
     res = runner.invoke(app, ["views", "sample", "--ckpt", str(run), "--scenario",
                               str(tmp_path / "scenarios" / "road1.pkl"), "--frame", "99", "--out", str(out)])
@@ -157,8 +160,12 @@ def test_views_commands_end_to_end(tmp_path):
         assert (metrics["shares"][key] is None) == (not metrics[f"{key}_oracle"]), metrics
         assert (metrics["shares_ci90"][key] is None) == (metrics["shares"][key] is None), metrics
     assert len(json.loads((tmp_path / "eval" / "per_frame.json").read_text())["names"]) == 3
+    record = yaml.safe_load((tmp_path / "eval" / "bevgen_run.yaml").read_text())
+    assert record["command"] == "views eval" and record["config"]["bevseg_steps"] == 6, record
+    seg_nets = list((tmp_path / "eval").glob("bevseg_*"))  # the network it trained, kept for these frames only
+    assert len(seg_nets) == 1 and (seg_nets[0] / "checkpoints" / "latest.pt").exists(), seg_nets
     res = runner.invoke(app, ["views", "eval", "--ckpt", str(run), "--data", str(data), "--out",
-                              str(tmp_path / "recon"), "--bevseg", str(tmp_path / "eval" / "bevseg"),
+                              str(tmp_path / "recon"), "--bevseg", str(seg_nets[0]),
                               "--mode", "reconstruct"])
     assert res.exit_code == 0, res.output
     recon = json.loads((tmp_path / "recon" / "metrics.json").read_text())
@@ -178,13 +185,55 @@ def test_views_commands_end_to_end(tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(run / "checkpoints", bare)
     res = runner.invoke(app, ["views", "eval", "--ckpt", str(bare), "--data", str(data), "--out", str(tmp_path / "e3"),
-                              "--bevseg", str(tmp_path / "eval" / "bevseg"), "--num", "2", "--unconditional"])
+                              "--bevseg", str(seg_nets[0]), "--num", "2", "--unconditional"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "e3" / "metrics.json").read_text())
     assert metrics["frames"] == "all" and metrics["num_samples"] == 2 * 6, metrics
     assert metrics["unconditional"] is True  # the null-layout floor
     assert {"vehicle_iou_near", "vehicle_iou_mid_oracle", "vehicle_iou_far"} <= set(metrics)
     assert {"road_iou_near", "road_iou_mid", "road_iou_far_oracle"} <= set(metrics)  # where the road is lost
+
+
+def test_eval_keeps_one_bevseg_network_per_training_frames(tmp_path):
+    """`views eval` caches the segmentation network it trains under OUT by what it was trained on: another
+    dataset, another frame list or another step count gets its own network, never one trained on other frames."""
+    from bevgen.views.cli import _bevseg_cache
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, frames in ((a, ["f1", "f2"]), (b, ["f1", "f2", "f3"])):
+        d.mkdir()
+        (d / "index.json").write_text(json.dumps({"frames": frames}))
+    out = tmp_path / "out"
+    key = _bevseg_cache(out, a, None, 600)
+    assert key.parent == out and key.name.startswith("bevseg_") and key == _bevseg_cache(out, a, None, 600)
+    others = {_bevseg_cache(out, b, None, 600), _bevseg_cache(out, a, ["f1"], 600), _bevseg_cache(out, a, None, 60)}
+    assert len(others) == 3 and key not in others
+    (a / "index.json").write_text(json.dumps({"frames": ["f1", "f2", "f9"]}))  # the same folder, rewritten
+    assert _bevseg_cache(out, a, None, 600) != key
+
+
+def test_bad_numbers_and_modes_are_refused_before_anything_runs(tmp_path):
+    """Counts and steps out of range are usage errors with the option named (exit 2), not tracebacks or
+    silently different runs; nothing is written."""
+    cases = [["views", "sample", "--ckpt", str(tmp_path), "--scenario", str(tmp_path / "x.pkl"), "--out",
+              str(tmp_path / "o1"), "--mode", "bogus"],
+             ["views", "sample", "--ckpt", str(tmp_path), "--scenario", str(tmp_path / "x.pkl"), "--out",
+              str(tmp_path / "o2"), "--steps", "-3"],
+             ["views", "eval", "--ckpt", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o3"),
+              "--num", "-1"],
+             ["views", "tune-decoder", "--ckpt", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o4"),
+              "--steps", "-2"],
+             ["traffic", "train", "--data", str(tmp_path), "--out", str(tmp_path / "o5"), "--steps", "0"],
+             ["traffic", "eval", "--reference", str(tmp_path), "--out", str(tmp_path / "o6"), "--rollouts", "-2"],
+             ["sim", "eval", "--policy", "idm", "--data", str(tmp_path), "--out", str(tmp_path / "o7"),
+              "--episodes", "-1"],
+             ["scenarios", "bev", str(tmp_path), "--out", str(tmp_path / "o8"), "--limit", "-2"]]
+    for args in cases:
+        res = runner.invoke(app, args)
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2 and ("Invalid value" in text or "must be" in text), (args, res.output)
+        assert "Traceback" not in res.output
+    assert not any(tmp_path.glob("o*")), list(tmp_path.glob("o*"))
 
 
 def test_views_train_rejects_a_folder_that_is_not_a_dataset(tmp_path):

@@ -285,3 +285,36 @@ def test_a_checkpoint_from_before_the_history_input_is_refused_with_a_clear_erro
     with pytest.raises(ValueError, match="agent_hist.*retrain"):
         load_models(old)
     load_models(run)  # the untouched run still loads
+
+
+def test_generate_command_resumes_only_with_its_own_settings(traffic_run, real_dir, tmp_path):
+    """`bevgen traffic generate` into a folder that holds a run: the same settings resume it (its scenes kept and
+    counted as kept); other settings, or a checkpoint that does not load, are refused with the run's record and
+    scenes untouched."""
+    from typer.testing import CliRunner
+
+    from bevgen.cli import app
+
+    run, _ = traffic_run
+    data = _subset(real_dir, ["sd_nuscenes_v1.0-mini_scene-0061.pkl", "sd_nuscenes_v1.0-mini_scene-0103.pkl"],
+                   tmp_path / "data")
+    out, runner = tmp_path / "gen", CliRunner()
+    args = ["traffic", "generate", "--data", str(data), "--ckpt", str(run), "--out", str(out), "-n", "4"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    record = (out / "bevgen_run.yaml").read_text()
+    files = {p.name: p.read_bytes() for p in out.glob("sd_*.pkl")}
+    assert len(files) == 2 and "num_vehicles: 4" in record
+    res = runner.invoke(app, args)  # the same command again: nothing to do, both scenes kept
+    assert res.exit_code == 0 and "wrote 0, kept 2" in " ".join(res.output.split()), res.output
+    for bad, why in ((args[:-1] + ["8"], "num_vehicles"),
+                     (args[:4] + ["--ckpt", str(tmp_path / "no_run")] + args[6:], "ckpt")):
+        res = runner.invoke(app, bad)
+        assert res.exit_code == 2 and why in " ".join(res.output.split()), res.output
+        assert "Traceback" not in res.output
+    assert (out / "bevgen_run.yaml").read_text() == record
+    assert {p.name: p.read_bytes() for p in out.glob("sd_*.pkl")} == files
+    fresh = ["traffic", "generate", "--data", str(data), "--ckpt", str(tmp_path / "no_run"), "--out",
+             str(tmp_path / "g2")]
+    res = runner.invoke(app, fresh)
+    assert res.exit_code == 2 and not (tmp_path / "g2").exists(), res.output  # a bad checkpoint writes nothing
