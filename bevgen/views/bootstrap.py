@@ -34,8 +34,8 @@ def block_indices(names: Sequence[str], n_draws: int, block: int = 4, seed: int 
     scenario of at most ``block`` frames is drawn in blocks of ``max(1, n // 2)``: one block of all its frames
     would redraw the same frames every time and give it no spread at all (a zero-width interval for sets of
     short scenarios). Blocks wrap around the scenario's end (the circular block bootstrap, Politis & Romano
-    1992): a plain moving block draws the first and last frames less often than the middle ones, which biases the interval
-    wherever the score drifts along the drive. Returns int [n_draws, len(names)]. O(n_draws len(names)).
+    1992): a plain moving block draws the first and last frames less often than the middle ones, which biases
+    the interval wherever the score drifts along the drive. Returns int [n_draws, len(names)]. O(n_draws len(names)).
     """
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
