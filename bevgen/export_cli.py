@@ -68,7 +68,8 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one sub-folder per format + export_report.json."),
     check: bool = typer.Option(False, "--check", help="Run the ASAM OpenDRIVE/OpenSCENARIO checkers on the output."),
 ):
-    """Export scenarios to Waymo TFRecords and/or OpenSCENARIO 1.0 + OpenDRIVE; bad files are reported and skipped."""
+    """Export scenarios to Waymo TFRecords, OpenSCENARIO 1.0 + OpenDRIVE and/or CommonRoad XML; bad files are
+    reported and skipped."""
     from sim_bridge.export import EXPORTERS, get_exporter
     from sim_bridge.safe_pickle import CorruptFileError, UnsafePickleError
     from sim_bridge.scenario import ScenarioError, load_scenario

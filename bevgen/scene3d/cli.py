@@ -51,7 +51,7 @@ def _indexed(text: str, what: str) -> tuple[int, str]:
 
 @app.command("train")
 def train_cmd(
-    data: Path = typer.Option(..., "--data", help="Frame dataset directory (bevgen.render format)."),
+    data: Path = typer.Option(..., "--data", help="Frame dataset directory (`bevgen views dataset`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (config, TensorBoard, samples, checkpoints)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimizer steps (config: steps)."),
     config: Optional[Path] = ConfigOpt,

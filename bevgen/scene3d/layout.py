@@ -294,14 +294,21 @@ def load_layout(path: str | Path, frame: int = 0, camera: str | int = DEFAULT_CA
     JSON layouts are resized to ``resolution`` (square) when their image size differs."""
     path = Path(path)
     if path.suffix == ".json":
-        layout = SceneLayout.from_dict(json.loads(path.read_text()))
+        try:
+            layout = SceneLayout.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a layout JSON (SceneLayout.to_dict): {e}") from e
         return layout if layout.image_size == (resolution, resolution) else layout.resized((resolution, resolution))
     if path.suffix == ".npz":
         names = None
         index = path.parent.parent / "index.json"
         if index.exists():
             names = json.loads(index.read_text()).get("rig", {}).get("names")
-        return layout_from_frame(path, camera, resolution, max_objects, class_filter, names=names,
+        try:
+            frame_arrays = load_frame(path)
+        except (OSError, ValueError, KeyError, EOFError) as e:  # not an npz, pickled data refused, a key missing
+            raise ValueError(f"{path}: not a frame file of `bevgen views dataset`: {e}") from e
+        return layout_from_frame(frame_arrays, camera, resolution, max_objects, class_filter, names=names,
                                  with_image=False)[0]
 
     return layout_from_scenario(load_scenario(path, repair=True), frame, camera, resolution, max_objects,

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("pybullet")
@@ -127,6 +128,14 @@ def test_cli_render_edits_and_eval(frames_dir, tmp_path):
     bad = runner.invoke(app, ["render", "--ckpt", str(tmp_path / "run"), "--layout", str(frame), "--out",
                               str(tmp_path / "r2"), "--delete", "5"])
     assert bad.exit_code == 2 and "not a valid box" in bad.output
+    assert not (tmp_path / "r2").exists()  # a refused edit writes nothing
+    text = tmp_path / "text.npz"
+    text.write_text("not a frame")
+    for args, why in ((["--layout", str(frame), "--camera", "CAM_NOPE"], "its cameras are"),
+                      (["--layout", str(text)], "not a frame file")):
+        bad = runner.invoke(app, ["render", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "r3"), *args])
+        assert bad.exit_code == 2 and why in " ".join(bad.output.split()), bad.output
+    assert yaml.safe_load((r / "bevgen_run.yaml").read_text())["config"]["move"] == ["0:0,1.5,0"]
     res = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "run"), "--data", str(frames_dir), "--out",
                               str(tmp_path / "e"), "-n", "8", "--batch", "4"])
     assert res.exit_code == 0, res.output
