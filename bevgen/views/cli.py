@@ -50,7 +50,9 @@ def dataset_cmd(
                                             help="Frames rendered per scenario."),
     frame_stride: int = typer.Option(5, "--frame-stride", min=1,
                                      help="Steps between rendered frames (10 steps = 1 s)."),
-    first_frame: int = typer.Option(10, "--first-frame", min=0, help="First rendered step of each scenario."),
+    first_frame: int = typer.Option(10, "--first-frame", min=0,
+                                    help="First rendered step of each scenario (lowered where a scenario is too "
+                                         "short for all its frames)."),
     workers: int = typer.Option(2, "--workers", "-j", min=1, help="Renderer processes (one pybullet client each)."),
     resume: bool = typer.Option(True, "--resume/--overwrite", help="Keep frames already written."),
     repair: bool = typer.Option(False, "--repair", help="Drop unusable map features (lanes with < 2 points) while "

@@ -63,7 +63,7 @@ HELP = {
                    ("--num", "Frames to score (0 = all selected).")],
     "scene3d": [("train", "Train the generator"), ("render", "Render a layout, apply edits"),
                 ("eval", "FID, KID, object-crop FID, box-alpha IoU and images/s")],
-    "scene3d train": [("--data", "Frame dataset directory (bevgen.render format)."),
+    "scene3d train": [("--data", "Frame dataset directory (`bevgen views dataset`)."),
                       ("--steps", "Optimizer steps"),
                       ("--resume", "Continue the run in --out from its latest checkpoint.")],
     "scene3d render": [("--layout", "Layout: .json (SceneLayout), frame .npz or scenario .pkl."),
