@@ -64,6 +64,7 @@ def procedural_cmd(
         cfg = load_config(ProceduralConfig, config, overrides)
     except ConfigError as e:
         _fail(str(e))
+    _check_procedural_resume(out, to_dict(cfg), resume)
     _save_run_config(out, "scenarios procedural", to_dict(cfg))
     with progress() as prog:
         task = prog.add_task("procedural scenarios", total=cfg.num_scenarios)
@@ -71,6 +72,27 @@ def procedural_cmd(
                                      progress=lambda done, total: prog.update(task, completed=done))
     _report_conversion(report, out)
     raise typer.Exit(1 if report.failed else 0)
+
+
+PROCEDURAL_CONTENT = ("steps", "map_blocks", "traffic_density")
+"""ProceduralConfig fields that change what a seed's scenario holds (the seeds and workers do not)."""
+
+
+def _check_procedural_resume(out: Path, cfg: dict, resume: bool) -> None:
+    """Resuming keeps the scenarios already in ``out`` by seed: refuse when they were made with other contents."""
+    import yaml
+
+    record = out / "bevgen_run.yaml"
+    if not resume or not record.exists():
+        return
+    old = yaml.safe_load(record.read_text()) or {}
+    before = old.get("config") or {}
+    changed = [k for k in PROCEDURAL_CONTENT if k in before and before[k] != cfg.get(k)]
+    if old.get("command") == "scenarios procedural" and changed:
+        _fail(f"{out} holds procedural scenarios made with "
+              + ", ".join(f"{k}={before[k]}" for k in changed) + "; resuming would keep them beside scenarios "
+              "made with " + ", ".join(f"{k}={cfg[k]}" for k in changed) + ": use another --out, the same "
+              "settings, or --no-resume")
 
 
 def _write_items_with_progress(items, out: Path, filename, total: Optional[int], label: str, resume: bool):

@@ -152,3 +152,8 @@ def test_procedural_command(tmp_path):
     assert "num_scenarios: 1" in (out / "bevgen_run.yaml").read_text()
     res = runner.invoke(app, ["scenarios", "procedural", "--out", str(out), "-n", "1", "--set", "workrs=1"])
     assert res.exit_code == 2 and "did you mean 'workers'" in res.output
+    # resuming with other contents per seed would mix two kinds of scenario in one folder: refused, nothing changed
+    record = (out / "bevgen_run.yaml").read_text()
+    res = runner.invoke(app, ["scenarios", "procedural", "--out", str(out), "-n", "2", "--steps", "30", "-j", "1"])
+    assert res.exit_code == 2 and "steps=20" in " ".join(res.output.split()), res.output
+    assert (out / "bevgen_run.yaml").read_text() == record and len(ScenarioDataset(out).names) == 1
