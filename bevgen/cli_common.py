@@ -17,7 +17,7 @@ from runkit.atomic import atomic_write_text
 # cv2 or numpy, so only typer, rich, yaml and the command-line plumbing are imported here.
 
 __all__ = ["ConfigOpt", "SetOpt", "SCENARIOS", "SCENARIO", "LAYOUT", "SCENARIO_METAVARS", "console", "fail",
-           "progress", "save_run_config", "save_invocation", "check_device"]
+           "progress", "save_run_config", "save_invocation", "check_device", "refuse_other_settings"]
 
 # Metavars of every option or argument that reads scenario pickles (a dataset directory, a scenario
 # file, or a layout that may be a scenario file). Besides documenting the input in --help, they let
@@ -57,24 +57,37 @@ def save_run_config(out: Path, command: str, config: dict) -> None:
     atomic_write_text(out / "bevgen_run.yaml", yaml.safe_dump({"command": command, "config": config}, sort_keys=False))
 
 
-def _plain(value):
-    """An option value as YAML can hold it (paths as strings, sequences as lists)."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
-
-
 def save_invocation(ctx: typer.Context, out: Path) -> None:
     """Record the running command (``views eval``, ...) and every option's resolved value, defaults included, as
     ``out/bevgen_run.yaml`` (``save_run_config``): for commands whose options are their whole configuration.
     ``ctx``: the command's ``typer.Context`` (a ``ctx: typer.Context`` parameter)."""
+    from runkit.config import to_dict  # paths as strings, sequences as lists
+
     names, c = [], ctx
     while c.parent is not None:  # the sub-command chain below the root command
         names.append(c.info_name)
         c = c.parent
-    save_run_config(out, " ".join(reversed(names)), {k: _plain(v) for k, v in ctx.params.items()})
+    save_run_config(out, " ".join(reversed(names)), to_dict(dict(ctx.params)))
+
+
+def refuse_other_settings(out: Path, command: str, config: dict, keys: tuple[str, ...], hint: str = "") -> None:
+    """For commands that resume into ``out``, keeping what an earlier run wrote there: fail when ``out``'s record
+    (``save_run_config``) is another command's, or the same command's with other values of ``keys`` (the settings
+    that change what is written), so one folder never mixes outputs of two settings. No record: nothing to check.
+    ``hint``: another way out, added to the message."""
+    record = out / "bevgen_run.yaml"
+    if not record.exists():
+        return
+    old = yaml.safe_load(record.read_text()) or {}
+    before = old.get("config") or {}
+    way_out = "use another --out" + (f", {hint}" if hint else "")
+    if old.get("command") != command:
+        fail(f"{out} holds a `{old.get('command')}` run, not `{command}`: {way_out}")
+    changed = [k for k in keys if before.get(k) != config.get(k)]
+    if changed:
+        fail(f"{out} holds a `{command}` run made with " + ", ".join(f"{k}={before.get(k)}" for k in changed)
+             + "; resuming would keep its outputs beside ones made with "
+             + ", ".join(f"{k}={config.get(k)}" for k in changed) + f": {way_out}, or the same settings")
 
 
 def check_device(device: str) -> None:

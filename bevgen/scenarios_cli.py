@@ -16,6 +16,7 @@ from rich.table import Table
 from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt, progress
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
+from bevgen.cli_common import refuse_other_settings as _refuse_other_settings
 from bevgen.cli_common import save_run_config as _save_run_config
 from bevgen.export_cli import register as _register_export
 
@@ -64,7 +65,8 @@ def procedural_cmd(
         cfg = load_config(ProceduralConfig, config, overrides)
     except ConfigError as e:
         _fail(str(e))
-    _check_procedural_resume(out, to_dict(cfg), resume)
+    if resume:  # scenarios already in --out are kept by seed: they must be of the same kind
+        _refuse_other_settings(out, "scenarios procedural", to_dict(cfg), PROCEDURAL_CONTENT, hint="--no-resume")
     _save_run_config(out, "scenarios procedural", to_dict(cfg))
     with progress() as prog:
         task = prog.add_task("procedural scenarios", total=cfg.num_scenarios)
@@ -76,23 +78,6 @@ def procedural_cmd(
 
 PROCEDURAL_CONTENT = ("steps", "map_blocks", "traffic_density")
 """ProceduralConfig fields that change what a seed's scenario holds (the seeds and workers do not)."""
-
-
-def _check_procedural_resume(out: Path, cfg: dict, resume: bool) -> None:
-    """Resuming keeps the scenarios already in ``out`` by seed: refuse when they were made with other contents."""
-    import yaml
-
-    record = out / "bevgen_run.yaml"
-    if not resume or not record.exists():
-        return
-    old = yaml.safe_load(record.read_text()) or {}
-    before = old.get("config") or {}
-    changed = [k for k in PROCEDURAL_CONTENT if k in before and before[k] != cfg.get(k)]
-    if old.get("command") == "scenarios procedural" and changed:
-        _fail(f"{out} holds procedural scenarios made with "
-              + ", ".join(f"{k}={before[k]}" for k in changed) + "; resuming would keep them beside scenarios "
-              "made with " + ", ".join(f"{k}={cfg[k]}" for k in changed) + ": use another --out, the same "
-              "settings, or --no-resume")
 
 
 def _write_items_with_progress(items, out: Path, filename, total: Optional[int], label: str, resume: bool):

@@ -16,6 +16,7 @@ from rich.table import Table
 from bevgen.cli_common import SCENARIOS, ConfigOpt, SetOpt, progress
 from bevgen.cli_common import console as _console
 from bevgen.cli_common import fail as _fail
+from bevgen.cli_common import refuse_other_settings as _refuse_other_settings
 from bevgen.cli_common import save_invocation
 from bevgen.cli_common import save_run_config as _save_run_config
 from bevgen.scenarios_cli import _report_conversion
@@ -69,10 +70,12 @@ def traffic_train(
     raise typer.Exit(1 if summary["problems"] else 0)  # trained on the good scenes; exit 1 says some were skipped
 
 
+GENERATE_CONTENT = ("data", "ckpt", "num_vehicles", "density", "max_tries", "seed", "extend")
+"""Settings of generate / augment that change what a scene's output holds (the batch size and device do not)."""
+
+
 def _traffic_generate(mode: str, data: Path, ckpt: Path, out: Path, num: int, density: float, batch: int, seed: int,
                       extend: bool = False):
-    import yaml
-
     from traffic.generate import GenerateConfig, augment, generate
     from traffic.train import load_models
 
@@ -82,13 +85,7 @@ def _traffic_generate(mode: str, data: Path, ckpt: Path, out: Path, num: int, de
         cfg = GenerateConfig(num_vehicles=num, density=density, batch_size=batch, seed=seed, extend=extend)
         record = {"data": str(data), "ckpt": str(ckpt), **cfg.__dict__}
         # --out resumes: the scenarios already there stay, so they must come from the same command and settings
-        before = out / "bevgen_run.yaml"
-        old = yaml.safe_load(before.read_text()) if before.exists() else None
-        if old is not None and (old.get("command"), old.get("config")) != (f"traffic {mode}", record):
-            changed = sorted(k for k in set(record) | set(old.get("config") or {})
-                             if (old.get("config") or {}).get(k) != record.get(k))
-            _fail(f"{out} holds a `{old.get('command')}` run with other settings ({', '.join(changed) or 'command'}); "
-                  "it resumes only with the same ones: use another --out, or repeat them")
+        _refuse_other_settings(out, f"traffic {mode}", record, GENERATE_CONTENT)
         load_models(ckpt)  # a bad checkpoint fails here, before --out is touched
         _save_run_config(out, f"traffic {mode}", record)
         with progress() as prog:

@@ -296,10 +296,12 @@ def _run(data: str | Path, run: str | Path, out: str | Path, cfg: GenerateConfig
     gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     stats = {"scenes": 0, "placed": 0, "requested": 0, "seconds": 0.0}
     with DatasetWriter(out, resume=True, repair=True) as writer:
-        todo = [n for n in ds.names if not writer.has(n)]
+        todo = []
         for n in ds.names:
             if writer.has(n):
                 writer.reuse(n)  # written by an earlier run into ``out``: kept, and counted as kept
+            else:
+                todo.append(n)
         if on_scene:
             on_scene(0, len(todo))
         for start in range(0, len(todo), cfg.batch_size):
