@@ -236,6 +236,27 @@ def test_bad_numbers_and_modes_are_refused_before_anything_runs(tmp_path):
     assert not any(tmp_path.glob("o*")), list(tmp_path.glob("o*"))
 
 
+def test_a_run_of_another_kind_or_a_missing_device_is_named(tmp_path):
+    """`sim rollout` given a run that is not a driving policy (a traffic run's checkpoint holds no env config) and
+    `scene3d render --device cuda` on a machine without CUDA: one-line errors saying so, nothing written."""
+    import torch
+
+    other = tmp_path / "traffic_run" / "checkpoints"
+    other.mkdir(parents=True)
+    torch.save({"config": {"preset": "tiny"}, "model": {}}, other / "latest.pt")
+    res = runner.invoke(app, ["sim", "rollout", "--policy", str(other.parent), "--data", str(tmp_path), "--out",
+                              str(tmp_path / "o1")])
+    assert res.exit_code == 2 and "not a driving-policy run" in " ".join(res.output.split()), res.output
+    if not torch.cuda.is_available():
+        res = runner.invoke(app, ["scene3d", "render", "--ckpt", str(tmp_path), "--layout", str(tmp_path / "x.json"),
+                                  "--out", str(tmp_path / "o2"), "--device", "cuda"])
+        assert res.exit_code == 2 and "no CUDA GPU" in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["scene3d", "render", "--ckpt", str(tmp_path), "--layout", str(tmp_path / "x.json"),
+                              "--out", str(tmp_path / "o3"), "--device", "tpu"])
+    assert res.exit_code == 2 and "cpu or cuda" in " ".join(res.output.split()), res.output
+    assert not any(tmp_path.glob("o*"))
+
+
 def test_views_train_rejects_a_folder_that_is_not_a_dataset(tmp_path):
     res = runner.invoke(app, ["views", "train", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and "not a views dataset" in " ".join(res.output.split())
