@@ -20,9 +20,11 @@ oracle. Rows are printed and written to ``benchmarks/work/views_decoder.json``; 
 (``benchmarks/work/views_decoder/<steps>_<weight>[_layout]``: the shipped run with the new tokenizer.pt) is reused
 when present. Since the shipped decoder reads the layout, arms go on from it and are named ``shipped+<arm>``;
 ``gen<share>`` decodes that share of each batch's frames from the shipped generator's tokens (``generated`` of
-``tune_decoder``). A ``layout`` arm's decoder also reads the layout through every pixel (``tokenizer.layout_channels``,
-``bevgen views tune-decoder``); its injection starts at zero, so it starts from the shipped decoder. Add
-``--heldout`` to score the arms once on the held-out sets too (for the record only).
+``tune_decoder``); ``edge<weight>`` weighs the pixels on the layout's edges (road borders, lines, car outlines, the
+horizon) ``1 + weight`` in the losses (``edge_weight`` of ``tune_decoder``). A ``layout`` arm's decoder also reads
+the layout through every pixel (``tokenizer.layout_channels``, ``bevgen views tune-decoder``); its injection starts
+at zero, so it starts from the shipped decoder. Add ``--heldout`` to score the arms once on the held-out sets too
+(for the record only).
 
 A ``real`` arm trains on the procedural frames plus the real training scenes of ``../shared`` rendered
 (``bevgen.pretrained.real_layout_frames``: ``REAL_SELECTION_SCENE`` left out). ``--real-selection`` scores the
@@ -61,7 +63,7 @@ BARS = {"vehicle_iou": 0.5, "road_iou": 0.9, "seam_consistency": 0.75}
 
 def tune_decoder(steps: int, adversarial_weight: float, out: Path, layout: bool = False,
                  train_decoder: bool = True, generated: float = 0.0, real: bool = False,
-                 start: Path | None = None) -> Path:
+                 start: Path | None = None, edge_weight: float = 0.0) -> Path:
     """A copy of the views run ``start`` (default the shipped one) whose tokenizer decoder was trained ``steps``
     more steps on the shipped run's training frames (``bevgen.views.decoder_tune.tune_decoder``: encoder and
     codebook frozen; ``layout``: the decoder also reads the layout through every pixel; ``real``: the real training
@@ -80,7 +82,7 @@ def tune_decoder(steps: int, adversarial_weight: float, out: Path, layout: bool 
         if data is None:
             raise SystemExit(f"{REAL_DIR}: no real scenarios for a real arm")
     summary = tune(ship, data, out, steps=steps, adversarial_weight=adversarial_weight, layout=layout,
-                   threads=2, train_decoder=train_decoder, generated=generated)
+                   threads=2, train_decoder=train_decoder, generated=generated, edge_weight=edge_weight)
     for p in summary["problems"]:
         print(f"skipped {p}", file=sys.stderr)
     return out
@@ -128,10 +130,10 @@ def parse_args(argv: list[str], base: str = "shipped+") -> dict:
 
     Returns:
         heldout, real_selection: the flags; arms: (steps, weight, layout, frozen, generated share, real, run
-        directory) per arm, the directory ``WORK / <base><steps>_<weight>[_<option>...]`` (``<DIR name>+`` for
-        the base with ``from=DIR``); runs: the ``run=`` directories; bevseg: the ``--bevseg=`` checkpoints (the
-        last one scores); start: the ``from=`` directory or None. SystemExit with the docstring when there is
-        nothing to score, with the reason on an unknown option or a second ``from=``.
+        directory, edge weight) per arm, the directory ``WORK / <base><steps>_<weight>[_<option>...]``
+        (``<DIR name>+`` for the base with ``from=DIR``); runs: the ``run=`` directories; bevseg: the ``--bevseg=``
+        checkpoints (the last one scores); start: the ``from=`` directory or None. SystemExit with the docstring when
+        there is nothing to score, with the reason on an unknown option or a second ``from=``.
     """
     starts = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("from=")]  # the arms' starting run
     if len(starts) > 1:
@@ -148,18 +150,22 @@ def parse_args(argv: list[str], base: str = "shipped+") -> dict:
     for arm in (a for a in argv if not a.startswith(("--", "run=", "from="))):
         steps, weight, *kind = arm.split(",") if "," in arm else (arm, "?")  # "?": fails below, with the form
         gen = [k for k in kind if k.startswith("gen")]
-        if set(kind) - {"layout", "frozen", "real", *gen} or len(gen) > 1:
-            raise SystemExit(f"{arm}: unknown arm options {kind}: layout, frozen, real, gen<share>")
-        try:  # share of frames decoded from the generator's tokens
+        edge = [k for k in kind if k.startswith("edge")]
+        if set(kind) - {"layout", "frozen", "real", *gen, *edge} or len(gen) > 1 or len(edge) > 1:
+            raise SystemExit(f"{arm}: unknown arm options {kind}: layout, frozen, real, gen<share>, edge<weight>")
+        try:  # share of frames decoded from the generator's tokens; extra weight of the layout's edge pixels
             generated = float(gen[0][3:]) if gen else 0.0
+            edge_w = float(edge[0][4:]) if edge else 0.0
             steps_n, weight_f = int(steps), float(weight)
         except ValueError:
-            raise SystemExit(f"{arm}: an arm is STEPS,WEIGHT[,option...] with gen<share> a number in [0, 1], "
-                             "e.g. 600,0.0,layout,frozen,gen0.5") from None
+            raise SystemExit(f"{arm}: an arm is STEPS,WEIGHT[,option...] with gen<share> a number in [0, 1] and "
+                             "edge<weight> a number >= 0, e.g. 600,0.0,layout,frozen,gen0.5") from None
+        if edge_w < 0:
+            raise SystemExit(f"{arm}: edge<weight> takes a number >= 0, got {edge_w}")
         if not 0.0 <= generated <= 1.0:
             raise SystemExit(f"{arm}: gen<share> takes a number in [0, 1], got {generated}")
         todo.append((steps_n, weight_f, "layout" in kind, "frozen" in kind, generated, "real" in kind,
-                     WORK / (base + "_".join([str(steps_n), str(weight_f), *kind]))))
+                     WORK / (base + "_".join([str(steps_n), str(weight_f), *kind])), edge_w))
     if not todo and not runs:
         raise SystemExit(__doc__)
     return {"heldout": "--heldout" in flags, "real_selection": "--real-selection" in flags, "arms": todo,
@@ -203,10 +209,10 @@ def main(argv: list[str]) -> None:
     modes = ("generated",) if real_selection else ("round_trip", "generated")
     rows = (score(start, sets, bevseg, start.name, modes, bool(other)) if start is not None
             else score(shipped("views_tiny"), sets, bevseg, "shipped", modes, bool(other)))
-    for steps, weight, layout, frozen, generated, real, run in todo:  # frozen: only the layout injection trains
+    for steps, weight, layout, frozen, generated, real, run, edge_w in todo:  # frozen: only the injection trains
         if not run.exists():
             tune_decoder(steps, weight, run, layout=layout, train_decoder=not frozen, generated=generated, real=real,
-                         start=start)
+                         start=start, edge_weight=edge_w)
         rows += score(run, sets, bevseg, run.name, modes, bool(other))
     for run in runs:
         if not (run / "checkpoints" / "generator.pt").exists():

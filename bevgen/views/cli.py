@@ -158,6 +158,10 @@ def tune_decoder_cmd(
                                     "generator's tokens (one MaskGIT step, half to all of them masked) instead of "
                                     "the true ones, the target staying the true views: the decoder meets the "
                                     "tokens it gets at sampling time (0 = true tokens only)."),
+    edge_weight: float = typer.Option(0.0, "--edge-weight", min=0.0,
+                                      help="Extra loss weight of the pixels on the layout's edges as seen through "
+                                      "them (road borders, lane markings, car outlines, the horizon): they weigh "
+                                      "1 + this (0 = every pixel alike)."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0 = every core)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bar."),
 ):
@@ -172,7 +176,7 @@ def tune_decoder_cmd(
     try:
         summary = tune_decoder(ckpt, data, out, steps=steps, adversarial_weight=adversarial, layout=layout, lr=lr,
                                threads=threads, train_decoder=train_decoder, generated=generated,
-                               progress=progress)
+                               edge_weight=edge_weight, progress=progress)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     _console().print_json(json.dumps(summary, default=str))

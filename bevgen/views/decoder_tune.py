@@ -36,10 +36,14 @@ from runkit.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["tune_decoder"]
 
+_OPTIONAL_SETTINGS = ("generated", "edge_weight")
+"""Settings recorded only when set (runs tuned before they existed keep their records and resume unchanged)."""
+
 
 def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int = 600, adversarial_weight: float = 0.0,
                  layout: bool = True, lr: float = 2e-4, batch: int = 4, seed: int = 0, checkpoint_every: int = 100,
-                 threads: int = 0, train_decoder: bool = True, generated: float = 0.0, progress: bool = True) -> dict:
+                 threads: int = 0, train_decoder: bool = True, generated: float = 0.0, edge_weight: float = 0.0,
+                 progress: bool = True) -> dict:
     """Train the decoder of ``run``'s tokenizer ``steps`` more steps (encoder and codebook frozen) into ``out``.
 
     Args:
@@ -56,6 +60,10 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
             temperature), the target staying the true views: the decoder meets the tokens it will be given at
             sampling time, wrong where the generator errs, and learns to draw what the layout says there
             (0 = true tokens only, as before).
+        edge_weight: pixels within one pixel of an edge of the layout as seen through them (road borders, lane
+            markings, car outlines, the horizon: ``projection.layout_edges``; lane centre lines left out, as they
+            are not painted) weigh ``1 + edge_weight`` in the reconstruction losses instead of 1 (0 = every pixel
+            alike, as before): the pixels that place the layout in a view, a fifth of them at 64x112.
         checkpoint_every: steps between atomic checkpoints (resume points). threads: torch threads (0 = torch's
             default, every core). progress: tqdm bar.
     Returns:
@@ -69,7 +77,7 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
 
     from bevgen.views.adversarial import TokenizerAdversary
     from bevgen.views.config import ViewsConfig, with_legacy_defaults
-    from bevgen.views.projection import pixel_layout, projection_channels
+    from bevgen.views.projection import layout_edges, pixel_layout, projection_channels
     from bevgen.views.sample import images_to_unit
     from bevgen.views.tokenizer import VQAutoencoder
     from bevgen.views.train import _batches, _frames, _load_items
@@ -81,12 +89,16 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
         raise ValueError("--out must be a new directory: the tuned decoder does not overwrite the run it starts from")
     if not (layout or train_decoder):
         raise ValueError("nothing to train: a tokens-only decoder with its weights frozen")
+    if edge_weight < 0:
+        raise ValueError(f"edge_weight must be >= 0, got {edge_weight}")
     if not 0.0 <= generated <= 1.0:
         raise ValueError(f"generated must lie in [0, 1] (a share of each batch's frames), got {generated}")
     settings = {"from": str(run), "steps": steps, "layout": layout, "train_decoder": train_decoder,
                 "adversarial_weight": adversarial_weight, "lr": lr, "batch": batch, "seed": seed}
     if generated:  # runs tuned before this option existed keep their settings (and resume) unchanged
         settings["generated"] = generated
+    if edge_weight:
+        settings["edge_weight"] = edge_weight
     if (out / "decoder_tune.json").exists():  # finished: returned as is, unless it was made with other settings
         done = json.loads((out / "decoder_tune.json").read_text())
         _same_settings(done, settings, out)
@@ -133,6 +145,7 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
     items = _load_items(data, train, cfg, problems)
     batches = _batches(items, batch, cfg, torch.Generator().manual_seed(seed + start))
     g = cfg.generator
+    raster = _drawn_channels(data, cfg.data.bev_channels) if edge_weight else []
     corrupt = _generated_tokens(cfg, gen_state, seed + start) if generated else None
 
     def save(step: int) -> None:
@@ -151,9 +164,11 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
             if corrupt is not None:
                 q = corrupt(b, idx, tok.quantizer.codes, generated)
             lay = pixel_layout(b, cfg.data.image_size, cfg.data.bev_range_m, g.num_classes, g.max_objects) \
-                if layout else None
-        recon = tok.run_decoder(q, lay)
-        loss = tok.reconstruction_loss(recon, x)["total"]
+                if layout or edge_weight else None
+            weight = 1.0 + edge_weight * layout_edges(lay, raster, cfg.data.bev_channels, g.num_classes).float() \
+                if edge_weight else None
+        recon = tok.run_decoder(q, lay if layout else None)
+        loss = tok.reconstruction_loss(recon, x, weight)["total"]
         if adv.active(step):
             loss = adv.losses(x, recon, loss, tok.decoder[-1].weight, step)["total"]
         opt.zero_grad(set_to_none=True)
@@ -221,8 +236,19 @@ def _generated_tokens(cfg, gen_state: dict, seed: int):
     return corrupt
 
 
+def _drawn_channels(data: Path, count: int) -> list[int]:
+    """Indices of the BEV raster channels of ``data`` (its ``index.json``) that the views draw: all but
+    ``lane_centerline`` (a lane's centre line is not painted on the road)."""
+    names = json.loads((data / "index.json").read_text()).get("bev", {}).get("channels") or []
+    if len(names) != count:
+        raise ValueError(f"{data}/index.json names {len(names)} BEV channels, the run reads {count}")
+    return [i for i, name in enumerate(names) if name != "lane_centerline"]
+
+
 def _same_settings(stored: dict, settings: dict, out: Path) -> None:
     """Refuse to return or resume a run in ``out`` that was made with other settings (ValueError naming them)."""
-    diff = [f"{k}: {stored.get(k)!r} there, {v!r} asked" for k, v in settings.items() if stored.get(k) != v]
+    keys = [*settings, *(k for k in _OPTIONAL_SETTINGS if k not in settings)]  # recorded only when set
+    diff = [f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} asked" for k in keys
+            if stored.get(k) != settings.get(k)]
     if diff:
         raise ValueError(f"{out} holds a decoder tuned with other settings ({'; '.join(diff)}); choose another --out")

@@ -24,6 +24,7 @@ sample, m box, c feature.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ from sim_bridge.boxes import Boxes3D
 from sim_bridge.geometry import vectors_to_frame
 
 __all__ = ["ray_box_hits", "layout_projection", "pixel_layout", "batch_boxes", "projection_channels",
-           "box_coverage", "MAX_DEPTH_M"]
+           "box_coverage", "layout_edges", "MAX_DEPTH_M"]
 
 MAX_DEPTH_M = 100.0
 """Depths are encoded as log(1 + t) / log(1 + MAX_DEPTH_M) (clipped to 1)."""
@@ -154,6 +155,23 @@ def layout_projection(bev: Tensor, boxes: Boxes3D, K: Tensor, T_cam_from_ego: Te
 def box_coverage(features: Tensor, bev_channels: int, num_classes: int) -> Tensor:
     """Fraction of each token's rays that hit a box: [..., c] projection features -> [...]."""
     return features[..., bev_channels + num_classes]
+
+
+def layout_edges(pixels: Tensor, raster: Sequence[int], bev_channels: int, num_classes: int, radius: int = 1) -> Tensor:
+    """Pixels within ``radius`` of an edge of the layout as seen through them: [n, c, H, W] ``pixel_layout`` ->
+    [n, 1, H, W] bool.
+
+    An edge is where one of the ``raster`` channels at the ground point (indices among the ``bev_channels``: road,
+    lines, edges, crosswalks, boxes), the box-hit flag or the sky flag changes between neighbouring pixels: road
+    borders, lane markings, car outlines and the horizon, the part of a view that places the layout. O(n c H W).
+    """
+    if any(not 0 <= i < bev_channels for i in raster):
+        raise ValueError(f"raster channels {list(raster)} must lie in [0, {bev_channels})")
+    keep = [*raster, bev_channels + num_classes, pixels.shape[1] - 1]
+    chans = pixels[:, keep]
+    k = 2 * radius + 1
+    spread = F.max_pool2d(chans, k, 1, radius) + F.max_pool2d(-chans, k, 1, radius)  # local max - local min
+    return (spread > 0.5).any(1, keepdim=True)
 
 
 def pixel_layout(batch: dict[str, Tensor], image_size: tuple[int, int], range_m: float, num_classes: int,

@@ -193,12 +193,21 @@ class VQAutoencoder(nn.Module):
         rec = self.reconstruction_loss(recon, x)
         return rec | {"total": rec["total"] + vq_loss, "vq": vq_loss, "recon": recon, "idx": idx}
 
-    def reconstruction_loss(self, recon: Tensor, x: Tensor) -> dict[str, Tensor]:
+    def reconstruction_loss(self, recon: Tensor, x: Tensor, weight: Tensor | None = None) -> dict[str, Tensor]:
         """The decoder's losses of reconstructions ``recon`` of views ``x`` [b, 3, H, W]: total (weighted sum),
-        l1, mse, grad (L1 of horizontal and vertical image differences)."""
+        l1, mse, grad (L1 of horizontal and vertical image differences). ``weight`` [b, 1, H, W] (optional): a
+        per-pixel weight, each term then being its weighted mean (a difference weighted by its first pixel's)."""
         c = self.cfg
-        l1, mse = F.l1_loss(recon, x), F.mse_loss(recon, x)
-        grad = (F.l1_loss(recon.diff(dim=-1), x.diff(dim=-1)) + F.l1_loss(recon.diff(dim=-2), x.diff(dim=-2)))
+        if weight is None:
+            l1, mse = F.l1_loss(recon, x), F.mse_loss(recon, x)
+            grad = (F.l1_loss(recon.diff(dim=-1), x.diff(dim=-1)) + F.l1_loss(recon.diff(dim=-2), x.diff(dim=-2)))
+        else:
+            def mean(err: Tensor, w: Tensor) -> Tensor:
+                return (err * w).sum() / (w.sum() * err.shape[1]).clamp_min(1e-12)
+
+            l1, mse = mean((recon - x).abs(), weight), mean((recon - x) ** 2, weight)
+            grad = (mean((recon.diff(dim=-1) - x.diff(dim=-1)).abs(), weight[..., :-1])
+                    + mean((recon.diff(dim=-2) - x.diff(dim=-2)).abs(), weight[..., :-1, :]))
         return {"total": c.l1_weight * l1 + c.mse_weight * mse + c.grad_weight * grad, "l1": l1, "mse": mse,
                 "grad": grad}
 

@@ -62,6 +62,50 @@ def test_pixel_layout_is_the_token_projection_at_one_ray_per_pixel():
     assert float(per_pixel[4, 0, 20:].mean()) > 0.9 and float(per_pixel[1, 0].max()) == 0
 
 
+def test_layout_edges_mark_the_borders_of_what_the_views_draw():
+    """Edges of the layout seen through the pixels: the drivable area's border and the horizon, one pixel either
+    side; a raster channel left out of ``raster`` (a lane's centre line, not painted) adds none."""
+    from bevgen.views.projection import layout_edges
+
+    batch = _synthetic_batch(b=1, size=(32, 56))
+    batch["bev"] = torch.zeros(1, 8, 200, 200)
+    batch["bev"][:, 0, 100:, :] = 1  # drivable area behind the ego
+    pixels = pixel_layout(batch, (32, 56), 50.0, 4, 64)
+    edges = layout_edges(pixels, [0, 2, 3, 4, 5, 6, 7], 8, 4)
+    assert edges.shape == (6, 1, 32, 56) and edges.dtype == torch.bool
+    kept = pixels[:, [0, 2, 3, 4, 5, 6, 7, 8 + 4, LAYOUT - 1]]  # drawn raster channels, box hit, sky
+    padded = torch.nn.functional.pad(kept, (1, 1, 1, 1), value=float("nan"))
+    expected = torch.zeros_like(edges)
+    for dy in (-1, 0, 1):  # a pixel whose 3x3 neighbourhood holds another value of any kept channel
+        for dx in (-1, 0, 1):
+            other = padded[..., 1 + dy:33 + dy, 1 + dx:57 + dx]
+            expected |= ((other != kept) & ~other.isnan()).any(1, keepdim=True)
+    assert torch.equal(edges, expected) and 0 < float(edges.float().mean()) < 0.3
+    assert bool(edges[..., 1:, :][(pixels[:, -1:, 1:] != pixels[:, -1:, :-1])].all())  # the horizon, both sides
+    assert float(edges[4].float().mean()) > float(edges[1].float().mean())  # the back view sees the road border too
+    centre = {**batch, "bev": batch["bev"].clone()}
+    centre["bev"][:, 1, 40:60, :] = 1  # a centre-line band ahead
+    assert torch.equal(layout_edges(pixel_layout(centre, (32, 56), 50.0, 4, 64), [0, 2, 3, 4, 5, 6, 7], 8, 4), edges)
+    assert not torch.equal(layout_edges(pixel_layout(centre, (32, 56), 50.0, 4, 64), range(8), 8, 4), edges)
+    with pytest.raises(ValueError, match="raster channels"):
+        layout_edges(pixels, [8], 8, 4)
+
+
+def test_edge_weighted_reconstruction_loss_is_the_plain_one_under_even_weights():
+    torch.manual_seed(0)
+    tok = VQAutoencoder(TokenizerConfig())
+    recon, x = torch.rand(2, 3, 16, 24), torch.rand(2, 3, 16, 24)
+    plain = tok.reconstruction_loss(recon, x)
+    even = tok.reconstruction_loss(recon, x, torch.full((2, 1, 16, 24), 4.0))
+    for k in plain:
+        torch.testing.assert_close(even[k], plain[k])
+    mask = torch.zeros(2, 1, 16, 24)
+    mask[..., 4:8, 6:12] = 1  # only these pixels count
+    only = tok.reconstruction_loss(recon, x, mask)
+    torch.testing.assert_close(only["l1"], (recon - x).abs()[..., 4:8, 6:12].mean())
+    torch.testing.assert_close(only["mse"], ((recon - x) ** 2)[..., 4:8, 6:12].mean())
+
+
 def _reconstruction_errors(pipe, data) -> tuple[float, float]:
     """Mean absolute error of the round trip of every frame with its own layout and with another frame's, on the
     pixels where the two layouts disagree about the drivable area (elsewhere the decoder sees the same input)."""
@@ -116,6 +160,10 @@ def test_tune_decoder_gives_a_trained_run_a_layout_decoder(trained, frames_dir, 
         tune_decoder(run, frames_dir, out, steps=80, lr=2e-3, progress=False)
     with pytest.raises(ValueError, match="new directory"):
         tune_decoder(run, frames_dir, run, steps=1, progress=False)
+    edged = tune_decoder(run, frames_dir, tmp_path / "edges", steps=20, lr=2e-3, edge_weight=3.0, progress=False)
+    assert edged["edge_weight"] == 3.0 and edged["final_loss_mean20"] < edged["first_loss"], edged
+    with pytest.raises(ValueError, match="edge_weight: 3.0 there, None asked"):  # another loss: not the same run
+        tune_decoder(run, frames_dir, tmp_path / "edges", steps=20, lr=2e-3, progress=False)
 
 
 def test_tiny_model_with_a_layout_decoder_trains_and_reads_the_layout(frames_dir, tmp_path):  # noqa: F811
@@ -195,10 +243,11 @@ def test_tune_decoder_command(trained, frames_dir, tmp_path):  # noqa: F811
     assert done["train_decoder"] is False and done["generated"] == 0.5 and "previous" not in done
     # tuning the tuned run again (a second segment, as make checkpoints does) keeps the first on record
     res = runner.invoke(app, ["views", "tune-decoder", "--ckpt", str(tmp_path / "t"), "--no-progress", "--steps", "2",
-                              "--data", str(frames_dir), "--out", str(tmp_path / "t2"), "--freeze-decoder"])
+                              "--data", str(frames_dir), "--out", str(tmp_path / "t2"), "--freeze-decoder",
+                              "--edge-weight", "10"])
     assert res.exit_code == 0, res.output
     again = json.loads((tmp_path / "t2" / "decoder_tune.json").read_text())
-    assert again["steps"] == 2 and again["previous"] == done
+    assert again["steps"] == 2 and again["edge_weight"] == 10 and again["previous"] == done
     res = runner.invoke(app, base + ["--data", str(tmp_path), "--out", str(tmp_path / "u")])
     assert res.exit_code != 0 and "not a views dataset" in " ".join(res.output.split())
     res = runner.invoke(app, ["views", "tune-decoder", "--ckpt", str(tmp_path / "nope"), "--data", str(frames_dir),

@@ -30,23 +30,23 @@ def test_the_worst_share_of_a_bar_picks_the_limiting_target_and_ignores_round_tr
 
 
 def test_the_command_line_names_arms_runs_and_evaluators_and_refuses_what_it_cannot_run():
-    args = views_decoder.parse_args(["600,0.0,layout,frozen,gen0.5", "400,0.05,real", "run=/r/a", "--bevseg=/n.pt",
-                                     "--real-selection"])
+    args = views_decoder.parse_args(["600,0.0,layout,frozen,gen0.5", "400,0.05,real,edge3", "run=/r/a",
+                                     "--bevseg=/n.pt", "--real-selection"])
     assert args["real_selection"] and not args["heldout"]
     assert args["runs"] == [Path("/r/a")] and args["bevseg"] == [Path("/n.pt")]
-    (s1, w1, lay1, fro1, gen1, real1, dir1), (s2, w2, lay2, fro2, gen2, real2, dir2) = args["arms"]
-    assert (s1, w1, lay1, fro1, gen1, real1) == (600, 0.0, True, True, 0.5, False)
-    assert (s2, w2, lay2, fro2, gen2, real2) == (400, 0.05, False, False, 0.0, True)
+    (s1, w1, lay1, fro1, gen1, real1, dir1, e1), (s2, w2, lay2, fro2, gen2, real2, dir2, e2) = args["arms"]
+    assert (s1, w1, lay1, fro1, gen1, real1, e1) == (600, 0.0, True, True, 0.5, False, 0.0)
+    assert (s2, w2, lay2, fro2, gen2, real2, e2) == (400, 0.05, False, False, 0.0, True, 3.0)
     # run directories keep the names of the recorded rows (benchmarks/results/views_decoder.json)
-    assert dir1.name == "shipped+600_0.0_layout_frozen_gen0.5" and dir2.name == "shipped+400_0.05_real"
+    assert dir1.name == "shipped+600_0.0_layout_frozen_gen0.5" and dir2.name == "shipped+400_0.05_real_edge3"
     assert args["start"] is None
     assert views_decoder.parse_args(["run=/r/b"])["arms"] == []  # scoring a run alone needs no arm
     # from=DIR: the arms start from another run (the shipped one saw the real selection scene) and say so
     other = views_decoder.parse_args(["from=/w/shipped+600_real3_frozen", "600,0.0,layout,frozen,real"])
     assert other["start"] == Path("/w/shipped+600_real3_frozen")
-    assert other["arms"][0][-1].name == "shipped+600_real3_frozen+600_0.0_layout_frozen_real"
-    for bad in (["600,0.0,sharp"], ["600,0.0,gen2"], ["600,0.0,genhalf"], ["600"], ["x,0.0"], ["600,0.0", "--fast"],
-                [], ["from=/a", "from=/b", "600,0.0"]):
+    assert other["arms"][0][-2].name == "shipped+600_real3_frozen+600_0.0_layout_frozen_real"
+    for bad in (["600,0.0,sharp"], ["600,0.0,gen2"], ["600,0.0,genhalf"], ["600,0.0,edge-1"], ["600,0.0,edgex"],
+                ["600"], ["x,0.0"], ["600,0.0", "--fast"], [], ["from=/a", "from=/b", "600,0.0"]):
         with pytest.raises(SystemExit):
             views_decoder.parse_args(bad)
     assert views_decoder.real_selection_name("sd_nuscenes_v1.0-mini_scene-0553") == "real_maps_scene_0553"
