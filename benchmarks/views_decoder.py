@@ -4,6 +4,7 @@
     python benchmarks/views_decoder.py 600,0.05,layout          # the decoder also reads the layout per pixel
     python benchmarks/views_decoder.py 600,0.0,layout,frozen    # ... and only the layout injection trains
     python benchmarks/views_decoder.py 600,0.0,layout,frozen,gen0.5  # half the frames from generated tokens
+    python benchmarks/views_decoder.py from=runs/checkpoints/views_layout_real 1200,0.0,layout,frozen,real,edge10,realx3
 
 The generator predicts token indices, so a new decoder over the same encoder and codebook changes the pixels of
 every sample without retraining the generator. Each arm starts from ``checkpoints/views_tiny``'s tokenizer,
@@ -21,10 +22,11 @@ oracle. Rows are printed and written to ``benchmarks/work/views_decoder.json``; 
 when present. Since the shipped decoder reads the layout, arms go on from it and are named ``shipped+<arm>``;
 ``gen<share>`` decodes that share of each batch's frames from the shipped generator's tokens (``generated`` of
 ``tune_decoder``); ``edge<weight>`` weighs the pixels on the layout's edges (road borders, lines, car outlines, the
-horizon) ``1 + weight`` in the losses (``edge_weight`` of ``tune_decoder``). A ``layout`` arm's decoder also reads
-the layout through every pixel (``tokenizer.layout_channels``, ``bevgen views tune-decoder``); its injection starts
-at zero, so it starts from the shipped decoder. Add ``--heldout`` to score the arms once on the held-out sets too
-(for the record only).
+horizon) ``1 + weight`` in the losses (``edge_weight`` of ``tune_decoder``); ``realx<k>`` is a ``real`` arm whose real
+frames are taken ``k`` times (``real_layout_frames(repeat=k)``: the shipped fourth segment's data, k = 3). A
+``layout`` arm's decoder also reads the layout through every pixel (``tokenizer.layout_channels``, ``bevgen views
+tune-decoder``); its injection starts at zero, so it starts from the shipped decoder. Add ``--heldout`` to score
+the arms once on the held-out sets too (for the record only).
 
 A ``real`` arm trains on the procedural frames plus the real training scenes of ``../shared`` rendered
 (``bevgen.pretrained.real_layout_frames``: ``REAL_SELECTION_SCENE`` left out). ``--real-selection`` scores the
@@ -62,12 +64,12 @@ BARS = {"vehicle_iou": 0.5, "road_iou": 0.9, "seam_consistency": 0.75}
 
 
 def tune_decoder(steps: int, adversarial_weight: float, out: Path, layout: bool = False,
-                 train_decoder: bool = True, generated: float = 0.0, real: bool = False,
+                 train_decoder: bool = True, generated: float = 0.0, real: int = 0,
                  start: Path | None = None, edge_weight: float = 0.0) -> Path:
     """A copy of the views run ``start`` (default the shipped one) whose tokenizer decoder was trained ``steps``
     more steps on the shipped run's training frames (``bevgen.views.decoder_tune.tune_decoder``: encoder and
     codebook frozen; ``layout``: the decoder also reads the layout through every pixel; ``real``: the real training
-    scenes' frames too, ``REAL_SELECTION_SCENE`` left out), 2 threads."""
+    scenes' frames too, ``REAL_SELECTION_SCENE`` left out, each taken ``real`` times), 2 threads."""
     from views_eval import REAL_DIR, TRAIN_DATA
 
     from bevgen.pretrained import real_layout_frames, shipped
@@ -78,7 +80,7 @@ def tune_decoder(steps: int, adversarial_weight: float, out: Path, layout: bool 
         raise SystemExit("checkpoints/views_tiny missing: run `make checkpoints` first")
     data = TRAIN_DATA
     if real:
-        data = real_layout_frames(TRAIN_DATA.parent, REAL_DIR)
+        data = real_layout_frames(TRAIN_DATA.parent, REAL_DIR, repeat=int(real))
         if data is None:
             raise SystemExit(f"{REAL_DIR}: no real scenarios for a real arm")
     summary = tune(ship, data, out, steps=steps, adversarial_weight=adversarial_weight, layout=layout,
@@ -129,8 +131,9 @@ def parse_args(argv: list[str], base: str = "shipped+") -> dict:
     """The command line (module docstring), every arm checked before anything is scored or trained.
 
     Returns:
-        heldout, real_selection: the flags; arms: (steps, weight, layout, frozen, generated share, real, run
-        directory, edge weight) per arm, the directory ``WORK / <base><steps>_<weight>[_<option>...]``
+        heldout, real_selection: the flags; arms: (steps, weight, layout, frozen, generated share, real (0: none,
+        k: the real frames taken k times), run directory, edge weight) per arm, the directory
+        ``WORK / <base><steps>_<weight>[_<option>...]``
         (``<DIR name>+`` for the base with ``from=DIR``); runs: the ``run=`` directories; bevseg: the ``--bevseg=``
         checkpoints (the last one scores); start: the ``from=`` directory or None. SystemExit with the docstring when
         there is nothing to score, with the reason on an unknown option or a second ``from=``.
@@ -151,20 +154,26 @@ def parse_args(argv: list[str], base: str = "shipped+") -> dict:
         steps, weight, *kind = arm.split(",") if "," in arm else (arm, "?")  # "?": fails below, with the form
         gen = [k for k in kind if k.startswith("gen")]
         edge = [k for k in kind if k.startswith("edge")]
-        if set(kind) - {"layout", "frozen", "real", *gen, *edge} or len(gen) > 1 or len(edge) > 1:
-            raise SystemExit(f"{arm}: unknown arm options {kind}: layout, frozen, real, gen<share>, edge<weight>")
+        times = [k for k in kind if k.startswith("realx")]
+        if set(kind) - {"layout", "frozen", "real", *gen, *edge, *times} or max(map(len, (gen, edge, times))) > 1:
+            raise SystemExit(f"{arm}: unknown arm options {kind}: layout, frozen, real, gen<share>, edge<weight>, "
+                             "realx<times>")
         try:  # share of frames decoded from the generator's tokens; extra weight of the layout's edge pixels
             generated = float(gen[0][3:]) if gen else 0.0
             edge_w = float(edge[0][4:]) if edge else 0.0
+            real = int(times[0][5:]) if times else int("real" in kind)
             steps_n, weight_f = int(steps), float(weight)
         except ValueError:
-            raise SystemExit(f"{arm}: an arm is STEPS,WEIGHT[,option...] with gen<share> a number in [0, 1] and "
-                             "edge<weight> a number >= 0, e.g. 600,0.0,layout,frozen,gen0.5") from None
+            raise SystemExit(f"{arm}: an arm is STEPS,WEIGHT[,option...] with gen<share> a number in [0, 1], "
+                             "edge<weight> a number >= 0 and realx<times> a whole number >= 1, e.g. "
+                             "600,0.0,layout,frozen,gen0.5") from None
         if edge_w < 0:
             raise SystemExit(f"{arm}: edge<weight> takes a number >= 0, got {edge_w}")
+        if times and real < 1:
+            raise SystemExit(f"{arm}: realx<times> takes a whole number >= 1, got {real}")
         if not 0.0 <= generated <= 1.0:
             raise SystemExit(f"{arm}: gen<share> takes a number in [0, 1], got {generated}")
-        todo.append((steps_n, weight_f, "layout" in kind, "frozen" in kind, generated, "real" in kind,
+        todo.append((steps_n, weight_f, "layout" in kind, "frozen" in kind, generated, real,
                      WORK / (base + "_".join([str(steps_n), str(weight_f), *kind])), edge_w))
     if not todo and not runs:
         raise SystemExit(__doc__)

@@ -101,7 +101,7 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
         settings["edge_weight"] = edge_weight
     if (out / "decoder_tune.json").exists():  # finished: returned as is, unless it was made with other settings
         done = json.loads((out / "decoder_tune.json").read_text())
-        _same_settings(done, settings, out)
+        _same_settings(done, settings, out, data)
         return done
     for name in ("tokenizer", "generator"):
         if not (src / f"{name}.pt").exists():
@@ -135,7 +135,7 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
     start, losses, first = 0, [], None
     if state_path.exists():  # resume an interrupted run
         st = load_checkpoint(state_path)
-        _same_settings(st.get("settings", {}), settings, out)
+        _same_settings(st.get("settings", {}), settings, out, data)
         tok.load_state_dict(st["model"], strict=True)
         opt.load_state_dict(st["optimizer"])
         start, losses, first = int(st["step"]), list(st["losses"]), st["first_loss"]
@@ -150,7 +150,7 @@ def tune_decoder(run: str | Path, data: str | Path, out: str | Path, steps: int 
 
     def save(step: int) -> None:
         save_checkpoint(state_path, model=tok.state_dict(), optimizer=opt.state_dict(), step=step, losses=losses,
-                        first_loss=first, config=saved_cfg, settings=settings, **adv.state())
+                        first_loss=first, config=saved_cfg, settings={**settings, "data": str(data)}, **adv.state())
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, steps), desc="decoder", unit="step", disable=not progress, initial=start, total=steps)
@@ -245,10 +245,15 @@ def _drawn_channels(data: Path, count: int) -> list[int]:
     return [i for i, name in enumerate(names) if name != "lane_centerline"]
 
 
-def _same_settings(stored: dict, settings: dict, out: Path) -> None:
-    """Refuse to return or resume a run in ``out`` that was made with other settings (ValueError naming them)."""
+def _same_settings(stored: dict, settings: dict, out: Path, data: Path | None = None) -> None:
+    """Refuse to return or resume a run in ``out`` that was made with other settings (ValueError naming them).
+
+    ``data`` is compared by the dataset folder's name (the path may be relative, or the work folder moved); a resume
+    state saved before the data was recorded has none, and is not refused for it."""
     keys = [*settings, *(k for k in _OPTIONAL_SETTINGS if k not in settings)]  # recorded only when set
     diff = [f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} asked" for k in keys
             if stored.get(k) != settings.get(k)]
+    if data is not None and stored.get("data") and Path(stored["data"]).name != Path(data).name:
+        diff.append(f"data: {stored['data']!r} there, {str(data)!r} asked")
     if diff:
         raise ValueError(f"{out} holds a decoder tuned with other settings ({'; '.join(diff)}); choose another --out")

@@ -82,3 +82,11 @@ def test_real_layout_frames_join_the_procedural_frames_without_the_selection_sce
     assert refit != mixed and json.loads((mixed / "index.json").read_text())["frames"] == frames  # both kept
     refit_scenes = {f.split("__")[0] for f in json.loads((refit / "index.json").read_text())["frames"]}
     assert refit_scenes == scenes | {f"real-{pretrained.REAL_SELECTION_SCENE}"}
+    tripled = pretrained.real_layout_frames(tmp_path, REAL_DIR, selection_scene=True, repeat=3)  # the edge segment
+    tripled_frames = json.loads((tripled / "index.json").read_text())["frames"]
+    refit_frames = json.loads((refit / "index.json").read_text())["frames"]
+    real_frames = [f for f in refit_frames if f.startswith("real-")]
+    assert tripled.name == "camera_data_real_all_x3" and len(tripled_frames) == len(refit_frames) + 2 * len(real_frames)
+    assert {f.split("-", 1)[1] for f in tripled_frames if f.startswith("real3-")} == {f[5:] for f in real_frames}
+    with pytest.raises(ValueError, match="repeat must be >= 1"):
+        pretrained.real_layout_frames(tmp_path, REAL_DIR, repeat=0)

@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from bevgen.render.dataset import merge_datasets  # noqa: E402
 from bevgen.views.config import TokenizerConfig, ViewsConfig  # noqa: E402
 from bevgen.views.projection import pixel_layout, projection_channels  # noqa: E402
 from bevgen.views.tokenizer import VQAutoencoder  # noqa: E402
@@ -164,6 +165,10 @@ def test_tune_decoder_gives_a_trained_run_a_layout_decoder(trained, frames_dir, 
     assert edged["edge_weight"] == 3.0 and edged["final_loss_mean20"] < edged["first_loss"], edged
     with pytest.raises(ValueError, match="edge_weight: 3.0 there, None asked"):  # another loss: not the same run
         tune_decoder(run, frames_dir, tmp_path / "edges", steps=20, lr=2e-3, progress=False)
+    other = tmp_path / "more_frames"  # the same frames as another dataset: a finished run on other data is not it
+    merge_datasets({"": frames_dir}, other)
+    with pytest.raises(ValueError, match="other settings.*data: .* there, .*more_frames' asked"):
+        tune_decoder(run, other, out, steps=60, lr=2e-3, progress=False)
 
 
 def test_tiny_model_with_a_layout_decoder_trains_and_reads_the_layout(frames_dir, tmp_path):  # noqa: F811

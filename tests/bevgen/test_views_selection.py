@@ -45,7 +45,11 @@ def test_the_command_line_names_arms_runs_and_evaluators_and_refuses_what_it_can
     other = views_decoder.parse_args(["from=/w/shipped+600_real3_frozen", "600,0.0,layout,frozen,real"])
     assert other["start"] == Path("/w/shipped+600_real3_frozen")
     assert other["arms"][0][-2].name == "shipped+600_real3_frozen+600_0.0_layout_frozen_real"
+    tripled = views_decoder.parse_args(["1200,0.0,layout,frozen,real,edge10,realx3"])["arms"][0]
+    assert tripled[5] == 3 and tripled[-1] == 10.0  # the real frames taken three times: the shipped fourth segment
+    assert tripled[-2].name == "shipped+1200_0.0_layout_frozen_real_edge10_realx3"
     for bad in (["600,0.0,sharp"], ["600,0.0,gen2"], ["600,0.0,genhalf"], ["600,0.0,edge-1"], ["600,0.0,edgex"],
+                ["600,0.0,realx0"], ["600,0.0,realxy"], ["600,0.0,realx2,realx3"],
                 ["600"], ["x,0.0"], ["600,0.0", "--fast"], [], ["from=/a", "from=/b", "600,0.0"]):
         with pytest.raises(SystemExit):
             views_decoder.parse_args(bad)
