@@ -1,8 +1,11 @@
 """``make checkpoints-hires`` (``bevgen.pretrained.build_hires``): the 128x224 recipe runs ``hires.yaml`` on the
 shipped models' frames, resumes an interrupted run, and exports weights without optimizer state where
-``shipped("views_hires")`` finds them."""
+``shipped("views_hires")`` finds them. ``make checkpoints`` (``build``): the views decoder's segments, in order, and
+the real-layout frames they train on."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +93,40 @@ def test_real_layout_frames_join_the_procedural_frames_without_the_selection_sce
     assert {f.split("-", 1)[1] for f in tripled_frames if f.startswith("real3-")} == {f[5:] for f in real_frames}
     with pytest.raises(ValueError, match="repeat must be >= 1"):
         pretrained.real_layout_frames(tmp_path, REAL_DIR, repeat=0)
+
+
+@pytest.mark.parametrize("real", [True, False])
+def test_build_runs_the_decoder_segments_in_order_and_ships_the_last(tmp_path, monkeypatch, real):
+    """``make checkpoints``' views decoder: two procedural segments, then (where real scenarios exist) the real-layout
+    refit and the edge-weighted segment on the real frames taken ``VIEWS_DECODER_EDGE_REAL_REPEAT`` times, each from
+    the one before; the last one is exported. Without real scenarios the procedural decoder ships, with a message."""
+    from bevgen import pretrained
+
+    work, out, tunes, mixes, exported = tmp_path / "work", tmp_path / "ship", [], [], []
+    monkeypatch.setattr(pretrained, "write_training_frames", lambda w: w / "camera_data")
+    monkeypatch.setattr(pretrained.subprocess, "call", lambda cmd, env=None: 0)
+
+    def fake_mix(w, real_dir, selection_scene=False, repeat=1):
+        mixes.append((selection_scene, repeat))
+        return w / f"mixed_x{repeat}" if real else None
+
+    def fake_tune(run, data, dest, steps, threads, train_decoder, edge_weight=0.0):
+        tunes.append((Path(run).name, Path(data).name, Path(dest).name, steps, train_decoder, edge_weight))
+
+    monkeypatch.setattr(pretrained, "real_layout_frames", fake_mix)
+    monkeypatch.setattr(pretrained, "tune_decoder", fake_tune)
+    monkeypatch.setattr(pretrained, "export_views", lambda run, dest: exported.append((run.name, dest.name)))
+    monkeypatch.setattr(pretrained, "export_scene3d", lambda run, dest: None)
+    out.mkdir()
+    pretrained.build(work, out, parallel=False, real_dir=tmp_path)
+    procedural = [("views", "camera_data", "views_layout", pretrained.VIEWS_DECODER_STEPS, False, 0.0),
+                  ("views_layout", "camera_data", "views_layout_more", pretrained.VIEWS_DECODER_MORE_STEPS, False, 0.0)]
+    if not real:
+        assert tunes == procedural and exported == [("views_layout_more", "views_tiny")]
+        return
+    assert tunes == procedural + [
+        ("views_layout_base", "mixed_x1", "views_layout_real", pretrained.VIEWS_DECODER_REAL_STEPS, False, 0.0),
+        ("views_layout_real", f"mixed_x{pretrained.VIEWS_DECODER_EDGE_REAL_REPEAT}", "views_layout_edges",
+         pretrained.VIEWS_DECODER_EDGE_STEPS, False, pretrained.VIEWS_DECODER_EDGE_WEIGHT)]
+    assert mixes == [(True, 1), (True, pretrained.VIEWS_DECODER_EDGE_REAL_REPEAT)]
+    assert exported == [("views_layout_more", "views_layout_base"), ("views_layout_edges", "views_tiny")]
