@@ -80,7 +80,7 @@ def tune_decoder(steps: int, adversarial_weight: float, out: Path, layout: bool 
         raise SystemExit("checkpoints/views_tiny missing: run `make checkpoints` first")
     data = TRAIN_DATA
     if real:
-        data = real_layout_frames(TRAIN_DATA.parent, REAL_DIR, repeat=int(real))
+        data = real_layout_frames(TRAIN_DATA.parent, REAL_DIR, repeat=real)
         if data is None:
             raise SystemExit(f"{REAL_DIR}: no real scenarios for a real arm")
     summary = tune(ship, data, out, steps=steps, adversarial_weight=adversarial_weight, layout=layout,
